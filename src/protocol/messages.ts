@@ -1,0 +1,34 @@
+/**
+ * Wire-level pieces shared by the CLI and the relay (worker/ bundles this
+ * file too, so it imports nothing from Node): the byte strings that Ed25519
+ * signatures cover (docs/FORMAT.md §4, docs/RELAY-API.md) and the error
+ * codes the relay answers with.
+ */
+
+export type SignedPurpose = 'create-vault' | 'enroll' | 'token';
+
+/** UTF-8("casa/v1/<purpose>\n" + JSON.stringify(fields)): the exact bytes a signature covers. */
+export function signedMessage(purpose: SignedPurpose, fields: ReadonlyArray<string | number>): Uint8Array {
+  for (const f of fields) {
+    if (typeof f !== 'string' && !(typeof f === 'number' && Number.isSafeInteger(f))) {
+      throw new TypeError('signed message fields must be strings or safe integers');
+    }
+  }
+  return new TextEncoder().encode(`casa/v1/${purpose}\n${JSON.stringify(fields)}`);
+}
+
+/** How far a signed request's time may be from the relay's clock. */
+export const SIGNED_TIME_WINDOW_MS = 10 * 60 * 1000;
+
+export type RelayErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'device_revoked'
+  | 'not_found'
+  | 'conflict'
+  | 'too_large'
+  | 'rate_limited'
+  | 'internal';
+
+export const RELAY_SERVICE = 'casa-relay';
+export const TIME_HEADER = 'X-Casa-Time';
