@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+// npm run demo — casa end to end on a throwaway local relay: two simulated
+// machines (two CASA_HOMEs) share one vault. Everything lives in a temp
+// directory that is removed at the end; the phrase is never printed (it goes
+// to a 0600 file, as on a headless machine). Later capabilities add steps here.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const casa = join(root, 'bin', 'casa');
+const work = mkdtempSync(join(tmpdir(), 'casa-demo-'));
+const bold = (s) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+
+function step(title) {
+  console.log(`\n${bold('== ' + title)}`);
+}
+
+function run(machine, args, { input } = {}) {
+  const env = { ...process.env, CASA_HOME: join(work, machine), CASA_KEYSTORE: 'file', CASA_SERVER: server, CASA_DB: join(work, machine, 'casaconomy.db') };
+  console.log(`${bold(`[${machine}]$`)} casa ${args.join(' ')}`);
+  const r = spawnSync(process.execPath, [casa, ...args], { env, input, stdio: ['pipe', 'inherit', 'inherit'] });
+  if (r.status !== 0) throw new Error(`casa ${args.join(' ')} exited ${r.status}`);
+}
+
+let relay;
+let server;
+async function startRelay() {
+  relay = spawn(process.execPath, [casa, 'relay', '--port', '0', '--data', join(work, 'relay-data')], {
+    env: { ...process.env, CASA_HOME: join(work, 'relay-home') },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  server = await new Promise((resolve, reject) => {
+    let buf = '';
+    relay.stdout.on('data', (d) => {
+      buf += d;
+      const m = buf.match(/http:\/\/[\d.]+:\d+/);
+      if (m) resolve(m[0]);
+    });
+    relay.on('exit', (c) => reject(new Error(`relay exited ${c}`)));
+  });
+}
+
+try {
+  step('start a throwaway relay (workerd via Miniflare, D1 and R2 on disk)');
+  await startRelay();
+  console.log(`relay at ${server}`);
+
+  step('machine "laptop" creates the vault; the phrase goes to a 0600 file');
+  run('laptop', ['pair', '--new', '--phrase-out', join(work, 'phrase.txt'), '--device-name', 'laptop']);
+
+  step('machine "desktop" joins with the recovery phrase');
+  run('desktop', ['pair', '--join', '--phrase-file', join(work, 'phrase.txt'), '--device-name', 'desktop']);
+
+  step('both see the same vault');
+  run('laptop', ['status']);
+  run('desktop', ['devices']);
+
+  step('the laptop revokes the desktop; the desktop is refused at once');
+  const list = spawnSync(process.execPath, [casa, 'devices', '--json'], {
+    env: { ...process.env, CASA_HOME: join(work, 'laptop'), CASA_KEYSTORE: 'file', CASA_SERVER: server },
+  });
+  const desktop = JSON.parse(list.stdout).devices.find((d) => d.name === 'desktop');
+  run('laptop', ['devices', 'revoke', desktop.id, '--yes']);
+  const denied = spawnSync(process.execPath, [casa, 'devices'], {
+    env: { ...process.env, CASA_HOME: join(work, 'desktop'), CASA_KEYSTORE: 'file', CASA_SERVER: server },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  console.log(`(exit status ${denied.status}: 4 = revoked device)`);
+
+  step('done');
+} catch (err) {
+  console.error(`demo failed: ${err.message}`);
+  process.exitCode = 1;
+} finally {
+  relay?.kill('SIGTERM');
+  await new Promise((r) => (relay && relay.exitCode === null ? relay.on('exit', r) : r()));
+  rmSync(work, { recursive: true, force: true });
+}

@@ -1,0 +1,63 @@
+/**
+ * casa's entry point and the only place that exits the process.
+ *
+ * It parses argv with the program of src/program.ts, builds the command's
+ * Context (SIGINT/SIGTERM abort its signal; a second signal exits at once),
+ * and one top-level catch decides the exit status: a CasaError
+ * exits with its documented code and hints, anything else is a bug and
+ * prints its stack (restic's fatal/bug split).
+ */
+import { CommanderError } from 'commander';
+import { buildProgram } from './program.js';
+import { reportError, processTerminal } from './ui/terminal.js';
+import type { RawGlobals } from './commands/context.js';
+
+export async function main(argv: string[]): Promise<number> {
+  const term = processTerminal();
+  const controller = new AbortController();
+  let signals = 0;
+  const onSignal = () => {
+    signals++;
+    if (signals > 1) process.exit(130);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let json = argv.includes('--json');
+  let exitCode = 0;
+  const program = buildProgram(async (cmd, action, args) => {
+    const raw = cmd.optsWithGlobals() as RawGlobals & Record<string, unknown>;
+    json = Boolean(raw.json);
+    const { Context, resolveGlobals, defaultDeps } = await import('./commands/context.js');
+    const ctx = new Context(resolveGlobals(raw, term.env), defaultDeps(term, controller.signal));
+    await action(ctx, args, cmd.opts());
+  });
+  program.exitOverride();
+  program.configureOutput({
+    writeOut: (s) => term.stdout.write(s),
+    writeErr: (s) => term.stderr.write(s),
+    outputError: (s, write) => write(`casa: ${s.replace(/^error: /, 'error: ')}`),
+  });
+  for (const c of program.commands) {
+    c.exitOverride();
+    for (const s of c.commands) s.exitOverride();
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') {
+        exitCode = 0;
+      } else {
+        exitCode = 2;
+      }
+    } else {
+      exitCode = reportError(term, err, json);
+    }
+  }
+  return exitCode;
+}
+
+const code = await main(process.argv.slice(2));
+process.exit(code);

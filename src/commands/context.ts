@@ -1,0 +1,149 @@
+/**
+ * What every command receives: the resolved global options (flags win over
+ * the environment, which wins over defaults: DESIGN §9), the terminal, and
+ * the injectable clock, randomness and cancellation signal. Commands read
+ * flags and environment only through here; the crypto and sync cores never do.
+ */
+import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
+import { AuthError, FailureError, IntegrityError, NotPairedError, UsageError } from '../errors.js';
+import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
+import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
+import { readState, SECRET_DEVICE_KEY, type HomeState, type PairedVault } from '../state.js';
+import { DeviceSession, RelayClient } from '../sync/relay-client.js';
+import { Output, type Terminal } from '../ui/terminal.js';
+import { b64uDecode } from '../crypto/bytes.js';
+import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
+import { PhraseError } from '../crypto/phrase.js';
+
+export interface RawGlobals {
+  home?: string;
+  server?: string;
+  db?: string;
+  keystore?: string;
+  json?: boolean;
+  quiet?: boolean;
+  yes?: boolean;
+}
+
+export interface GlobalOptions {
+  home: string;
+  /** The server given by --server or CASA_SERVER, if any (it wins over the paired one). */
+  serverOverride: string | undefined;
+  db: string;
+  /** The keystore given by --keystore or CASA_KEYSTORE, if any. */
+  keystore: KeystoreKind | undefined;
+  json: boolean;
+  quiet: boolean;
+  yes: boolean;
+}
+
+export function resolveGlobals(raw: RawGlobals, env: Record<string, string | undefined>): GlobalOptions {
+  const pick = (flag: string | undefined, name: string) => (flag !== undefined && flag !== '' ? flag : env[name] || undefined);
+  const ks = pick(raw.keystore, 'CASA_KEYSTORE');
+  return {
+    home: resolve(pick(raw.home, 'CASA_HOME') ?? defaultHome(env)),
+    serverOverride: pick(raw.server, 'CASA_SERVER'),
+    db: resolve(pick(raw.db, 'CASA_DB') ?? defaultDatabase(env)),
+    keystore: ks === undefined ? undefined : parseKeystoreKind(ks),
+    json: Boolean(raw.json),
+    quiet: Boolean(raw.quiet),
+    yes: Boolean(raw.yes),
+  };
+}
+
+export interface Deps {
+  term: Terminal;
+  now: () => number;
+  random: (n: number) => Uint8Array;
+  /** Aborted on SIGINT/SIGTERM: long operations stop and clean up. */
+  signal: AbortSignal;
+}
+
+export function defaultDeps(term: Terminal, signal: AbortSignal): Deps {
+  return { term, now: Date.now, random: (n) => new Uint8Array(randomBytes(n)), signal };
+}
+
+export class Context {
+  readonly out: Output;
+  constructor(
+    readonly globals: GlobalOptions,
+    readonly deps: Deps,
+  ) {
+    this.out = new Output(deps.term, { json: globals.json, quiet: globals.quiet });
+  }
+
+  /** The relay to talk to: --server / CASA_SERVER, else the paired vault's, else the default. */
+  server(state?: HomeState | null): string {
+    return this.globals.serverOverride ?? state?.vault?.server ?? DEFAULT_SERVER;
+  }
+
+  client(server: string, timeoutMs?: number): RelayClient {
+    return new RelayClient(server, { signal: this.deps.signal, timeoutMs, now: this.deps.now });
+  }
+}
+
+export interface Paired {
+  state: HomeState;
+  vault: PairedVault;
+  keystore: Keystore;
+  client: RelayClient;
+}
+
+/** The paired vault of this home, or exit 7. */
+export function loadPaired(ctx: Context): Paired {
+  const state = readState(ctx.globals.home);
+  if (!state?.vault) throw new NotPairedError(`this device is not paired (no vault in ${ctx.globals.home})`);
+  const vault = state.vault;
+  const keystore = openKeystore(ctx.globals.keystore ?? vault.keystore, { home: ctx.globals.home, namespace: state.homeId });
+  return { state, vault, keystore, client: ctx.client(ctx.server(state)) };
+}
+
+/** The device's authenticated session; reads the device key from the keystore. */
+export async function deviceSession(p: Paired): Promise<DeviceSession> {
+  const seed = await p.keystore.get(SECRET_DEVICE_KEY);
+  if (!seed) {
+    throw new FailureError(`this device's key is not in the ${p.keystore.kind} keystore`, {
+      hints: [
+        p.keystore.kind === p.vault.keystore
+          ? 'the keystore entry was removed; join the vault again with `casa pair --join`'
+          : `this device was paired with the ${p.vault.keystore} keystore; drop --keystore / CASA_KEYSTORE`,
+      ],
+    });
+  }
+  return new DeviceSession(p.client, p.vault.vaultId, p.vault.deviceId, b64uDecode(seed));
+}
+
+/** Maps the crypto core's typed errors onto casa's exit codes, with hints (age's pattern). */
+export function mapCryptoError(err: unknown, what: string): unknown {
+  if (err instanceof PhraseError) {
+    const hints = ['a recovery phrase is 24 words; the first four letters of each word are enough'];
+    switch (err.kind) {
+      case 'unknown_word':
+        return new AuthError(`word ${err.position} of the phrase is not in the BIP-39 English word list`, { code: 'wrong_phrase', hints });
+      case 'word_count':
+        return new AuthError(`the phrase has ${err.count} words, not 24`, { code: 'wrong_phrase', hints });
+      case 'checksum':
+        return new AuthError('the phrase\'s checksum does not match: a word is wrong, or two are swapped', {
+          code: 'wrong_phrase',
+          hints: ['check each word against where you wrote the phrase down'],
+        });
+    }
+  }
+  if (err instanceof WrongKeyError) {
+    return new AuthError(`${what} was encrypted with another key`, {
+      code: 'wrong_key',
+      hints: ['the phrase in this keystore does not belong to this vault'],
+    });
+  }
+  if (err instanceof AuthenticationError || err instanceof ObjectFormatError) {
+    return new IntegrityError(`${what} failed its integrity check`, {
+      hints: ['the relay served damaged or tampered data; nothing was changed here'],
+    });
+  }
+  return err;
+}
+
+export function requireNoExtra(args: string[]): void {
+  if (args.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args[0])}`);
+}

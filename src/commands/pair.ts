@@ -1,0 +1,385 @@
+/**
+ * `casa pair`: create a vault (`--new`) or join one with the recovery phrase
+ * (`--join`); bare `casa pair` asks which.
+ *
+ * All or nothing: the device is paired when state.json names the vault, and
+ * that is written last, after the relay enrolled this device and the keystore
+ * holds the phrase and the device key. Any failure or Ctrl-C before that
+ * removes what this run wrote (keystore entries, the --phrase-out file), so
+ * the home is exactly as it was. The phrase is never on argv, never logged,
+ * and shown only on a terminal.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
+import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { deriveVaultKeys, type VaultKeys } from '../crypto/kdf.js';
+import { openCanary, sealCanary } from '../crypto/objects.js';
+import { generatePhrase, parsePhrase } from '../crypto/phrase.js';
+import { newDeviceSeed, publicKeyFromSeed, signPurpose } from '../crypto/sign.js';
+import { openKeystore, type Keystore } from '../keystore/index.js';
+import {
+  ensureState,
+  readState,
+  SECRET_DEVICE_KEY,
+  SECRET_PHRASE,
+  writeNewSecretFile,
+  writeState,
+  type PairedVault,
+} from '../state.js';
+import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../sync/relay-client.js';
+import { secret, select, text } from '../ui/prompts.js';
+import { wordlist as englishWords } from '@scure/bip39/wordlists/english.js';
+import { mapCryptoError, type Context } from './context.js';
+
+export interface PairOptions {
+  new?: boolean;
+  join?: boolean;
+  phraseOut?: string;
+  phraseStdin?: boolean;
+  phraseFile?: string;
+  deviceName?: string;
+}
+
+export interface PairResult {
+  created: boolean;
+  vault: PairedVault;
+  phraseFile?: string;
+}
+
+const MAX_PHRASE_INPUT = 4096;
+
+export async function runPair(ctx: Context, opts: PairOptions): Promise<PairResult> {
+  const { out } = ctx;
+  validate(opts);
+  const deviceName = checkDeviceName(opts.deviceName ?? hostname());
+  const phraseOut = opts.phraseOut === undefined ? undefined : resolve(opts.phraseOut);
+  if (phraseOut !== undefined && existsSync(phraseOut)) {
+    throw new UsageError(`${phraseOut} already exists; casa never overwrites a file with the phrase`, {
+      hints: ['give --phrase-out a path that does not exist yet'],
+    });
+  }
+
+  const before = readState(ctx.globals.home);
+  if (before?.vault) {
+    throw new FailureError(`this device is already paired with vault ${before.vault.vaultId}`, {
+      hints: [
+        'to add another machine, run `casa pair --join` there with the recovery phrase (`casa show-phrase` shows it here)',
+        'to pair a second vault, use another --home (or CASA_HOME)',
+      ],
+    });
+  }
+
+  let mode: 'new' | 'join';
+  if (opts.new) mode = 'new';
+  else if (opts.join) mode = 'join';
+  else {
+    mode = await select(
+      out,
+      'This device is not paired yet. What do you want to do?',
+      [
+        { value: 'new', label: 'Create a new vault', hint: 'first machine: you get a 24-word recovery phrase' },
+        { value: 'join', label: 'Join a vault with its recovery phrase', hint: 'another machine already has it' },
+      ],
+      'use `casa pair --new --phrase-out FILE` or `casa pair --join --phrase-stdin`',
+    );
+  }
+  if (mode === 'new' && phraseOut === undefined && !out.interactive) {
+    throw new UsageError('without a terminal, `casa pair --new` needs --phrase-out FILE', {
+      hints: ['the phrase is shown once on a terminal, or written (0600) to the file you name'],
+    });
+  }
+
+  // Everything that can fail cheaply fails before anything is created.
+  const state = ensureState(ctx.globals.home);
+  const keystoreKind = ctx.globals.keystore ?? 'keychain';
+  const keystore = openKeystore(keystoreKind, { home: ctx.globals.home, namespace: state.homeId });
+  await keystore.probe();
+  const server = ctx.server(state);
+  const client = ctx.client(server);
+  await client.health();
+
+  const cleanup: (() => void | Promise<void>)[] = [];
+  try {
+    let phrase: string;
+    if (mode === 'new') {
+      phrase = generatePhrase(ctx.deps.random);
+      if (phraseOut !== undefined) {
+        writePhraseFile(phraseOut, phrase);
+        cleanup.push(() => rmSync(phraseOut, { force: true }));
+      } else {
+        await showAndConfirm(ctx, phrase);
+      }
+    } else {
+      phrase = await readPhrase(ctx, opts);
+    }
+    const keys = deriveVaultKeys(phrase);
+    if (mode === 'new') await createVault(ctx, client, keys);
+    const enrolled = await enroll(ctx, client, keys, deviceName, mode);
+
+    cleanup.push(() => keystore.delete(SECRET_PHRASE), () => keystore.delete(SECRET_DEVICE_KEY));
+    await keystore.set(SECRET_PHRASE, phrase);
+    await keystore.set(SECRET_DEVICE_KEY, b64uEncode(enrolled.seed));
+    ctx.deps.signal.throwIfAborted();
+
+    const vault: PairedVault = {
+      vaultId: keys.vaultId,
+      keyIdHex: keys.keyIdHex,
+      deviceId: enrolled.deviceId,
+      deviceName,
+      server,
+      keystore: keystoreKind,
+      pairedAt: ctx.deps.now(),
+    };
+    writeState(ctx.globals.home, { ...state, vault });
+    cleanup.length = 0;
+
+    const created = mode === 'new';
+    out.print(
+      [
+        created ? `created vault ${vault.vaultId} on ${server}` : `joined vault ${vault.vaultId} on ${server}`,
+        `this device: ${deviceName} (${vault.deviceId})`,
+        `secrets kept in the ${keystoreKind} keystore`,
+        ...(phraseOut ? [`recovery phrase written to ${phraseOut}: store it offline, then delete the file`] : []),
+      ].join('\n'),
+    );
+    out.result({
+      message_type: 'paired',
+      created,
+      vault_id: vault.vaultId,
+      device_id: vault.deviceId,
+      device_name: deviceName,
+      server,
+      keystore: keystoreKind,
+      ...(phraseOut ? { phrase_file: phraseOut } : {}),
+    });
+    return { created, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
+  } catch (err) {
+    for (const undo of cleanup.reverse()) {
+      try {
+        await undo();
+      } catch {
+        // Best effort: the original error is what the user needs to see.
+      }
+    }
+    if (ctx.deps.signal.aborted && !(err instanceof CasaError && err.exitCode === EXIT.cancelled)) {
+      throw new CancelledError();
+    }
+    throw err;
+  }
+}
+
+function validate(o: PairOptions): void {
+  if (o.new && o.join) throw new UsageError('--new and --join cannot be used together');
+  if (o.phraseStdin && o.phraseFile) throw new UsageError('--phrase-stdin and --phrase-file cannot be used together');
+  if (o.phraseOut !== undefined && !o.new) throw new UsageError('--phrase-out goes with --new');
+  if ((o.phraseStdin || o.phraseFile !== undefined) && o.new) {
+    throw new UsageError('--phrase-stdin and --phrase-file go with --join (a new vault gets a new phrase)');
+  }
+}
+
+export function checkDeviceName(name: string): string {
+  const n = name.trim();
+  // eslint-disable-next-line no-control-regex
+  if (n.length < 1 || n.length > 64 || /[\u0000-\u001f\u007f]/.test(n)) {
+    throw new UsageError('a device name is 1 to 64 printable characters', { hints: ['pass --device-name NAME'] });
+  }
+  return n;
+}
+
+function writePhraseFile(path: string, phrase: string): void {
+  try {
+    writeNewSecretFile(path, phrase + '\n');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') {
+      throw new UsageError(`${path} already exists; casa never overwrites a file with the phrase`, {
+        hints: ['give --phrase-out a path that does not exist yet'],
+      });
+    }
+    throw new FailureError(`cannot write the phrase to ${path} (${code ?? 'error'})`, {
+      hints: ['give --phrase-out a writable path'],
+    });
+  }
+}
+
+async function readPhrase(ctx: Context, opts: PairOptions): Promise<string> {
+  let raw: string;
+  if (opts.phraseStdin) {
+    raw = await readAll(ctx.deps.term.stdin);
+  } else if (opts.phraseFile !== undefined) {
+    const f = resolve(opts.phraseFile);
+    let st;
+    try {
+      st = statSync(f);
+    } catch {
+      throw new UsageError(`cannot read the phrase file ${f}`, { hints: ['check the path given to --phrase-file'] });
+    }
+    if (st.size > MAX_PHRASE_INPUT) throw new UsageError(`${f} is too large to be a recovery phrase`);
+    if ((st.mode & 0o077) !== 0) ctx.out.warn(`${f} can be read by other users; keep phrase files 0600`);
+    raw = readFileSync(f, 'utf8');
+  } else {
+    raw = await secret(
+      ctx.out,
+      'Recovery phrase (24 words; the first four letters of each are enough)',
+      'pass the phrase with --phrase-stdin or --phrase-file FILE',
+    );
+  }
+  try {
+    return parsePhrase(raw);
+  } catch (err) {
+    throw mapCryptoError(err, 'the phrase');
+  }
+}
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of stream) {
+    const b = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+    size += b.length;
+    if (size > MAX_PHRASE_INPUT) throw new UsageError('standard input is too large to be a recovery phrase');
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Shows the new phrase once on the terminal (words + QR), asks two words back, then clears the screen. */
+async function showAndConfirm(ctx: Context, phrase: string): Promise<void> {
+  const { out } = ctx;
+  const words = phrase.split(' ');
+  const grid = formatPhraseGrid(words);
+  const qr = await renderQr(phrase);
+  out.tty(
+    '\nYour recovery phrase. Write it down and keep it offline: it is the only way back into your\n' +
+      'vault if every device is lost, and anyone who has it can read your finances.\n\n' +
+      grid +
+      '\n\n' +
+      qr +
+      '\n',
+  );
+  const picks = pickTwo(ctx.deps.random, words.length);
+  for (const i of picks) {
+    await text(
+      out,
+      `To confirm you wrote it down: word #${i + 1}?`,
+      'pass --phrase-out FILE to write the phrase to a file instead',
+      (v) => (normaliseWord(v) === words[i] ? undefined : 'that is not the word at that position; check what you wrote'),
+    );
+  }
+  // Remove the phrase from the screen and the scrollback.
+  out.tty('\x1b[2J\x1b[3J\x1b[H');
+  out.note('phrase confirmed and cleared from the screen');
+}
+
+/** One word typed back: the same forgiving rules as the phrase parser (NFKD, case, unique 4-letter prefix). */
+function normaliseWord(v: string): string {
+  const w = v.normalize('NFKD').trim().toLowerCase();
+  return englishWords.find((x) => x === w || (w.length >= 4 && x.startsWith(w) && x.slice(0, 4) === w.slice(0, 4))) ?? w;
+}
+
+
+export function formatPhraseGrid(words: string[]): string {
+  const rows: string[] = [];
+  const cols = 4;
+  const per = Math.ceil(words.length / cols);
+  for (let r = 0; r < per; r++) {
+    const cells: string[] = [];
+    for (let c = 0; c < cols; c++) {
+      const i = c * per + r;
+      if (i < words.length) cells.push(`${String(i + 1).padStart(2)}. ${words[i]!.padEnd(9)}`);
+    }
+    rows.push('  ' + cells.join('  '));
+  }
+  return rows.join('\n');
+}
+
+async function renderQr(data: string): Promise<string> {
+  const qrcode = (await import('qrcode-terminal')).default;
+  return new Promise((res) => qrcode.generate(data, { small: true }, res));
+}
+
+function pickTwo(random: (n: number) => Uint8Array, n: number): [number, number] {
+  const r = random(4);
+  const a = ((r[0]! << 8) | r[1]!) % n;
+  let b = ((r[2]! << 8) | r[3]!) % (n - 1);
+  if (b >= a) b++;
+  return a < b ? [a, b] : [b, a];
+}
+
+async function createVault(ctx: Context, client: RelayClient, keys: VaultKeys): Promise<void> {
+  const canary = sealCanary(keys, ctx.deps.random(32));
+  const authPublicKey = b64uEncode(keys.authPublicKey);
+  const time = relayTime(ctx, client);
+  const digest = createHash('sha256').update(canary).digest('hex');
+  const signature = b64uEncode(signPurpose(keys.authSeed, 'create-vault', [keys.vaultId, authPublicKey, digest, time]));
+  try {
+    await client.request('POST', '/v1/vaults', {
+      vaultId: keys.vaultId,
+      authPublicKey,
+      canary: b64uEncode(canary),
+      time,
+      signature,
+    });
+  } catch (err) {
+    if (err instanceof RelayHttpError && err.code === 'conflict') {
+      throw new FailureError('the relay already has a vault with this id', {
+        hints: ['run `casa pair --new` again: a new phrase gives a new vault id'],
+      });
+    }
+    throw mapRelayError(client.server, err);
+  }
+}
+
+/** The time to put in a signed request: the relay's clock as last seen, so local skew does not matter. */
+function relayTime(ctx: Context, client: RelayClient): number {
+  return ctx.deps.now() + (client.clockOffsetMs ?? 0);
+}
+
+async function enroll(
+  ctx: Context,
+  client: RelayClient,
+  keys: VaultKeys,
+  name: string,
+  mode: 'new' | 'join',
+): Promise<{ deviceId: string; seed: Uint8Array }> {
+  const seed = newDeviceSeed(ctx.deps.random);
+  const devicePublicKey = b64uEncode(publicKeyFromSeed(seed));
+  const time = relayTime(ctx, client);
+  const signature = b64uEncode(signPurpose(keys.authSeed, 'enroll', [keys.vaultId, devicePublicKey, name, time]));
+  let res: Record<string, unknown>;
+  try {
+    res = await client.request('POST', `/v1/vaults/${keys.vaultId}/devices`, { devicePublicKey, name, time, signature });
+  } catch (err) {
+    if (err instanceof RelayHttpError && err.code === 'not_found' && mode === 'join') {
+      throw new AuthError(`no vault for this phrase on ${client.server}`, {
+        code: 'unknown_vault',
+        hints: [
+          'check the phrase (a valid but different phrase names a different vault)',
+          'check that --server (or CASA_SERVER) is the relay the vault was created on',
+        ],
+      });
+    }
+    if (err instanceof RelayHttpError && err.code === 'unauthorized') {
+      throw new AuthError('the relay refused this phrase for the vault', { code: 'wrong_phrase' });
+    }
+    throw mapRelayError(client.server, err);
+  }
+  if (typeof res.deviceId !== 'string' || !/^[0-9a-f]{16}$/.test(res.deviceId) || typeof res.canary !== 'string') {
+    throw new IntegrityError(`the relay at ${client.server} sent a malformed enrollment answer`);
+  }
+  const deviceId = res.deviceId;
+  // The canary proves the phrase's keys are the vault's keys before anything is written here.
+  try {
+    openCanary(keys, keys.vaultId, b64uDecode(res.canary));
+  } catch (err) {
+    await new DeviceSession(client, keys.vaultId, deviceId, seed)
+      .call('POST', `/devices/${deviceId}/revoke`)
+      .catch(() => undefined);
+    throw mapCryptoError(err, "the vault's key check (canary)");
+  }
+  return { deviceId, seed };
+}
+

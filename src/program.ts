@@ -1,0 +1,112 @@
+/**
+ * casa's commands and flags (commander), declared without importing any
+ * command's module: each action imports its module only when it runs, so
+ * `casa --help` stays close to a bare `node` start. Tests build the program
+ * with their own runner to check argv → options.
+ */
+import { Command, Option } from 'commander';
+import { VERSION } from './version.js';
+import type { Context } from './commands/context.js';
+
+export const EXIT_CODES = `
+Exit status:
+  0    ok
+  1    failure
+  2    usage error
+  3    conflict: local changes would be lost
+  4    wrong phrase, unknown vault or revoked device
+  5    relay unreachable, or not a casa relay
+  6    integrity failure (tampering, corruption, rollback)
+  7    not paired
+  8    busy: another casa holds this database's lock
+  130  cancelled`;
+
+export const ENVIRONMENT = `
+Environment (flags win):
+  CASA_HOME      casa's state directory (--home)
+  CASA_SERVER    relay URL (--server), default http://127.0.0.1:8787
+  CASA_DB        the Casaconomy database (--db)
+  CASA_KEYSTORE  keychain | file (--keystore)`;
+
+export type Action = (ctx: Context, args: unknown[], opts: Record<string, unknown>) => Promise<void>;
+
+export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]) => Promise<void>): Command {
+  const program = new Command('casa')
+    .description("Keep your Casaconomy database in step across your machines, end-to-end encrypted.")
+    .version(VERSION, '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .addOption(new Option('--home <dir>', "casa's state directory").env('CASA_HOME'))
+    .addOption(new Option('--server <url>', 'relay URL (default http://127.0.0.1:8787)').env('CASA_SERVER'))
+    .addOption(new Option('--db <path>', 'the Casaconomy database').env('CASA_DB'))
+    .addOption(new Option('--keystore <kind>', 'where secrets live').choices(['keychain', 'file']).env('CASA_KEYSTORE'))
+    .option('--json', 'one JSON document on stdout; errors as JSON on stderr')
+    .option('-q, --quiet', 'print nothing on success')
+    .option('-y, --yes', 'never prompt: assume yes to confirmations')
+    .showHelpAfterError('(run `casa --help` for usage)')
+    .addHelpText('after', EXIT_CODES + '\n' + ENVIRONMENT + '\n\nSee casa(1) and casa-COMMAND(1).');
+
+  const wire = (cmd: Command, action: Action) =>
+    cmd.action(async (...a: unknown[]) => {
+      const self = a[a.length - 1] as Command;
+      await run(self, action, a.slice(0, -2));
+    });
+
+  wire(
+    program
+      .command('relay')
+      .description('run the relay locally in workerd (D1, R2 and the Durable Object on disk)')
+      .option('--port <n>', 'port to listen on; 0 picks a free one', '8787')
+      .option('--host <host>', 'address to listen on', '127.0.0.1')
+      .option('--data <dir>', "the relay's data directory (default CASA_HOME/relay)")
+      .addHelpText('after', '\nThe first line on stdout holds the URL. SIGINT or SIGTERM stops it cleanly.'),
+    async (ctx, _args, o) => (await import('./commands/relay.js')).runRelay(ctx, o),
+  );
+
+  wire(
+    program
+      .command('pair')
+      .description('create a vault, or join one with its recovery phrase')
+      .option('--new', 'create a new vault and its 24-word recovery phrase')
+      .option('--join', 'join an existing vault with its recovery phrase')
+      .option('--phrase-out <file>', 'with --new: write the phrase to FILE (0600, never overwritten); needed without a terminal')
+      .option('--phrase-stdin', 'with --join: read the phrase from standard input')
+      .option('--phrase-file <file>', 'with --join: read the phrase from FILE')
+      .option('--device-name <name>', 'name of this device (default the host name)')
+      .addHelpText(
+        'after',
+        '\nWithout --new or --join, casa asks (on a terminal). The phrase is never taken from the command line.',
+      ),
+    async (ctx, _args, o) => {
+      await (await import('./commands/pair.js')).runPair(ctx, o);
+    },
+  );
+
+  wire(
+    program.command('status').description('show pairing, vault, device, relay and database state'),
+    async (ctx) => {
+      await (await import('./commands/status.js')).runStatus(ctx);
+    },
+  );
+
+  wire(
+    program.command('show-phrase').description('reveal the recovery phrase (asks first; --yes without a terminal)'),
+    async (ctx) => (await import('./commands/show-phrase.js')).runShowPhrase(ctx),
+  );
+
+  const devices = program
+    .command('devices')
+    .description("list the vault's devices, or revoke one")
+    .addHelpText('after', '\nSubcommand:\n  revoke ID   revoke a device (its id or a unique prefix of 4+ characters)');
+  wire(devices, async (ctx) => {
+    await (await import('./commands/devices.js')).runDevicesList(ctx);
+  });
+  wire(
+    devices.command('revoke').description('revoke a device: it is refused from its next request on').argument('<id>', 'device id or unique prefix'),
+    async (ctx, args) => {
+      await (await import('./commands/devices.js')).runDevicesRevoke(ctx, String(args[0]));
+    },
+  );
+
+  return program;
+}
+

@@ -1,0 +1,282 @@
+/**
+ * Runs the relay (dist/worker/index.js, bundled by scripts/build-worker.mjs)
+ * locally in workerd through Miniflare: `casa relay`, `npm start` and the
+ * worker/e2e tests all start it here (DESIGN §8, §11).
+ *
+ * - Bindings and the compatibility date come from wrangler.jsonc (top level),
+ *   so the config has one source.
+ * - State lives under dataDir in wrangler's layout (v3/d1, v3/r2, v3/do), and
+ *   D1 is keyed by the config's database_id, so `wrangler d1 ... --local
+ *   --persist-to DIR` sees the same database.
+ * - migrations/*.sql are applied at start with wrangler's own d1_migrations
+ *   bookkeeping (one batch, i.e. one transaction, per file), so files already
+ *   applied — by us or by wrangler — are skipped.
+ * - JWT_SECRET is generated once into dataDir/jwt-secret (0600) and reused,
+ *   so tokens survive a restart.
+ * - Miniflare never fires cron triggers, so a timer calls the worker's
+ *   scheduled() handler; it is unref'd and cleared by stop().
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Log, LogLevel, Miniflare } from 'miniflare';
+
+export type LimiterName = 'CREATE_LIMITER' | 'ENROLL_LIMITER' | 'AUTH_LIMITER' | 'API_LIMITER';
+export interface LimitSpec {
+  limit: number;
+  period: 10 | 60;
+}
+
+export interface StartRelayOptions {
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default 8787; 0 picks a free port. */
+  port?: number;
+  /** D1, R2, Durable Object storage and the JWT secret live here. */
+  dataDir: string;
+  /** Overrides of wrangler.jsonc's rate limits (tests use small or large ones). */
+  rateLimits?: Partial<Record<LimiterName, LimitSpec>>;
+  /** How often the scheduled handler runs; default 15 minutes, 0 disables the timer. */
+  cronIntervalMs?: number;
+  /** Receives the launcher's own lines (migrations applied, cron failures). Default: silent. */
+  log?: (line: string) => void;
+}
+
+export interface RunningRelay {
+  /** http://HOST:PORT, without a trailing slash. */
+  url: string;
+  stop(): Promise<void>;
+  mf: Miniflare;
+  /** Runs the scheduled handler once, now. */
+  runCron(): Promise<void>;
+}
+
+export type D1 = Awaited<ReturnType<Miniflare['getD1Database']>>;
+
+/** The package root: this file is src/relay/launcher.ts or dist/relay/launcher.js. */
+export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const WORKER_BUNDLE = join(PACKAGE_ROOT, 'dist', 'worker', 'index.js');
+const MIGRATIONS_DIR = join(PACKAGE_ROOT, 'migrations');
+const WRANGLER_CONFIG = join(PACKAGE_ROOT, 'wrangler.jsonc');
+const MIGRATIONS_TABLE = 'd1_migrations';
+const DEFAULT_CRON_MS = 15 * 60 * 1000;
+
+interface WranglerConfig {
+  name: string;
+  compatibility_date: string;
+  compatibility_flags?: string[];
+  vars?: Record<string, string>;
+  d1_databases: { binding: string; database_id: string; migrations_dir?: string }[];
+  r2_buckets: { binding: string; bucket_name: string }[];
+  durable_objects: { bindings: { name: string; class_name: string }[] };
+  migrations?: { new_sqlite_classes?: string[] }[];
+  triggers?: { crons?: string[] };
+  ratelimits?: { name: string; namespace_id: string; simple: { limit: number; period: number } }[];
+}
+
+/** JSONC → JSON: drops // and /* *\/ comments and trailing commas, leaving strings alone. */
+export function stripJsonc(text: string): string {
+  let out = '';
+  let i = 0;
+  while (i < text.length) {
+    const ch = text[i]!;
+    if (ch === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (ch === '/' && text[i + 1] === '/') {
+      while (i < text.length && text[i] !== '\n') i++;
+    } else if (ch === '/' && text[i + 1] === '*') {
+      const end = text.indexOf('*/', i + 2);
+      i = end < 0 ? text.length : end + 2;
+    } else if (ch === ',') {
+      let j = i + 1;
+      while (j < text.length && /\s/.test(text[j]!)) j++;
+      // A comment between the comma and the bracket is handled by the next pass.
+      if (text[j] !== '}' && text[j] !== ']') out += ch;
+      i++;
+    } else {
+      out += ch;
+      i++;
+    }
+  }
+  return out;
+}
+
+export async function readWranglerConfig(path = WRANGLER_CONFIG): Promise<WranglerConfig> {
+  // Twice: the first pass removes comments, the second the commas they hid.
+  return JSON.parse(stripJsonc(stripJsonc(await readFile(path, 'utf8')))) as WranglerConfig;
+}
+
+/**
+ * Splits a migration file into statements on `;` outside strings, comments and
+ * CREATE TRIGGER ... BEGIN ... END bodies (D1's prepare() takes one statement).
+ */
+export function splitSql(sql: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let depth = 0; // BEGIN ... END nesting inside a trigger body
+  let i = 0;
+  const word = (at: number): string => /^[A-Za-z_]+/.exec(sql.slice(at))?.[0]?.toUpperCase() ?? '';
+  while (i < sql.length) {
+    const ch = sql[i]!;
+    if (ch === "'" || ch === '"' || ch === '`') {
+      let j = i + 1;
+      while (j < sql.length) {
+        if (sql[j] === ch) {
+          if (sql[j + 1] === ch) j += 2;
+          else break;
+        } else j++;
+      }
+      cur += sql.slice(i, j + 1);
+      i = j + 1;
+    } else if (ch === '-' && sql[i + 1] === '-') {
+      while (i < sql.length && sql[i] !== '\n') i++;
+    } else if (ch === '/' && sql[i + 1] === '*') {
+      const end = sql.indexOf('*/', i + 2);
+      i = end < 0 ? sql.length : end + 2;
+    } else if (/[A-Za-z_]/.test(ch) && (i === 0 || !/[A-Za-z0-9_]/.test(sql[i - 1]!))) {
+      const w = word(i);
+      if (w === 'BEGIN' && /\bTRIGGER\b/i.test(cur)) depth++;
+      else if (w === 'END' && depth > 0) depth--;
+      cur += sql.slice(i, i + w.length);
+      i += w.length;
+    } else if (ch === ';' && depth === 0) {
+      if (cur.trim()) out.push(cur.trim());
+      cur = '';
+      i++;
+    } else {
+      cur += ch;
+      i++;
+    }
+  }
+  if (cur.trim()) out.push(cur.trim());
+  return out;
+}
+
+/**
+ * Applies migrations/*.sql not yet listed in d1_migrations, in name order,
+ * each file with its bookkeeping row in one batch (all or nothing), exactly
+ * the table wrangler's `d1 migrations apply` keeps. Returns the names applied.
+ */
+export async function applyMigrations(d1: D1, dir = MIGRATIONS_DIR): Promise<string[]> {
+  await d1
+    .prepare(
+      `CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE}(
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT UNIQUE,
+    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
+)`,
+    )
+    .run();
+  const { results } = await d1.prepare(`SELECT name FROM ${MIGRATIONS_TABLE}`).all<{ name: string }>();
+  const done = new Set(results.map((r) => r.name));
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.sql')).sort();
+  const applied: string[] = [];
+  for (const name of files) {
+    if (done.has(name)) continue;
+    const statements = splitSql(await readFile(join(dir, name), 'utf8')).map((s) => d1.prepare(s));
+    statements.push(d1.prepare(`INSERT INTO ${MIGRATIONS_TABLE} (name) VALUES (?1)`).bind(name));
+    await d1.batch(statements);
+    applied.push(name);
+  }
+  return applied;
+}
+
+/** The HS256 secret for device tokens: created once (0600), then reused. */
+async function jwtSecret(dataDir: string): Promise<string> {
+  const path = join(dataDir, 'jwt-secret');
+  try {
+    const existing = (await readFile(path, 'utf8')).trim();
+    if (existing.length >= 32) return existing;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const secret = randomBytes(48).toString('base64url');
+  await writeFile(path, `${secret}\n`, { mode: 0o600 });
+  await chmod(path, 0o600);
+  return secret;
+}
+
+export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay> {
+  if (!existsSync(WORKER_BUNDLE)) {
+    throw new Error(`the relay worker is not built (${WORKER_BUNDLE} is missing): run \`npm run build\``);
+  }
+  const log = opts.log ?? (() => {});
+  const host = opts.host ?? '127.0.0.1';
+  const cfg = await readWranglerConfig();
+  const db = cfg.d1_databases.find((d) => d.binding === 'DB');
+  const bucket = cfg.r2_buckets.find((b) => b.binding === 'BLOBS');
+  if (!db || !bucket) throw new Error('wrangler.jsonc lacks the DB or BLOBS binding');
+  const sqliteClasses = new Set((cfg.migrations ?? []).flatMap((m) => m.new_sqlite_classes ?? []));
+
+  const ratelimits: Record<string, { simple: { limit: number; period: 10 | 60 } }> = {};
+  for (const r of cfg.ratelimits ?? []) {
+    const o = opts.rateLimits?.[r.name as LimiterName];
+    ratelimits[r.name] = { simple: { limit: o?.limit ?? r.simple.limit, period: o?.period ?? (r.simple.period as 10 | 60) } };
+  }
+
+  const v3 = join(opts.dataDir, 'v3');
+  await mkdir(v3, { recursive: true });
+  const secret = await jwtSecret(opts.dataDir);
+
+  const mf = new Miniflare({
+    name: cfg.name, // names the Durable Object storage as wrangler does (v3/do/<name>-<Class>)
+    host,
+    port: opts.port ?? 8787,
+    cf: false, // else Miniflare fetches cf.json from the network at every start
+    log: new Log(LogLevel.WARN),
+    modules: true,
+    scriptPath: WORKER_BUNDLE,
+    compatibilityDate: cfg.compatibility_date,
+    compatibilityFlags: cfg.compatibility_flags ?? [],
+    bindings: { ...(cfg.vars ?? {}), JWT_SECRET: secret },
+    d1Databases: { [db.binding]: db.database_id },
+    r2Buckets: { [bucket.binding]: bucket.bucket_name },
+    durableObjects: Object.fromEntries(
+      cfg.durable_objects.bindings.map((b) => [b.name, { className: b.class_name, useSQLite: sqliteClasses.has(b.class_name) }]),
+    ),
+    ratelimits,
+    d1Persist: join(v3, 'd1'),
+    r2Persist: join(v3, 'r2'),
+    durableObjectsPersist: join(v3, 'do'),
+  });
+
+  let timer: NodeJS.Timeout | undefined;
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      if (timer) clearInterval(timer);
+      await mf.dispose();
+    })();
+    return stopped;
+  };
+
+  let url: URL;
+  try {
+    url = await mf.ready;
+    const applied = await applyMigrations(await mf.getD1Database(db.binding), join(PACKAGE_ROOT, db.migrations_dir ?? 'migrations'));
+    for (const name of applied) log(`applied migration ${name}`);
+  } catch (err) {
+    await stop().catch(() => {});
+    throw err;
+  }
+
+  const cron = cfg.triggers?.crons?.[0] ?? '*/15 * * * *';
+  const runCron = async (): Promise<void> => {
+    const worker = await mf.getWorker();
+    await worker.scheduled({ cron, scheduledTime: new Date() });
+  };
+  const every = opts.cronIntervalMs ?? DEFAULT_CRON_MS;
+  if (every > 0) {
+    timer = setInterval(() => {
+      runCron().catch((err: unknown) => log(`cron failed: ${err instanceof Error ? err.message : String(err)}`));
+    }, every);
+    timer.unref();
+  }
+
+  return { url: url.origin, stop, mf, runCron };
+}

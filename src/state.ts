@@ -1,0 +1,149 @@
+/**
+ * Device-local state in CASA_HOME (DESIGN §7: never in the synced database).
+ *
+ * `state.json` holds no secret: the phrase and the device's private key live
+ * in the keystore under this home's random `homeId`, so two CASA_HOMEs on one
+ * machine never share keychain entries. The file is replaced atomically
+ * (temp file, fsync, rename, fsync dir): a kill leaves the old state or the
+ * new one. A device is paired exactly when `vault` is present, and that is
+ * written last, after the relay and the keystore hold everything it needs.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync, constants } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { FailureError } from './errors.js';
+import type { KeystoreKind } from './keystore/index.js';
+
+export interface PairedVault {
+  vaultId: string;
+  keyIdHex: string;
+  deviceId: string;
+  deviceName: string;
+  server: string;
+  keystore: KeystoreKind;
+  pairedAt: number;
+}
+
+export interface HomeState {
+  version: 1;
+  homeId: string;
+  vault?: PairedVault;
+}
+
+const STATE_FILE = 'state.json';
+
+/** Keystore entry names (namespaced by homeId inside the keystore). */
+export const SECRET_PHRASE = 'phrase';
+export const SECRET_DEVICE_KEY = 'device-key';
+
+export function statePath(home: string): string {
+  return join(home, STATE_FILE);
+}
+
+export function readState(home: string): HomeState | null {
+  let raw: string;
+  try {
+    raw = readFileSync(statePath(home), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new FailureError(`cannot read ${statePath(home)}: ${(err as Error).message}`, {
+      hints: ['check the permissions of CASA_HOME (--home)'],
+    });
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(raw);
+  } catch {
+    throw corrupt(home);
+  }
+  if (!isState(doc)) throw corrupt(home);
+  return doc;
+}
+
+function corrupt(home: string): FailureError {
+  return new FailureError(`${statePath(home)} is not a casa state file`, {
+    hints: ['it may be damaged; move it aside and pair this device again'],
+  });
+}
+
+function isState(d: unknown): d is HomeState {
+  if (typeof d !== 'object' || d === null) return false;
+  const s = d as Record<string, unknown>;
+  if (s.version !== 1 || typeof s.homeId !== 'string' || !/^[0-9a-f]{16}$/.test(s.homeId)) return false;
+  if (s.vault === undefined) return true;
+  const v = s.vault as Record<string, unknown>;
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof v.vaultId === 'string' &&
+    typeof v.deviceId === 'string' &&
+    typeof v.deviceName === 'string' &&
+    typeof v.server === 'string' &&
+    typeof v.keyIdHex === 'string' &&
+    (v.keystore === 'keychain' || v.keystore === 'file') &&
+    typeof v.pairedAt === 'number'
+  );
+}
+
+/** The home's state, creating CASA_HOME and a fresh homeId if there is none yet. */
+export function ensureState(home: string): HomeState {
+  const existing = readState(home);
+  if (existing) return existing;
+  const state: HomeState = { version: 1, homeId: randomBytes(8).toString('hex') };
+  writeState(home, state);
+  return state;
+}
+
+export function writeState(home: string, state: HomeState): void {
+  writeFileAtomic(statePath(home), JSON.stringify(state, null, 2) + '\n', 0o600);
+}
+
+/**
+ * Creates CASA_HOME (0700) if needed and replaces `path` atomically. Failures
+ * become a FailureError naming the directory, with a hint.
+ */
+export function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): void {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
+    try {
+      writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+    fsyncDir(dir);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw new FailureError(`cannot write to ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+      hints: ['casa keeps its state in CASA_HOME; point --home (or CASA_HOME) at a writable directory'],
+    });
+  }
+}
+
+function fsyncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, constants.O_RDONLY);
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // Directories cannot be opened for fsync on every platform; the rename is still atomic.
+  }
+}
+
+/** Writes a new file that must not exist yet, 0600 from the start (never chmod after). */
+export function writeNewSecretFile(path: string, data: string): void {
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  try {
+    writeSync(fd, Buffer.from(data, 'utf8'));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

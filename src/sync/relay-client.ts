@@ -1,0 +1,233 @@
+/**
+ * The relay client: every call to the relay goes through here (DESIGN §3:
+ * undici with one keep-alive Agent and bounded connections).
+ *
+ * Every response is distrusted: a body that is not the JSON casa expects is a
+ * protocol error (exit 5, "not a casa relay"), never a crash; the relay's
+ * clock (`X-Casa-Time`) is recorded on every answer so commands can show the
+ * offset. HTTP errors map onto casa's error classes here, once; callers add
+ * the context-specific message for 404/401 where it means "wrong phrase" or
+ * "unknown vault".
+ */
+import { Agent, fetch, type Dispatcher } from 'undici';
+import { AuthError, CancelledError, FailureError, UnreachableError } from '../errors.js';
+import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../protocol/messages.js';
+import { b64uEncode } from '../crypto/bytes.js';
+import { signPurpose } from '../crypto/sign.js';
+
+export interface RelayClientOptions {
+  signal?: AbortSignal;
+  /** Per-request timeout. */
+  timeoutMs?: number;
+  dispatcher?: Dispatcher;
+  now?: () => number;
+}
+
+/** An error answer from the relay, before it is given a user-facing meaning. */
+export class RelayHttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: RelayErrorCode | string,
+    message: string,
+    readonly retryAfter: number | null,
+  ) {
+    super(message);
+  }
+}
+
+let sharedAgent: Agent | undefined;
+function agent(): Agent {
+  sharedAgent ??= new Agent({ keepAliveTimeout: 10_000, connections: 8, connect: { timeout: 5_000 } });
+  return sharedAgent;
+}
+
+export class RelayClient {
+  readonly server: string;
+  /** relay clock − local clock, in ms, from the last answer (null before any). */
+  clockOffsetMs: number | null = null;
+  private readonly opts: RelayClientOptions;
+
+  constructor(server: string, opts: RelayClientOptions = {}) {
+    this.server = normaliseServer(server);
+    this.opts = opts;
+  }
+
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  /** Raw request: returns the parsed JSON body of a 2xx answer or throws RelayHttpError / a CasaError. */
+  async request(method: string, path: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
+    const url = this.server + path;
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (token) headers.authorization = `Bearer ${token}`;
+    const timeout = AbortSignal.timeout(this.opts.timeoutMs ?? 30_000);
+    const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, timeout]) : timeout;
+    const sent = this.now();
+    let res;
+    try {
+      res = await fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+        dispatcher: this.opts.dispatcher ?? agent(),
+      });
+    } catch (err) {
+      if (this.opts.signal?.aborted) throw new CancelledError();
+      throw unreachable(this.server, err);
+    }
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (err) {
+      if (this.opts.signal?.aborted) throw new CancelledError();
+      throw unreachable(this.server, err);
+    }
+    const t = Number(res.headers.get(TIME_HEADER));
+    if (Number.isFinite(t) && t > 0) this.clockOffsetMs = Math.round(t - (sent + this.now()) / 2);
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch {
+      throw notARelay(this.server, `answered ${res.status} with a body that is not JSON`);
+    }
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+      throw notARelay(this.server, `answered ${res.status} with unexpected JSON`);
+    }
+    const d = doc as Record<string, unknown>;
+    if (res.ok) return d;
+    const e = d.error as Record<string, unknown> | undefined;
+    if (!e || typeof e.code !== 'string') throw notARelay(this.server, `answered ${res.status} without an error code`);
+    const ra = Number(res.headers.get('retry-after'));
+    throw new RelayHttpError(res.status, e.code, typeof e.message === 'string' ? e.message : e.code, Number.isFinite(ra) ? ra : null);
+  }
+
+  /** GET /v1/health: proves a casa relay answers at this URL. */
+  async health(): Promise<{ version: string; time: number }> {
+    const d = await this.call('GET', '/v1/health');
+    if (d.service !== RELAY_SERVICE || typeof d.version !== 'string' || typeof d.time !== 'number') {
+      throw notARelay(this.server, 'is not a casa relay');
+    }
+    return { version: d.version, time: d.time };
+  }
+
+  /** Like request(), with the generic mapping of relay errors onto casa's exit codes. */
+  async call(method: string, path: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
+    try {
+      return await this.request(method, path, body, token);
+    } catch (err) {
+      throw mapRelayError(this.server, err);
+    }
+  }
+}
+
+export function normaliseServer(server: string): string {
+  let u: URL;
+  try {
+    u = new URL(server);
+  } catch {
+    throw new FailureError(`not a relay URL: ${JSON.stringify(server)}`, {
+      hints: ['give --server (or CASA_SERVER) as http://HOST:PORT or https://HOST'],
+    });
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw new FailureError(`not a relay URL: ${JSON.stringify(server)}`, {
+      hints: ['give --server (or CASA_SERVER) as http://HOST:PORT or https://HOST'],
+    });
+  }
+  return u.origin + u.pathname.replace(/\/+$/, '');
+}
+
+function unreachable(server: string, err: unknown): UnreachableError {
+  const cause = err as { cause?: { code?: string }; code?: string; name?: string };
+  const code = cause?.cause?.code ?? cause?.code ?? (cause?.name === 'TimeoutError' ? 'timed out' : undefined);
+  return new UnreachableError(`cannot reach the relay at ${server}${code ? ` (${code})` : ''}`, {
+    hints: [
+      'check that the relay is running (`casa relay` starts a local one) and that --server (or CASA_SERVER) is right',
+    ],
+  });
+}
+
+function notARelay(server: string, what: string): UnreachableError {
+  return new UnreachableError(`the server at ${server} ${what}`, {
+    code: 'relay_protocol',
+    hints: ['check that --server (or CASA_SERVER) points at a casa relay'],
+  });
+}
+
+/** Generic meaning of a relay error; commands catch RelayHttpError first where a status means more. */
+export function mapRelayError(server: string, err: unknown): unknown {
+  if (!(err instanceof RelayHttpError)) return err;
+  switch (err.code) {
+    case 'device_revoked':
+      return new AuthError('this device was revoked from the vault', {
+        code: 'device_revoked',
+        hints: ['join the vault again with `casa pair --join` (it gets a new device id)'],
+      });
+    case 'unauthorized':
+      return new AuthError('the relay refused this device\'s credentials', {
+        hints: ['the keys in the keystore may not belong to this vault; run `casa status`'],
+      });
+    case 'not_found':
+      return new AuthError('the relay does not know this vault or device', {
+        code: 'unknown_vault',
+        hints: [`check that ${server} is the relay this vault was created on`],
+      });
+    case 'rate_limited':
+      return new FailureError(`the relay is rate limiting requests${err.retryAfter ? `; retry in ${err.retryAfter} s` : ''}`, {
+        code: 'rate_limited',
+        hints: ['wait a little and run the command again'],
+      });
+    case 'too_large':
+      return new FailureError('the relay refused a request as too large');
+    default:
+      if (err.status >= 500) return new FailureError(`the relay failed (${err.status} ${err.code})`, { hints: ['try again later'] });
+      return new FailureError(`the relay refused the request (${err.status} ${err.code}: ${err.message})`);
+  }
+}
+
+/**
+ * A device's authenticated session: challenge → signed → short-lived token,
+ * fetched lazily and renewed before it expires.
+ */
+export class DeviceSession {
+  private token: string | null = null;
+  private expiresAt = 0;
+
+  constructor(
+    readonly client: RelayClient,
+    readonly vaultId: string,
+    readonly deviceId: string,
+    private readonly deviceSeed: Uint8Array,
+  ) {}
+
+  private get base(): string {
+    return `/v1/vaults/${this.vaultId}`;
+  }
+
+  async getToken(): Promise<string> {
+    if (this.token && Date.now() < this.expiresAt - 30_000) return this.token;
+    const ch = await this.client.call('POST', `${this.base}/auth/challenge`, { deviceId: this.deviceId });
+    if (typeof ch.challenge !== 'string') throw notARelay(this.client.server, 'sent a malformed challenge');
+    const signature = b64uEncode(signPurpose(this.deviceSeed, 'token', [this.vaultId, this.deviceId, ch.challenge]));
+    const tk = await this.client.call('POST', `${this.base}/auth/token`, {
+      deviceId: this.deviceId,
+      challenge: ch.challenge,
+      signature,
+    });
+    if (typeof tk.token !== 'string' || typeof tk.expiresAt !== 'number') {
+      throw notARelay(this.client.server, 'sent a malformed token');
+    }
+    this.token = tk.token;
+    // Trust our own clock for renewal: at most 5 minutes, whatever the relay says.
+    this.expiresAt = Date.now() + Math.min(5 * 60_000, Math.max(0, tk.expiresAt - (Date.now() + (this.client.clockOffsetMs ?? 0))));
+    return this.token;
+  }
+
+  async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+    const token = await this.getToken();
+    return this.client.call(method, `${this.base}${path}`, body, token);
+  }
+}

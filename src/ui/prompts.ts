@@ -1,0 +1,74 @@
+/**
+ * Every interactive question casa asks, wrapped once (after create-cloudflare's
+ * cli-utilities): Ctrl-C or Escape at any prompt is a CancelledError (exit 130),
+ * and asking without a terminal is a UsageError naming the flag that avoids it.
+ * @clack/prompts is imported lazily so commands that never prompt stay fast.
+ */
+import { CancelledError, UsageError } from '../errors.js';
+import type { Output } from './terminal.js';
+
+async function clack() {
+  return import('@clack/prompts');
+}
+
+function requireTty(out: Output, what: string, instead: string): void {
+  if (!out.interactive) {
+    throw new UsageError(`${what} needs a terminal to ask`, { hints: [instead] });
+  }
+}
+
+async function unwrap<T>(p: Promise<T | symbol>): Promise<T> {
+  const c = await clack();
+  const v = await p;
+  if (c.isCancel(v) || typeof v === 'symbol') throw new CancelledError();
+  return v as T;
+}
+
+export async function select<T extends string>(
+  out: Output,
+  message: string,
+  options: { value: T; label: string; hint?: string }[],
+  instead: string,
+): Promise<T> {
+  requireTty(out, 'this', instead);
+  const c = await clack();
+  return unwrap<T>(
+    c.select<T>({
+      message,
+      options: options as never,
+      input: out.term.stdin,
+      output: out.term.stderr,
+    }) as Promise<T | symbol>,
+  );
+}
+
+export async function confirm(out: Output, message: string, instead: string): Promise<boolean> {
+  requireTty(out, 'confirmation', instead);
+  const c = await clack();
+  return unwrap<boolean>(c.confirm({ message, input: out.term.stdin, output: out.term.stderr }));
+}
+
+export async function text(
+  out: Output,
+  message: string,
+  instead: string,
+  validate?: (v: string) => string | undefined,
+): Promise<string> {
+  requireTty(out, 'this', instead);
+  const c = await clack();
+  return unwrap<string>(
+    c.text({
+      message,
+      input: out.term.stdin,
+      output: out.term.stderr,
+      validate: validate ? (v) => validate(v ?? '') : undefined,
+    }),
+  );
+}
+
+/** A secret answer: masked on screen, never echoed back. */
+export async function secret(out: Output, message: string, instead: string): Promise<string> {
+  requireTty(out, 'this', instead);
+  const c = await clack();
+  return unwrap<string>(c.password({ message, input: out.term.stdin, output: out.term.stderr }));
+}

@@ -1,0 +1,78 @@
+/**
+ * Runs the real CLI (`node bin/casa`, the compiled entry point) as a child
+ * process, the way a user or a cron job does: own CASA_HOME, the file
+ * keystore unless a test asks for the keychain, stdin from a string, ANSI
+ * stripped from what it printed.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CASA = join(ROOT, 'bin', 'casa');
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  env?: Record<string, string | undefined>;
+  input?: string;
+  timeoutMs?: number;
+}
+
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
+
+export function baseEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('CASA_')) env[k] = v;
+  env.NO_COLOR = '1';
+  for (const [k, v] of Object.entries(extra)) {
+    if (v === undefined) delete env[k];
+    else env[k] = v;
+  }
+  return env;
+}
+
+export function runCasa(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CASA, ...args], {
+      env: baseEnv(opts.env),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: stdout.replace(ANSI, ''), stderr: stderr.replace(ANSI, '') });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** A temporary CASA_HOME (or any dir), removed by the returned cleanup. */
+export function tempDir(prefix = 'casa-test-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A simulated machine: its own CASA_HOME, the file keystore, one relay. */
+export function machine(server: string, name: string) {
+  const home = tempDir(`casa-${name}-`);
+  const env = { CASA_HOME: home.dir, CASA_SERVER: server, CASA_KEYSTORE: 'file', CASA_DB: join(home.dir, 'casaconomy.db') };
+  return {
+    home: home.dir,
+    env,
+    run: (args: string[], o: RunOptions = {}) => runCasa(args, { ...o, env: { ...env, ...o.env } }),
+    cleanup: home.cleanup,
+  };
+}

@@ -1,0 +1,166 @@
+/**
+ * A real relay (dist/worker/index.js in workerd via src/relay/launcher.ts) on
+ * 127.0.0.1 and a free port, with a fresh temporary data directory removed
+ * on stop. For beforeAll/afterAll in worker and e2e tests.
+ *
+ * Also: small signing helpers that speak docs/RELAY-API.md with
+ * @noble/curves and src/protocol/messages.ts directly (tests must not depend
+ * on the client's crypto module).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ed25519 } from '@noble/curves/ed25519.js';
+import type { Miniflare } from 'miniflare';
+import { signedMessage } from '../../src/protocol/messages.js';
+import { startRelay, type StartRelayOptions } from '../../src/relay/launcher.js';
+
+type D1Database = Awaited<ReturnType<Miniflare['getD1Database']>>;
+type R2Bucket = Awaited<ReturnType<Miniflare['getR2Bucket']>>;
+
+export interface TestRelay {
+  url: string;
+  dataDir: string;
+  stop(): Promise<void>;
+  mf: Miniflare;
+  d1(): D1Database;
+  r2(): R2Bucket;
+  runCron(): Promise<void>;
+}
+
+/** Generous limits unless a test asks for small ones: many tests share 127.0.0.1. */
+const TEST_LIMITS = {
+  CREATE_LIMITER: { limit: 10_000, period: 60 },
+  ENROLL_LIMITER: { limit: 10_000, period: 60 },
+  AUTH_LIMITER: { limit: 10_000, period: 60 },
+  API_LIMITER: { limit: 10_000, period: 60 },
+} as const;
+
+export async function startTestRelay(
+  opts: Partial<Omit<StartRelayOptions, 'host' | 'port'>> = {},
+): Promise<TestRelay> {
+  const ownDir = opts.dataDir === undefined;
+  const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'casa-relay-test-')));
+  const relay = await startRelay({
+    ...opts,
+    host: '127.0.0.1',
+    port: 0,
+    dataDir,
+    cronIntervalMs: opts.cronIntervalMs ?? 0,
+    rateLimits: { ...TEST_LIMITS, ...opts.rateLimits },
+  });
+  try {
+    const d1 = await relay.mf.getD1Database('DB');
+    const r2 = await relay.mf.getR2Bucket('BLOBS');
+    return {
+      url: relay.url,
+      dataDir,
+      mf: relay.mf,
+      runCron: relay.runCron,
+      d1: () => d1,
+      r2: () => r2,
+      async stop() {
+        await relay.stop();
+        if (ownDir) await rm(dataDir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await relay.stop();
+    throw err;
+  }
+}
+
+// ---- speaking the API ------------------------------------------------------
+
+export const b64u = (b: Uint8Array): string => Buffer.from(b).toString('base64url');
+export const fromB64u = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'base64url'));
+
+export interface TestVault {
+  vaultId: string;
+  authSecret: Uint8Array;
+  authPublicKey: string;
+  canary: string;
+}
+
+export interface TestDevice {
+  deviceId: string;
+  secret: Uint8Array;
+  publicKey: string;
+}
+
+export function newVault(): TestVault {
+  const authSecret = ed25519.utils.randomSecretKey();
+  return {
+    vaultId: randomBytes(16).toString('hex'),
+    authSecret,
+    authPublicKey: b64u(ed25519.getPublicKey(authSecret)),
+    canary: b64u(randomBytes(60)),
+  };
+}
+
+export function createBody(v: TestVault, time = Date.now(), signer = v.authSecret): Record<string, unknown> {
+  const canaryHash = createHash('sha256').update(fromB64u(v.canary)).digest('hex');
+  const msg = signedMessage('create-vault', [v.vaultId, v.authPublicKey, canaryHash, time]);
+  return { vaultId: v.vaultId, authPublicKey: v.authPublicKey, canary: v.canary, time, signature: b64u(ed25519.sign(msg, signer)) };
+}
+
+export function enrollBody(
+  v: TestVault,
+  devicePublicKey: string,
+  name = 'test device',
+  time = Date.now(),
+  signer = v.authSecret,
+): Record<string, unknown> {
+  const msg = signedMessage('enroll', [v.vaultId, devicePublicKey, name, time]);
+  return { devicePublicKey, name, time, signature: b64u(ed25519.sign(msg, signer)) };
+}
+
+export function tokenBody(vaultId: string, d: TestDevice, challenge: string, signer = d.secret): Record<string, unknown> {
+  const msg = signedMessage('token', [vaultId, d.deviceId, challenge]);
+  return { deviceId: d.deviceId, challenge, signature: b64u(ed25519.sign(msg, signer)) };
+}
+
+export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+}
+
+export async function createVault(base: string, v = newVault()): Promise<TestVault> {
+  const res = await post(`${base}/v1/vaults`, createBody(v));
+  if (res.status !== 201) throw new Error(`create vault: ${res.status} ${await res.text()}`);
+  return v;
+}
+
+export async function enrollDevice(base: string, v: TestVault, name = 'test device'): Promise<TestDevice> {
+  const secret = ed25519.utils.randomSecretKey();
+  const publicKey = b64u(ed25519.getPublicKey(secret));
+  const res = await post(`${base}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, publicKey, name));
+  if (res.status !== 201) throw new Error(`enroll: ${res.status} ${await res.text()}`);
+  const { deviceId } = (await res.json()) as { deviceId: string };
+  return { deviceId, secret, publicKey };
+}
+
+export async function getChallenge(base: string, vaultId: string, deviceId: string): Promise<string> {
+  const res = await post(`${base}/v1/vaults/${vaultId}/auth/challenge`, { deviceId });
+  if (res.status !== 200) throw new Error(`challenge: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { challenge: string }).challenge;
+}
+
+export async function getToken(base: string, vaultId: string, d: TestDevice): Promise<string> {
+  const challenge = await getChallenge(base, vaultId, d.deviceId);
+  const res = await post(`${base}/v1/vaults/${vaultId}/auth/token`, tokenBody(vaultId, d, challenge));
+  if (res.status !== 200) throw new Error(`token: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { token: string }).token;
+}
+
+/** A vault with one enrolled device and a token for it. */
+export async function setupVault(base: string): Promise<{ vault: TestVault; device: TestDevice; token: string }> {
+  const vault = await createVault(base);
+  const device = await enrollDevice(base, vault);
+  const token = await getToken(base, vault.vaultId, device);
+  return { vault, device, token };
+}

@@ -1,0 +1,86 @@
+import * as zlib from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { _zstdBackends, Codec, CodecError, compress, decompress, zstdBackendName } from '../../src/codec.js';
+
+const hasZlibZstd = typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
+
+function sample(n: number): Uint8Array {
+  // Compressible but not trivial: a repeating ledger-ish text with a counter.
+  let s = '';
+  for (let i = 0; s.length < n; i++) s += `2024-01-${(i % 28) + 1},groceries,${(i * 7919) % 10000},EUR\n`;
+  return new TextEncoder().encode(s.slice(0, n));
+}
+
+function codecError(fn: () => unknown): CodecError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(CodecError);
+    return err as CodecError;
+  }
+  throw new Error('no error');
+}
+
+describe('codec none', () => {
+  it('passes data through and enforces the limit', () => {
+    const data = sample(1000);
+    expect(compress(Codec.none, data)).toEqual(data);
+    expect(decompress(Codec.none, data, 1000)).toEqual(data);
+    expect(codecError(() => decompress(Codec.none, data, 999)).reason).toBe('too_large');
+  });
+});
+
+describe('codec zstd', () => {
+  it('uses node:zlib when the runtime has zstd, else zstd-napi', () => {
+    expect(zstdBackendName()).toBe(hasZlibZstd ? 'node:zlib' : 'zstd-napi');
+  });
+
+  it.each([0, 1, 100, 65_536, 1_000_000])('round trips %i bytes', (n) => {
+    const data = sample(n);
+    const packed = compress(Codec.zstd, data);
+    if (n >= 65_536) expect(packed.length).toBeLessThan(n / 2);
+    expect(Buffer.compare(decompress(Codec.zstd, packed, n), data)).toBe(0);
+  });
+
+  it('round trips incompressible data', () => {
+    const data = Uint8Array.from({ length: 200_000 }, (_, i) => (i * 2654435761) >>> 24);
+    expect(Buffer.compare(decompress(Codec.zstd, compress(Codec.zstd, data), data.length), data)).toBe(0);
+  });
+
+  it('refuses output over the limit, by one byte', () => {
+    const data = sample(300_000);
+    const packed = compress(Codec.zstd, data);
+    expect(codecError(() => decompress(Codec.zstd, packed, data.length - 1)).reason).toBe('too_large');
+    expect(codecError(() => decompress(Codec.zstd, compress(Codec.zstd, sample(1)), 0)).reason).toBe('too_large');
+  });
+
+  it('refuses a bomb without inflating it', () => {
+    // 256 MiB of zeros compress to a few KiB; the frame header declares the full size.
+    const bomb = compress(Codec.zstd, new Uint8Array(256 * 1024 * 1024));
+    expect(bomb.length).toBeLessThan(64 * 1024);
+    const before = process.memoryUsage().arrayBuffers;
+    expect(codecError(() => decompress(Codec.zstd, bomb, 1024 * 1024)).reason).toBe('too_large');
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(32 * 1024 * 1024);
+  });
+
+  it('refuses corrupt, truncated and empty input', () => {
+    const packed = compress(Codec.zstd, sample(10_000));
+    expect(codecError(() => decompress(Codec.zstd, packed.subarray(0, packed.length - 3), 1e6)).reason).toBe('corrupt');
+    expect(codecError(() => decompress(Codec.zstd, new Uint8Array(0), 1e6)).reason).toBe('corrupt');
+    expect(codecError(() => decompress(Codec.zstd, new TextEncoder().encode('not zstd at all'), 1e6)).reason).toBe('corrupt');
+  });
+
+  it('refuses an unknown codec and bad limits', () => {
+    expect(codecError(() => compress(7 as Codec, new Uint8Array(1))).reason).toBe('unknown_codec');
+    expect(() => decompress(Codec.zstd, new Uint8Array(1), -1)).toThrow(RangeError);
+  });
+
+  describe.runIf(hasZlibZstd)('node:zlib and zstd-napi agree (Node ≥ 22.15 only)', () => {
+    it('each decodes the other', () => {
+      const { zlib: z, napi } = _zstdBackends();
+      const data = sample(500_000);
+      expect(Buffer.compare(z!.decompress(napi.compress(data, 1), data.length), data)).toBe(0);
+      expect(Buffer.compare(napi.decompress(z!.compress(data, 1), data.length), data)).toBe(0);
+    });
+  });
+});

@@ -1,0 +1,69 @@
+/**
+ * R2 helpers for encrypted blobs (packs, manifests, changeset batches). The
+ * relay cannot read them; it only checks that what arrived is what the
+ * client hashed: every put carries the client's SHA-256, which R2 verifies
+ * on arrival (and which we also check ourselves for in-memory bodies, so a
+ * mismatch is a clear BlobChecksumError rather than a storage error).
+ *
+ * Keys: `v/<vaultId>/<kind>/<id>`, so one vault's objects share a prefix.
+ * Nothing is atomic across D1 and R2 (DESIGN §8): write the blob first
+ * (idempotent by id), then the D1 row; readers trust D1.
+ *
+ * Uses only the R2Bucket interface, so it runs in the worker and against
+ * Miniflare's R2 proxy in tests.
+ */
+
+export class BlobChecksumError extends Error {
+  constructor() {
+    super('blob SHA-256 does not match');
+    this.name = 'BlobChecksumError';
+  }
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const KIND = /^[a-z][a-z0-9-]{0,31}$/;
+const ID = /^[A-Za-z0-9_-]{1,128}$/;
+
+export function blobKey(vaultId: string, kind: string, id: string): string {
+  if (!/^[0-9a-f]{32}$/.test(vaultId) || !KIND.test(kind) || !ID.test(id)) throw new RangeError('bad blob key part');
+  return `v/${vaultId}/${kind}/${id}`;
+}
+
+function toHex(buf: ArrayBuffer): string {
+  return [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Stores `body` under `key` if its SHA-256 is `sha256Hex` (lowercase hex).
+ * Streams must have a known length (FixedLengthStream / Content-Length).
+ */
+export async function putBlob(
+  bucket: R2Bucket,
+  key: string,
+  body: ReadableStream | ArrayBuffer | Uint8Array,
+  sha256Hex: string,
+): Promise<R2Object> {
+  if (!HEX64.test(sha256Hex)) throw new RangeError('sha256 must be 64 lowercase hex characters');
+  if (!(body instanceof ReadableStream)) {
+    const bytes = body instanceof Uint8Array ? body : new Uint8Array(body);
+    if (toHex(await crypto.subtle.digest('SHA-256', bytes)) !== sha256Hex) throw new BlobChecksumError();
+  }
+  let obj: R2Object | null;
+  try {
+    obj = await bucket.put(key, body, { sha256: sha256Hex });
+  } catch (err) {
+    if (/sha-?256|checksum|10037/i.test(String((err as Error)?.message))) throw new BlobChecksumError();
+    throw err;
+  }
+  if (obj === null) throw new Error('R2 put returned no object');
+  return obj;
+}
+
+export async function getBlob(bucket: R2Bucket, key: string): Promise<R2ObjectBody | null> {
+  return bucket.get(key);
+}
+
+/** Deletes the keys (R2 takes at most 1000 per call). Missing keys are fine: idempotent. */
+export async function deleteBlobs(bucket: R2Bucket, keys: readonly string[]): Promise<void> {
+  for (let i = 0; i < keys.length; i += 1000) await bucket.delete(keys.slice(i, i + 1000));
+}

@@ -1,0 +1,58 @@
+/**
+ * casa-relay: the Worker entry (docs/RELAY-API.md is the contract).
+ * Stores only ciphertext and public keys. Every response carries
+ * X-Casa-Time; every error is {"error":{"code","message"}} rendered in one
+ * place (app.onError), and anything unexpected is a bare 500.
+ */
+import { Hono } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../src/protocol/messages.js';
+import { runCron } from './cron.js';
+import type { AppEnv, Env } from './env.js';
+import { ApiError, errorBody } from './http.js';
+import { deviceRoutes } from './routes/devices.js';
+import { vaultRoutes } from './routes/vaults.js';
+
+export { VaultHub } from './hub.js';
+
+const app = new Hono<AppEnv>();
+
+app.use('*', async (c, next) => {
+  await next();
+  // A 101 from the hub carries its own header (its headers are immutable).
+  if (c.res.status !== 101) c.res.headers.set(TIME_HEADER, String(Date.now()));
+});
+
+app.get('/v1/health', (c) =>
+  c.json({ ok: true, service: RELAY_SERVICE, version: c.env.RELAY_VERSION, time: Date.now() }),
+);
+app.route('/v1/vaults', vaultRoutes);
+app.route('/v1/vaults', deviceRoutes);
+
+app.notFound((c) => c.json(errorBody('not_found', 'not found'), 404));
+
+const CODE_FOR_STATUS: Partial<Record<number, RelayErrorCode>> = {
+  400: 'bad_request',
+  401: 'unauthorized',
+  404: 'not_found',
+  413: 'too_large',
+};
+
+app.onError((err, c) => {
+  if (err instanceof ApiError) {
+    return c.json(errorBody(err.code, err.message), err.status, err.headers);
+  }
+  const code = err instanceof HTTPException ? CODE_FOR_STATUS[err.status] : undefined;
+  if (err instanceof HTTPException && code !== undefined) {
+    return c.json(errorBody(code, code.replace('_', ' ')), err.status);
+  }
+  console.error('casa-relay: internal error:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
+  return c.json(errorBody('internal', 'internal error'), 500);
+});
+
+export default {
+  fetch: app.fetch,
+  async scheduled(_controller: ScheduledController, env: Env, _ctx: ExecutionContext): Promise<void> {
+    await runCron(env, Date.now());
+  },
+} satisfies ExportedHandler<Env>;

@@ -1,0 +1,25 @@
+/**
+ * Rate limits through the Workers `ratelimits` bindings (wrangler.jsonc):
+ * CREATE_LIMITER and ENROLL_LIMITER keyed by client IP, AUTH_LIMITER by
+ * IP + device id, API_LIMITER by device id. Over the limit → 429
+ * `rate_limited` with Retry-After.
+ *
+ * The binding only says yes or no, not when the window ends, so Retry-After
+ * is the longest period a binding may have (60 s): never too early.
+ */
+import type { Context } from 'hono';
+import { ApiError } from './http.js';
+
+export const RETRY_AFTER_SECONDS = 60;
+
+export async function limit(limiter: RateLimit, key: string): Promise<void> {
+  const { success } = await limiter.limit({ key });
+  if (!success) {
+    throw new ApiError(429, 'rate_limited', 'too many requests', { 'Retry-After': String(RETRY_AFTER_SECONDS) });
+  }
+}
+
+/** The client's address as Cloudflare (or Miniflare locally) reports it. */
+export function clientIp(c: Context): string {
+  return c.req.header('CF-Connecting-IP') ?? 'unknown';
+}

@@ -1,0 +1,161 @@
+/**
+ * Unauthenticated vault routes (docs/RELAY-API.md): create a vault, enroll a
+ * device (signed by the vault auth key: proof of the phrase), and the
+ * challenge → token exchange (signed by the device key).
+ */
+import { Hono } from 'hono';
+import { CHALLENGE_TTL_MS, checkPublicKey, checkSignedTime, signToken, verifySigned } from '../auth.js';
+import {
+  consumeChallenge,
+  createVault,
+  getDevice,
+  getDeviceByKey,
+  getVault,
+  insertChallenge,
+  insertDevice,
+  recordTokenIssued,
+} from '../db.js';
+import type { AppEnv } from '../env.js';
+import {
+  ApiError,
+  b64uEncode,
+  b64uField,
+  badRequest,
+  hex,
+  int,
+  isDeviceId,
+  jsonBodyLimit,
+  notFound,
+  randomBytes,
+  readJson,
+  revoked,
+  sha256,
+  str,
+  unauthorized,
+  vaultIdParam,
+} from '../http.js';
+import { clientIp, limit } from '../limits.js';
+
+
+export const vaultRoutes = new Hono<AppEnv>();
+
+const MAX_NAME = 64;
+
+vaultRoutes.post(
+  '/',
+  async (c, next) => {
+    await limit(c.env.CREATE_LIMITER, `ip:${clientIp(c)}`);
+    await next();
+  },
+  jsonBodyLimit,
+  async (c) => {
+    const now = Date.now();
+    const body = await readJson(c);
+    const vaultId = str(body, 'vaultId');
+    if (!/^[0-9a-f]{32}$/.test(vaultId)) throw badRequest('vaultId must be 32 lowercase hex characters');
+    const authPublicKey = b64uField(body, 'authPublicKey', 32);
+    const canary = b64uField(body, 'canary');
+    if (canary.length === 0) throw badRequest('canary must not be empty');
+    const time = int(body, 'time');
+    const signature = b64uField(body, 'signature', 64);
+    checkSignedTime(time, now);
+    const authKeyText = str(body, 'authPublicKey');
+    const fields = [vaultId, authKeyText, hex(await sha256(canary)), time];
+    if (!verifySigned('create-vault', fields, signature, authPublicKey)) throw unauthorized('bad signature');
+    checkPublicKey('authPublicKey', authPublicKey);
+    const created = await createVault(c.env.DB, {
+      id: vaultId,
+      auth_public_key: authKeyText,
+      canary: str(body, 'canary'),
+      created_at: now,
+    });
+    if (!created) throw new ApiError(409, 'conflict', 'the vault already exists');
+    return c.json({ vaultId, time: now }, 201);
+  },
+);
+
+vaultRoutes.post(
+  '/:vaultId/devices',
+  async (c, next) => {
+    await limit(c.env.ENROLL_LIMITER, `ip:${clientIp(c)}`);
+    await next();
+  },
+  jsonBodyLimit,
+  async (c) => {
+    const now = Date.now();
+    const vaultId = vaultIdParam(c);
+    const body = await readJson(c);
+    const publicKey = b64uField(body, 'devicePublicKey', 32);
+    const publicKeyText = str(body, 'devicePublicKey');
+    const name = str(body, 'name');
+    const nameLength = [...name].length;
+    if (nameLength < 1 || nameLength > MAX_NAME || /\p{Cc}/u.test(name)) {
+      throw badRequest(`name must be 1..${MAX_NAME} characters without control characters`);
+    }
+    const time = int(body, 'time');
+    const signature = b64uField(body, 'signature', 64);
+    const vault = await getVault(c.env.DB, vaultId);
+    if (vault === null) throw notFound();
+    checkSignedTime(time, now);
+    const authKey = b64uField({ k: vault.auth_public_key }, 'k', 32);
+    if (!verifySigned('enroll', [vaultId, publicKeyText, name, time], signature, authKey)) {
+      throw unauthorized('bad signature for this vault');
+    }
+    checkPublicKey('devicePublicKey', publicKey);
+    // A retried enrollment of the same key gets the same device back; a revoked key stays revoked.
+    let device = await getDeviceByKey(c.env.DB, vaultId, publicKeyText);
+    if (device === null) {
+      const row = {
+        id: hex(randomBytes(8)),
+        vault_id: vaultId,
+        public_key: publicKeyText,
+        name,
+        created_at: now,
+        last_seen_at: null,
+        revoked_at: null,
+      };
+      device = (await insertDevice(c.env.DB, row)) ? row : await getDeviceByKey(c.env.DB, vaultId, publicKeyText);
+      if (device === null) throw new Error('device insert failed');
+    }
+    if (device.revoked_at !== null) throw revoked();
+    return c.json({ deviceId: device.id, canary: vault.canary, time: now }, 201);
+  },
+);
+
+vaultRoutes.post('/:vaultId/auth/challenge', jsonBodyLimit, async (c) => {
+  const now = Date.now();
+  const vaultId = vaultIdParam(c);
+  const body = await readJson(c);
+  const deviceId = body.deviceId;
+  if (!isDeviceId(deviceId)) throw badRequest('deviceId must be 16 lowercase hex characters');
+  await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);
+  const device = await getDevice(c.env.DB, vaultId, deviceId);
+  if (device === null) throw notFound();
+  if (device.revoked_at !== null) throw revoked();
+  const challenge = b64uEncode(randomBytes(32));
+  const expiresAt = now + CHALLENGE_TTL_MS;
+  await insertChallenge(c.env.DB, { challenge, vaultId, deviceId, createdAt: now, expiresAt });
+  return c.json({ challenge, expiresAt });
+});
+
+vaultRoutes.post('/:vaultId/auth/token', jsonBodyLimit, async (c) => {
+  const now = Date.now();
+  const vaultId = vaultIdParam(c);
+  const body = await readJson(c);
+  const deviceId = body.deviceId;
+  if (!isDeviceId(deviceId)) throw badRequest('deviceId must be 16 lowercase hex characters');
+  const challenge = str(body, 'challenge');
+  const signature = b64uField(body, 'signature', 64);
+  await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);
+  // Consumed before anything else is checked: one signature attempt per challenge.
+  const expiresAt = await consumeChallenge(c.env.DB, vaultId, deviceId, challenge);
+  if (expiresAt === null || expiresAt <= now) throw unauthorized('unknown, used or expired challenge');
+  const device = await getDevice(c.env.DB, vaultId, deviceId);
+  if (device === null) throw unauthorized('unknown, used or expired challenge');
+  if (device.revoked_at !== null) throw revoked();
+  const deviceKey = b64uField({ k: device.public_key }, 'k', 32);
+  if (!verifySigned('token', [vaultId, deviceId, challenge], signature, deviceKey)) throw unauthorized('bad signature');
+  const token = await signToken(c.env.JWT_SECRET, vaultId, deviceId, now);
+  await recordTokenIssued(c.env.DB, vaultId, deviceId, now);
+  return c.json(token);
+});
