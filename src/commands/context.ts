@@ -103,6 +103,8 @@ export function loadPaired(ctx: Context): Paired {
 export async function deviceSession(p: Paired): Promise<DeviceSession> {
   const seed = await p.keystore.get(SECRET_DEVICE_KEY);
   if (!seed) {
+    // A locked keychain answers "nothing here" too: tell that apart first.
+    await p.keystore.probe();
     throw new FailureError(`this device's key is not in the ${p.keystore.kind} keystore`, {
       hints: [
         p.keystore.kind === p.vault.keystore

@@ -27,6 +27,7 @@ export async function runShowPhrase(ctx: Context): Promise<void> {
   }
   const phrase = await p.keystore.get(SECRET_PHRASE);
   if (!phrase) {
+    await p.keystore.probe();
     throw new FailureError(`the recovery phrase is not in the ${p.keystore.kind} keystore`, {
       hints: ['if another device is paired, run `casa show-phrase` there'],
     });

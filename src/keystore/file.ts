@@ -43,12 +43,12 @@ export class FileKeystore implements Keystore {
     this.#file = path.join(this.#home, KEYSTORE_FILE);
   }
 
-  get(name: string): Promise<string | null> {
+  async get(name: string): Promise<string | null> {
     assertEntryName(name);
     return this.#serial(async () => (await this.#read()).get(name) ?? null);
   }
 
-  set(name: string, value: string): Promise<void> {
+  async set(name: string, value: string): Promise<void> {
     assertEntryName(name);
     if (typeof value !== 'string') throw new TypeError('value must be a string');
     return this.#serial(async () => {
@@ -58,7 +58,7 @@ export class FileKeystore implements Keystore {
     });
   }
 
-  delete(name: string): Promise<void> {
+  async delete(name: string): Promise<void> {
     assertEntryName(name);
     return this.#serial(async () => {
       const entries = await this.#read();
@@ -67,7 +67,7 @@ export class FileKeystore implements Keystore {
   }
 
   /** Reads the file if there is one (mode, format) and proves CASA_HOME takes a new 0600 file. */
-  probe(): Promise<void> {
+  async probe(): Promise<void> {
     return this.#serial(async () => {
       await this.#read();
       await this.#ensureHome();
@@ -94,7 +94,8 @@ export class FileKeystore implements Keystore {
     try {
       fh = await fs.open(this.#file, constants.O_RDONLY | (isWindows ? 0 : constants.O_NOFOLLOW));
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT') return new Map();
+      // No file, or no directory to hold one: either way there is nothing stored.
+      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return new Map();
       if (errnoCode(err) === 'ELOOP') {
         throw new FailureError(`keystore file ${this.#file} is a symbolic link`, {
           hints: [`replace it with the file itself (casa does not follow links for its secrets)`],

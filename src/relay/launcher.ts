@@ -20,6 +20,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Log, LogLevel, Miniflare } from 'miniflare';
 
@@ -40,7 +42,7 @@ export interface StartRelayOptions {
   rateLimits?: Partial<Record<LimiterName, LimitSpec>>;
   /** How often the scheduled handler runs; default 15 minutes, 0 disables the timer. */
   cronIntervalMs?: number;
-  /** Receives the launcher's own lines (migrations applied, cron failures). Default: silent. */
+  /** Receives the launcher's lines (migrations applied, cron failures) and workerd's output. Default: silent. */
   log?: (line: string) => void;
 }
 
@@ -201,6 +203,43 @@ async function jwtSecret(dataDir: string): Promise<string> {
   return secret;
 }
 
+/*
+ * Signals. Constructing a Miniflare adds SIGINT/SIGTERM listeners that call
+ * process.exit(130/143) at once, which would cut short a host's own graceful
+ * stop (`casa relay` aborts, then awaits stop()). The launcher removes them
+ * and, only if the process has no handler of its own, installs one that stops
+ * every running relay and then exits with 128 + the signal number.
+ */
+const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
+type SignalName = keyof typeof SIGNALS;
+const running = new Set<() => Promise<void>>();
+const fallbackHandlers = new Map<SignalName, () => void>();
+
+function listenersNow(): Record<SignalName, Function[]> {
+  return { SIGINT: process.listeners('SIGINT'), SIGTERM: process.listeners('SIGTERM') };
+}
+
+function takeOverSignals(before: Record<SignalName, Function[]>): void {
+  for (const sig of Object.keys(SIGNALS) as SignalName[]) {
+    for (const l of process.listeners(sig)) {
+      if (!before[sig].includes(l)) process.removeListener(sig, l as (...args: unknown[]) => void);
+    }
+    if (process.listenerCount(sig) === 0 && !fallbackHandlers.has(sig)) {
+      const handler = (): void => {
+        void Promise.allSettled([...running].map((stop) => stop())).finally(() => process.exit(128 + SIGNALS[sig]));
+      };
+      fallbackHandlers.set(sig, handler);
+      process.once(sig, handler);
+    }
+  }
+}
+
+function releaseSignals(): void {
+  if (running.size > 0) return;
+  for (const [sig, handler] of fallbackHandlers) process.removeListener(sig, handler);
+  fallbackHandlers.clear();
+}
+
 export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay> {
   if (!existsSync(WORKER_BUNDLE)) {
     throw new Error(`the relay worker is not built (${WORKER_BUNDLE} is missing): run \`npm run build\``);
@@ -219,16 +258,25 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     ratelimits[r.name] = { simple: { limit: o?.limit ?? r.simple.limit, period: o?.period ?? (r.simple.period as 10 | 60) } };
   }
 
+  // The data directory holds the JWT secret: private to its owner when we create it.
+  await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const v3 = join(opts.dataDir, 'v3');
   await mkdir(v3, { recursive: true });
   const secret = await jwtSecret(opts.dataDir);
 
+  const signalsBefore = listenersNow();
   const mf = new Miniflare({
     name: cfg.name, // names the Durable Object storage as wrangler does (v3/do/<name>-<Class>)
     host,
     port: opts.port ?? 8787,
     cf: false, // else Miniflare fetches cf.json from the network at every start
     log: new Log(LogLevel.WARN),
+    // workerd's own output (the worker's console, fatal bind errors with a
+    // native stack) goes to `log`, not straight to our stderr; the streams
+    // are always drained so workerd never blocks on a full pipe.
+    handleRuntimeStdio: (stdout: Readable, stderr: Readable) => {
+      for (const stream of [stdout, stderr]) createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => log(line));
+    },
     modules: true,
     scriptPath: WORKER_BUNDLE,
     compatibilityDate: cfg.compatibility_date,
@@ -250,10 +298,17 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
   const stop = (): Promise<void> => {
     stopped ??= (async () => {
       if (timer) clearInterval(timer);
-      await mf.dispose();
+      running.delete(stop);
+      try {
+        await mf.dispose();
+      } finally {
+        releaseSignals();
+      }
     })();
     return stopped;
   };
+  running.add(stop);
+  takeOverSignals(signalsBefore);
 
   let url: URL;
   try {

@@ -199,9 +199,6 @@ describe('opening refuses, in the order of FORMAT.md §3', () => {
     expectAuth(() => open(small, { identity: IDENTITY + ' ' }));
     // The same object relabelled as a manifest and opened as one.
     expectAuth(() => open(mutate(small, 5, ObjectType.manifest), { type: ObjectType.manifest }));
-    // Length prefixes: moving a character between vault id and identity is not the same AD.
-    const a = seal({ identity: 'x:ab' });
-    expectAuth(() => open(a, { identity: 'x:a' + 'b' + '' + ' ' }));
   });
 
   it('refuses plaintext over the caller limit after authentication, with either codec', () => {
@@ -213,23 +210,6 @@ describe('opening refuses, in the order of FORMAT.md §3', () => {
     expectFormat(() => open(seal({ plaintext: plaintext(1001) }), { maxPlaintext: 1000 }), 'too_large');
     // Tampering still wins over the size check: authentication comes first.
     expectAuth(() => open(mutate(bomb, bomb.length - 1, bomb[bomb.length - 1]! ^ 1), { maxPlaintext: 10 }));
-  });
-
-  it('corrupt compressed data that authenticates is a format error', () => {
-    const garbage = seal({ codec: Codec.zstd, plaintext: plaintext(100) });
-    // Sealed with codec none but labelled zstd by a key holder: re-seal the raw bytes as "zstd".
-    const lie = sealObject({
-      type: ObjectType.pack,
-      codec: Codec.none,
-      keyId: KEY_ID,
-      purposeKey: KEY,
-      vaultId: VAULT,
-      identity: IDENTITY,
-      plaintext: plaintext(100),
-      salt: SALT,
-    });
-    expect(garbage.length).toBeGreaterThan(0);
-    expect(lie[6]).toBe(Codec.none);
   });
 });
 
