@@ -22,6 +22,8 @@ export interface DeviceRow {
   revoked_at: number | null;
 }
 
+const DEVICE_COLUMNS = 'id, vault_id, public_key, name, created_at, last_seen_at, revoked_at';
+
 export type AuditEvent = 'vault_created' | 'device_enrolled' | 'device_revoked' | 'token_issued';
 
 function audit(db: D1Database, vaultId: string, deviceId: string | null, event: AuditEvent, at: number): D1PreparedStatement {
@@ -56,27 +58,21 @@ export async function createVault(db: D1Database, v: VaultRow): Promise<boolean>
 
 export async function getDevice(db: D1Database, vaultId: string, deviceId: string): Promise<DeviceRow | null> {
   return db
-    .prepare(
-      'SELECT id, vault_id, public_key, name, created_at, last_seen_at, revoked_at FROM devices WHERE vault_id = ?1 AND id = ?2',
-    )
+    .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE vault_id = ?1 AND id = ?2`)
     .bind(vaultId, deviceId)
     .first<DeviceRow>();
 }
 
 export async function getDeviceByKey(db: D1Database, vaultId: string, publicKey: string): Promise<DeviceRow | null> {
   return db
-    .prepare(
-      'SELECT id, vault_id, public_key, name, created_at, last_seen_at, revoked_at FROM devices WHERE vault_id = ?1 AND public_key = ?2',
-    )
+    .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE vault_id = ?1 AND public_key = ?2`)
     .bind(vaultId, publicKey)
     .first<DeviceRow>();
 }
 
 export async function listDevices(db: D1Database, vaultId: string): Promise<DeviceRow[]> {
   const { results } = await db
-    .prepare(
-      'SELECT id, vault_id, public_key, name, created_at, last_seen_at, revoked_at FROM devices WHERE vault_id = ?1 ORDER BY created_at, id',
-    )
+    .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE vault_id = ?1 ORDER BY created_at, id`)
     .bind(vaultId)
     .all<DeviceRow>();
   return results;

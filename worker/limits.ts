@@ -7,7 +7,8 @@
  * The binding only says yes or no, not when the window ends, so Retry-After
  * is the longest period a binding may have (60 s): never too early.
  */
-import type { Context } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
+import type { AppEnv } from './env.js';
 import { ApiError } from './http.js';
 
 export const RETRY_AFTER_SECONDS = 60;
@@ -22,4 +23,12 @@ export async function limit(limiter: RateLimit, key: string): Promise<void> {
 /** The client's address as Cloudflare (or Miniflare locally) reports it. */
 export function clientIp(c: Context): string {
   return c.req.header('CF-Connecting-IP') ?? 'unknown';
+}
+
+/** Middleware: the named limiter, keyed by client IP, before the body is read. */
+export function limitByIp(name: 'CREATE_LIMITER' | 'ENROLL_LIMITER'): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    await limit(c.env[name], `ip:${clientIp(c)}`);
+    await next();
+  };
 }

@@ -212,17 +212,18 @@ async function jwtSecret(dataDir: string): Promise<string> {
  */
 const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
 type SignalName = keyof typeof SIGNALS;
+type Listener = (...args: unknown[]) => void;
 const running = new Set<() => Promise<void>>();
 const fallbackHandlers = new Map<SignalName, () => void>();
 
-function listenersNow(): Record<SignalName, Function[]> {
-  return { SIGINT: process.listeners('SIGINT'), SIGTERM: process.listeners('SIGTERM') };
+function listenersNow(): Record<SignalName, Listener[]> {
+  return { SIGINT: process.listeners('SIGINT') as Listener[], SIGTERM: process.listeners('SIGTERM') as Listener[] };
 }
 
-function takeOverSignals(before: Record<SignalName, Function[]>): void {
+function takeOverSignals(before: Record<SignalName, Listener[]>): void {
   for (const sig of Object.keys(SIGNALS) as SignalName[]) {
-    for (const l of process.listeners(sig)) {
-      if (!before[sig].includes(l)) process.removeListener(sig, l as (...args: unknown[]) => void);
+    for (const l of process.listeners(sig) as Listener[]) {
+      if (!before[sig].includes(l)) process.removeListener(sig, l);
     }
     if (process.listenerCount(sig) === 0 && !fallbackHandlers.has(sig)) {
       const handler = (): void => {

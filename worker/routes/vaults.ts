@@ -18,12 +18,14 @@ import {
 import type { AppEnv } from '../env.js';
 import {
   ApiError,
+  b64uDecode,
   b64uEncode,
   b64uField,
   badRequest,
   hex,
   int,
   isDeviceId,
+  isVaultId,
   jsonBodyLimit,
   notFound,
   randomBytes,
@@ -34,25 +36,28 @@ import {
   unauthorized,
   vaultIdParam,
 } from '../http.js';
-import { clientIp, limit } from '../limits.js';
-
+import { clientIp, limit, limitByIp } from '../limits.js';
 
 export const vaultRoutes = new Hono<AppEnv>();
 
 const MAX_NAME = 64;
 
+/** A public key as stored (validated when it was registered). */
+function storedKey(text: string): Uint8Array {
+  const key = b64uDecode(text);
+  if (key === null || key.length !== 32) throw new Error('stored public key is malformed');
+  return key;
+}
+
 vaultRoutes.post(
   '/',
-  async (c, next) => {
-    await limit(c.env.CREATE_LIMITER, `ip:${clientIp(c)}`);
-    await next();
-  },
+  limitByIp('CREATE_LIMITER'),
   jsonBodyLimit,
   async (c) => {
     const now = Date.now();
     const body = await readJson(c);
     const vaultId = str(body, 'vaultId');
-    if (!/^[0-9a-f]{32}$/.test(vaultId)) throw badRequest('vaultId must be 32 lowercase hex characters');
+    if (!isVaultId(vaultId)) throw badRequest('vaultId must be 32 lowercase hex characters');
     const authPublicKey = b64uField(body, 'authPublicKey', 32);
     const canary = b64uField(body, 'canary');
     if (canary.length === 0) throw badRequest('canary must not be empty');
@@ -76,10 +81,7 @@ vaultRoutes.post(
 
 vaultRoutes.post(
   '/:vaultId/devices',
-  async (c, next) => {
-    await limit(c.env.ENROLL_LIMITER, `ip:${clientIp(c)}`);
-    await next();
-  },
+  limitByIp('ENROLL_LIMITER'),
   jsonBodyLimit,
   async (c) => {
     const now = Date.now();
@@ -97,7 +99,7 @@ vaultRoutes.post(
     const vault = await getVault(c.env.DB, vaultId);
     if (vault === null) throw notFound();
     checkSignedTime(time, now);
-    const authKey = b64uField({ k: vault.auth_public_key }, 'k', 32);
+    const authKey = storedKey(vault.auth_public_key);
     if (!verifySigned('enroll', [vaultId, publicKeyText, name, time], signature, authKey)) {
       throw unauthorized('bad signature for this vault');
     }
@@ -153,7 +155,7 @@ vaultRoutes.post('/:vaultId/auth/token', jsonBodyLimit, async (c) => {
   const device = await getDevice(c.env.DB, vaultId, deviceId);
   if (device === null) throw unauthorized('unknown, used or expired challenge');
   if (device.revoked_at !== null) throw revoked();
-  const deviceKey = b64uField({ k: device.public_key }, 'k', 32);
+  const deviceKey = storedKey(device.public_key);
   if (!verifySigned('token', [vaultId, deviceId, challenge], signature, deviceKey)) throw unauthorized('bad signature');
   const token = await signToken(c.env.JWT_SECRET, vaultId, deviceId, now);
   await recordTokenIssued(c.env.DB, vaultId, deviceId, now);
