@@ -7,10 +7,16 @@
  * exits with its documented code and hints, anything else is a bug and
  * prints its stack (restic's fatal/bug split).
  */
-import { CommanderError } from 'commander';
+import { CommanderError, type Command } from 'commander';
 import { buildProgram } from './program.js';
 import { reportError, processTerminal } from './ui/terminal.js';
 import type { RawGlobals } from './commands/context.js';
+
+function commandPath(c: Command): string {
+  const names: string[] = [];
+  for (let x: Command | null = c; x; x = x.parent) names.unshift(x.name());
+  return names.join(' ');
+}
 
 export async function main(argv: string[]): Promise<number> {
   const term = processTerminal();
@@ -33,16 +39,17 @@ export async function main(argv: string[]): Promise<number> {
     const ctx = new Context(resolveGlobals(raw, term.env), defaultDeps(term, controller.signal));
     await action(ctx, args, cmd.opts());
   });
-  program.exitOverride();
-  program.configureOutput({
-    writeOut: (s) => term.stdout.write(s),
-    writeErr: (s) => term.stderr.write(s),
-    outputError: (s, write) => write(`casa: ${s.replace(/^error: /, 'error: ')}`),
-  });
-  for (const c of program.commands) {
+  const configure = (c: Command) => {
     c.exitOverride();
-    for (const s of c.commands) s.exitOverride();
-  }
+    c.showHelpAfterError(`casa: hint: run \`${commandPath(c)} --help\` for usage`);
+    c.configureOutput({
+      writeOut: (s) => term.stdout.write(s),
+      writeErr: (s) => term.stderr.write(s),
+      outputError: (s, write) => write(`casa: ${s}`),
+    });
+    c.commands.forEach(configure);
+  };
+  configure(program);
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {

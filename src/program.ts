@@ -42,7 +42,6 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
     .option('--json', 'one JSON document on stdout; errors as JSON on stderr')
     .option('-q, --quiet', 'print nothing on success')
     .option('-y, --yes', 'never prompt: assume yes to confirmations')
-    .showHelpAfterError('(run `casa --help` for usage)')
     .addHelpText('after', EXIT_CODES + '\n' + ENVIRONMENT + '\n\nSee casa(1) and casa-COMMAND(1).');
 
   const wire = (cmd: Command, action: Action) =>

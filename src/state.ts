@@ -45,7 +45,8 @@ export function readState(home: string): HomeState | null {
   try {
     raw = readFileSync(statePath(home), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
     throw new FailureError(`cannot read ${statePath(home)}: ${(err as Error).message}`, {
       hints: ['check the permissions of CASA_HOME (--home)'],
     });
@@ -117,7 +118,11 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode: n
     renameSync(tmp, path);
     fsyncDir(dir);
   } catch (err) {
-    rmSync(tmp, { force: true });
+    try {
+      rmSync(tmp, { force: true });
+    } catch {
+      // The directory itself is unusable; there is no temp file to remove.
+    }
     throw new FailureError(`cannot write to ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
       hints: ['casa keeps its state in CASA_HOME; point --home (or CASA_HOME) at a writable directory'],
     });
