@@ -3,28 +3,14 @@
  * with its QR code and two words asked back; joining by a masked prompt;
  * Ctrl-C at any prompt exits 130 with nothing half-written.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startTestRelay } from '../helpers/relay.js';
-import { machine } from '../helpers/cli.js';
+import { useRelay } from '../helpers/cli.js';
 import { KEY, Pty } from '../helpers/pty.js';
 
-let relay: Awaited<ReturnType<typeof startTestRelay>>;
-const cleanups: (() => void)[] = [];
-beforeAll(async () => {
-  relay = await startTestRelay();
-});
-afterAll(async () => {
-  for (const c of cleanups) c();
-  await relay?.stop();
-});
-
-function m(name: string) {
-  const x = machine(relay.url, name);
-  cleanups.push(x.cleanup);
-  return x;
-}
+const relay = useRelay();
+const m = (name: string) => relay.machine(name);
 
 const vaultOf = (home: string) =>
   existsSync(join(home, 'state.json')) ? JSON.parse(readFileSync(join(home, 'state.json'), 'utf8')).vault : undefined;

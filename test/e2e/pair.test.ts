@@ -3,30 +3,14 @@
  * workerd (D1, R2, migrations), two simulated machines with their own
  * CASA_HOME, every bad input with its exit code, and no secret in any output.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
-import { startTestRelay } from '../helpers/relay.js';
-import { machine, runCasa, tempDir } from '../helpers/cli.js';
+import { runCasa, tempDir, useRelay } from '../helpers/cli.js';
 
-type Relay = Awaited<ReturnType<typeof startTestRelay>>;
-let relay: Relay;
-const cleanups: (() => void)[] = [];
-
-beforeAll(async () => {
-  relay = await startTestRelay();
-});
-afterAll(async () => {
-  for (const c of cleanups) c();
-  await relay?.stop();
-});
-
-function newMachine(name: string) {
-  const m = machine(relay.url, name);
-  cleanups.push(m.cleanup);
-  return m;
-}
+const relay = useRelay();
+const newMachine = (name: string, server?: string) => relay.machine(name, server);
 
 /** Asserts the words of a phrase appear nowhere in the given outputs. */
 function expectNoPhrase(phrase: string, ...outputs: string[]) {
@@ -254,8 +238,7 @@ describe('two machines share a vault', () => {
 
 describe('failures that must be clear and leave nothing behind', () => {
   it('relay down: exit 5 naming the URL; status still exit 0', async () => {
-    const m = machine('http://127.0.0.1:9', 'down');
-    cleanups.push(m.cleanup);
+    const m = newMachine('down', 'http://127.0.0.1:9');
     const r = await m.run(['pair', '--join', '--phrase-stdin'], { input: 'abandon '.repeat(23) + 'art' });
     expect(r.code).toBe(5);
     expect(r.stderr).toMatch(/^casa: error: cannot reach the relay at http:\/\/127\.0\.0\.1:9/m);
@@ -273,8 +256,7 @@ describe('failures that must be clear and leave nothing behind', () => {
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     const port = (srv.address() as { port: number }).port;
     try {
-      const m = machine(`http://127.0.0.1:${port}`, 'garbage');
-      cleanups.push(m.cleanup);
+      const m = newMachine('garbage', `http://127.0.0.1:${port}`);
       const r = await m.run(['pair', '--new', '--phrase-out', join(m.home, 'p.txt')]);
       expect(r.code).toBe(5);
       expect(r.stderr).toMatch(/did not answer|not a casa relay|not JSON/);
@@ -287,7 +269,7 @@ describe('failures that must be clear and leave nothing behind', () => {
 
   it('CASA_HOME unwritable: exit 1 with a hint, no phrase file left', async () => {
     const t = tempDir();
-    cleanups.push(t.cleanup);
+    relay.onCleanup(t.cleanup);
     const file = join(t.dir, 'a-file');
     writeFileSync(file, 'x');
     const out = join(t.dir, 'phrase.txt');
@@ -301,8 +283,7 @@ describe('failures that must be clear and leave nothing behind', () => {
   });
 
   it('no keychain reachable: a clear error naming the file keystore, never a fallback', async () => {
-    const m = machine(relay.url, 'nokeychain');
-    cleanups.push(m.cleanup);
+    const m = newMachine('nokeychain');
     const out = join(m.home, 'p.txt');
     const r = await m.run(['pair', '--new', '--phrase-out', out], {
       env: { CASA_KEYSTORE: 'keychain', DBUS_SESSION_BUS_ADDRESS: 'unix:path=/nonexistent/bus' },

@@ -5,6 +5,7 @@
  * stripped from what it printed.
  */
 import { spawn } from 'node:child_process';
+import { afterAll, beforeAll } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -74,5 +75,39 @@ export function machine(server: string, name: string) {
     env,
     run: (args: string[], o: RunOptions = {}) => runCasa(args, { ...o, env: { ...env, ...o.env } }),
     cleanup: home.cleanup,
+  };
+}
+
+/**
+ * For an e2e test file: one real relay for the file (started in beforeAll,
+ * stopped in afterAll) and simulated machines on it, all cleaned up after.
+ */
+export function useRelay(opts: Parameters<typeof import('./relay.js').startTestRelay>[0] = {}) {
+  let relay: import('./relay.js').TestRelay | undefined;
+  const cleanups: (() => void)[] = [];
+  beforeAll(async () => {
+    const { startTestRelay } = await import('./relay.js');
+    relay = await startTestRelay(opts);
+  });
+  afterAll(async () => {
+    for (const c of cleanups) c();
+    await relay?.stop();
+  });
+  return {
+    get relay() {
+      if (!relay) throw new Error('useRelay: the relay starts in beforeAll');
+      return relay;
+    },
+    get url() {
+      return this.relay.url;
+    },
+    machine(name: string, server?: string) {
+      const m = machine(server ?? this.url, name);
+      cleanups.push(m.cleanup);
+      return m;
+    },
+    onCleanup(f: () => void) {
+      cleanups.push(f);
+    },
   };
 }
