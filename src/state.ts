@@ -22,6 +22,8 @@ export interface PairedVault {
   server: string;
   keystore: KeystoreKind;
   pairedAt: number;
+  /** The highest snapshot seq this device has seen on the relay (DESIGN §6.6: a lower head is a rollback). */
+  highestSeq?: number;
 }
 
 export interface HomeState {
@@ -84,6 +86,13 @@ function isState(d: unknown): d is HomeState {
     (v.keystore === 'keychain' || v.keystore === 'file') &&
     typeof v.pairedAt === 'number'
   );
+}
+
+/** Records a snapshot seq seen on the relay; the highest one is kept. */
+export function noteSeenSeq(home: string, seq: number): void {
+  const st = readState(home);
+  if (!st?.vault || (st.vault.highestSeq ?? 0) >= seq) return;
+  writeState(home, { ...st, vault: { ...st.vault, highestSeq: seq } });
 }
 
 /** The home's state, creating CASA_HOME and a fresh homeId if there is none yet. */

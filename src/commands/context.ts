@@ -9,12 +9,14 @@ import { resolve } from 'node:path';
 import { AuthError, FailureError, IntegrityError, NotPairedError, UsageError } from '../errors.js';
 import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
-import { readState, SECRET_DEVICE_KEY, type HomeState, type PairedVault } from '../state.js';
+import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, type HomeState, type PairedVault } from '../state.js';
+import { deriveVaultKeys, type VaultKeys } from '../crypto/kdf.js';
 import { DeviceSession, RelayClient } from '../sync/relay-client.js';
 import { Output, type Terminal } from '../ui/terminal.js';
 import { b64uDecode } from '../crypto/bytes.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { PhraseError } from '../crypto/phrase.js';
+import { ManifestError } from '../sync/manifest.js';
 
 export interface RawGlobals {
   home?: string;
@@ -116,6 +118,30 @@ export async function deviceSession(p: Paired): Promise<DeviceSession> {
   return new DeviceSession(p.client, p.vault.vaultId, p.vault.deviceId, b64uDecode(seed));
 }
 
+/** The vault's keys, derived from the phrase in the keystore (and checked against the paired key id). */
+export async function vaultKeys(p: Paired): Promise<VaultKeys> {
+  const phrase = await p.keystore.get(SECRET_PHRASE);
+  if (!phrase) {
+    await p.keystore.probe();
+    throw new FailureError(`the recovery phrase is not in the ${p.keystore.kind} keystore`, {
+      hints: ['join the vault again with `casa pair --join` to store it'],
+    });
+  }
+  let keys: VaultKeys;
+  try {
+    keys = deriveVaultKeys(phrase);
+  } catch (err) {
+    throw mapCryptoError(err, 'the stored phrase');
+  }
+  if (keys.vaultId !== p.vault.vaultId || keys.keyIdHex !== p.vault.keyIdHex) {
+    throw new AuthError('the phrase in the keystore belongs to another vault', {
+      code: 'wrong_key',
+      hints: ['the keystore entry was replaced; join the vault again with `casa pair --join`'],
+    });
+  }
+  return keys;
+}
+
 /** Maps the crypto core's typed errors onto casa's exit codes, with hints (age's pattern). */
 export function mapCryptoError(err: unknown, what: string): unknown {
   if (err instanceof PhraseError) {
@@ -138,7 +164,7 @@ export function mapCryptoError(err: unknown, what: string): unknown {
       hints: ['the phrase in this keystore does not belong to this vault'],
     });
   }
-  if (err instanceof AuthenticationError || err instanceof ObjectFormatError) {
+  if (err instanceof AuthenticationError || err instanceof ObjectFormatError || err instanceof ManifestError) {
     return new IntegrityError(`${what} failed its integrity check`, {
       hints: ['the relay served damaged or tampered data; nothing was changed here'],
     });

@@ -51,7 +51,11 @@ export interface PairResult {
 
 const MAX_PHRASE_INPUT = 4096;
 
-export async function runPair(ctx: Context, opts: PairOptions): Promise<PairResult> {
+/**
+ * Pairs this home. `report: false` leaves the output to the caller (`casa
+ * restore` pairs a fresh machine first and prints one result of its own).
+ */
+export async function runPair(ctx: Context, opts: PairOptions, report = true): Promise<PairResult> {
   const { out } = ctx;
   validate(opts);
   const deviceName = checkDeviceName(opts.deviceName ?? hostname());
@@ -137,6 +141,7 @@ export async function runPair(ctx: Context, opts: PairOptions): Promise<PairResu
     cleanup.length = 0;
 
     const created = mode === 'new';
+    if (!report) return { created, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
     out.print(
       [
         created ? `created vault ${vault.vaultId} on ${server}` : `joined vault ${vault.vaultId} on ${server}`,

@@ -9,6 +9,7 @@
  * the context-specific message for 404/401 where it means "wrong phrase" or
  * "unknown vault".
  */
+import { createHash } from 'node:crypto';
 import { Agent, fetch, type Dispatcher } from 'undici';
 import { AuthError, CancelledError, FailureError, UnreachableError } from '../errors.js';
 import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../protocol/messages.js';
@@ -30,9 +31,24 @@ export class RelayHttpError extends Error {
     readonly code: RelayErrorCode | string,
     message: string,
     readonly retryAfter: number | null,
+    /** The relay's whole error document (a 409 carries the head or the missing packs). */
+    readonly doc: Record<string, unknown> = {},
   ) {
     super(message);
   }
+}
+
+function parseJsonObject(server: string, status: number, body: Uint8Array): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+  } catch {
+    throw notARelay(server, `answered ${status} with a body that is not JSON`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw notARelay(server, `answered ${status} with unexpected JSON`);
+  }
+  return doc as Record<string, unknown>;
 }
 
 let sharedAgent: Agent | undefined;
@@ -56,52 +72,53 @@ export class RelayClient {
     return (this.opts.now ?? Date.now)();
   }
 
-  /** Raw request: returns the parsed JSON body of a 2xx answer or throws RelayHttpError / a CasaError. */
-  async request(method: string, path: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
+  /**
+   * One HTTP exchange. Returns the body of a 2xx answer; any other status
+   * becomes a RelayHttpError carrying the relay's error document.
+   */
+  async send(
+    method: string,
+    path: string,
+    opts: { json?: unknown; bytes?: Uint8Array; headers?: Record<string, string>; token?: string; timeoutMs?: number } = {},
+  ): Promise<{ status: number; body: Uint8Array; contentType: string }> {
     const url = this.server + path;
-    const headers: Record<string, string> = { accept: 'application/json' };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    if (token) headers.authorization = `Bearer ${token}`;
-    const timeout = AbortSignal.timeout(this.opts.timeoutMs ?? 30_000);
+    const headers: Record<string, string> = { accept: 'application/json', ...opts.headers };
+    let body: string | Uint8Array | undefined;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    } else if (opts.bytes !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
+      body = opts.bytes;
+    }
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.opts.timeoutMs ?? 30_000);
     const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, timeout]) : timeout;
     const sent = this.now();
     let res;
+    let buf: Uint8Array;
     try {
-      res = await fetch(url, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal,
-        dispatcher: this.opts.dispatcher ?? agent(),
-      });
-    } catch (err) {
-      if (this.opts.signal?.aborted) throw new CancelledError();
-      throw unreachable(this.server, err);
-    }
-    let text: string;
-    try {
-      text = await res.text();
+      res = await fetch(url, { method, headers, body, signal, dispatcher: this.opts.dispatcher ?? agent() });
+      buf = new Uint8Array(await res.arrayBuffer());
     } catch (err) {
       if (this.opts.signal?.aborted) throw new CancelledError();
       throw unreachable(this.server, err);
     }
     const t = Number(res.headers.get(TIME_HEADER));
     if (Number.isFinite(t) && t > 0) this.clockOffsetMs = Math.round(t - (sent + this.now()) / 2);
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text);
-    } catch {
-      throw notARelay(this.server, `answered ${res.status} with a body that is not JSON`);
-    }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-      throw notARelay(this.server, `answered ${res.status} with unexpected JSON`);
-    }
-    const d = doc as Record<string, unknown>;
-    if (res.ok) return d;
+    const contentType = res.headers.get('content-type') ?? '';
+    if (res.ok) return { status: res.status, body: buf, contentType };
+    const d = parseJsonObject(this.server, res.status, buf);
     const e = d.error as Record<string, unknown> | undefined;
     if (!e || typeof e.code !== 'string') throw notARelay(this.server, `answered ${res.status} without an error code`);
     const ra = Number(res.headers.get('retry-after'));
-    throw new RelayHttpError(res.status, e.code, typeof e.message === 'string' ? e.message : e.code, Number.isFinite(ra) ? ra : null);
+    throw new RelayHttpError(res.status, e.code, typeof e.message === 'string' ? e.message : e.code, Number.isFinite(ra) ? ra : null, d);
+  }
+
+  /** A JSON exchange: the parsed object of a 2xx answer, or RelayHttpError / a CasaError. */
+  async request(method: string, path: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
+    const res = await this.send(method, path, { json: body, token });
+    return parseJsonObject(this.server, res.status, res.body);
   }
 
   /** GET /v1/health: proves a casa relay answers at this URL. */
@@ -229,5 +246,31 @@ export class DeviceSession {
   async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
     const token = await this.getToken();
     return this.client.call(method, `${this.base}${path}`, body, token);
+  }
+
+  /** Like call(), but RelayHttpError is left for the caller to interpret (409 bodies, 404 as absence). */
+  async request(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+    const token = await this.getToken();
+    return this.client.request(method, `${this.base}${path}`, body, token);
+  }
+
+  /** Uploads bytes with their SHA-256 for the relay to check on arrival. */
+  async putBytes(path: string, bytes: Uint8Array): Promise<Record<string, unknown>> {
+    const token = await this.getToken();
+    const sha = createHash('sha256').update(bytes).digest('hex');
+    const res = await this.client.send('PUT', `${this.base}${path}`, {
+      bytes,
+      token,
+      headers: { 'x-casa-sha256': sha },
+      timeoutMs: 120_000,
+    });
+    return parseJsonObject(this.client.server, res.status, res.body);
+  }
+
+  /** Downloads bytes; RelayHttpError (404 …) is left to the caller. */
+  async getBytes(path: string): Promise<Uint8Array> {
+    const token = await this.getToken();
+    const res = await this.client.send('GET', `${this.base}${path}`, { token, timeoutMs: 120_000 });
+    return res.body;
   }
 }

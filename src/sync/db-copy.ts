@@ -1,0 +1,139 @@
+/**
+ * A consistent copy of the live database (DESIGN §6.1): SQLite's backup API
+ * (better-sqlite3 `backup()`, in large steps), never a raw file copy and never
+ * `VACUUM INTO` (it re-lays pages and defeats page dedup). Works while the
+ * app writes in WAL mode: the copy is one committed state.
+ *
+ * Then, without holding the database: the copy's page size, page count,
+ * schema and user versions, SHA-256, and the keyed hash of every page
+ * (hashed on the worker pool, in ranges, one per core).
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { FailureError } from '../errors.js';
+import { PAGE_HASH_BYTES } from './page-hash.js';
+import type { WorkerPool } from './pool.js';
+
+/** Pages per backup step: 64 MiB at 4 KiB pages (DESIGN §6.1: large steps, 450 MiB/s vs 265 at the default). */
+const BACKUP_STEP_PAGES = 16_384;
+
+export interface DbCopy {
+  path: string;
+  pageSize: number;
+  pageCount: number;
+  dbBytes: number;
+  schemaVersion: number;
+  userVersion: number;
+  sha256: string;
+  /** pageCount × 16 bytes of keyed page hashes. */
+  hashes: Uint8Array;
+  remove(): void;
+}
+
+export function openDatabaseReadonly(dbPath: string): Database.Database {
+  try {
+    return new Database(dbPath, { readonly: true, fileMustExist: true });
+  } catch (err) {
+    throw new FailureError(`cannot open the database ${dbPath} (${(err as Error).message})`, {
+      hints: ['check --db (or CASA_DB): it should name the Casaconomy database file'],
+    });
+  }
+}
+
+/** Copies `dbPath` consistently into `tmpDir` and describes the copy. The caller removes it. */
+export async function copyDatabase(
+  dbPath: string,
+  tmpDir: string,
+  pool: WorkerPool,
+  onProgress: (bytes: number) => void = () => {},
+): Promise<DbCopy> {
+  mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
+  const path = join(tmpDir, `copy-${randomBytes(6).toString('hex')}.db`);
+  const remove = () => {
+    rmSync(path, { force: true });
+    rmSync(`${path}-journal`, { force: true });
+  };
+  const db = openDatabaseReadonly(dbPath);
+  try {
+    let copied = 0;
+    const pageSize = Number(db.pragma('page_size', { simple: true }));
+    await db.backup(path, {
+      progress({ totalPages, remainingPages }) {
+        const now = totalPages - remainingPages;
+        onProgress((now - copied) * pageSize);
+        copied = now;
+        return BACKUP_STEP_PAGES;
+      },
+    });
+  } catch (err) {
+    remove();
+    throw new FailureError(`cannot copy the database ${dbPath} (${(err as Error).message})`, {
+      hints: ['check that the file is a SQLite database and that CASA_HOME has room for a copy'],
+    });
+  } finally {
+    db.close();
+  }
+  try {
+    return await describeCopy(path, pool, remove);
+  } catch (err) {
+    remove();
+    throw err;
+  }
+}
+
+/** Reads a database file's header and hashes it: whole-file SHA-256 and keyed per-page hashes. */
+export async function describeCopy(path: string, pool: WorkerPool, remove: () => void): Promise<DbCopy> {
+  const fd = openSync(path, 'r');
+  let size: number;
+  const header = Buffer.alloc(100);
+  try {
+    size = fstatSync(fd).size;
+    readSync(fd, header, 0, 100, 0);
+  } finally {
+    closeSync(fd);
+  }
+  // SQLite file header: page size at offset 16 (1 means 65536), user_version at 60, schema cookie at 40.
+  const raw = header.readUInt16BE(16);
+  const pageSize = raw === 1 ? 65536 : raw;
+  if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0 || size % pageSize !== 0) {
+    throw new FailureError(`${path} is not a SQLite database`);
+  }
+  const pageCount = size / pageSize;
+  const schemaVersion = header.readUInt32BE(40);
+  const userVersion = header.readUInt32BE(60);
+
+  // Hash pages in one range per worker while the main thread computes the whole-file SHA-256.
+  const ranges = Math.max(1, Math.min(pool.size * 2, Math.ceil(pageCount / 4096)));
+  const per = Math.ceil(pageCount / ranges);
+  const jobs: Promise<{ first: number; hashes: Uint8Array }>[] = [];
+  for (let first = 0; first < pageCount; first += per) {
+    const count = Math.min(per, pageCount - first);
+    jobs.push(pool.run({ kind: 'hash', path, pageSize, firstPage: first, pageCount: count }).then((r) => ({ first, hashes: r.hashes })));
+  }
+  const sha256 = await sha256File(path);
+  const hashes = new Uint8Array(pageCount * PAGE_HASH_BYTES);
+  for (const { first, hashes: h } of await Promise.all(jobs)) hashes.set(h, first * PAGE_HASH_BYTES);
+  return { path, pageSize, pageCount, dbBytes: size, schemaVersion, userVersion, sha256, hashes, remove };
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  const fd = openSync(path, 'r');
+  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  try {
+    for (let pos = 0; ; ) {
+      const n = readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+      // Let worker results and timers through between reads.
+      await new Promise<void>((r) => setImmediate(r));
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
+}

@@ -1,0 +1,245 @@
+/**
+ * Snapshot manifests and packs (docs/FORMAT.md §5): pure encoding, strict
+ * validation and sealing. No I/O: the snapshot and restore code feed bytes in.
+ *
+ * Invariants a decoded manifest satisfies (anything else is a ManifestError,
+ * which callers report as an integrity failure):
+ * - it is the manifest it was fetched as (vault id, snapshot id, seq), so the
+ *   relay cannot swap or move one;
+ * - `runs` are sorted quadruples covering pages 0 … pageCount−1 exactly once,
+ *   each slice inside its pack's plaintext and page-aligned.
+ */
+import { createHmac } from 'node:crypto';
+import { bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { ObjectType, openObject, sealObject } from '../crypto/objects.js';
+import { Codec } from '../codec.js';
+
+export const MANIFEST_FORMAT = 1;
+/** A writer closes a pack when the next page would take it past this. */
+export const PACK_TARGET_BYTES = 8 * 1024 * 1024;
+/** Readers refuse larger pack plaintexts (a writer never makes one over the target + one page). */
+export const PACK_MAX_BYTES = 16 * 1024 * 1024;
+/** Readers refuse larger manifest plaintexts: ~1.3 M runs, far beyond a 1 GiB database's 262,144 pages. */
+export const MANIFEST_MAX_BYTES = 64 * 1024 * 1024;
+
+export interface PackRef {
+  id: string;
+  /** Plaintext size of the pack. */
+  bytes: number;
+}
+
+export interface Manifest {
+  format: 1;
+  vaultId: string;
+  snapshotId: string;
+  seq: number;
+  parentId: string | null;
+  parentSeq: number;
+  deviceId: string;
+  time: number;
+  pageSize: number;
+  pageCount: number;
+  dbBytes: number;
+  sha256: string;
+  schemaVersion: number;
+  userVersion: number;
+  changesetWatermark: number;
+  packs: PackRef[];
+  /** Flat quadruples: firstPage, pageCount, packIndex, byteOffset. */
+  runs: number[];
+}
+
+export interface ManifestIdentity {
+  vaultId: string;
+  snapshotId: string;
+  seq: number;
+}
+
+export class ManifestError extends Error {
+  constructor(readonly reason: string) {
+    super(`invalid manifest: ${reason}`);
+    this.name = 'ManifestError';
+  }
+}
+
+const HEX32 = /^[0-9a-f]{32}$/;
+const HEX16 = /^[0-9a-f]{16}$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function manifestIdentity(m: ManifestIdentity): string {
+  return `manifest:${m.snapshotId}:${m.seq}`;
+}
+
+export function packIdentity(packId: string): string {
+  return `pack:${packId}`;
+}
+
+/** The pack id: a keyed hash of the plaintext (FORMAT.md §5). */
+export function packId(idMacKey: Uint8Array, plaintext: Uint8Array): string {
+  return createHmac('sha256', idMacKey).update('casa/v1/pack\0').update(plaintext).digest('hex');
+}
+
+export function encodeManifest(m: Manifest): Uint8Array {
+  validateManifest(m);
+  return utf8ToBytes(JSON.stringify(m));
+}
+
+export function decodeManifest(bytes: Uint8Array, expected: ManifestIdentity): Manifest {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(bytesToUtf8(bytes));
+  } catch {
+    throw new ManifestError('not JSON');
+  }
+  const m = doc as Manifest;
+  validateManifest(m);
+  if (m.vaultId !== expected.vaultId) throw new ManifestError('belongs to another vault');
+  if (m.snapshotId !== expected.snapshotId) throw new ManifestError('belongs to another snapshot');
+  if (m.seq !== expected.seq) throw new ManifestError('has another sequence number');
+  return m;
+}
+
+const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+export function validateManifest(m: Manifest): void {
+  const fail = (why: string): never => {
+    throw new ManifestError(why);
+  };
+  if (typeof m !== 'object' || m === null) fail('not an object');
+  if (m.format !== MANIFEST_FORMAT) fail(`unsupported format ${String(m.format)}`);
+  if (typeof m.vaultId !== 'string' || !HEX32.test(m.vaultId)) fail('bad vaultId');
+  if (typeof m.snapshotId !== 'string' || !HEX32.test(m.snapshotId)) fail('bad snapshotId');
+  if (!isUint(m.seq) || m.seq < 1) fail('bad seq');
+  if (!isUint(m.parentSeq) || m.parentSeq !== m.seq - 1) fail('seq is not parentSeq + 1');
+  if (m.parentId !== null && (typeof m.parentId !== 'string' || !HEX32.test(m.parentId))) fail('bad parentId');
+  if ((m.parentId === null) !== (m.parentSeq === 0)) fail('parentId and parentSeq disagree');
+  if (typeof m.deviceId !== 'string' || !HEX16.test(m.deviceId)) fail('bad deviceId');
+  for (const k of ['time', 'pageCount', 'dbBytes', 'schemaVersion', 'userVersion', 'changesetWatermark'] as const) {
+    if (!isUint(m[k])) fail(`bad ${k}`);
+  }
+  if (!isUint(m.pageSize) || m.pageSize < 512 || m.pageSize > 65536 || (m.pageSize & (m.pageSize - 1)) !== 0) fail('bad pageSize');
+  if (m.dbBytes !== m.pageCount * m.pageSize) fail('dbBytes is not pageCount × pageSize');
+  if (typeof m.sha256 !== 'string' || !HEX64.test(m.sha256)) fail('bad sha256');
+  if (!Array.isArray(m.packs)) fail('bad packs');
+  for (const p of m.packs) {
+    if (typeof p !== 'object' || p === null || typeof p.id !== 'string' || !HEX64.test(p.id)) fail('bad pack id');
+    if (!isUint(p.bytes) || p.bytes === 0 || p.bytes > PACK_MAX_BYTES || p.bytes % m.pageSize !== 0) fail('bad pack size');
+  }
+  if (new Set(m.packs.map((p) => p.id)).size !== m.packs.length) fail('duplicate pack');
+  const r = m.runs;
+  if (!Array.isArray(r) || r.length % 4 !== 0) fail('bad runs');
+  let next = 0;
+  for (let i = 0; i < r.length; i += 4) {
+    const [first, count, pack, offset] = [r[i], r[i + 1], r[i + 2], r[i + 3]];
+    if (!isUint(first) || !isUint(count) || !isUint(pack) || !isUint(offset)) fail('bad run');
+    if (first !== next) fail(first! < next ? 'runs overlap' : 'runs leave a gap');
+    if (count === 0) fail('empty run');
+    const p = m.packs[pack!];
+    if (!p) fail('run names no pack');
+    if (offset! % m.pageSize !== 0 || offset! + count! * m.pageSize > p!.bytes) fail('run outside its pack');
+    next = first! + count!;
+  }
+  if (next !== m.pageCount) fail('runs do not cover the database');
+}
+
+/**
+ * Runs from a per-page assignment (pack index and byte offset for every
+ * page), merging neighbours that continue each other in the same pack.
+ */
+export function buildRuns(packOf: Int32Array, offsetOf: Float64Array, pageSize: number): number[] {
+  const runs: number[] = [];
+  const n = packOf.length;
+  let i = 0;
+  while (i < n) {
+    const pack = packOf[i]!;
+    const off = offsetOf[i]!;
+    let j = i + 1;
+    while (j < n && packOf[j] === pack && offsetOf[j] === off + (j - i) * pageSize) j++;
+    runs.push(i, j - i, pack, off);
+    i = j;
+  }
+  return runs;
+}
+
+/** Expands runs into per-page arrays (the inverse of buildRuns). */
+export function expandRuns(m: Pick<Manifest, 'runs' | 'pageCount' | 'pageSize'>): { packOf: Int32Array; offsetOf: Float64Array } {
+  const packOf = new Int32Array(m.pageCount);
+  const offsetOf = new Float64Array(m.pageCount);
+  for (let i = 0; i < m.runs.length; i += 4) {
+    const first = m.runs[i]!;
+    const count = m.runs[i + 1]!;
+    const pack = m.runs[i + 2]!;
+    const off = m.runs[i + 3]!;
+    for (let k = 0; k < count; k++) {
+      packOf[first + k] = pack;
+      offsetOf[first + k] = off + k * m.pageSize;
+    }
+  }
+  return { packOf, offsetOf };
+}
+
+/** Bytes of each pack that the manifest uses (its live data), by pack index. */
+export function liveBytes(m: Pick<Manifest, 'runs' | 'packs' | 'pageSize'>): number[] {
+  const live = new Array<number>(m.packs.length).fill(0);
+  for (let i = 0; i < m.runs.length; i += 4) live[m.runs[i + 2]!]! += m.runs[i + 1]! * m.pageSize;
+  return live;
+}
+
+export function sealManifest(keys: VaultKeys, m: Manifest, salt: Uint8Array): Uint8Array {
+  return sealObject({
+    type: ObjectType.manifest,
+    codec: Codec.zstd,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: m.vaultId,
+    identity: manifestIdentity(m),
+    plaintext: encodeManifest(m),
+    salt,
+  });
+}
+
+/** Opens and validates a manifest; crypto errors (format, wrong key, authentication) pass through typed. */
+export function openManifest(keys: VaultKeys, object: Uint8Array, expected: ManifestIdentity): Manifest {
+  const plaintext = openObject({
+    type: ObjectType.manifest,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: expected.vaultId,
+    identity: manifestIdentity(expected),
+    object,
+    maxPlaintext: MANIFEST_MAX_BYTES,
+  });
+  return decodeManifest(plaintext, expected);
+}
+
+export function sealPack(keys: VaultKeys, plaintext: Uint8Array, salt: Uint8Array): { id: string; object: Uint8Array } {
+  const id = packId(keys.idMacKey, plaintext);
+  const object = sealObject({
+    type: ObjectType.pack,
+    codec: Codec.zstd,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: keys.vaultId,
+    identity: packIdentity(id),
+    plaintext,
+    salt,
+  });
+  return { id, object };
+}
+
+/** Opens a pack and checks that its plaintext hashes to its id. */
+export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): Uint8Array {
+  const plaintext = openObject({
+    type: ObjectType.pack,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: keys.vaultId,
+    identity: packIdentity(id),
+    object,
+    maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
+  });
+  if (plaintext.length !== expectedBytes) throw new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
+  if (packId(keys.idMacKey, plaintext) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
+  return plaintext;
+}

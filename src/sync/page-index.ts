@@ -1,0 +1,61 @@
+/**
+ * The device's local page index (docs/FORMAT.md §5, "Local page index"): for
+ * one database, the manifest of the last snapshot this device committed or
+ * restored, and a keyed 16-byte hash of every page as it was then. A snapshot
+ * uploads only pages whose hash changed; `casa pull` uses it to tell whether
+ * the database changed locally since. A missing or damaged index is never an
+ * error: it only costs a full upload.
+ */
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { writeFileAtomic } from '../state.js';
+import { validateManifest, type Manifest } from './manifest.js';
+import { PAGE_HASH_BYTES } from './page-hash.js';
+
+const MAGIC = Buffer.from('CASAIDX1', 'ascii');
+
+export interface PageIndex {
+  /** The snapshot the database matched when the index was written. */
+  manifest: Manifest;
+  /** pageCount × 16 bytes. */
+  hashes: Uint8Array;
+  source: 'snapshot' | 'restore';
+  updatedAt: number;
+}
+
+export function indexPath(home: string, keys: VaultKeys, dbPath: string): string {
+  const dbKey = createHmac('sha256', keys.localIndexKey).update(dbPath, 'utf8').digest('hex').slice(0, 16);
+  return join(home, 'index', keys.vaultId, `${dbKey}.idx`);
+}
+
+export function readIndex(home: string, keys: VaultKeys, dbPath: string): PageIndex | null {
+  let buf: Buffer;
+  try {
+    buf = readFileSync(indexPath(home, keys, dbPath));
+  } catch {
+    return null;
+  }
+  try {
+    if (buf.length < 12 || !buf.subarray(0, 8).equals(MAGIC)) return null;
+    const jsonLen = buf.readUInt32BE(8);
+    const meta = JSON.parse(buf.subarray(12, 12 + jsonLen).toString('utf8')) as Omit<PageIndex, 'hashes'>;
+    validateManifest(meta.manifest);
+    if (meta.manifest.vaultId !== keys.vaultId) return null;
+    const hashes = new Uint8Array(buf.subarray(12 + jsonLen));
+    if (hashes.length !== meta.manifest.pageCount * PAGE_HASH_BYTES) return null;
+    if (meta.source !== 'snapshot' && meta.source !== 'restore') return null;
+    return { manifest: meta.manifest, hashes, source: meta.source, updatedAt: meta.updatedAt };
+  } catch {
+    return null;
+  }
+}
+
+export function writeIndex(home: string, keys: VaultKeys, dbPath: string, idx: PageIndex): void {
+  const json = Buffer.from(JSON.stringify({ manifest: idx.manifest, source: idx.source, updatedAt: idx.updatedAt }), 'utf8');
+  const head = Buffer.alloc(12);
+  MAGIC.copy(head, 0);
+  head.writeUInt32BE(json.length, 8);
+  writeFileAtomic(indexPath(home, keys, dbPath), Buffer.concat([head, json, idx.hashes]), 0o600);
+}

@@ -1,0 +1,73 @@
+/**
+ * The CPU-heavy half of snapshots and restores, run on worker threads
+ * (src/sync/pool.ts): hashing pages, sealing packs (read pages → compress →
+ * encrypt), opening packs (decrypt → decompress → verify the id). Pages are
+ * read here with pread so multi-MiB buffers never cross threads twice.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { openPack, sealPack } from './manifest.js';
+import { hashPages } from './page-hash.js';
+import type { Job, JobResult } from './pool.js';
+
+const keys = (workerData as { keys: VaultKeys }).keys;
+
+function readPages(path: string, pageSize: number, pages: Uint32Array): Uint8Array {
+  const out = new Uint8Array(pages.length * pageSize);
+  const fd = openSync(path, 'r');
+  try {
+    let i = 0;
+    while (i < pages.length) {
+      // Read consecutive pages in one call.
+      let j = i + 1;
+      while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
+      const want = (j - i) * pageSize;
+      const got = readSync(fd, out, i * pageSize, want, pages[i]! * pageSize);
+      if (got !== want) throw new Error(`short read of ${path} at page ${pages[i]}`);
+      i = j;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
+  switch (job.kind) {
+    case 'hash': {
+      const pages = new Uint32Array(job.pageCount);
+      for (let i = 0; i < job.pageCount; i++) pages[i] = job.firstPage + i;
+      const data = readPages(job.path, job.pageSize, pages);
+      const hashes = hashPages(keys.localIndexKey, data, job.pageSize);
+      return { result: { kind: 'hash', hashes }, transfer: [hashes.buffer as ArrayBuffer] };
+    }
+    case 'seal': {
+      const plaintext = readPages(job.path, job.pageSize, job.pages);
+      const hashes = hashPages(keys.localIndexKey, plaintext, job.pageSize);
+      const { id, object } = sealPack(keys, plaintext, job.salt);
+      return {
+        result: { kind: 'seal', id, object, bytes: plaintext.length, hashes },
+        transfer: [object.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer],
+      };
+    }
+    case 'open': {
+      const plaintext = openPack(keys, job.id, job.object, job.bytes);
+      const hashes = job.withHashes ? hashPages(keys.localIndexKey, plaintext, job.pageSize) : new Uint8Array(0);
+      return {
+        result: { kind: 'open', plaintext, hashes },
+        transfer: [plaintext.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer],
+      };
+    }
+  }
+}
+
+parentPort!.on('message', (msg: { id: number; job: Job }) => {
+  try {
+    const { result, transfer } = run(msg.job);
+    parentPort!.postMessage({ id: msg.id, result }, transfer);
+  } catch (err) {
+    const e = err as Error;
+    parentPort!.postMessage({ id: msg.id, error: { name: e.name, message: e.message, reason: (e as { reason?: string }).reason } });
+  }
+});

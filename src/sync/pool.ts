@@ -1,0 +1,116 @@
+/**
+ * A small pool of worker threads (one per core, at most 4) for the CPU-heavy
+ * work of snapshots and restores (src/sync/pool-worker.ts), so compression,
+ * encryption and hashing use every core while the main thread does I/O.
+ * Jobs are queued; results come back with their buffers transferred.
+ * Errors keep their class name and `reason`, so integrity failures in a
+ * worker are still reported as integrity failures.
+ */
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
+import { ManifestError } from './manifest.js';
+
+export type Job =
+  | { kind: 'hash'; path: string; pageSize: number; firstPage: number; pageCount: number }
+  | { kind: 'seal'; path: string; pageSize: number; pages: Uint32Array; salt: Uint8Array }
+  | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean };
+
+export type JobResult =
+  | { kind: 'hash'; hashes: Uint8Array }
+  | { kind: 'seal'; id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }
+  | { kind: 'open'; plaintext: Uint8Array; hashes: Uint8Array };
+
+type ResultOf<K extends Job['kind']> = Extract<JobResult, { kind: K }>;
+
+function workerFile(): string {
+  const here = fileURLToPath(import.meta.url);
+  // Under the test runner this module is TypeScript source; workers always run the compiled file.
+  if (here.endsWith('.ts')) return join(dirname(here), '..', '..', 'dist', 'sync', 'pool-worker.js');
+  return join(dirname(here), 'pool-worker.js');
+}
+
+function rebuildError(e: { name: string; message: string; reason?: string }): Error {
+  switch (e.name) {
+    case 'AuthenticationError':
+      return new AuthenticationError();
+    case 'WrongKeyError':
+      return new WrongKeyError();
+    case 'ObjectFormatError':
+      return new ObjectFormatError((e.reason ?? 'truncated_body') as never);
+    case 'ManifestError':
+      return new ManifestError(e.reason ?? e.message);
+    default:
+      return new Error(e.message);
+  }
+}
+
+interface Pending {
+  resolve: (r: JobResult) => void;
+  reject: (e: Error) => void;
+}
+
+export class WorkerPool {
+  private workers: Worker[] = [];
+  private idle: Worker[] = [];
+  private queue: { id: number; job: Job; transfer: ArrayBuffer[] }[] = [];
+  private pending = new Map<number, Pending>();
+  private busy = new Map<Worker, number>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(keys: VaultKeys, size = Math.min(4, Math.max(1, availableParallelism()))) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(workerFile(), { workerData: { keys } });
+      w.on('message', (msg: { id: number; result?: JobResult; error?: { name: string; message: string; reason?: string } }) => {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        this.busy.delete(w);
+        this.idle.push(w);
+        this.pump();
+        if (!p) return;
+        if (msg.error) p.reject(rebuildError(msg.error));
+        else p.resolve(msg.result!);
+      });
+      w.on('error', (err) => {
+        const id = this.busy.get(w);
+        if (id !== undefined) this.pending.get(id)?.reject(err);
+      });
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  run<J extends Job>(job: J, transfer: ArrayBuffer[] = []): Promise<ResultOf<J['kind']>> {
+    if (this.closed) return Promise.reject(new Error('worker pool is closed'));
+    const id = this.nextId++;
+    return new Promise<JobResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.queue.push({ id, job, transfer });
+      this.pump();
+    }) as Promise<ResultOf<J['kind']>>;
+  }
+
+  private pump(): void {
+    while (this.idle.length > 0 && this.queue.length > 0) {
+      const w = this.idle.pop()!;
+      const { id, job, transfer } = this.queue.shift()!;
+      this.busy.set(w, id);
+      w.postMessage({ id, job }, transfer);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const [, p] of this.pending) p.reject(new Error('worker pool closed'));
+    this.pending.clear();
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
