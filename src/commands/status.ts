@@ -7,7 +7,9 @@ import { statSync } from 'node:fs';
 import { readState } from '../state.js';
 import { RelayHttpError } from '../sync/relay-client.js';
 import { CasaError } from '../errors.js';
-import { deviceSession, loadPaired, type Context } from './context.js';
+import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
+import { readIndex, sameStat, statDatabase } from '../sync/page-index.js';
+import { SnapshotApi } from '../sync/snapshot-api.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -21,7 +23,12 @@ export interface StatusReport {
   server: string;
   relay: { reachable: boolean; version: string | null; error: string | null };
   clock_offset_ms: number | null;
-  database: { path: string; exists: boolean; size: number | null };
+  database: { path: string; exists: boolean; size: number | null; changed_since_sync: boolean | null };
+  /** The snapshot this database was last synced to on this device (snapshot or restore), if any. */
+  last_sync: { snapshot_id: string; seq: number; time: number; source: 'snapshot' | 'restore' } | null;
+  relay_head: { snapshot_id: string; seq: number; time: number; device_id: string; device_name: string | null } | null;
+  newer_available: boolean | null;
+  rollback_detected: boolean;
 }
 
 export async function runStatus(ctx: Context): Promise<StatusReport> {
@@ -41,6 +48,10 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     relay: { reachable: false, version: null, error: null },
     clock_offset_ms: null,
     database: db,
+    last_sync: null,
+    relay_head: null,
+    newer_available: null,
+    rollback_detected: false,
   };
 
   const client = ctx.client(server, 5_000);
@@ -53,12 +64,38 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     report.relay.error = err instanceof Error ? err.message : String(err);
   }
 
-  if (state?.vault && report.relay.reachable) {
+  let paired: Paired | undefined;
+  if (state?.vault) {
+    try {
+      paired = { ...loadPaired(ctx), client };
+      const keys = await vaultKeys(paired);
+      const idx = readIndex(ctx.globals.home, keys, ctx.globals.db);
+      if (idx) {
+        const m = idx.manifest;
+        report.last_sync = { snapshot_id: m.snapshotId, seq: m.seq, time: m.time, source: idx.source };
+        if (idx.dbStat && db.exists) report.database.changed_since_sync = !sameStat(idx.dbStat, statDatabase(ctx.globals.db));
+      } else if (db.exists) {
+        report.database.changed_since_sync = true;
+      }
+    } catch (err) {
+      if (err instanceof CasaError && err.exitCode === 130) throw err;
+      // The keystore may be locked; status still says what it can.
+    }
+  }
+
+  if (paired && report.relay.reachable) {
     report.device_status = 'unknown';
     try {
-      const session = await deviceSession({ ...loadPaired(ctx), client });
+      const session = await deviceSession(paired);
       await session.getToken();
       report.device_status = 'active';
+      const head = await new SnapshotApi(session).head();
+      if (head) {
+        report.relay_head = { snapshot_id: head.id, seq: head.seq, time: head.time, device_id: head.deviceId, device_name: head.deviceName };
+      }
+      const local = report.last_sync?.seq ?? 0;
+      report.newer_available = (head?.seq ?? 0) > local;
+      report.rollback_detected = (head?.seq ?? 0) < (state!.vault!.highestSeq ?? 0);
     } catch (err) {
       if (err instanceof RelayHttpError && err.code === 'device_revoked') report.device_status = 'revoked';
       else if (err instanceof CasaError && err.code === 'device_revoked') report.device_status = 'revoked';
@@ -74,9 +111,9 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
 function databaseInfo(path: string): StatusReport['database'] {
   try {
     const st = statSync(path);
-    return { path, exists: st.isFile(), size: st.isFile() ? st.size : null };
+    return { path, exists: st.isFile(), size: st.isFile() ? st.size : null, changed_since_sync: null };
   } catch {
-    return { path, exists: false, size: null };
+    return { path, exists: false, size: null, changed_since_sync: null };
   }
 }
 
@@ -96,7 +133,21 @@ export function formatStatus(r: StatusReport): string {
     ? `reachable, casa-relay ${r.relay.version}${r.clock_offset_ms === null ? '' : `, clock offset ${formatOffset(r.clock_offset_ms)}`}`
     : `unreachable (${r.relay.error})`;
   row('server', `${r.server} (${relay})`);
-  row('database', `${r.database.path} (${r.database.exists ? `${r.database.size} bytes` : 'not found'})`);
+  const changed =
+    r.database.changed_since_sync === null ? '' : r.database.changed_since_sync ? ', changed since last sync' : ', unchanged since last sync';
+  row('database', `${r.database.path} (${r.database.exists ? `${r.database.size} bytes${changed}` : 'not found'})`);
+  if (r.paired) {
+    const iso = (t: number) => new Date(t).toISOString().replace(/\.\d+Z$/, 'Z');
+    row('synced', r.last_sync ? `snapshot ${r.last_sync.seq} (${r.last_sync.source}, ${iso(r.last_sync.time)})` : 'never (run `casa snapshot` or `casa restore`)');
+    if (r.relay_head) {
+      const who = r.relay_head.device_name ?? r.relay_head.device_id;
+      const newer = r.newer_available ? ' — NEWER than this database: `casa pull` fetches it' : '';
+      row('head', `snapshot ${r.relay_head.seq} from ${who} at ${iso(r.relay_head.time)}${newer}`);
+    } else if (r.relay.reachable && r.device_status === 'active') {
+      row('head', 'no snapshot yet');
+    }
+    if (r.rollback_detected) row('WARNING', 'the relay serves an older head than this device has seen (rollback)');
+  }
   row('home', r.home);
   return lines.join('\n');
 }

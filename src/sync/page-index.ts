@@ -7,7 +7,7 @@
  * error: it only costs a full upload.
  */
 import { createHmac } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { writeFileAtomic } from '../state.js';
@@ -23,6 +23,43 @@ export interface PageIndex {
   hashes: Uint8Array;
   source: 'snapshot' | 'restore';
   updatedAt: number;
+  /**
+   * Size and mtime of the database and its -wal when the database matched
+   * the manifest (taken before the copy): `casa status` compares them to say
+   * cheaply whether the database changed since, without reading it.
+   */
+  dbStat?: DbStat;
+  /**
+   * Stored (ciphertext) size of each pack the manifest names, where known:
+   * `casa snapshot` reports the snapshot's stored bytes without asking the relay.
+   */
+  packSizes?: Record<string, number>;
+}
+
+export interface DbStat {
+  size: number;
+  mtimeMs: number;
+  walSize: number;
+  walMtimeMs: number;
+}
+
+/** Size and mtime of a database and its -wal (zeros for a missing file). */
+export function statDatabase(dbPath: string): DbStat {
+  const st = (p: string) => {
+    try {
+      const s = statSync(p);
+      return { size: s.size, mtimeMs: Math.floor(s.mtimeMs) };
+    } catch {
+      return { size: 0, mtimeMs: 0 };
+    }
+  };
+  const db = st(dbPath);
+  const wal = st(`${dbPath}-wal`);
+  return { size: db.size, mtimeMs: db.mtimeMs, walSize: wal.size, walMtimeMs: wal.mtimeMs };
+}
+
+export function sameStat(a: DbStat, b: DbStat): boolean {
+  return a.size === b.size && a.mtimeMs === b.mtimeMs && a.walSize === b.walSize && a.walMtimeMs === b.walMtimeMs;
 }
 
 export function indexPath(home: string, keys: VaultKeys, dbPath: string): string {
@@ -46,16 +83,37 @@ export function readIndex(home: string, keys: VaultKeys, dbPath: string): PageIn
     const hashes = new Uint8Array(buf.subarray(12 + jsonLen));
     if (hashes.length !== meta.manifest.pageCount * PAGE_HASH_BYTES) return null;
     if (meta.source !== 'snapshot' && meta.source !== 'restore') return null;
-    return { manifest: meta.manifest, hashes, source: meta.source, updatedAt: meta.updatedAt };
+    const packSizes = validPackSizes(meta.packSizes);
+    return {
+      manifest: meta.manifest,
+      hashes,
+      source: meta.source,
+      updatedAt: meta.updatedAt,
+      ...(meta.dbStat ? { dbStat: meta.dbStat } : {}),
+      ...(packSizes ? { packSizes } : {}),
+    };
   } catch {
     return null;
   }
 }
 
 export function writeIndex(home: string, keys: VaultKeys, dbPath: string, idx: PageIndex): void {
-  const json = Buffer.from(JSON.stringify({ manifest: idx.manifest, source: idx.source, updatedAt: idx.updatedAt }), 'utf8');
+  const dbStat = idx.dbStat ?? statDatabase(dbPath);
+  const json = Buffer.from(
+    JSON.stringify({ manifest: idx.manifest, source: idx.source, updatedAt: idx.updatedAt, dbStat, packSizes: idx.packSizes }),
+    'utf8',
+  );
   const head = Buffer.alloc(12);
   MAGIC.copy(head, 0);
   head.writeUInt32BE(json.length, 8);
   writeFileAtomic(indexPath(home, keys, dbPath), Buffer.concat([head, json, idx.hashes]), 0o600);
+}
+
+function validPackSizes(v: unknown): Record<string, number> | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  const out: Record<string, number> = {};
+  for (const [id, n] of Object.entries(v)) {
+    if (/^[0-9a-f]{64}$/.test(id) && typeof n === 'number' && Number.isSafeInteger(n) && n > 0) out[id] = n;
+  }
+  return out;
 }

@@ -108,3 +108,37 @@ describe.runIf(process.platform === 'linux')('keychain keystore without a reacha
     expect(JSON.parse(r.stdout)).toEqual([expected, expected, expected]);
   });
 });
+
+describe('the CLI with the real keychain (the default keystore)', async () => {
+  const { useRelay } = await import('../helpers/cli.js');
+  const { readFileSync } = await import('node:fs');
+  const relay = useRelay();
+
+  it('pairs two homes on one machine, keeps their secrets apart, and never writes a keystore file', async () => {
+    const keychain = { CASA_KEYSTORE: undefined };
+    const a = relay.machine('kc-a');
+    const b = relay.machine('kc-b');
+    const phraseFile = path.join(a.home, 'phrase.txt');
+    const r = await a.run(['pair', '--new', '--phrase-out', phraseFile, '--json'], { env: keychain });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ message_type: 'paired', keystore: 'keychain' });
+    const phrase = readFileSync(phraseFile, 'utf8').trim();
+    const j = await b.run(['pair', '--join', '--phrase-file', phraseFile], { env: keychain });
+    expect(j.code).toBe(0);
+    expect(existsSync(path.join(a.home, 'keystore.json'))).toBe(false);
+    expect(existsSync(path.join(b.home, 'keystore.json'))).toBe(false);
+    // later commands find the keychain from state.json, no flag needed
+    const s = await b.run(['show-phrase', '--yes'], { env: keychain });
+    expect(s.code).toBe(0);
+    expect(s.stdout.trim()).toBe(phrase);
+    const d = await a.run(['devices', '--json'], { env: keychain });
+    expect(d.code).toBe(0);
+    expect(JSON.parse(d.stdout).devices).toHaveLength(2);
+    // asking for the file keystore explicitly finds nothing there: a clear error, no fallback
+    const f = await a.run(['devices'], { env: { CASA_KEYSTORE: 'file' } });
+    expect(f.code).toBe(1);
+    expect(f.stderr).toMatch(/not in the file keystore/);
+    expect(f.stderr).toMatch(/paired with the keychain keystore/);
+  });
+});
