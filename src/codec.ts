@@ -78,6 +78,8 @@ function zlibBackend(): ZstdBackend | undefined {
 // The slice of zstd-napi's API used here (zstd-napi/binding.d.ts).
 interface NapiDCtx {
   decompressStream(dst: Uint8Array, src: Uint8Array): [returnValue: number, produced: number, consumed: number];
+  /** 1 = ZSTD_reset_session_only: forget any frame in progress, keep the parameters. */
+  reset(directive: 1): void;
 }
 interface Napi {
   compress(data: Uint8Array, parameters: { compressionLevel: number }): Buffer;
@@ -92,13 +94,20 @@ function napiBackend(): ZstdBackend {
   const napi = require('zstd-napi') as Napi;
   const binding = require('zstd-napi/binding') as NapiBinding;
   const step = binding.dStreamOutSize(); // 128 KiB: zstd's recommended output block
+  // One decompression context per thread, reset before each use: a context
+  // holds ~1 MiB of native memory that V8 does not see, so a fresh one per
+  // object piled up between garbage collections (a restore's memory grew with
+  // the number of packs).
+  let shared: NapiDCtx | undefined;
   return {
     name: 'zstd-napi',
     compress: (data, level) => toUint8(napi.compress(data, { compressionLevel: level })),
     decompress(data, maxOutput) {
       // zstd-napi's high-level decompress allocates the frame's declared content
       // size up front; the streaming context lets us stop at the limit instead.
-      const dctx = new binding.DCtx();
+      shared ??= new binding.DCtx();
+      const dctx = shared;
+      dctx.reset(1);
       const parts: Uint8Array[] = [];
       let total = 0;
       let input = data;

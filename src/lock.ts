@@ -27,7 +27,8 @@ export function lockPath(home: string, dbPath: string): string {
   return join(home, 'locks', `${key}.lock`);
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid runs on this host (EPERM: it does, as another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -55,7 +56,7 @@ export function acquireLock(home: string, dbPath: string, command: string): Lock
         throw new FailureError(`cannot create the lock ${path} (${(err as NodeJS.ErrnoException).code})`);
       }
       const owner = readOwner(path);
-      if (owner && owner.host === me.host && !alive(owner.pid)) {
+      if (owner && owner.host === me.host && !processAlive(owner.pid)) {
         rmSync(path, { force: true }); // stale: its process is gone
         continue;
       }

@@ -106,6 +106,64 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
     },
   );
 
+  wire(
+    program
+      .command('snapshot')
+      .description('push a snapshot of the database to the relay if it changed since the last one')
+      .option('--force', 'commit a new snapshot even if the database did not change')
+      .addHelpText(
+        'after',
+        '\nOnly changed pages are uploaded. Made for cron and timers: --quiet prints nothing on success, --json one document.',
+      ),
+    async (ctx, _args, o) => {
+      await (await import('./commands/snapshot.js')).runSnapshot(ctx, o);
+    },
+  );
+
+  wire(
+    program
+      .command('restore')
+      .description('put the newest snapshot (or --snapshot ID) in place of the database; pairs a fresh machine first')
+      .option('--phrase-stdin', 'unpaired: read the recovery phrase from standard input')
+      .option('--phrase-file <file>', 'unpaired: read the recovery phrase from FILE')
+      .option('--snapshot <id>', 'restore this snapshot (its id or a unique prefix of 6+ characters)')
+      .option('--thorough', "run SQLite's full integrity_check (about 18 s per GB) instead of quick_check")
+      .option('--device-name <name>', 'unpaired: name of this device (default the host name)')
+      .addHelpText('after', '\nAn existing database is replaced only after confirmation (--yes without a terminal) and kept as a backup.'),
+    async (ctx, _args, o) => {
+      await (await import('./commands/restore.js')).runRestore(ctx, o);
+    },
+  );
+
+  wire(
+    program
+      .command('pull')
+      .description("replace the database with the relay's newest snapshot if it is newer")
+      .option('--force', 'replace the database even if it changed locally (the old file is kept as a backup)'),
+    async (ctx, _args, o) => {
+      await (await import('./commands/pull.js')).runPull(ctx, o);
+    },
+  );
+
+  wire(
+    program
+      .command('verify')
+      .description('restore drill: restore snapshots into a temp directory and check them, touching nothing')
+      .option('--all', 'verify every snapshot, not only the newest')
+      .option('--snapshot <id>', 'verify this snapshot (its id or a unique prefix of 6+ characters)')
+      .option('--thorough', "run SQLite's full integrity_check instead of quick_check"),
+    async (ctx, _args, o) => {
+      await (await import('./commands/verify.js')).runVerify(ctx, o);
+    },
+  );
+
+  wire(
+    program.command('snapshots').description("list the vault's snapshots, newest first"),
+    async (ctx) => {
+      await (await import('./commands/snapshots.js')).runSnapshots(ctx);
+    },
+  );
+
   return program;
 }
 

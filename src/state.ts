@@ -138,7 +138,8 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode: n
   }
 }
 
-function fsyncDir(dir: string): void {
+/** fsyncs a directory (after a rename in it); a no-op where directories cannot be opened. */
+export function fsyncDir(dir: string): void {
   try {
     const fd = openSync(dir, constants.O_RDONLY);
     try {

@@ -5,9 +5,11 @@
  * on arrival (and which we also check ourselves for in-memory bodies, so a
  * mismatch is a clear BlobChecksumError rather than a storage error).
  *
- * Keys: `v/<vaultId>/<kind>/<id>`, so one vault's objects share a prefix.
- * Nothing is atomic across D1 and R2 (DESIGN §8): write the blob first
- * (idempotent by id), then the D1 row; readers trust D1.
+ * Keys: snapshot blobs get a fresh key per upload, `<kind>/<vaultId>/<id>/<upload id>`
+ * (uploadKey; kind first so the retention job can sweep each kind's prefix),
+ * and D1 names the key that counts; `blobKey` is the fixed-key layout
+ * `v/<vaultId>/<kind>/<id>`. Nothing is atomic across D1 and R2 (DESIGN §8):
+ * write the blob first, then the D1 row; readers trust D1.
  *
  * Uses only the R2Bucket interface, so it runs in the worker and against
  * Miniflare's R2 proxy in tests.
@@ -27,6 +29,16 @@ const ID = /^[A-Za-z0-9_-]{1,128}$/;
 export function blobKey(vaultId: string, kind: string, id: string): string {
   if (!/^[0-9a-f]{32}$/.test(vaultId) || !KIND.test(kind) || !ID.test(id)) throw new RangeError('bad blob key part');
   return `v/${vaultId}/${kind}/${id}`;
+}
+
+/** The R2 prefixes of per-upload blobs, which the retention job sweeps for orphans. */
+export const UPLOAD_KINDS = ['packs', 'manifests'] as const;
+export type UploadKind = (typeof UPLOAD_KINDS)[number];
+
+/** A fresh key for one upload of blob `id`: deleting it never touches another upload of the same id. */
+export function uploadKey(kind: UploadKind, vaultId: string, id: string): string {
+  if (!/^[0-9a-f]{32}$/.test(vaultId) || !ID.test(id)) throw new RangeError('bad blob key part');
+  return `${kind}/${vaultId}/${id}/${toHex(crypto.getRandomValues(new Uint8Array(16)).buffer)}`;
 }
 
 function toHex(buf: ArrayBuffer): string {

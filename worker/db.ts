@@ -24,7 +24,7 @@ export interface DeviceRow {
 
 const DEVICE_COLUMNS = 'id, vault_id, public_key, name, created_at, last_seen_at, revoked_at';
 
-export type AuditEvent = 'vault_created' | 'device_enrolled' | 'device_revoked' | 'token_issued';
+export type AuditEvent = 'vault_created' | 'device_enrolled' | 'device_revoked' | 'token_issued' | 'snapshot_committed';
 
 function audit(db: D1Database, vaultId: string, deviceId: string | null, event: AuditEvent, at: number): D1PreparedStatement {
   return db

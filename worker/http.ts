@@ -10,15 +10,32 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { RelayErrorCode } from '../src/protocol/messages.js';
 
-/** An error the client is meant to see: status + stable code + short message. */
-export class ApiError extends HTTPException {
-  readonly code: RelayErrorCode;
-  readonly headers: Record<string, string>;
+/**
+ * The codes the relay answers: the protocol's, plus the commit's 409 reasons
+ * (docs/RELAY-API.md "Snapshots"), which belong in RelayErrorCode.
+ */
+export type ErrorCode = RelayErrorCode | 'missing_packs' | 'missing_manifest';
 
-  constructor(status: ContentfulStatusCode, code: RelayErrorCode, message: string, headers: Record<string, string> = {}) {
+/**
+ * An error the client is meant to see: status + stable code + short message,
+ * and `extra` top-level fields beside `error` (a 409's `head` or `missing`).
+ */
+export class ApiError extends HTTPException {
+  readonly code: ErrorCode;
+  readonly headers: Record<string, string>;
+  readonly extra: Record<string, unknown>;
+
+  constructor(
+    status: ContentfulStatusCode,
+    code: ErrorCode,
+    message: string,
+    headers: Record<string, string> = {},
+    extra: Record<string, unknown> = {},
+  ) {
     super(status, { message });
     this.code = code;
     this.headers = headers;
+    this.extra = extra;
   }
 }
 
@@ -28,19 +45,30 @@ export const unauthorized = (message = 'unauthorized'): ApiError => new ApiError
 export const notFound = (): ApiError => new ApiError(404, 'not_found', 'not found');
 export const revoked = (): ApiError => new ApiError(403, 'device_revoked', 'this device was revoked');
 
-export function errorBody(code: RelayErrorCode, message: string): { error: { code: RelayErrorCode; message: string } } {
+export function errorBody(code: ErrorCode, message: string): { error: { code: ErrorCode; message: string } } {
   return { error: { code, message } };
 }
 
 /** Cap for every JSON route (RELAY-API: 64 KiB → 413 too_large). */
 export const JSON_BODY_LIMIT = 64 * 1024;
+/** Cap for the JSON routes that list up to 10,000 pack ids (packs/check, the commit). */
+export const LARGE_JSON_BODY_LIMIT = 1024 * 1024;
+/** Cap for binary uploads (packs, manifests). */
+export const BLOB_BODY_LIMIT = 16 * 1024 * 1024;
 
-export const jsonBodyLimit = bodyLimit({
-  maxSize: JSON_BODY_LIMIT,
-  onError: () => {
-    throw new ApiError(413, 'too_large', `body over ${JSON_BODY_LIMIT} bytes`);
-  },
-});
+/** Middleware: 413 too_large once the body passes `maxSize` (Content-Length or counted while reading). */
+export function jsonBodyLimitOf(maxSize: number) {
+  return bodyLimit({
+    maxSize,
+    onError: () => {
+      throw tooLarge(maxSize);
+    },
+  });
+}
+
+export const tooLarge = (maxSize: number): ApiError => new ApiError(413, 'too_large', `body over ${maxSize} bytes`);
+
+export const jsonBodyLimit = jsonBodyLimitOf(JSON_BODY_LIMIT);
 
 /** The parsed JSON object of the request body; 400 unless it is an object. */
 export async function readJson(c: Context): Promise<Record<string, unknown>> {

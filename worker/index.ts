@@ -11,6 +11,7 @@ import { runCron } from './cron.js';
 import type { AppEnv, Env } from './env.js';
 import { ApiError, errorBody } from './http.js';
 import { deviceRoutes } from './routes/devices.js';
+import { snapshotRoutes } from './routes/snapshots.js';
 import { vaultRoutes } from './routes/vaults.js';
 
 export { VaultHub } from './hub.js';
@@ -28,6 +29,7 @@ app.get('/v1/health', (c) =>
 );
 app.route('/v1/vaults', vaultRoutes);
 app.route('/v1/vaults', deviceRoutes);
+app.route('/v1/vaults', snapshotRoutes);
 
 app.notFound((c) => c.json(errorBody('not_found', 'not found'), 404));
 
@@ -40,7 +42,7 @@ const CODE_FOR_STATUS: Partial<Record<number, RelayErrorCode>> = {
 
 app.onError((err, c) => {
   if (err instanceof ApiError) {
-    return c.json(errorBody(err.code, err.message), err.status, err.headers);
+    return c.json({ ...errorBody(err.code, err.message), ...err.extra }, err.status, err.headers);
   }
   const code = err instanceof HTTPException ? CODE_FOR_STATUS[err.status] : undefined;
   if (err instanceof HTTPException && code !== undefined) {

@@ -54,13 +54,35 @@ export function comparePages(pathA, pathB, { page = 4096, onChanged } = {}) {
   }
 }
 
-/** True when the two files have the same size and bytes; else a short description of the difference. */
+// Header fields SQLite rewrites in any copy made through its backup API
+// (`.backup`, better-sqlite3 backup()): file change counter (24..27), schema
+// cookie (40..43), version-valid-for (92..95), SQLite version number (96..99).
+const COPY_HEADER_FIELDS = [[24, 28], [40, 44], [92, 100]];
+
+/**
+ * Byte-for-byte comparison: { identical, header_only, detail }. header_only =
+ * the files differ only in the header counters a backup-API copy rewrites
+ * (same pages, same content; detail says so).
+ */
 export function sameBytes(pathA, pathB) {
   const d = comparePages(pathA, pathB);
-  if (d.size_a === d.size_b && d.changed.length === 0) return { identical: true, detail: 'identical' };
+  if (d.size_a === d.size_b && d.changed.length === 0) return { identical: true, header_only: false, detail: 'identical' };
+  if (d.size_a === d.size_b && d.changed.length === 1 && d.changed[0] === 0) {
+    const [a, b] = [pathA, pathB].map((p) => {
+      const buf = Buffer.alloc(4096);
+      const fd = openSync(p, 'r');
+      try { readSync(fd, buf, 0, buf.length, 0); } finally { closeSync(fd); }
+      return buf;
+    });
+    let onlyCounters = a.compare(b, 100, 4096, 100, 4096) === 0; // past byte 100, page 1 is b-tree content
+    for (let i = 0; i < 100 && onlyCounters; i++) {
+      if (a[i] !== b[i] && !COPY_HEADER_FIELDS.some(([s0, e]) => i >= s0 && i < e)) onlyCounters = false;
+    }
+    if (onlyCounters) return { identical: false, header_only: true, detail: 'same pages; header counters differ (backup-API copy)' };
+  }
   const first = d.changed.slice(0, 5).map((p) => p + 1).join(',');
   const sizes = d.size_a === d.size_b ? '' : `, sizes ${d.size_a} vs ${d.size_b}`;
-  return { identical: false, detail: `DIFFERS: ${d.changed.length} page(s) (1-based: ${first}${d.changed.length > 5 ? ',…' : ''})${sizes}` };
+  return { identical: false, header_only: false, detail: `DIFFERS: ${d.changed.length} page(s) (1-based: ${first}${d.changed.length > 5 ? ',…' : ''})${sizes}` };
 }
 
 /**

@@ -44,6 +44,12 @@ export async function runRelay(ctx: Context, opts: RelayOptions): Promise<void> 
         hints: ['pass --data DIR with a writable directory'],
       });
     }
+    if (/ERR_RUNTIME_FAILURE|Workers runtime failed/.test(`${(err as { code?: string }).code ?? ''} ${msg}`)) {
+      const [first, ...detail] = msg.split('\n');
+      throw new FailureError(`the relay runtime (workerd) failed to start: ${first}`, {
+        hints: [...detail.map((l) => `workerd: ${l}`), 'check --host, --port and --data, then try again'],
+      });
+    }
     throw err;
   }
   if (ctx.globals.json) {

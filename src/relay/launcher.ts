@@ -19,7 +19,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -40,6 +40,8 @@ export interface StartRelayOptions {
   dataDir: string;
   /** Overrides of wrangler.jsonc's rate limits (tests use small or large ones). */
   rateLimits?: Partial<Record<LimiterName, LimitSpec>>;
+  /** Overrides of wrangler.jsonc's vars (tests set RETENTION_KEEP, PACK_GRACE_MS small). */
+  vars?: Record<string, string>;
   /** How often the scheduled handler runs; default 15 minutes, 0 disables the timer. */
   cronIntervalMs?: number;
   /** Receives the launcher's lines (migrations applied, cron failures) and workerd's output. Default: silent. */
@@ -245,7 +247,14 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
   if (!existsSync(WORKER_BUNDLE)) {
     throw new Error(`the relay worker is not built (${WORKER_BUNDLE} is missing): run \`npm run build\``);
   }
-  const log = opts.log ?? (() => {});
+  // The runtime's last lines are kept so a failed start can say why.
+  const recent: string[] = [];
+  const userLog = opts.log ?? (() => {});
+  const log = (line: string) => {
+    recent.push(line);
+    if (recent.length > 20) recent.shift();
+    userLog(line);
+  };
   const host = opts.host ?? '127.0.0.1';
   const cfg = await readWranglerConfig();
   const db = cfg.d1_databases.find((d) => d.binding === 'DB');
@@ -280,9 +289,12 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     },
     modules: true,
     scriptPath: WORKER_BUNDLE,
+    // Module names are relative to modulesRoot (default: the cwd); the bundle
+    // must not depend on where `casa relay` was started from.
+    modulesRoot: dirname(WORKER_BUNDLE),
     compatibilityDate: cfg.compatibility_date,
     compatibilityFlags: cfg.compatibility_flags ?? [],
-    bindings: { ...(cfg.vars ?? {}), JWT_SECRET: secret },
+    bindings: { ...(cfg.vars ?? {}), ...(opts.vars ?? {}), JWT_SECRET: secret },
     d1Databases: { [db.binding]: db.database_id },
     r2Buckets: { [bucket.binding]: bucket.bucket_name },
     durableObjects: Object.fromEntries(
@@ -318,6 +330,8 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     for (const name of applied) log(`applied migration ${name}`);
   } catch (err) {
     await stop().catch(() => {});
+    const detail = recent.filter((l) => l.trim() !== '').slice(-8);
+    if (detail.length > 0 && err instanceof Error) err.message += `\n${detail.join('\n')}`;
     throw err;
   }
 

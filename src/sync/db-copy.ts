@@ -9,16 +9,20 @@
  * (hashed on the worker pool, in ranges, one per core).
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { FailureError } from '../errors.js';
+import { processAlive } from '../lock.js';
 import { PAGE_HASH_BYTES } from './page-hash.js';
 import type { WorkerPool } from './pool.js';
 
 /** Pages per backup step: 64 MiB at 4 KiB pages (DESIGN §6.1: large steps, 450 MiB/s vs 265 at the default). */
 const BACKUP_STEP_PAGES = 16_384;
+
+/** Bytes of pages one hash job reads at once (several jobs run at a time, one per worker). */
+const HASH_RANGE_BYTES = 8 * 1024 * 1024;
 
 export interface DbCopy {
   path: string;
@@ -51,7 +55,9 @@ export async function copyDatabase(
   onProgress: (bytes: number) => void = () => {},
 ): Promise<DbCopy> {
   mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
-  const path = join(tmpDir, `copy-${randomBytes(6).toString('hex')}.db`);
+  sweepStaleCopies(tmpDir);
+  // The pid in the name lets a later run remove the copy if this process is killed.
+  const path = join(tmpDir, `copy-${process.pid}-${randomBytes(6).toString('hex')}.db`);
   const remove = () => {
     rmSync(path, { force: true });
     rmSync(`${path}-journal`, { force: true });
@@ -60,14 +66,23 @@ export async function copyDatabase(
   try {
     let copied = 0;
     const pageSize = Number(db.pragma('page_size', { simple: true }));
-    await db.backup(path, {
+    // better-sqlite3 builds with a 16 MiB page cache per connection; the backup only streams pages through it.
+    db.pragma('cache_size = -2048');
+    // A write by another connection between two backup steps restarts the backup from page 0, so
+    // an app that writes every few seconds could keep a stepped copy of a large database from ever
+    // finishing. In WAL mode one step holds a read transaction, which never blocks the app's
+    // writers: copy everything in that one step. Other journal modes take a shared lock per step,
+    // which does block writers: keep the steps short enough for the app's busy timeout.
+    const wal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal';
+    const done = await db.backup(path, {
       progress({ totalPages, remainingPages }) {
         const now = totalPages - remainingPages;
         onProgress((now - copied) * pageSize);
         copied = now;
-        return BACKUP_STEP_PAGES;
+        return wal ? 0x7fffffff : BACKUP_STEP_PAGES;
       },
     });
+    onProgress((done.totalPages - copied) * pageSize);
   } catch (err) {
     remove();
     throw new FailureError(`cannot copy the database ${dbPath} (${(err as Error).message})`, {
@@ -81,6 +96,24 @@ export async function copyDatabase(
   } catch (err) {
     remove();
     throw err;
+  }
+}
+
+/**
+ * Removes copies left in `tmpDir` by casa processes that no longer run (a
+ * SIGKILL or a power cut skips every cleanup); copies of live processes stay.
+ */
+export function sweepStaleCopies(tmpDir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^copy-(\d+)-[0-9a-f]+\.db(-journal)?$/.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    rmSync(join(tmpDir, name), { force: true });
   }
 }
 
@@ -105,9 +138,9 @@ export async function describeCopy(path: string, pool: WorkerPool, remove: () =>
   const schemaVersion = header.readUInt32BE(40);
   const userVersion = header.readUInt32BE(60);
 
-  // Hash pages in one range per worker while the main thread computes the whole-file SHA-256.
-  const ranges = Math.max(1, Math.min(pool.size * 2, Math.ceil(pageCount / 4096)));
-  const per = Math.ceil(pageCount / ranges);
+  // Hash pages in ranges on the workers while the main thread computes the whole-file SHA-256.
+  // A range is read whole by its worker: at most HASH_RANGE_BYTES, so memory stays flat with the database's size.
+  const per = Math.max(1, Math.floor(HASH_RANGE_BYTES / pageSize));
   const jobs: Promise<{ first: number; hashes: Uint8Array }>[] = [];
   for (let first = 0; first < pageCount; first += per) {
     const count = Math.min(per, pageCount - first);

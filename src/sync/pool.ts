@@ -16,13 +16,21 @@ import { ManifestError } from './manifest.js';
 
 export type Job =
   | { kind: 'hash'; path: string; pageSize: number; firstPage: number; pageCount: number }
-  | { kind: 'seal'; path: string; pageSize: number; pages: Uint32Array; salt: Uint8Array }
-  | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean };
+  | { kind: 'seal'; path: string; pageSize: number; pages: Uint32Array; salt: Uint8Array; withHashes?: boolean }
+  | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean }
+  /**
+   * Opens a pack like 'open', then writes slices of its plaintext into the
+   * open file `fd` (fds are process-wide) with pwrite: `writes` holds triples
+   * (offset in the plaintext, length, file position). The plaintext never
+   * crosses back to the main thread. Returns every page's keyed hash.
+   */
+  | { kind: 'restore'; id: string; object: Uint8Array; bytes: number; pageSize: number; fd: number; writes: Float64Array };
 
 export type JobResult =
   | { kind: 'hash'; hashes: Uint8Array }
   | { kind: 'seal'; id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }
-  | { kind: 'open'; plaintext: Uint8Array; hashes: Uint8Array };
+  | { kind: 'open'; plaintext: Uint8Array; hashes: Uint8Array }
+  | { kind: 'restore'; hashes: Uint8Array };
 
 type ResultOf<K extends Job['kind']> = Extract<JobResult, { kind: K }>;
 

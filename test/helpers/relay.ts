@@ -37,6 +37,7 @@ const TEST_LIMITS = {
   API_LIMITER: { limit: 10_000, period: 60 },
 } as const;
 
+/** `opts.vars` overrides wrangler.jsonc's vars (e.g. `{ RETENTION_KEEP: '3', PACK_GRACE_MS: '1500' }`). */
 export async function startTestRelay(
   opts: Partial<Omit<StartRelayOptions, 'host' | 'port'>> = {},
 ): Promise<TestRelay> {
@@ -163,4 +164,61 @@ export async function setupVault(base: string): Promise<{ vault: TestVault; devi
   const device = await enrollDevice(base, vault);
   const token = await getToken(base, vault.vaultId, device);
   return { vault, device, token };
+}
+
+/** The status and error code of an error answer. */
+export async function errorOf(res: Response): Promise<{ status: number; code: string }> {
+  const body = (await res.json()) as { error: { code: string } };
+  return { status: res.status, code: body.error.code };
+}
+
+// ---- snapshots (docs/RELAY-API.md "Snapshots") -------------------------------
+
+export const randomHex = (bytes: number): string => randomBytes(bytes).toString('hex');
+export const sha256Hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+export const bearer = (token: string): Record<string, string> => ({ Authorization: `Bearer ${token}` });
+
+/** PUT a binary object (pack or manifest) with its X-Casa-Sha256. */
+export async function putObject(url: string, token: string, body: Uint8Array, sha = sha256Hex(body)): Promise<Response> {
+  return fetch(url, {
+    method: 'PUT',
+    headers: { ...bearer(token), 'content-type': 'application/octet-stream', 'X-Casa-Sha256': sha },
+    body: body as Uint8Array<ArrayBuffer>,
+  });
+}
+
+/** Uploads a pack of random bytes (or `body`) under a random id; returns the id. */
+export async function uploadPack(base: string, vaultId: string, token: string, body: Uint8Array = randomBytes(1000)): Promise<string> {
+  const packId = randomHex(32);
+  const res = await putObject(`${base}/v1/vaults/${vaultId}/packs/${packId}`, token, body);
+  if (res.status !== 201) throw new Error(`upload pack: ${res.status} ${await res.text()}`);
+  return packId;
+}
+
+export async function uploadManifest(
+  base: string,
+  vaultId: string,
+  token: string,
+  snapshotId: string,
+  body: Uint8Array = randomBytes(200),
+): Promise<void> {
+  const res = await putObject(`${base}/v1/vaults/${vaultId}/snapshots/${snapshotId}/manifest`, token, body);
+  if (res.status !== 201) throw new Error(`upload manifest: ${res.status} ${await res.text()}`);
+}
+
+export function commitBody(snapshotId: string, seq: number, packs: string[], parentSeq = seq - 1): Record<string, unknown> {
+  return { snapshotId, seq, parentSeq, packs, dbBytes: 4096 * packs.length, storedBytes: 1000 * packs.length, newBytes: 1000 };
+}
+
+export async function commit(base: string, vaultId: string, token: string, body: Record<string, unknown>): Promise<Response> {
+  return post(`${base}/v1/vaults/${vaultId}/snapshots`, body, bearer(token));
+}
+
+/** Uploads a manifest and commits snapshot `seq` over `packs`; returns the snapshot id. */
+export async function commitSnapshot(base: string, vaultId: string, token: string, seq: number, packs: string[]): Promise<string> {
+  const snapshotId = randomHex(16);
+  await uploadManifest(base, vaultId, token, snapshotId);
+  const res = await commit(base, vaultId, token, commitBody(snapshotId, seq, packs));
+  if (res.status !== 201) throw new Error(`commit: ${res.status} ${await res.text()}`);
+  return snapshotId;
 }

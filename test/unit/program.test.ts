@@ -40,6 +40,8 @@ describe('argv → options', () => {
     [['relay', '--port', '0', '--host', '0.0.0.0', '--data', 'd'], 'relay', { port: '0', host: '0.0.0.0', data: 'd' }],
     [['relay'], 'relay', { port: '8787', host: '127.0.0.1' }],
     [['show-phrase', '--yes'], 'show-phrase', { yes: true }],
+    [['snapshot', '--force', '--quiet'], 'snapshot', { force: true, quiet: true }],
+    [['--db', '/x.db', 'snapshot', '--json'], 'snapshot', { db: '/x.db', json: true }],
     [['devices', '-q'], 'devices', { quiet: true }],
     [['--keystore', 'file', 'devices', 'revoke', 'abcd'], 'revoke', { keystore: 'file' }],
   ];

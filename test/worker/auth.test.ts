@@ -10,6 +10,7 @@ import {
   createVault,
   enrollBody,
   enrollDevice,
+  errorOf,
   getChallenge,
   getToken,
   newVault,
@@ -29,11 +30,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await relay?.stop();
 });
-
-async function errorOf(res: Response): Promise<{ status: number; code: string }> {
-  const body = (await res.json()) as { error: { code: string } };
-  return { status: res.status, code: body.error.code };
-}
 
 const bearer = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
 const json = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');

@@ -7,6 +7,7 @@ import {
   createBody,
   createVault,
   enrollBody,
+  errorOf,
   newVault,
   post,
   startTestRelay,
@@ -20,11 +21,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await relay?.stop();
 });
-
-async function errorOf(res: Response): Promise<{ status: number; code: string }> {
-  const body = (await res.json()) as { error: { code: string } };
-  return { status: res.status, code: body.error.code };
-}
 
 describe('health', () => {
   it('answers 200 with the service name, version and time, and X-Casa-Time', async () => {

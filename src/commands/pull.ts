@@ -1,0 +1,80 @@
+/**
+ * `casa pull`: replace the database with the relay's newest snapshot when it
+ * is newer than the one this database was last synced to (the local page
+ * index's manifest). Never loses local work: a database that changed since
+ * (a consistent copy's page hashes differ from the index's; a database with
+ * no index counts as changed) is refused with exit 3 unless --force, and even
+ * then the replaced file is kept as a backup. Same machinery as restore.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConflictError } from '../errors.js';
+import { copyDatabase } from '../sync/db-copy.js';
+import { readIndex, type PageIndex } from '../sync/page-index.js';
+import type { WorkerPool } from '../sync/pool.js';
+import { shortId } from '../sync/restore.js';
+import type { Context } from './context.js';
+import { printRestored, restoredFields, restoreInto, type RestoreReport } from './restore.js';
+import { listChecked, openVault } from './snapshots.js';
+
+export interface PullOptions {
+  force?: boolean;
+}
+
+export type PullReport =
+  | { message_type: 'pull'; status: 'up_to_date'; seq: number | null; db_path: string }
+  | ({ status: 'pulled' } & Omit<RestoreReport, 'message_type'> & { message_type: 'pull' });
+
+export async function runPull(ctx: Context, opts: PullOptions): Promise<PullReport> {
+  const dbPath = ctx.globals.db;
+  const started = ctx.deps.now();
+  const v = await openVault(ctx);
+  const { head } = await listChecked(ctx, v);
+  const index = readIndex(ctx.globals.home, v.keys, dbPath);
+  const synced = index?.manifest.seq ?? 0;
+
+  if (!head || (head.seq <= synced && existsSync(dbPath))) {
+    const report: PullReport = { message_type: 'pull', status: 'up_to_date', seq: synced || null, db_path: dbPath };
+    ctx.out.print(
+      head ? `up to date: ${dbPath} is at snapshot ${shortId(index!.manifest.snapshotId)} (seq ${synced})` : 'up to date: the vault has no snapshot yet',
+    );
+    ctx.out.result(report);
+    return report;
+  }
+
+  const done = await restoreInto(ctx, v, head, {
+    thorough: false,
+    command: 'pull',
+    beforeInstall: async (pool) => {
+      if (opts.force || !existsSync(dbPath)) return;
+      if (!index || (await changedSince(ctx, pool, dbPath, index))) {
+        throw new ConflictError(
+          index
+            ? `${dbPath} changed since snapshot ${shortId(index.manifest.snapshotId)} (seq ${synced}); pulling would lose those changes`
+            : `${dbPath} was never synced on this device; pulling would replace it`,
+          {
+            hints: [
+              'run `casa snapshot` first to keep the local changes in the vault',
+              'or `casa pull --force` to replace the database anyway (the current file is kept as a backup)',
+            ],
+          },
+        );
+      }
+    },
+  });
+  const report: PullReport = { message_type: 'pull', status: 'pulled', ...restoredFields(ctx, done, started) };
+  printRestored(ctx, report);
+  ctx.out.result(report);
+  return report;
+}
+
+/** Whether the database's pages differ from the index's (a consistent copy, hashed, then removed). */
+async function changedSince(ctx: Context, pool: WorkerPool, dbPath: string, index: PageIndex): Promise<boolean> {
+  const copy = await copyDatabase(dbPath, join(ctx.globals.home, 'tmp'), pool);
+  try {
+    if (copy.pageCount !== index.manifest.pageCount || copy.pageSize !== index.manifest.pageSize) return true;
+    return !Buffer.from(copy.hashes).equals(Buffer.from(index.hashes));
+  } finally {
+    copy.remove();
+  }
+}

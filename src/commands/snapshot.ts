@@ -1,0 +1,145 @@
+/**
+ * `casa snapshot [--force]`: pushes a snapshot of the database when it
+ * changed since the last one this device made (DESIGN §6). Made for cron, a
+ * systemd timer or launchd: no prompt, nothing on stdout with --quiet, a
+ * documented exit code, a progress bar only on a terminal. The work is the
+ * engine's (src/sync/snapshot.ts); this file checks the inputs, takes the
+ * database's lock, and reports.
+ */
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { FailureError } from '../errors.js';
+import { acquireLock } from '../lock.js';
+import { WorkerPool } from '../sync/pool.js';
+import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../sync/snapshot.js';
+import { progress, type ProgressBar } from '../ui/progress.js';
+import type { Context } from './context.js';
+import { formatBytes, openVault } from './snapshots.js';
+
+/**
+ * Workers hashing pages and sealing packs (zstd, AES-GCM, HMAC). Measured on
+ * two cores, a 1 GiB initial snapshot: 12.7 s with two, 24 s with one; each
+ * worker costs ~20–30 MB of peak memory, so more than two would not pay.
+ */
+const SNAPSHOT_WORKERS = 2;
+
+export interface SnapshotCommandOptions {
+  force?: boolean;
+}
+
+/** The `--json` document (a benchmark harness parses it: keep the fields stable). */
+export interface SnapshotReport {
+  message_type: 'snapshot';
+  status: 'committed' | 'up_to_date';
+  snapshot_id: string;
+  seq: number;
+  db_bytes: number;
+  changed_pages: number;
+  total_pages: number;
+  uploaded_bytes: number;
+  uploaded_objects: number;
+  reused_packs: number;
+  stored_bytes: number;
+  duration_ms: number;
+}
+
+export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): Promise<SnapshotReport> {
+  const dbPath = ctx.globals.db;
+  const v = await openVault(ctx);
+  checkDatabaseFile(dbPath);
+  const lock = acquireLock(ctx.globals.home, dbPath, 'snapshot');
+  const pool = new WorkerPool(v.keys, SNAPSHOT_WORKERS);
+  let bar: ProgressBar | undefined;
+  try {
+    const labels: Record<SnapshotPhase, string> = { copy: 'copying', upload: 'uploading' };
+    const r = await takeSnapshot(
+      {
+        home: ctx.globals.home,
+        dbPath,
+        keys: v.keys,
+        deviceId: v.p.vault.deviceId,
+        highestSeq: v.p.vault.highestSeq ?? 0,
+        api: v.api,
+        server: v.p.client.server,
+        pool,
+        random: ctx.deps.random,
+        now: ctx.deps.now,
+        signal: ctx.deps.signal,
+        onPhase: (phase, total) => {
+          bar?.done();
+          bar = progress(ctx.out, labels[phase], total);
+        },
+        onProgress: (bytes) => bar?.add(bytes),
+      },
+      { force: Boolean(opts.force) },
+    );
+    bar?.done();
+    const report = toReport(r);
+    ctx.out.print(formatSnapshot(r));
+    ctx.out.result({ ...report });
+    return report;
+  } finally {
+    bar?.done();
+    await pool.close();
+    lock.release();
+  }
+}
+
+function toReport(r: SnapshotResult): SnapshotReport {
+  return {
+    message_type: 'snapshot',
+    status: r.status,
+    snapshot_id: r.snapshotId,
+    seq: r.seq,
+    db_bytes: r.dbBytes,
+    changed_pages: r.changedPages,
+    total_pages: r.totalPages,
+    uploaded_bytes: r.uploadedBytes,
+    uploaded_objects: r.uploadedObjects,
+    reused_packs: r.reusedPacks,
+    stored_bytes: r.storedBytes,
+    duration_ms: r.durationMs,
+  };
+}
+
+export function formatSnapshot(r: SnapshotResult): string {
+  const n = (x: number) => x.toLocaleString('en-US');
+  if (r.status === 'up_to_date') return `up to date: snapshot ${r.seq} already holds this database`;
+  const packs = `${n(r.uploadedObjects)} ${r.uploadedObjects === 1 ? 'pack' : 'packs'}`;
+  const compacted = r.compactedPages > 0 ? ` (${n(r.compactedPages)} unchanged pages re-packed)` : '';
+  return (
+    `snapshot ${r.seq} committed: ${n(r.changedPages)} of ${n(r.totalPages)} pages changed, ` +
+    `${formatBytes(r.uploadedBytes)} uploaded in ${packs}${compacted}`
+  );
+}
+
+const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');
+
+/** A clear exit 1 for the usual mistakes: no file at --db, a directory, or a file that is not SQLite. */
+function checkDatabaseFile(dbPath: string): void {
+  const hints = ['point --db (or CASA_DB) at the Casaconomy database file'];
+  let size: number;
+  try {
+    const st = statSync(dbPath);
+    if (!st.isFile()) throw new FailureError(`${dbPath} is not a file`, { hints });
+    size = st.size;
+  } catch (err) {
+    if (err instanceof FailureError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new FailureError(code === 'ENOENT' ? `no database at ${dbPath}` : `cannot read ${dbPath} (${code})`, { hints });
+  }
+  const head = Buffer.alloc(SQLITE_MAGIC.length);
+  let got = 0;
+  try {
+    const fd = openSync(dbPath, 'r');
+    try {
+      got = readSync(fd, head, 0, head.length, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    throw new FailureError(`cannot read ${dbPath} (${(err as NodeJS.ErrnoException).code})`, { hints });
+  }
+  if (size === 0 || got < head.length || !head.equals(SQLITE_MAGIC)) {
+    throw new FailureError(`${dbPath} is not a SQLite database`, { hints });
+  }
+}

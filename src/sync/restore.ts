@@ -1,0 +1,330 @@
+/**
+ * Restoring a snapshot (DESIGN §6 "Restore/pull", docs/FORMAT.md §5): the
+ * machinery shared by `casa restore`, `casa pull` and `casa verify`.
+ *
+ * 1. fetch and open the manifest, authenticated against the snapshot id and
+ *    seq the relay listed it under (a moved or swapped manifest fails);
+ * 2. assemble into a temp file: packs downloaded a few at a time, each opened
+ *    on the worker pool (AEAD, then the pack id), its runs written at their
+ *    offsets; memory holds only the packs in flight, never the database;
+ * 3. check the whole file's SHA-256 against the manifest and `PRAGMA
+ *    quick_check` (`integrity_check` when thorough), fsync;
+ * 4. install (restore and pull only): checkpoint the old database, remove its
+ *    -wal/-shm/-journal, hard-link it to a backup beside it, rename the temp
+ *    over it, fsync the directory.
+ *
+ * Invariants: a kill at any point leaves the target as the old database or
+ * the new one, byte for byte, and no sidecar file SQLite would apply to the
+ * new one (sidecars go before the rename; the temp lives in the target's
+ * directory so the rename is atomic). Any failure before the rename leaves
+ * the target untouched and removes the temp; temps of a killed run are
+ * removed by the next run on that database (under its lock).
+ */
+import {
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  fsyncSync,
+  ftruncateSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { mapCryptoError } from '../commands/context.js';
+import { CancelledError, FailureError, IntegrityError } from '../errors.js';
+import { fsyncDir } from '../state.js';
+import { sha256File } from './db-copy.js';
+import { openManifest, type Manifest } from './manifest.js';
+import { PAGE_HASH_BYTES } from './page-hash.js';
+import type { WorkerPool } from './pool.js';
+import type { SnapshotApi } from './snapshot-api.js';
+
+/**
+ * Packs between "download started" and "written". Two keep the network and
+ * the worker busy (one downloads while the other is opened) and bound memory
+ * to two packs' buffers whatever the database size.
+ */
+export const MAX_PACKS_IN_FLIGHT = 2;
+/**
+ * Workers a restore needs: opening packs (AES-GCM, zstd, HMAC) runs at several
+ * hundred MB/s per thread, faster than packs arrive; each extra worker costs
+ * ~15 MB of memory.
+ */
+export const RESTORE_WORKERS = 1;
+
+/** The name every restore temp file carries after `.<database file name>`. */
+const TEMP_MARK = '.casa-restore-';
+/** SQLite's sidecar files: any of them beside the new file would be applied to it. */
+const SIDECARS = ['-wal', '-shm', '-journal'] as const;
+
+export interface SnapshotRef {
+  id: string;
+  seq: number;
+}
+
+export const shortId = (id: string): string => id.slice(0, 12);
+
+/** Fetches and opens a snapshot's manifest; any crypto or format failure is an integrity failure (exit 6) or wrong key (exit 4). */
+export async function fetchManifest(api: SnapshotApi, keys: VaultKeys, ref: SnapshotRef): Promise<{ manifest: Manifest; bytes: number }> {
+  const object = await api.getManifest(ref.id);
+  try {
+    return { manifest: openManifest(keys, object, { vaultId: keys.vaultId, snapshotId: ref.id, seq: ref.seq }), bytes: object.length };
+  } catch (err) {
+    throw mapCryptoError(err, `the manifest of snapshot ${shortId(ref.id)}`);
+  }
+}
+
+export interface RestoreParams {
+  api: SnapshotApi;
+  keys: VaultKeys;
+  pool: WorkerPool;
+  ref: SnapshotRef;
+  /** The temp file to assemble into (must not exist); see tempPathBeside. */
+  tmpPath: string;
+  thorough: boolean;
+  signal: AbortSignal;
+  /** Called once the manifest is known; returns the per-write progress callback. */
+  onStart?: (m: Manifest) => (bytes: number) => void;
+}
+
+export interface Restored {
+  manifest: Manifest;
+  tmpPath: string;
+  /** Keyed page hashes of the assembled file (for the local index). */
+  hashes: Uint8Array;
+  /** Manifest and pack ciphertext bytes fetched from the relay. */
+  downloadedBytes: number;
+}
+
+/** Steps 1–3: a checked, fsynced copy of the snapshot at `tmpPath`. On any failure the temp is removed. */
+export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
+  try {
+    const { manifest, bytes } = await fetchManifest(p.api, p.keys, p.ref);
+    const onBytes = p.onStart?.(manifest) ?? (() => {});
+    const { hashes, downloadedBytes } = await assemble(p, manifest, onBytes);
+    p.signal.throwIfAborted();
+    await checkDatabaseFile(p.tmpPath, manifest, p.thorough);
+    return { manifest, tmpPath: p.tmpPath, hashes, downloadedBytes: downloadedBytes + bytes };
+  } catch (err) {
+    removeWithSidecars(p.tmpPath);
+    if (p.signal.aborted && !(err instanceof CancelledError)) throw new CancelledError();
+    throw err;
+  }
+}
+
+/** Downloads, opens and writes every pack the manifest's runs use, a few at a time. */
+async function assemble(
+  p: RestoreParams,
+  m: Manifest,
+  onBytes: (bytes: number) => void,
+): Promise<{ hashes: Uint8Array; downloadedBytes: number }> {
+  // Runs by pack: each pack is fetched once, whatever number of runs it serves.
+  const runsOf = new Map<number, number[]>();
+  for (let i = 0; i < m.runs.length; i += 4) {
+    const pack = m.runs[i + 2]!;
+    const list = runsOf.get(pack);
+    if (list) list.push(i);
+    else runsOf.set(pack, [i]);
+  }
+  const order = [...runsOf.keys()].sort((a, b) => a - b);
+  const hashes = new Uint8Array(m.pageCount * PAGE_HASH_BYTES);
+  let downloadedBytes = 0;
+
+  mkdirSync(dirname(p.tmpPath), { recursive: true });
+  const fd = openSync(p.tmpPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+  try {
+    ftruncateSync(fd, m.dbBytes);
+    let next = 0;
+    let failure: unknown;
+    const lane = async () => {
+      while (failure === undefined && next < order.length) {
+        if (p.signal.aborted) throw new CancelledError();
+        const index = order[next++]!;
+        const pack = m.packs[index]!;
+        const object = await p.api.getPack(pack.id);
+        downloadedBytes += object.length;
+        if (failure !== undefined) return;
+        const mine = runsOf.get(index)!;
+        const writes = new Float64Array(mine.length * 3);
+        mine.forEach((r, k) => writes.set([m.runs[r + 3]!, m.runs[r + 1]! * m.pageSize, m.runs[r]! * m.pageSize], k * 3));
+        let packHashes: Uint8Array;
+        try {
+          const transfer = object.byteOffset === 0 && object.byteLength === object.buffer.byteLength ? [object.buffer as ArrayBuffer] : [];
+          // The worker opens the pack (AEAD, then its id) and writes its runs: plaintext never crosses threads.
+          ({ hashes: packHashes } = await p.pool.run(
+            { kind: 'restore', id: pack.id, object, bytes: pack.bytes, pageSize: m.pageSize, fd, writes },
+            transfer,
+          ));
+        } catch (err) {
+          throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
+        }
+        for (const r of mine) {
+          const first = m.runs[r]!;
+          const count = m.runs[r + 1]!;
+          const h = (m.runs[r + 3]! / m.pageSize) * PAGE_HASH_BYTES;
+          hashes.set(packHashes.subarray(h, h + count * PAGE_HASH_BYTES), first * PAGE_HASH_BYTES);
+          onBytes(count * m.pageSize);
+        }
+      }
+    };
+    // Every lane settles before the file is closed: a lane still running must never write to a reused fd.
+    const lanes = Array.from({ length: Math.min(MAX_PACKS_IN_FLIGHT, Math.max(1, order.length)) }, () =>
+      lane().catch((err) => {
+        if (failure === undefined) failure = err;
+      }),
+    );
+    await Promise.all(lanes);
+    if (failure !== undefined) throw failure;
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return { hashes, downloadedBytes };
+}
+
+/** The file's SHA-256 against the manifest, then SQLite's own check. Read-only: the file's bytes never change. */
+export async function checkDatabaseFile(path: string, m: Manifest, thorough: boolean): Promise<void> {
+  const what = `snapshot ${shortId(m.snapshotId)} (seq ${m.seq})`;
+  const sha = await sha256File(path);
+  if (sha !== m.sha256) {
+    throw new IntegrityError(`the database assembled from ${what} does not match the snapshot's checksum`, {
+      hints: ['the relay served damaged or tampered data; nothing was changed here'],
+    });
+  }
+  const check = thorough ? 'integrity_check' : 'quick_check';
+  let answer: string;
+  try {
+    const db = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      const rows = db.pragma(check) as Record<string, unknown>[];
+      answer = rows.map((r) => String(Object.values(r)[0])).join('; ');
+    } finally {
+      db.close();
+    }
+  } catch (err) {
+    answer = (err as Error).message;
+  } finally {
+    // A read-only open of a WAL-mode file leaves empty -wal/-shm beside it.
+    for (const s of SIDECARS) rmSync(`${path}${s}`, { force: true });
+  }
+  if (answer !== 'ok') {
+    throw new IntegrityError(`${what} fails SQLite's ${check}: ${answer.slice(0, 200)}`, {
+      hints: ['the snapshot was taken from a damaged database; an older one may be sound (`casa verify --all`)'],
+    });
+  }
+}
+
+/** A fresh temp path in the target's directory (so the final rename is atomic). */
+export function tempPathBeside(dbPath: string, random: (n: number) => Uint8Array): string {
+  return join(dirname(dbPath), `.${basename(dbPath)}${TEMP_MARK}${Buffer.from(random(6)).toString('hex')}`);
+}
+
+/** Removes the temps (and their sidecars) a killed restore of `dbPath` left. Call only under the database's lock. */
+export function removeStaleTemps(dbPath: string): string[] {
+  const prefix = `.${basename(dbPath)}${TEMP_MARK}`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(dbPath));
+  } catch {
+    return [];
+  }
+  const removed = names.filter((n) => n.startsWith(prefix));
+  for (const n of removed) rmSync(join(dirname(dbPath), n), { force: true });
+  return removed;
+}
+
+export function removeWithSidecars(path: string): void {
+  rmSync(path, { force: true });
+  for (const s of SIDECARS) rmSync(`${path}${s}`, { force: true });
+}
+
+/**
+ * Step 4: puts the restored file in place of `dbPath`, keeping the old one
+ * (if any) as `<db>.casa-backup-<UTC time>`. Returns the backup's path. On a
+ * failure before the rename, the temp is removed and the target untouched.
+ */
+export function installDatabase(tmpPath: string, dbPath: string, now: number): string | null {
+  let backup: string | null = null;
+  try {
+    if (existsSync(dbPath)) {
+      checkpoint(dbPath);
+      backup = keepBackup(dbPath, now);
+    }
+    // A -wal or -journal beside the target would be applied to the new file: none may survive the rename.
+    for (const s of SIDECARS) rmSync(`${dbPath}${s}`, { force: true });
+    renameSync(tmpPath, dbPath);
+  } catch (err) {
+    removeWithSidecars(tmpPath);
+    if (err instanceof FailureError) throw err;
+    throw new FailureError(`cannot replace ${dbPath} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, {
+      hints: ['the database was left as it was; check the permissions of its directory'],
+    });
+  }
+  fsyncDir(dirname(dbPath));
+  return backup;
+}
+
+/**
+ * Folds the old database's -wal into it (TRUNCATE), so the old file alone is
+ * the whole old database: then its sidecars can go and it can be the backup.
+ * A program holding the database open keeps the checkpoint from completing:
+ * that is refused rather than losing what its -wal holds.
+ */
+function checkpoint(dbPath: string): void {
+  let db: Database.Database;
+  try {
+    db = new Database(dbPath, { fileMustExist: true });
+  } catch (err) {
+    throw new FailureError(`cannot open ${dbPath} to replace it (${(err as Error).message})`);
+  }
+  try {
+    const row = (db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[])[0];
+    if (row && row.busy !== 0) {
+      throw new FailureError(`${dbPath} is in use by another program`, {
+        hints: ['close Casaconomy (or whatever has the database open) and run the command again'],
+      });
+    }
+  } catch (err) {
+    if (err instanceof FailureError) throw err;
+    const code = (err as { code?: string }).code;
+    // Not a database at all (SQLITE_NOTADB): nothing to fold in; it is still kept as the backup.
+    if (code !== 'SQLITE_NOTADB') {
+      throw new FailureError(`cannot checkpoint ${dbPath} before replacing it (${(err as Error).message})`, {
+        hints: ['close Casaconomy (or whatever has the database open) and run the command again'],
+      });
+    }
+  } finally {
+    db.close();
+  }
+}
+
+/** Hard-links the old database to a backup path beside it (a copy where links are not supported). */
+function keepBackup(dbPath: string, now: number): string {
+  const stamp = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  for (let n = 1; ; n++) {
+    const backup = `${dbPath}.casa-backup-${stamp}${n === 1 ? '' : `-${n}`}`;
+    try {
+      linkSync(dbPath, backup);
+      return backup;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') continue;
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'EMLINK') throw err;
+      copyFileSync(dbPath, backup, constants.COPYFILE_EXCL);
+      const fd = openSync(backup, 'r');
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      return backup;
+    }
+  }
+}

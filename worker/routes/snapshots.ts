@@ -1,0 +1,257 @@
+/**
+ * Snapshot routes (docs/RELAY-API.md "Snapshots: packs, manifests, the
+ * head"), all authenticated: packs and manifests are opaque encrypted blobs
+ * streamed into R2 under a fresh key per upload, checked against the
+ * client's X-Casa-Sha256 on arrival, then named by a D1 row (DESIGN §8: blob
+ * first, then the row; readers trust D1). The commit is a compare-and-swap
+ * on the vault's head (snapshot-db.ts commitSnapshot).
+ */
+import { Hono, type Context } from 'hono';
+import { requireDevice } from '../auth.js';
+import { BlobChecksumError, deleteBlobs, getBlob, putBlob, uploadKey } from '../blobs.js';
+import type { AppEnv } from '../env.js';
+import {
+  ApiError,
+  BLOB_BODY_LIMIT,
+  LARGE_JSON_BODY_LIMIT,
+  badRequest,
+  hex,
+  int,
+  jsonBodyLimitOf,
+  notFound,
+  readJson,
+  sha256,
+  str,
+  tooLarge,
+} from '../http.js';
+import {
+  checkPacks,
+  commitSnapshot,
+  getHead,
+  getManifestKey,
+  getPack,
+  isCommitted,
+  listSnapshots,
+  putPendingManifest,
+  touchPack,
+  upsertPack,
+} from '../snapshot-db.js';
+
+export const snapshotRoutes = new Hono<AppEnv>();
+
+/** The most pack ids one packs/check or commit may list. */
+export const MAX_PACK_IDS = 10_000;
+export const SHA256_HEADER = 'X-Casa-Sha256';
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const HEX32 = /^[0-9a-f]{32}$/;
+
+function packIdParam(c: Context<AppEnv>): string {
+  const id = c.req.param('packId');
+  if (id === undefined || !HEX64.test(id)) throw badRequest('packId must be 64 lowercase hex characters');
+  return id;
+}
+
+function snapshotIdParam(c: Context<AppEnv>): string {
+  const id = c.req.param('snapshotId');
+  if (id === undefined || !HEX32.test(id)) throw badRequest('snapshotId must be 32 lowercase hex characters');
+  return id;
+}
+
+/** A list of at most MAX_PACK_IDS pack ids, without repeats (first occurrence kept). */
+function packIds(body: Record<string, unknown>, field: string): string[] {
+  const v = body[field];
+  if (!Array.isArray(v) || v.length > MAX_PACK_IDS) throw badRequest(`${field} must be an array of at most ${MAX_PACK_IDS} pack ids`);
+  for (const id of v) if (typeof id !== 'string' || !HEX64.test(id)) throw badRequest(`${field} must hold 64 lowercase hex characters each`);
+  return [...new Set(v as string[])];
+}
+
+interface Upload {
+  sha256: string;
+  /** Streamed when the length was declared, else read (under the cap) into memory. */
+  body: ReadableStream | Uint8Array;
+}
+
+/** X-Casa-Sha256 and the body: 413 past BLOB_BODY_LIMIT, 400 if empty or the header is malformed. */
+async function readUpload(c: Context<AppEnv>): Promise<Upload> {
+  const declared = c.req.header('Content-Length');
+  if (declared !== undefined) {
+    if (!/^\d{1,16}$/.test(declared)) throw badRequest('Content-Length must be a number');
+    if (Number(declared) > BLOB_BODY_LIMIT) throw tooLarge(BLOB_BODY_LIMIT);
+  }
+  const sha = c.req.header(SHA256_HEADER)?.toLowerCase();
+  if (sha === undefined || !HEX64.test(sha)) throw badRequest(`${SHA256_HEADER} must be 64 hex characters`);
+  const raw = c.req.raw.body;
+  if (raw === null || declared === '0') throw badRequest('body must not be empty');
+  // A declared length is enforced by the runtime, so R2 can take the stream as it is.
+  if (declared !== undefined) return { sha256: sha, body: raw };
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = raw.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > BLOB_BODY_LIMIT) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge(BLOB_BODY_LIMIT);
+    }
+    chunks.push(value);
+  }
+  if (size === 0) throw badRequest('body must not be empty');
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const ch of chunks) {
+    bytes.set(ch, at);
+    at += ch.byteLength;
+  }
+  return { sha256: sha, body: bytes };
+}
+
+/** Checks a body we are not going to store (its pack is already there): same 400 on mismatch. */
+async function checkDiscarded(u: Upload): Promise<void> {
+  let digest: Uint8Array;
+  if (u.body instanceof Uint8Array) {
+    digest = await sha256(u.body);
+  } else {
+    const ds = new crypto.DigestStream('SHA-256');
+    await u.body.pipeTo(ds);
+    digest = new Uint8Array(await ds.digest);
+  }
+  if (hex(digest) !== u.sha256) throw checksumMismatch();
+}
+
+const checksumMismatch = (): ApiError => badRequest(`body does not match ${SHA256_HEADER}`);
+
+/** Stores the upload under `key`; 400 (and nothing stored) if it does not hash to X-Casa-Sha256. */
+async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): Promise<number> {
+  try {
+    return (await putBlob(c.env.BLOBS, key, u.body, u.sha256)).size;
+  } catch (err) {
+    if (err instanceof BlobChecksumError) throw checksumMismatch();
+    throw err;
+  }
+}
+
+async function blobResponse(c: Context<AppEnv>, key: string | null): Promise<Response> {
+  const obj = key === null ? null : await getBlob(c.env.BLOBS, key);
+  // A row whose blob is gone (retention deleted it just now): not there.
+  if (obj === null) throw notFound();
+  const headers = new Headers({ 'Content-Type': 'application/octet-stream', 'Content-Length': String(obj.size) });
+  const sha = obj.checksums.sha256;
+  if (sha !== undefined) headers.set(SHA256_HEADER, hex(new Uint8Array(sha)));
+  return new Response(obj.body, { status: 200, headers });
+}
+
+// ---- packs -----------------------------------------------------------------
+
+snapshotRoutes.put('/:vaultId/packs/:packId', requireDevice(), async (c) => {
+  const vaultId = c.var.vaultId;
+  const packId = packIdParam(c);
+  const upload = await readUpload(c);
+  // Already stored: touch it and discard the body without an R2 write (the first copy wins).
+  const existing = await touchPack(c.env.DB, vaultId, packId, Date.now());
+  if (existing !== null) {
+    await checkDiscarded(upload);
+    return c.json({ id: packId, bytes: existing, created: false }, 201);
+  }
+  const key = uploadKey('packs', vaultId, packId);
+  const bytes = await storeUpload(c, key, upload);
+  const now = Date.now();
+  const row = await upsertPack(c.env.DB, { vault_id: vaultId, id: packId, r2_key: key, bytes, created_at: now, touched_at: now });
+  if (row.r2_key !== key) {
+    // A concurrent upload of the same pack won: ours is surplus.
+    await deleteBlobs(c.env.BLOBS, [key]);
+    return c.json({ id: packId, bytes: row.bytes, created: false }, 201);
+  }
+  return c.json({ id: packId, bytes, created: true }, 201);
+});
+
+snapshotRoutes.post('/:vaultId/packs/check', requireDevice(), jsonBodyLimitOf(LARGE_JSON_BODY_LIMIT), async (c) => {
+  const ids = packIds(await readJson(c), 'ids');
+  const missing = await checkPacks(c.env.DB, c.var.vaultId, ids, Date.now());
+  return c.json({ missing });
+});
+
+snapshotRoutes.get('/:vaultId/packs/:packId', requireDevice(), async (c) => {
+  const row = await getPack(c.env.DB, c.var.vaultId, packIdParam(c));
+  return blobResponse(c, row?.r2_key ?? null);
+});
+
+// ---- manifests -----------------------------------------------------------------
+
+snapshotRoutes.put('/:vaultId/snapshots/:snapshotId/manifest', requireDevice(), async (c) => {
+  const vaultId = c.var.vaultId;
+  const snapshotId = snapshotIdParam(c);
+  const upload = await readUpload(c);
+  const committed = (): ApiError => new ApiError(409, 'conflict', 'the snapshot is committed: its manifest cannot change');
+  if (await isCommitted(c.env.DB, vaultId, snapshotId)) throw committed();
+  const key = uploadKey('manifests', vaultId, snapshotId);
+  const bytes = await storeUpload(c, key, upload);
+  // Until the commit a new upload replaces the pending one (whose blob becomes an orphan).
+  if (!(await putPendingManifest(c.env.DB, { vaultId, snapshotId, r2Key: key, bytes, now: Date.now() }))) {
+    await deleteBlobs(c.env.BLOBS, [key]);
+    throw committed();
+  }
+  return c.json({ id: snapshotId, bytes }, 201);
+});
+
+snapshotRoutes.get('/:vaultId/snapshots/:snapshotId/manifest', requireDevice(), async (c) => {
+  return blobResponse(c, await getManifestKey(c.env.DB, c.var.vaultId, snapshotIdParam(c)));
+});
+
+// ---- snapshots -----------------------------------------------------------------
+
+snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARGE_JSON_BODY_LIMIT), async (c) => {
+  const body = await readJson(c);
+  const snapshotId = str(body, 'snapshotId');
+  if (!HEX32.test(snapshotId)) throw badRequest('snapshotId must be 32 lowercase hex characters');
+  const seq = int(body, 'seq');
+  const parentSeq = int(body, 'parentSeq');
+  if (seq !== parentSeq + 1) throw badRequest('seq must be parentSeq + 1');
+  const packs = packIds(body, 'packs');
+  const dbBytes = int(body, 'dbBytes');
+  const storedBytes = int(body, 'storedBytes');
+  const newBytes = int(body, 'newBytes');
+  const vaultId = c.var.vaultId;
+  const deviceId = c.var.deviceId;
+  const now = Date.now();
+  const out = await commitSnapshot(c.env.DB, {
+    vaultId,
+    snapshotId,
+    seq,
+    parentSeq,
+    deviceId,
+    packs,
+    dbBytes,
+    storedBytes,
+    newBytes,
+    now,
+  });
+  if (out.inserted) return c.json({ snapshotId, seq, time: now }, 201);
+  // Decided on what the commit's own transaction saw, in this order.
+  if (out.existing !== null) {
+    // A retry of a commit that went through (its answer was lost): the same answer again.
+    if (out.existing.seq === seq && out.existing.device_id === deviceId) {
+      return c.json({ snapshotId, seq, time: out.existing.time }, 201);
+    }
+    throw new ApiError(409, 'conflict', 'a snapshot with this id is already committed', {}, { head: out.head });
+  }
+  if ((out.head?.seq ?? 0) !== parentSeq) {
+    throw new ApiError(409, 'conflict', 'the head moved: rebase onto it and commit again', {}, { head: out.head });
+  }
+  if (!out.hasManifest) throw new ApiError(409, 'missing_manifest', 'upload the manifest before committing');
+  if (out.missing.length > 0) {
+    throw new ApiError(409, 'missing_packs', 'some packs are not on the relay', {}, { missing: out.missing });
+  }
+  throw new Error('commit refused for no reason the transaction saw');
+});
+
+snapshotRoutes.get('/:vaultId/snapshots', requireDevice(), async (c) => {
+  const snapshots = await listSnapshots(c.env.DB, c.var.vaultId);
+  return c.json({ head: snapshots[0] ?? null, snapshots });
+});
+
+snapshotRoutes.get('/:vaultId/snapshots/head', requireDevice(), async (c) => {
+  return c.json({ head: await getHead(c.env.DB, c.var.vaultId) });
+});
