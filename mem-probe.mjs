@@ -1,0 +1,18 @@
+const mb = () => (process.memoryUsage().rss / 1048576).toFixed(0);
+let t = performance.now();
+const lap = (l) => { console.log(l.padEnd(28), mb(), 'MB', (performance.now() - t).toFixed(0), 'ms'); t = performance.now(); };
+lap('start');
+await import('/work/main/node_modules/commander/index.js'); lap('commander');
+await import('undici'); lap('undici');
+await import('/work/main/dist/crypto/kdf.js'); lap('kdf');
+await import('/work/main/dist/crypto/sign.js'); lap('sign (noble ed25519)');
+await import('/work/main/dist/crypto/phrase.js'); lap('phrase (bip39)');
+await import('/work/main/dist/codec.js'); lap('codec');
+await import('better-sqlite3'); lap('better-sqlite3');
+await import('/work/main/dist/keystore/index.js'); lap('keystore');
+const { WorkerPool } = await import('/work/main/dist/sync/pool.js'); lap('pool module');
+const { deriveVaultKeys } = await import('/work/main/dist/crypto/kdf.js');
+const { generatePhrase } = await import('/work/main/dist/crypto/phrase.js');
+const crypto = await import('node:crypto');
+const keys = deriveVaultKeys(generatePhrase((n) => crypto.randomBytes(n))); lap('derive keys');
+const p = new WorkerPool(keys, 2); await p.run({kind:'hash', path:'/tmp/prof/big.db', pageSize:4096, firstPage:0, pageCount:1}); await p.run({kind:'hash', path:'/tmp/prof/big.db', pageSize:4096, firstPage:0, pageCount:1}); lap('2 workers up');
