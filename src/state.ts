@@ -37,6 +37,13 @@ const STATE_FILE = 'state.json';
 /** Keystore entry names (namespaced by homeId inside the keystore). */
 export const SECRET_PHRASE = 'phrase';
 export const SECRET_DEVICE_KEY = 'device-key';
+/**
+ * The root key derived from the phrase, kept beside it in the same keystore
+ * (it is no more secret than the phrase it comes from): commands derive
+ * their keys with HKDF in microseconds instead of 600,000 PBKDF2 rounds
+ * (~140 ms) each time.
+ */
+export const SECRET_ROOT_KEY = 'root-key';
 
 export function statePath(home: string): string {
   return join(home, STATE_FILE);

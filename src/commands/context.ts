@@ -9,11 +9,11 @@ import { resolve } from 'node:path';
 import { AuthError, FailureError, IntegrityError, NotPairedError, UsageError } from '../errors.js';
 import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
-import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, type HomeState, type PairedVault } from '../state.js';
-import { deriveVaultKeys, type VaultKeys } from '../crypto/kdf.js';
+import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
+import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
 import { DeviceSession, RelayClient } from '../sync/relay-client.js';
 import { Output, type Terminal } from '../ui/terminal.js';
-import { b64uDecode } from '../crypto/bytes.js';
+import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { PhraseError } from '../crypto/phrase.js';
 import { ManifestError } from '../sync/manifest.js';
@@ -120,6 +120,16 @@ export async function deviceSession(p: Paired): Promise<DeviceSession> {
 
 /** The vault's keys, derived from the phrase in the keystore (and checked against the paired key id). */
 export async function vaultKeys(p: Paired): Promise<VaultKeys> {
+  const matches = (k: VaultKeys) => k.vaultId === p.vault.vaultId && k.keyIdHex === p.vault.keyIdHex;
+  const cached = await p.keystore.get(SECRET_ROOT_KEY);
+  if (cached) {
+    try {
+      const keys = vaultKeysFromRoot(b64uDecode(cached));
+      if (matches(keys)) return keys;
+    } catch {
+      // A damaged entry: derive again from the phrase below, and replace it.
+    }
+  }
   const phrase = await p.keystore.get(SECRET_PHRASE);
   if (!phrase) {
     await p.keystore.probe();
@@ -128,18 +138,33 @@ export async function vaultKeys(p: Paired): Promise<VaultKeys> {
     });
   }
   let keys: VaultKeys;
+  let root: Uint8Array;
   try {
-    keys = deriveVaultKeys(phrase);
+    root = deriveRoot(phrase);
+    keys = vaultKeysFromRoot(root);
   } catch (err) {
     throw mapCryptoError(err, 'the stored phrase');
   }
-  if (keys.vaultId !== p.vault.vaultId || keys.keyIdHex !== p.vault.keyIdHex) {
+  if (!matches(keys)) {
     throw new AuthError('the phrase in the keystore belongs to another vault', {
       code: 'wrong_key',
       hints: ['the keystore entry was replaced; join the vault again with `casa pair --join`'],
     });
   }
+  await p.keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
   return keys;
+}
+
+/**
+ * `CASA_TRACE=1`: timing marks on stderr (milliseconds since the process
+ * started, and a phase name; never data), for finding where time goes.
+ */
+export function tracer(ctx: Context): ((label: string) => void) | undefined {
+  if (ctx.deps.term.env.CASA_TRACE !== '1') return undefined;
+  return (label) =>
+    ctx.deps.term.stderr.write(
+      `casa: trace: ${performance.now().toFixed(0).padStart(6)} ms ${String(Math.round(process.memoryUsage.rss() / 1048576)).padStart(4)} MB  ${label}\n`,
+    );
 }
 
 /** Maps the crypto core's typed errors onto casa's exit codes, with hints (age's pattern). */

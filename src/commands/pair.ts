@@ -15,7 +15,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
-import { deriveVaultKeys, type VaultKeys } from '../crypto/kdf.js';
+import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
 import { openCanary, sealCanary } from '../crypto/objects.js';
 import { generatePhrase, parsePhrase } from '../crypto/phrase.js';
 import { newDeviceSeed, publicKeyFromSeed, signPurpose } from '../crypto/sign.js';
@@ -25,6 +25,7 @@ import {
   readState,
   SECRET_DEVICE_KEY,
   SECRET_PHRASE,
+  SECRET_ROOT_KEY,
   writeNewSecretFile,
   writeState,
   type PairedVault,
@@ -119,12 +120,18 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
     } else {
       phrase = await readPhrase(ctx, opts);
     }
-    const keys = deriveVaultKeys(phrase);
+    const root = deriveRoot(phrase);
+    const keys = vaultKeysFromRoot(root);
     if (mode === 'new') await createVault(ctx, client, keys);
     const enrolled = await enroll(ctx, client, keys, deviceName, mode);
 
-    cleanup.push(() => keystore.delete(SECRET_PHRASE), () => keystore.delete(SECRET_DEVICE_KEY));
+    cleanup.push(
+      () => keystore.delete(SECRET_PHRASE),
+      () => keystore.delete(SECRET_ROOT_KEY),
+      () => keystore.delete(SECRET_DEVICE_KEY),
+    );
     await keystore.set(SECRET_PHRASE, phrase);
+    await keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
     await keystore.set(SECRET_DEVICE_KEY, b64uEncode(enrolled.seed));
     ctx.deps.signal.throwIfAborted();
 

@@ -12,7 +12,7 @@ import { acquireLock } from '../lock.js';
 import { WorkerPool } from '../sync/pool.js';
 import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../sync/snapshot.js';
 import { progress, type ProgressBar } from '../ui/progress.js';
-import type { Context } from './context.js';
+import { tracer, type Context } from './context.js';
 import { formatBytes, openVault } from './snapshots.js';
 
 /**
@@ -69,6 +69,7 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
           bar = progress(ctx.out, labels[phase], total);
         },
         onProgress: (bytes) => bar?.add(bytes),
+        trace: tracer(ctx),
       },
       { force: Boolean(opts.force) },
     );

@@ -5,17 +5,16 @@
  * app writes in WAL mode: the copy is one committed state.
  *
  * Then, without holding the database: the copy's page size, page count,
- * schema and user versions, SHA-256, and the keyed hash of every page
- * (hashed on the worker pool, in ranges, one per core).
+ * schema and user versions, the SHA-256 of every page (on the worker pool, in
+ * 8 MiB ranges) and the database digest made from them.
  */
-import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { FailureError } from '../errors.js';
 import { processAlive } from '../lock.js';
-import { PAGE_HASH_BYTES } from './page-hash.js';
+import { hashPages, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
 import type { WorkerPool } from './pool.js';
 
 /** Pages per backup step: 64 MiB at 4 KiB pages (DESIGN §6.1: large steps, 450 MiB/s vs 265 at the default). */
@@ -31,7 +30,8 @@ export interface DbCopy {
   dbBytes: number;
   schemaVersion: number;
   userVersion: number;
-  sha256: string;
+  /** SHA-256 over the page hashes (FORMAT.md §5). */
+  pagesSha256: string;
   /** pageCount × 16 bytes of keyed page hashes. */
   hashes: Uint8Array;
   remove(): void;
@@ -117,7 +117,7 @@ export function sweepStaleCopies(tmpDir: string): void {
   }
 }
 
-/** Reads a database file's header and hashes it: whole-file SHA-256 and keyed per-page hashes. */
+/** Reads a database file's header and hashes its pages on the pool; the digest comes from the page hashes. */
 export async function describeCopy(path: string, pool: WorkerPool, remove: () => void): Promise<DbCopy> {
   const fd = openSync(path, 'r');
   let size: number;
@@ -138,35 +138,21 @@ export async function describeCopy(path: string, pool: WorkerPool, remove: () =>
   const schemaVersion = header.readUInt32BE(40);
   const userVersion = header.readUInt32BE(60);
 
-  // Hash pages in ranges on the workers while the main thread computes the whole-file SHA-256.
   // A range is read whole by its worker: at most HASH_RANGE_BYTES, so memory stays flat with the database's size.
   const per = Math.max(1, Math.floor(HASH_RANGE_BYTES / pageSize));
-  const jobs: Promise<{ first: number; hashes: Uint8Array }>[] = [];
+  const hashes = new Uint8Array(pageCount * PAGE_HASH_BYTES);
+  const jobs: Promise<void>[] = [];
   for (let first = 0; first < pageCount; first += per) {
     const count = Math.min(per, pageCount - first);
-    jobs.push(pool.run({ kind: 'hash', path, pageSize, firstPage: first, pageCount: count }).then((r) => ({ first, hashes: r.hashes })));
+    jobs.push(
+      pool.run({ kind: 'hash', path, pageSize, firstPage: first, pageCount: count }).then((r) => hashes.set(r.hashes, first * PAGE_HASH_BYTES)),
+    );
   }
-  const sha256 = await sha256File(path);
-  const hashes = new Uint8Array(pageCount * PAGE_HASH_BYTES);
-  for (const { first, hashes: h } of await Promise.all(jobs)) hashes.set(h, first * PAGE_HASH_BYTES);
-  return { path, pageSize, pageCount, dbBytes: size, schemaVersion, userVersion, sha256, hashes, remove };
+  await Promise.all(jobs);
+  return { path, pageSize, pageCount, dbBytes: size, schemaVersion, userVersion, pagesSha256: pagesDigest(hashes), hashes, remove };
 }
 
-export async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  const fd = openSync(path, 'r');
-  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-  try {
-    for (let pos = 0; ; ) {
-      const n = readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-      // Let worker results and timers through between reads.
-      await new Promise<void>((r) => setImmediate(r));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
+/** The digest of a database file read on this thread (tests, small files). */
+export function digestFile(path: string, pageSize: number): string {
+  return pagesDigest(hashPages(readFileSync(path), pageSize));
 }

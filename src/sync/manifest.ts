@@ -41,7 +41,8 @@ export interface Manifest {
   pageSize: number;
   pageCount: number;
   dbBytes: number;
-  sha256: string;
+  /** The database digest: SHA-256 over the pages' SHA-256s in page order (FORMAT.md §5). */
+  pagesSha256: string;
   schemaVersion: number;
   userVersion: number;
   changesetWatermark: number;
@@ -120,7 +121,7 @@ export function validateManifest(m: Manifest): void {
   }
   if (!isUint(m.pageSize) || m.pageSize < 512 || m.pageSize > 65536 || (m.pageSize & (m.pageSize - 1)) !== 0) fail('bad pageSize');
   if (m.dbBytes !== m.pageCount * m.pageSize) fail('dbBytes is not pageCount × pageSize');
-  if (typeof m.sha256 !== 'string' || !HEX64.test(m.sha256)) fail('bad sha256');
+  if (typeof m.pagesSha256 !== 'string' || !HEX64.test(m.pagesSha256)) fail('bad pagesSha256');
   if (!Array.isArray(m.packs)) fail('bad packs');
   for (const p of m.packs) {
     if (typeof p !== 'object' || p === null || typeof p.id !== 'string' || !HEX64.test(p.id)) fail('bad pack id');

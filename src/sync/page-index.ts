@@ -1,25 +1,33 @@
 /**
  * The device's local page index (docs/FORMAT.md §5, "Local page index"): for
  * one database, the manifest of the last snapshot this device committed or
- * restored, and a keyed 16-byte hash of every page as it was then. A snapshot
+ * restored, and the SHA-256 of every page as it was then. A snapshot
  * uploads only pages whose hash changed; `casa pull` uses it to tell whether
  * the database changed locally since. A missing or damaged index is never an
  * error: it only costs a full upload.
+ *
+ * Page hashes of a known database would let whoever reads CASA_HOME confirm
+ * guesses about its content, so the file is sealed like any casa object
+ * (type 6, under the local-index key): nothing in it is readable, or
+ * silently changeable, without the phrase.
  */
-import { createHmac } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { writeFileAtomic } from '../state.js';
 import { validateManifest, type Manifest } from './manifest.js';
 import { PAGE_HASH_BYTES } from './page-hash.js';
+import { Codec } from '../codec.js';
+import { ObjectType, openObject, sealObject } from '../crypto/objects.js';
 
-const MAGIC = Buffer.from('CASAIDX1', 'ascii');
+/** The most a sealed index may decrypt to: a 64 GiB database of 4 KiB pages, plus its manifest. */
+const MAX_INDEX_BYTES = 1 << 30;
 
 export interface PageIndex {
   /** The snapshot the database matched when the index was written. */
   manifest: Manifest;
-  /** pageCount × 16 bytes. */
+  /** pageCount × 32 bytes: each page's SHA-256. */
   hashes: Uint8Array;
   source: 'snapshot' | 'restore';
   updatedAt: number;
@@ -62,9 +70,22 @@ export function sameStat(a: DbStat, b: DbStat): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.walSize === b.walSize && a.walMtimeMs === b.walMtimeMs;
 }
 
+function dbKey(keys: VaultKeys, dbPath: string): string {
+  return createHmac('sha256', keys.localIndexKey).update(dbPath, 'utf8').digest('hex').slice(0, 16);
+}
+
 export function indexPath(home: string, keys: VaultKeys, dbPath: string): string {
-  const dbKey = createHmac('sha256', keys.localIndexKey).update(dbPath, 'utf8').digest('hex').slice(0, 16);
-  return join(home, 'index', keys.vaultId, `${dbKey}.idx`);
+  return join(home, 'index', keys.vaultId, `${dbKey(keys, dbPath)}.idx`);
+}
+
+function sealing(keys: VaultKeys, dbPath: string) {
+  return {
+    type: ObjectType.localIndex,
+    keyId: keys.keyId,
+    purposeKey: keys.localIndexKey,
+    vaultId: keys.vaultId,
+    identity: `local-index:${dbKey(keys, dbPath)}`,
+  };
 }
 
 export function readIndex(home: string, keys: VaultKeys, dbPath: string): PageIndex | null {
@@ -75,12 +96,13 @@ export function readIndex(home: string, keys: VaultKeys, dbPath: string): PageIn
     return null;
   }
   try {
-    if (buf.length < 12 || !buf.subarray(0, 8).equals(MAGIC)) return null;
-    const jsonLen = buf.readUInt32BE(8);
-    const meta = JSON.parse(buf.subarray(12, 12 + jsonLen).toString('utf8')) as Omit<PageIndex, 'hashes'>;
+    const plain = openObject({ ...sealing(keys, dbPath), object: buf, maxPlaintext: MAX_INDEX_BYTES });
+    buf = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength); // a view, not a copy
+    const jsonLen = buf.readUInt32BE(0);
+    const meta = JSON.parse(buf.subarray(4, 4 + jsonLen).toString('utf8')) as Omit<PageIndex, 'hashes'>;
     validateManifest(meta.manifest);
     if (meta.manifest.vaultId !== keys.vaultId) return null;
-    const hashes = new Uint8Array(buf.subarray(12 + jsonLen));
+    const hashes = new Uint8Array(buf.buffer, buf.byteOffset + 4 + jsonLen, buf.length - 4 - jsonLen); // a view
     if (hashes.length !== meta.manifest.pageCount * PAGE_HASH_BYTES) return null;
     if (meta.source !== 'snapshot' && meta.source !== 'restore') return null;
     const packSizes = validPackSizes(meta.packSizes);
@@ -103,10 +125,15 @@ export function writeIndex(home: string, keys: VaultKeys, dbPath: string, idx: P
     JSON.stringify({ manifest: idx.manifest, source: idx.source, updatedAt: idx.updatedAt, dbStat, packSizes: idx.packSizes }),
     'utf8',
   );
-  const head = Buffer.alloc(12);
-  MAGIC.copy(head, 0);
-  head.writeUInt32BE(json.length, 8);
-  writeFileAtomic(indexPath(home, keys, dbPath), Buffer.concat([head, json, idx.hashes]), 0o600);
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(json.length, 0);
+  const sealed = sealObject({
+    ...sealing(keys, dbPath),
+    codec: Codec.none,
+    plaintext: Buffer.concat([head, json, idx.hashes]),
+    salt: new Uint8Array(randomBytes(32)),
+  });
+  writeFileAtomic(indexPath(home, keys, dbPath), sealed, 0o600);
 }
 
 function validPackSizes(v: unknown): Record<string, number> | undefined {

@@ -40,9 +40,9 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { mapCryptoError } from '../commands/context.js';
 import { CancelledError, FailureError, IntegrityError } from '../errors.js';
 import { fsyncDir } from '../state.js';
-import { sha256File } from './db-copy.js';
+import { digestFile } from './db-copy.js';
 import { openManifest, type Manifest } from './manifest.js';
-import { PAGE_HASH_BYTES } from './page-hash.js';
+import { pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
 import type { WorkerPool } from './pool.js';
 import type { SnapshotApi } from './snapshot-api.js';
 
@@ -97,7 +97,7 @@ export interface RestoreParams {
 export interface Restored {
   manifest: Manifest;
   tmpPath: string;
-  /** Keyed page hashes of the assembled file (for the local index). */
+  /** SHA-256 of each page written (the digest's input, and the local index). */
   hashes: Uint8Array;
   /** Manifest and pack ciphertext bytes fetched from the relay. */
   downloadedBytes: number;
@@ -110,7 +110,7 @@ export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
     const onBytes = p.onStart?.(manifest) ?? (() => {});
     const { hashes, downloadedBytes } = await assemble(p, manifest, onBytes);
     p.signal.throwIfAborted();
-    await checkDatabaseFile(p.tmpPath, manifest, p.thorough);
+    await checkDatabaseFile(p.tmpPath, manifest, p.thorough, hashes);
     return { manifest, tmpPath: p.tmpPath, hashes, downloadedBytes: downloadedBytes + bytes };
   } catch (err) {
     removeWithSidecars(p.tmpPath);
@@ -189,11 +189,15 @@ async function assemble(
   return { hashes, downloadedBytes };
 }
 
-/** The file's SHA-256 against the manifest, then SQLite's own check. Read-only: the file's bytes never change. */
-export async function checkDatabaseFile(path: string, m: Manifest, thorough: boolean): Promise<void> {
+/**
+ * The database digest against the manifest (from the page hashes of what was
+ * written, or of the file as it is on disk when none are given), then
+ * SQLite's own check. Read-only: the file's bytes never change.
+ */
+export async function checkDatabaseFile(path: string, m: Manifest, thorough: boolean, hashes?: Uint8Array): Promise<void> {
   const what = `snapshot ${shortId(m.snapshotId)} (seq ${m.seq})`;
-  const sha = await sha256File(path);
-  if (sha !== m.sha256) {
+  const digest = hashes ? pagesDigest(hashes) : digestFile(path, m.pageSize);
+  if (digest !== m.pagesSha256) {
     throw new IntegrityError(`the database assembled from ${what} does not match the snapshot's checksum`, {
       hints: ['the relay served damaged or tampered data; nothing was changed here'],
     });

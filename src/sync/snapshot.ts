@@ -7,7 +7,7 @@
  * or a stand-in; the decisions live in src/sync/snapshot-plan.ts.
  *
  * Invariants:
- * - memory stays bounded: at most `pool.size + 2` packs are between "sealing"
+ * - memory stays bounded: at most `pool.size + 1` packs are between "sealing"
  *   and "uploaded"; pages are read from the copy by the workers, so the
  *   database is never held in memory whole;
  * - a pack the relay already has is not uploaded again (a snapshot retried
@@ -64,6 +64,8 @@ export interface SnapshotEnv {
   onPhase?: (phase: SnapshotPhase, total: number) => void;
   onProgress?: (bytes: number) => void;
   sleep?: (ms: number) => Promise<void>;
+  /** Timing marks for `CASA_TRACE=1` (phase names only: never data). */
+  trace?: (label: string) => void;
 }
 
 export interface SnapshotOptions {
@@ -113,6 +115,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   const listed = await env.api.list();
   seen(listed.head);
   checkAbort();
+  env.trace?.('listed snapshots');
 
   const dbStat = statDatabase(env.dbPath);
   const dbSize = dbStat.size + dbStat.walSize;
@@ -120,7 +123,9 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   const copy = await copyDatabase(env.dbPath, join(env.home, 'tmp'), env.pool, (b) => env.onProgress?.(b));
   try {
     checkAbort();
+    env.trace?.('copied and hashed');
     const index = readIndex(env.home, env.keys, env.dbPath);
+    env.trace?.('read the index');
     const old = index && index.manifest.pageSize === copy.pageSize ? index : null;
     const changed = changedPages(old?.hashes ?? null, copy.hashes);
     const nChanged = countChanged(changed);
@@ -131,7 +136,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
       old !== null &&
       nChanged === 0 &&
       old.manifest.pageCount === copy.pageCount &&
-      old.manifest.sha256 === copy.sha256 &&
+      old.manifest.pagesSha256 === copy.pagesSha256 &&
       listed.snapshots.some((s) => s.id === old.manifest.snapshotId && s.seq === old.manifest.seq)
     ) {
       // Refresh the index's file stat, so `casa status` sees the database as unchanged since.
@@ -163,11 +168,13 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     }
     checkAbort();
 
+    env.trace?.('planned; kept packs checked');
     const up = new Uploader(env, copy, sizes);
     env.onPhase?.('upload', plan.repack.length * copy.pageSize);
     const newPacks = await up.packPages(plan.repack);
 
     // Commit, rebasing onto a head that moved and re-packing what the relay lost meanwhile.
+    env.trace?.('packs sealed and uploaded');
     let head = await env.api.head();
     seen(head);
     let rebases = 0;
@@ -186,7 +193,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
           pageSize: copy.pageSize,
           pageCount: copy.pageCount,
           dbBytes: copy.dbBytes,
-          sha256: copy.sha256,
+          pagesSha256: copy.pagesSha256,
           schemaVersion: copy.schemaVersion,
           userVersion: copy.userVersion,
           changesetWatermark: 0,
@@ -196,7 +203,9 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         newPacks,
       );
       const stored = storedBytes(manifest, sizes);
-      await env.api.putManifest(manifest.snapshotId, sealManifest(env.keys, manifest, env.random(SALT_BYTES)));
+      const sealedManifest = sealManifest(env.keys, manifest, env.random(SALT_BYTES));
+      env.trace?.(`manifest sealed (${sealedManifest.length} bytes)`);
+      await env.api.putManifest(manifest.snapshotId, sealedManifest);
       const res = await env.api.commit({
         snapshotId: manifest.snapshotId,
         seq: manifest.seq,
@@ -206,6 +215,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         storedBytes: stored,
         newBytes: up.uploadedBytes,
       });
+      env.trace?.('commit answered');
       if (res.ok) {
         if (manifest.seq > highest) {
           highest = manifest.seq;
@@ -218,6 +228,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         }
         const idx: PageIndex = { manifest, hashes: copy.hashes, source: 'snapshot', updatedAt: env.now(), dbStat, packSizes };
         writeIndex(env.home, env.keys, env.dbPath, idx);
+        env.trace?.('index written');
         return {
           status: 'committed',
           snapshotId: manifest.snapshotId,
@@ -290,7 +301,7 @@ function jitter(attempt: number, random: (n: number) => Uint8Array): number {
 
 /**
  * Seals pages into packs on the worker pool and uploads them, in a bounded
- * pipeline: `pool.size + 2` lanes, each holding one pack from "sealing" to
+ * pipeline: `pool.size + 1` lanes, each holding one pack from "sealing" to
  * "uploaded". Before each upload it asks the relay whether the pack is
  * already there (a retried run, or equal content elsewhere in the vault).
  */
@@ -321,7 +332,7 @@ class Uploader {
         }
       }
     };
-    const lanes = Math.min(groups.length, this.env.pool.size + 2);
+    const lanes = Math.min(groups.length, this.env.pool.size + 1);
     const results = await Promise.allSettled(Array.from({ length: lanes }, lane));
     // Every lane has stopped before anything is reported: nothing still reads the copy.
     const err = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');

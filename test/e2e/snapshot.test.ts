@@ -21,7 +21,7 @@ import { Context, defaultDeps, deviceSession, loadPaired, resolveGlobals, vaultK
 import { processTerminal } from '../../src/ui/terminal.js';
 import { SnapshotApi } from '../../src/sync/snapshot-api.js';
 import { openManifest, openPack, type Manifest } from '../../src/sync/manifest.js';
-import { sha256File } from '../../src/sync/db-copy.js';
+import { digestFile } from '../../src/sync/db-copy.js';
 import { lockPath } from '../../src/lock.js';
 import { WorkerPool } from '../../src/sync/pool.js';
 import { takeSnapshot } from '../../src/sync/snapshot.js';
@@ -151,7 +151,7 @@ async function rebuild(m: Machine, snapshotId: string, seq: number, out: string)
   } finally {
     closeSync(fd);
   }
-  expect(await sha256File(out)).toBe(manifest.sha256);
+  expect(digestFile(out, manifest.pageSize)).toBe(manifest.pagesSha256);
   const db = new Database(out, { readonly: true });
   try {
     expect(db.pragma('integrity_check', { simple: true })).toBe('ok');

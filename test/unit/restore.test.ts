@@ -6,6 +6,7 @@
  * as the backup and leaves no sidecar beside the new one.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashPages, pagesDigest } from '../../src/sync/page-hash.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +14,6 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
 import { sealManifest, sealPack, type Manifest } from '../../src/sync/manifest.js';
-import { hashPages } from '../../src/sync/page-hash.js';
 import { WorkerPool } from '../../src/sync/pool.js';
 import {
   checkDatabaseFile,
@@ -106,7 +106,7 @@ function snapshotOf(file: Uint8Array, perPack: number, seq = 1, sealKeys = keys)
     pageSize,
     pageCount,
     dbBytes: file.length,
-    sha256: sha(file),
+    pagesSha256: pagesDigest(hashPages(file, pageSize)),
     schemaVersion: 1,
     userVersion: 0,
     changesetWatermark: 0,
@@ -151,7 +151,7 @@ describe('restoreToTemp', () => {
     expect(r.tmpPath.startsWith(join(d, '.target.db.casa-restore-'))).toBe(true);
     const out = readFileSync(r.tmpPath);
     expect(out.equals(Buffer.from(file))).toBe(true);
-    expect(Buffer.from(r.hashes).equals(Buffer.from(hashPages(keys.localIndexKey, file, 4096)))).toBe(true);
+    expect(Buffer.from(r.hashes).equals(Buffer.from(hashPages(file, 4096)))).toBe(true);
     expect(r.manifest.snapshotId).toBe(manifest.snapshotId);
     expect(r.downloadedBytes).toBe([...blobs.values()].reduce((a, b) => a + b.length, 0));
     expect(existsSync(target)).toBe(false);
@@ -196,7 +196,7 @@ describe('restoreToTemp', () => {
     const d = mkdtempSync(join(dir, 'sha-'));
     const file = makeDb(join(d, 'src.db'), 300);
     const s = snapshotOf(file, 20);
-    const bad = { ...s.manifest, sha256: sha(Buffer.from('other')) };
+    const bad = { ...s.manifest, pagesSha256: sha(Buffer.from('other')) };
     s.blobs.set(`m:${s.ref.id}`, sealManifest(keys, bad, salt()));
     await expectFailure(restore(s.blobs, s.ref, join(d, 'target.db')), 6, /checksum/);
     expect(leftovers(d)).toEqual([]);

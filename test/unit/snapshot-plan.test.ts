@@ -24,7 +24,6 @@ import {
   type NewPack,
 } from '../../src/sync/snapshot-plan.js';
 
-const KEY = new Uint8Array(32).fill(7);
 const RUNS = process.env.SLOW === '1' ? 2000 : 150;
 
 function header(pageSize: number, pageCount: number, seq = 1): ManifestHeader {
@@ -40,7 +39,7 @@ function header(pageSize: number, pageCount: number, seq = 1): ManifestHeader {
     pageSize,
     pageCount,
     dbBytes: pageSize * pageCount,
-    sha256: '00'.repeat(32),
+    pagesSha256: '00'.repeat(32),
     schemaVersion: 1,
     userVersion: 0,
     changesetWatermark: 0,
@@ -85,16 +84,16 @@ describe('changedPages', () => {
   it('flags pages whose hash differs and pages beyond the old count', () => {
     const a = pagesOf(6, ps, (p) => p);
     const b = pagesOf(8, ps, (p) => (p === 2 ? 99 : p));
-    const c = changedPages(hashPages(KEY, a, ps), hashPages(KEY, b, ps));
+    const c = changedPages(hashPages(a, ps), hashPages(b, ps));
     expect([...c]).toEqual([0, 0, 1, 0, 0, 0, 1, 1]);
     expect(countChanged(c)).toBe(3);
   });
   it('without an index every page is changed; a shrunk database keeps its unchanged pages', () => {
     const a = pagesOf(4, ps, (p) => p);
-    expect([...changedPages(null, hashPages(KEY, a, ps))]).toEqual([1, 1, 1, 1]);
-    expect([...changedPages(hashPages(KEY, a, ps), hashPages(KEY, a.subarray(0, 2 * ps), ps))]).toEqual([0, 0]);
-    expect(changedPages(hashPages(KEY, a, ps), new Uint8Array(0))).toHaveLength(0);
-    expect(PAGE_HASH_BYTES).toBe(16);
+    expect([...changedPages(null, hashPages(a, ps))]).toEqual([1, 1, 1, 1]);
+    expect([...changedPages(hashPages(a, ps), hashPages(a.subarray(0, 2 * ps), ps))]).toEqual([0, 0]);
+    expect(changedPages(hashPages(a, ps), new Uint8Array(0))).toHaveLength(0);
+    expect(PAGE_HASH_BYTES).toBe(32);
   });
 });
 
@@ -116,9 +115,9 @@ describe('planPages and assembleManifest', () => {
 
   function first(db: Uint8Array, store: FakeStore) {
     const n = db.length / ps;
-    const plan = planPages(null, changedPages(null, hashPages(KEY, db, ps)));
+    const plan = planPages(null, changedPages(null, hashPages(db, ps)));
     const m = assembleManifest(header(ps, n), null, plan, sealAll(store, db, ps, plan.repack, target));
-    return { m, hashes: hashPages(KEY, db, ps) };
+    return { m, hashes: hashPages(db, ps) };
   }
 
   it('a first snapshot packs every page in order', () => {
@@ -136,7 +135,7 @@ describe('planPages and assembleManifest', () => {
     const db0 = pagesOf(30, ps, (p) => p);
     const { m: m0, hashes } = first(db0, store);
     const db1 = pagesOf(32, ps, (p) => (p === 3 || p === 17 ? 200 + p : p));
-    const changed = changedPages(hashes, hashPages(KEY, db1, ps));
+    const changed = changedPages(hashes, hashPages(db1, ps));
     const plan = planPages(m0, changed);
     expect([...plan.repack]).toEqual([3, 17, 30, 31]);
     expect(plan.compacted).toBe(0);
@@ -153,7 +152,7 @@ describe('planPages and assembleManifest', () => {
     const { m: m0, hashes } = first(db0, store);
     // Pack 0 (pages 0–9): 8 change → 2 of 10 live (20%): re-packed. Pack 1: 7 change → 3 of 10 (30%): kept.
     const db1 = pagesOf(20, ps, (p) => ((p >= 2 && p < 10) || (p >= 13 && p < 20) ? 100 + p : p));
-    const plan = planPages(m0, changedPages(hashes, hashPages(KEY, db1, ps)));
+    const plan = planPages(m0, changedPages(hashes, hashPages(db1, ps)));
     expect(plan.keptPacks).toEqual([m0.packs[1]!.id]);
     expect(plan.compacted).toBe(2);
     expect([...plan.repack]).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18, 19]);
@@ -166,7 +165,7 @@ describe('planPages and assembleManifest', () => {
     const store = new FakeStore();
     const db0 = pagesOf(30, ps, (p) => p);
     const { m: m0, hashes } = first(db0, store);
-    const h1 = hashPages(KEY, db0.subarray(0, 12 * ps), ps); // shrunk to 12 pages: pack 2 unused, pack 1 has 2 of 10 live
+    const h1 = hashPages(db0.subarray(0, 12 * ps), ps); // shrunk to 12 pages: pack 2 unused, pack 1 has 2 of 10 live
     const plan = planPages(m0, changedPages(hashes, h1), { unavailable: new Set([m0.packs[0]!.id]) });
     expect(plan.keptPacks).toEqual([]);
     expect(plan.compacted).toBe(12);
@@ -214,7 +213,7 @@ describe('planPages and assembleManifest', () => {
           next.set(db.subarray(0, Math.min(db.length, next.length)));
           for (let p = db.length / ps; p < n; p++) next.fill((p * 7 + gen) % 251, p * ps, (p + 1) * ps);
           for (const e of s.edits) if (e < n) next[e * ps + (gen % ps)] = (next[e * ps + (gen % ps)]! + 1) % 256;
-          const nh = hashPages(KEY, next, ps);
+          const nh = hashPages(next, ps);
           const changed = changedPages(hashes, nh);
           const unavailable = new Set(s.lost.map((i) => m.packs[i % m.packs.length]!.id));
           const plan = planPages(m, changed, { unavailable });
