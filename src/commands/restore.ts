@@ -21,7 +21,7 @@ import type { SnapshotInfo } from '../sync/snapshot-api.js';
 import { acquireLock } from '../lock.js';
 import { progress } from '../ui/progress.js';
 import { confirm } from '../ui/prompts.js';
-import type { Context } from './context.js';
+import { tracer, type Context } from './context.js';
 import { runPair } from './pair.js';
 import { formatBytes, listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot, type OpenVault } from './snapshots.js';
 
@@ -131,6 +131,7 @@ export async function restoreInto(
   const dbPath = ctx.globals.db;
   const lock = acquireLock(ctx.globals.home, dbPath, o.command);
   const pool = new WorkerPool(v.keys, RESTORE_WORKERS);
+  const trace = tracer(ctx);
   try {
     removeStaleTemps(dbPath);
     await o.beforeInstall?.(pool);
@@ -143,6 +144,7 @@ export async function restoreInto(
       tmpPath: tempPathBeside(dbPath, ctx.deps.random),
       thorough: o.thorough,
       signal: ctx.deps.signal,
+      trace,
       onStart: (m) => {
         bar = progress(ctx.out, `restoring ${shortId(m.snapshotId)}`, m.dbBytes);
         return (n) => bar!.add(n);
@@ -157,6 +159,7 @@ export async function restoreInto(
     // rather than one that claims the old snapshot.
     rmSync(indexPath(ctx.globals.home, v.keys, dbPath), { force: true });
     const backupPath = installDatabase(restored.tmpPath, dbPath, ctx.deps.now());
+    trace?.('installed');
     writeIndex(ctx.globals.home, v.keys, dbPath, {
       manifest: restored.manifest,
       hashes: restored.hashes,
@@ -164,6 +167,7 @@ export async function restoreInto(
       updatedAt: ctx.deps.now(),
     });
     noteVerifiedSeq(ctx, restored.manifest.seq);
+    trace?.('index written');
     await catchUpChangesets(ctx, v, restored.manifest);
     return { manifest: restored.manifest, downloadedBytes: restored.downloadedBytes, backupPath };
   } finally {
