@@ -14,7 +14,7 @@ import type { RelayErrorCode } from '../src/protocol/messages.js';
  * The codes the relay answers: the protocol's, plus the commit's 409 reasons
  * (docs/RELAY-API.md "Snapshots"), which belong in RelayErrorCode.
  */
-export type ErrorCode = RelayErrorCode | 'missing_packs' | 'missing_manifest';
+export type ErrorCode = RelayErrorCode;
 
 /**
  * An error the client is meant to see: status + stable code + short message,

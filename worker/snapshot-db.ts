@@ -8,6 +8,7 @@
  * checks and the insert are one INSERT … SELECT … WHERE inside one batch
  * (one D1 transaction), and UNIQUE (vault_id, seq) backs it.
  */
+import type { SnapshotView } from '../src/protocol/messages.js';
 
 export interface PackRow {
   vault_id: string;
@@ -18,18 +19,7 @@ export interface PackRow {
   touched_at: number;
 }
 
-/** A snapshot as the API shows it (docs/RELAY-API.md). */
-export interface SnapshotView {
-  id: string;
-  seq: number;
-  deviceId: string;
-  deviceName: string | null;
-  time: number;
-  dbBytes: number;
-  storedBytes: number;
-  newBytes: number;
-  packCount: number;
-}
+export type { SnapshotView };
 
 interface SnapshotViewRow {
   id: string;

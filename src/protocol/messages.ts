@@ -21,6 +21,8 @@ export function signedMessage(purpose: SignedPurpose, fields: ReadonlyArray<stri
 export const SIGNED_TIME_WINDOW_MS = 10 * 60 * 1000;
 
 export type RelayErrorCode =
+  | 'missing_packs'
+  | 'missing_manifest'
   | 'bad_request'
   | 'unauthorized'
   | 'device_revoked'
@@ -32,3 +34,16 @@ export type RelayErrorCode =
 
 export const RELAY_SERVICE = 'casa-relay';
 export const TIME_HEADER = 'X-Casa-Time';
+
+/** A snapshot as the relay's API shows it (docs/RELAY-API.md "Snapshots"); the client checks every field it reads. */
+export interface SnapshotView {
+  id: string;
+  seq: number;
+  deviceId: string;
+  deviceName: string | null;
+  time: number;
+  dbBytes: number;
+  storedBytes: number;
+  newBytes: number;
+  packCount: number;
+}

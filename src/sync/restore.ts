@@ -113,7 +113,7 @@ export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
     p.trace?.('manifest fetched and opened');
     const onBytes = p.onStart?.(manifest) ?? (() => {});
     const { hashes, downloadedBytes } = await assemble(p, manifest, onBytes);
-    p.trace?.('packs downloaded, opened and written; fsynced');
+    p.trace?.('fsynced');
     p.signal.throwIfAborted();
     await checkDatabaseFile(p.tmpPath, manifest, p.thorough, hashes);
     p.trace?.(p.thorough ? 'digest and integrity_check ok' : 'digest and quick_check ok');
@@ -188,6 +188,7 @@ async function assemble(
     );
     await Promise.all(lanes);
     if (failure !== undefined) throw failure;
+    p.trace?.('packs downloaded, opened and written');
     fsyncSync(fd);
   } finally {
     closeSync(fd);

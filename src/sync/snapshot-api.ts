@@ -5,19 +5,11 @@
  * job, through src/sync/manifest.ts.
  */
 import { IntegrityError } from '../errors.js';
+import type { SnapshotView } from '../protocol/messages.js';
 import { mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
 
-export interface SnapshotInfo {
-  id: string;
-  seq: number;
-  deviceId: string;
-  deviceName: string | null;
-  time: number;
-  dbBytes: number;
-  storedBytes: number;
-  newBytes: number;
-  packCount: number;
-}
+/** A snapshot as the relay lists it (shape-checked on arrival). */
+export type SnapshotInfo = SnapshotView;
 
 export interface CommitRequest {
   snapshotId: string;
@@ -32,7 +24,9 @@ export interface CommitRequest {
 export type CommitResult =
   | { ok: true; seq: number; time: number }
   | { ok: false; reason: 'conflict'; head: SnapshotInfo | null }
-  | { ok: false; reason: 'missing_packs'; missing: string[] };
+  | { ok: false; reason: 'missing_packs'; missing: string[] }
+  /** The relay has no manifest for the snapshot (an upload lost, or expired): upload again and retry. */
+  | { ok: false; reason: 'missing_manifest' };
 
 const CHECK_BATCH = 10_000;
 
@@ -112,6 +106,7 @@ export class SnapshotApi {
           const h = err.doc.head;
           return { ok: false, reason: 'conflict', head: h === null || h === undefined ? null : this.snapshot(h) };
         }
+        if (err.code === 'missing_manifest') return { ok: false, reason: 'missing_manifest' };
         if (err.code === 'missing_packs') {
           const m = err.doc.missing;
           if (!Array.isArray(m) || !m.every((x) => typeof x === 'string')) throw this.malformed('commit answer');

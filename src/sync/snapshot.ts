@@ -259,6 +259,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         await (env.sleep ?? sleep)(jitter(attempt, env.random));
         continue;
       }
+      if (res.reason === 'missing_manifest') continue; // the next attempt uploads a manifest again
       // missing_packs: the relay lost packs between our check and the commit.
       const missing = new Set(res.missing);
       const lostNew = newPacks.filter((p) => missing.has(p.id));
