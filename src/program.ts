@@ -26,7 +26,9 @@ Environment (flags win):
   CASA_HOME      casa's state directory (--home)
   CASA_SERVER    relay URL (--server), default http://127.0.0.1:8787
   CASA_DB        the Casaconomy database (--db)
-  CASA_KEYSTORE  keychain | file (--keystore)`;
+  CASA_KEYSTORE  keychain | file (--keystore)
+  CASA_TMPDIR    where snapshot and pull keep their working copy
+  CASA_TRACE     1 = timing marks on stderr`;
 
 export type Action = (ctx: Context, args: unknown[], opts: Record<string, unknown>) => Promise<void>;
 

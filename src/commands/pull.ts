@@ -7,10 +7,9 @@
  * then the replaced file is kept as a backup. Same machinery as restore.
  */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { ConflictError } from '../errors.js';
-import { copyDatabase } from '../sync/db-copy.js';
-import { readIndex, type PageIndex } from '../sync/page-index.js';
+import { copyDatabase, scratchDir } from '../sync/db-copy.js';
+import { readIndex, statDatabase, type PageIndex } from '../sync/page-index.js';
 import type { WorkerPool } from '../sync/pool.js';
 import { shortId } from '../sync/restore.js';
 import type { Context } from './context.js';
@@ -70,7 +69,7 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
 
 /** Whether the database's pages differ from the index's (a consistent copy, hashed, then removed). */
 async function changedSince(ctx: Context, pool: WorkerPool, dbPath: string, index: PageIndex): Promise<boolean> {
-  const copy = await copyDatabase(dbPath, join(ctx.globals.home, 'tmp'), pool);
+  const copy = await copyDatabase(dbPath, scratchDir(ctx.globals.home, statDatabase(dbPath).size, ctx.deps.term.env.CASA_TMPDIR), pool);
   try {
     if (copy.pageCount !== index.manifest.pageCount || copy.pageSize !== index.manifest.pageSize) return true;
     return !Buffer.from(copy.hashes).equals(Buffer.from(index.hashes));

@@ -70,6 +70,7 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
         },
         onProgress: (bytes) => bar?.add(bytes),
         trace: tracer(ctx),
+        tmpDir: ctx.deps.term.env.CASA_TMPDIR || undefined,
       },
       { force: Boolean(opts.force) },
     );

@@ -8,7 +8,8 @@
  * schema and user versions, the SHA-256 of every page (on the worker pool, in
  * 8 MiB ranges) and the database digest made from them.
  */
-import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statfsSync } from 'node:fs';
+import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
@@ -45,6 +46,38 @@ export function openDatabaseReadonly(dbPath: string): Database.Database {
       hints: ['check --db (or CASA_DB): it should name the Casaconomy database file'],
     });
   }
+}
+
+/**
+ * Where the working copy goes. The copy is a throwaway: writing it to disk
+ * and fsyncing it at the end of the backup (SQLite commits it like any
+ * database) is most of a snapshot's cost — measured here for 1 GiB, 1.4–3.5 s
+ * to disk against 0.8 s to tmpfs. So on Linux it goes to a private directory
+ * in /dev/shm (RAM, never on disk: no plaintext left on a platter either)
+ * when that has room for it twice over and the machine has the memory free;
+ * otherwise to CASA_HOME/tmp. `CASA_TMPDIR` (given as `override`) names the
+ * directory outright.
+ */
+export function scratchDir(home: string, dbBytes: number, override?: string, shm = '/dev/shm'): string {
+  if (override) return override;
+  const fallback = join(home, 'tmp');
+  if (process.platform !== 'linux' || typeof process.getuid !== 'function') return fallback;
+  const dir = join(shm, `casa-${process.getuid()}`);
+  try {
+    const fs = statfsSync(shm);
+    if (fs.bavail * fs.bsize < 2 * dbBytes + (64 << 20) || freemem() < 2 * dbBytes + (256 << 20)) return fallback;
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return fallback;
+  }
+  try {
+    // Only a directory of our own that nobody else can enter: never follow a planted link.
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== process.getuid() || (st.mode & 0o077) !== 0) return fallback;
+  } catch {
+    return fallback;
+  }
+  return dir;
 }
 
 /** Copies `dbPath` consistently into `tmpDir` and describes the copy. The caller removes it. */

@@ -18,12 +18,11 @@
  *   (IntegrityError, exit 6) and nothing is uploaded or committed;
  * - the temporary copy is removed on every path, success or failure.
  */
-import { join } from 'node:path';
 import { bytesToHex } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { CancelledError, FailureError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
-import { copyDatabase, type DbCopy } from './db-copy.js';
+import { copyDatabase, scratchDir, type DbCopy } from './db-copy.js';
 import { sealManifest } from './manifest.js';
 import { readIndex, statDatabase, writeIndex, type PageIndex } from './page-index.js';
 import type { WorkerPool } from './pool.js';
@@ -64,6 +63,8 @@ export interface SnapshotEnv {
   onPhase?: (phase: SnapshotPhase, total: number) => void;
   onProgress?: (bytes: number) => void;
   sleep?: (ms: number) => Promise<void>;
+  /** Where the working copy goes (CASA_TMPDIR); default: see scratchDir. */
+  tmpDir?: string;
   /** Timing marks for `CASA_TRACE=1` (phase names only: never data). */
   trace?: (label: string) => void;
 }
@@ -120,7 +121,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   const dbStat = statDatabase(env.dbPath);
   const dbSize = dbStat.size + dbStat.walSize;
   env.onPhase?.('copy', dbSize);
-  const copy = await copyDatabase(env.dbPath, join(env.home, 'tmp'), env.pool, (b) => env.onProgress?.(b));
+  const copy = await copyDatabase(env.dbPath, scratchDir(env.home, dbSize, env.tmpDir), env.pool, (b) => env.onProgress?.(b));
   try {
     checkAbort();
     env.trace?.('copied and hashed');

@@ -69,7 +69,14 @@ export function tempDir(prefix = 'casa-test-'): { dir: string; cleanup: () => vo
 /** A simulated machine: its own CASA_HOME, the file keystore, one relay. */
 export function machine(server: string, name: string) {
   const home = tempDir(`casa-${name}-`);
-  const env = { CASA_HOME: home.dir, CASA_SERVER: server, CASA_KEYSTORE: 'file', CASA_DB: join(home.dir, 'casaconomy.db') };
+  // CASA_TMPDIR pins the working copy inside the home, so tests can see it come and go.
+  const env = {
+    CASA_HOME: home.dir,
+    CASA_SERVER: server,
+    CASA_KEYSTORE: 'file',
+    CASA_DB: join(home.dir, 'casaconomy.db'),
+    CASA_TMPDIR: join(home.dir, 'tmp'),
+  };
   return {
     home: home.dir,
     env,

@@ -288,3 +288,30 @@ describe('installDatabase', () => {
     expect(file.length).toBe(bytes.length);
   });
 });
+
+describe('scratchDir: where the working copy goes', async () => {
+  const { scratchDir } = await import('../../src/sync/db-copy.js');
+  const { chmodSync, mkdirSync: mk, statSync } = await import('node:fs');
+  it('uses CASA_TMPDIR when given, else a private tmpfs directory with room, else CASA_HOME/tmp', () => {
+    const home = mkdtempSync(join(tmpdir(), 'casa-scratch-'));
+    const shm = mkdtempSync(join(tmpdir(), 'casa-shm-'));
+    try {
+      expect(scratchDir(home, 1, '/somewhere')).toBe('/somewhere');
+      if (process.platform !== 'linux') return;
+      const dir = scratchDir(home, 1024, undefined, shm);
+      expect(dir).toBe(join(shm, `casa-${process.getuid!()}`));
+      expect(statSync(dir).mode & 0o777).toBe(0o700);
+      // a database larger than the free space: the home's tmp
+      expect(scratchDir(home, Number.MAX_SAFE_INTEGER / 4, undefined, shm)).toBe(join(home, 'tmp'));
+      // a directory others can enter (planted, or loosened) is never used
+      chmodSync(dir, 0o755);
+      expect(scratchDir(home, 1024, undefined, shm)).toBe(join(home, 'tmp'));
+      rmSync(dir, { recursive: true });
+      mk(dir, { mode: 0o700 });
+      expect(scratchDir(home, 1024, undefined, shm)).toBe(dir);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+      rmSync(shm, { recursive: true, force: true });
+    }
+  });
+});
