@@ -229,8 +229,14 @@ export function sealPack(keys: VaultKeys, plaintext: Uint8Array, salt: Uint8Arra
   return { id, object };
 }
 
-/** Opens a pack and checks that its plaintext hashes to its id. */
-export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): Uint8Array {
+/**
+ * Opens a pack: AES-GCM with the pack's identity in the associated data, its
+ * size, and (unless `checkId` is false) that its plaintext hashes to its id.
+ * A restore skips the id's HMAC — a fifth of the cost of opening a pack —
+ * because it checks more: every page it writes goes into the database digest
+ * that the authenticated manifest names.
+ */
+export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number, checkId = true): Uint8Array {
   const plaintext = openObject({
     type: ObjectType.pack,
     keyId: keys.keyId,
@@ -241,6 +247,6 @@ export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expect
     maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
   });
   if (plaintext.length !== expectedBytes) throw new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
-  if (packId(keys.idMacKey, plaintext) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
+  if (checkId && packId(keys.idMacKey, plaintext) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
   return plaintext;
 }

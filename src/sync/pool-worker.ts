@@ -75,7 +75,7 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
       };
     }
     case 'restore': {
-      const plaintext = openPack(keys, job.id, job.object, job.bytes);
+      const plaintext = openPack(keys, job.id, job.object, job.bytes, false);
       for (let i = 0; i < job.writes.length; i += 3) {
         const [offset, length, position] = [job.writes[i]!, job.writes[i + 1]!, job.writes[i + 2]!];
         if (offset + length > plaintext.length) throw new Error('restore write outside its pack');
