@@ -210,7 +210,7 @@ async function jwtSecret(dataDir: string): Promise<string> {
  * process.exit(130/143) at once, which would cut short a host's own graceful
  * stop (`casa relay` aborts, then awaits stop()). The launcher removes them
  * and, only if the process has no handler of its own, installs one that stops
- * every running relay and then exits with 128 + the signal number.
+ * every running relay and then re-raises the signal (exit status 128 + its number).
  */
 const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
 type SignalName = keyof typeof SIGNALS;
@@ -229,7 +229,11 @@ function takeOverSignals(before: Record<SignalName, Listener[]>): void {
     }
     if (process.listenerCount(sig) === 0 && !fallbackHandlers.has(sig)) {
       const handler = (): void => {
-        void Promise.allSettled([...running].map((stop) => stop())).finally(() => process.exit(128 + SIGNALS[sig]));
+        // Stop cleanly, then let the signal's default action end the process (status 128 + n).
+        void Promise.allSettled([...running].map((stop) => stop())).finally(() => {
+          fallbackHandlers.delete(sig);
+          process.kill(process.pid, sig);
+        });
       };
       fallbackHandlers.set(sig, handler);
       process.once(sig, handler);
