@@ -69,8 +69,30 @@ interface RawResponse {
   body: Buffer;
 }
 
-/** One request over the shared keep-alive agents; rejects on network errors, abort and oversized answers. */
-function exchange(
+/**
+ * One request over the shared keep-alive agents; rejects on network errors,
+ * abort and oversized answers. A request that fails on a *reused* idle
+ * connection before any answer (the server closed it while it sat in the
+ * pool: ECONNRESET/EPIPE) is sent once more on a fresh one, as Node's docs
+ * advise: the server never saw it.
+ */
+async function exchange(
+  url: URL,
+  method: string,
+  headers: Record<string, string>,
+  body: string | Uint8Array | undefined,
+  signal: AbortSignal,
+): Promise<RawResponse> {
+  try {
+    return await exchangeOnce(url, method, headers, body, signal);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { reusedSocket?: boolean };
+    if (!e.reusedSocket || !(e.code === 'ECONNRESET' || e.code === 'EPIPE') || signal.aborted) throw err;
+    return exchangeOnce(url, method, headers, body, signal);
+  }
+}
+
+function exchangeOnce(
   url: URL,
   method: string,
   headers: Record<string, string>,
@@ -79,6 +101,7 @@ function exchange(
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const https = url.protocol === 'https:';
+    let answered = false;
     const req = (https ? httpsRequest : httpRequest)(
       url,
       {
@@ -88,6 +111,7 @@ function exchange(
         signal,
       },
       (res) => {
+        answered = true;
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (c: Buffer) => {
@@ -102,7 +126,10 @@ function exchange(
         res.on('error', reject);
       },
     );
-    req.on('error', reject);
+    req.on('error', (err: NodeJS.ErrnoException & { reusedSocket?: boolean }) => {
+      if (!answered && req.reusedSocket) err.reusedSocket = true;
+      reject(err);
+    });
     req.end(body);
   });
 }

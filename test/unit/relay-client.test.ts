@@ -1,0 +1,51 @@
+/**
+ * The relay client's transport: a request that dies on a reused keep-alive
+ * connection before any answer (the server had closed it) is sent again on a
+ * fresh one; an answer that is not a casa relay's is exit 5, never a crash.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import type { Socket } from 'node:net';
+import { RelayClient } from '../../src/sync/relay-client.js';
+import { UnreachableError } from '../../src/errors.js';
+
+let server: Server;
+let url: string;
+const served = new WeakMap<Socket, number>();
+let mode: 'reset-reused' | 'garbage' = 'reset-reused';
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    const n = (served.get(req.socket) ?? 0) + 1;
+    served.set(req.socket, n);
+    if (mode === 'reset-reused' && n > 1) {
+      req.socket.destroy(); // as if the server had dropped the idle connection
+      return;
+    }
+    if (mode === 'garbage') {
+      res.writeHead(200, { 'content-type': 'text/html' }).end('<html>');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json', 'x-casa-time': String(Date.now()) });
+    res.end(JSON.stringify({ ok: true, service: 'casa-relay', version: 'test', time: Date.now() }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+});
+afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+describe('relay client transport', () => {
+  it('retries once on a fresh connection when a reused one was reset', async () => {
+    mode = 'reset-reused';
+    const c = new RelayClient(url);
+    for (let i = 0; i < 5; i++) expect((await c.health()).version).toBe('test');
+    expect(c.clockOffsetMs).not.toBeNull();
+  });
+
+  it('calls what answers HTML not a casa relay (exit 5)', async () => {
+    mode = 'garbage';
+    const err = await new RelayClient(url).health().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnreachableError);
+    expect((err as UnreachableError).exitCode).toBe(5);
+  });
+});
