@@ -20,7 +20,7 @@
 // process is killed on exit or failure; scratch is removed unless --keep.
 // See bench/README.md.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import {
   closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync,
@@ -232,6 +232,9 @@ function replaceDb(src, dst) {
   mkdirSync(path.dirname(dst), { recursive: true });
   for (const f of [`${dst}-wal`, `${dst}-shm`]) rmSync(f, { force: true });
   copyFileSync(src, dst);
+  // Flush the copy's dirty pages now: otherwise their writeback runs during
+  // whichever tool is measured next and charges it for this harness's copy.
+  spawnSync('sync');
   warm(dst);
 }
 
