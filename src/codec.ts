@@ -89,6 +89,9 @@ interface NapiBinding {
   dStreamOutSize(): number;
 }
 
+/** Largest first output buffer of a decompression: a whole pack (8 MiB) and a little. */
+const INITIAL_OUTPUT = 9 * 1024 * 1024;
+
 function napiBackend(): ZstdBackend {
   const require = createRequire(import.meta.url);
   const napi = require('zstd-napi') as Napi;
@@ -108,18 +111,25 @@ function napiBackend(): ZstdBackend {
       shared ??= new binding.DCtx();
       const dctx = shared;
       dctx.reset(1);
-      const parts: Uint8Array[] = [];
+      // One output buffer, grown by doubling only if needed: a pack's exact size
+      // is the caller's limit, so it decompresses into a single allocation (128 KiB
+      // steps and a final concat cost a restore ~2× the pack in short-lived memory).
+      let out = new Uint8Array(Math.max(1, Math.min(maxOutput + 1, INITIAL_OUTPUT, Math.max(64 * 1024, 4 * data.length))));
       let total = 0;
       let input = data;
       let frameDone = false;
       try {
         for (;;) {
-          const out = new Uint8Array(Math.min(step, maxOutput - total + 1));
-          const [ret, produced, consumed] = dctx.decompressStream(out, input);
+          if (total === out.length) {
+            if (out.length > maxOutput) throw tooLarge(maxOutput);
+            const bigger = new Uint8Array(Math.min(maxOutput + 1, out.length * 2));
+            bigger.set(out);
+            out = bigger;
+          }
+          const [ret, produced, consumed] = dctx.decompressStream(out.subarray(total, Math.min(out.length, total + step)), input);
           input = input.subarray(consumed);
           total += produced;
           if (total > maxOutput) throw tooLarge(maxOutput);
-          if (produced > 0) parts.push(out.subarray(0, produced));
           frameDone = ret === 0;
           if (frameDone && input.length === 0) break;
           // No input left, nothing produced, frame unfinished: the data is cut short.
@@ -130,7 +140,8 @@ function napiBackend(): ZstdBackend {
         throw new CodecError('corrupt', 'zstd data is corrupt', { cause: err });
       }
       if (!frameDone) throw new CodecError('corrupt', 'zstd data is truncated');
-      return concat(parts, total);
+      // Hand back no more memory than the data needs.
+      return total === out.length ? out : total > out.length / 2 ? out.subarray(0, total) : out.slice(0, total);
     },
   };
 }
@@ -181,15 +192,4 @@ function tooLarge(maxOutput: number): CodecError {
 
 function toUint8(buf: Buffer): Uint8Array {
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.length);
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
-import { AuthError, FailureError, IntegrityError, NotPairedError, UsageError } from '../errors.js';
+import { AuthError, FailureError, IntegrityError, NotPairedError } from '../errors.js';
 import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
@@ -195,8 +195,4 @@ export function mapCryptoError(err: unknown, what: string): unknown {
     });
   }
   return err;
-}
-
-export function requireNoExtra(args: string[]): void {
-  if (args.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args[0])}`);
 }
