@@ -7,7 +7,10 @@
  * exits with its documented code and hints, anything else is a bug and
  * prints its stack (restic's fatal/bug split).
  */
-import { CommanderError, type Command } from 'commander';
+import { createRequire } from 'node:module';
+import type * as CommanderModule from 'commander';
+import type { Command } from 'commander';
+const { CommanderError } = createRequire(import.meta.url)('commander') as typeof CommanderModule;
 import { buildProgram } from './program.js';
 import { reportError, processTerminal } from './ui/terminal.js';
 import type { RawGlobals } from './commands/context.js';

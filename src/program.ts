@@ -4,7 +4,12 @@
  * `casa --help` stays close to a bare `node` start. Tests build the program
  * with their own runner to check argv → options.
  */
-import { Command, Option } from 'commander';
+import { createRequire } from 'node:module';
+import type * as CommanderModule from 'commander';
+import type { Command as CommandType } from 'commander';
+// commander is CommonJS: require() skips the ESM wrapper (measured: a few ms of every start-up).
+const { Command, Option } = createRequire(import.meta.url)('commander') as typeof CommanderModule;
+type Command = CommandType;
 import { VERSION } from './version.js';
 import type { Context } from './commands/context.js';
 
