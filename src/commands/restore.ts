@@ -130,7 +130,7 @@ export async function restoreInto(
 ): Promise<Installed> {
   const dbPath = ctx.globals.db;
   const lock = acquireLock(ctx.globals.home, dbPath, o.command);
-  const pool = new WorkerPool(v.keys, RESTORE_WORKERS);
+  const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
   const trace = tracer(ctx);
   try {
     removeStaleTemps(dbPath);

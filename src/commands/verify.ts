@@ -39,7 +39,7 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
   const report: VerifyReport = { message_type: 'verify', snapshots: [] };
   let firstFailure: CasaError | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'casa-verify-'));
-  const pool = new WorkerPool(v.keys, RESTORE_WORKERS);
+  const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
   try {
     for (const s of targets) {
       const tmpPath = join(dir, `${s.id}.db`);

@@ -53,12 +53,12 @@ import type { SnapshotApi } from './snapshot-api.js';
  */
 export const MAX_PACKS_IN_FLIGHT = 3;
 /**
- * Workers a restore uses: opening packs (AES-GCM, zstd, the id's HMAC) and
- * hashing pages. Measured on a 1 GiB restore from the local relay: 1 worker
- * with 2 packs in flight 6.7 s / 181 MB peak, 2 workers with 3 in flight
- * 5.7 s / 211 MB. Time is the scarcer budget here.
+ * Worker threads a restore uses, besides the main thread's lane: opening packs
+ * (AES-GCM, zstd) and hashing pages. Measured on a 1 GiB restore from the
+ * local relay: 1 worker + the main thread 5.4 s / 190 MB peak; 2 workers +
+ * the main thread 5.6 s / 215 MB; 2 workers alone 5.7 s / 211 MB.
  */
-export const RESTORE_WORKERS = 2;
+export const RESTORE_WORKERS = 1;
 
 /** The name every restore temp file carries after `.<database file name>`. */
 const TEMP_MARK = '.casa-restore-';
