@@ -40,7 +40,7 @@ interface ZstdBackend {
   readonly name: 'node:zlib' | 'zstd-napi';
   compress(data: Uint8Array, level: number): Uint8Array;
   /** Throws CodecError('too_large') past maxOutput, CodecError('corrupt') on bad input. */
-  decompress(data: Uint8Array, maxOutput: number): Uint8Array;
+  decompress(data: Uint8Array, maxOutput: number, into?: Uint8Array): Uint8Array;
 }
 
 // node:zlib's zstd (Node ≥ 22.15) is newer than @types/node 20, hence the local types.
@@ -105,7 +105,7 @@ function napiBackend(): ZstdBackend {
   return {
     name: 'zstd-napi',
     compress: (data, level) => toUint8(napi.compress(data, { compressionLevel: level })),
-    decompress(data, maxOutput) {
+    decompress(data, maxOutput, into) {
       // zstd-napi's high-level decompress allocates the frame's declared content
       // size up front; the streaming context lets us stop at the limit instead.
       shared ??= new binding.DCtx();
@@ -114,7 +114,11 @@ function napiBackend(): ZstdBackend {
       // One output buffer, grown by doubling only if needed: a pack's exact size
       // is the caller's limit, so it decompresses into a single allocation (128 KiB
       // steps and a final concat cost a restore ~2× the pack in short-lived memory).
-      let out = new Uint8Array(Math.max(1, Math.min(maxOutput + 1, INITIAL_OUTPUT, Math.max(64 * 1024, 4 * data.length))));
+      // A caller's buffer with room for the limit and one byte more is used as is (reused across packs).
+      let out =
+        into && into.length > maxOutput
+          ? into
+          : new Uint8Array(Math.max(1, Math.min(maxOutput + 1, INITIAL_OUTPUT, Math.max(64 * 1024, 4 * data.length))));
       let total = 0;
       let input = data;
       let frameDone = false;
@@ -141,7 +145,8 @@ function napiBackend(): ZstdBackend {
       }
       if (!frameDone) throw new CodecError('corrupt', 'zstd data is truncated');
       // Hand back no more memory than the data needs.
-      return total === out.length ? out : total > out.length / 2 ? out.subarray(0, total) : out.slice(0, total);
+      if (out === into || total > out.length / 2) return out.subarray(0, total);
+      return total === out.length ? out : out.slice(0, total);
     },
   };
 }
@@ -175,7 +180,12 @@ export function compress(codec: Codec, data: Uint8Array, level: number = ZSTD_DE
 }
 
 /** Inverse of compress; refuses output over `maxOutput` bytes without producing it. */
-export function decompress(codec: Codec, data: Uint8Array, maxOutput: number): Uint8Array {
+/**
+ * Decompresses at most `maxOutput` bytes. `into`, when it has room for
+ * `maxOutput + 1` bytes, may receive the output (the result is then a view of
+ * it, valid until the caller reuses it).
+ */
+export function decompress(codec: Codec, data: Uint8Array, maxOutput: number, into?: Uint8Array): Uint8Array {
   assertCodec(codec);
   if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
   if (!Number.isSafeInteger(maxOutput) || maxOutput < 0) throw new RangeError('maxOutput must be a non-negative integer');
@@ -183,7 +193,7 @@ export function decompress(codec: Codec, data: Uint8Array, maxOutput: number): U
     if (data.length > maxOutput) throw tooLarge(maxOutput);
     return data;
   }
-  return zstd().decompress(data, maxOutput);
+  return zstd().decompress(data, maxOutput, into);
 }
 
 function tooLarge(maxOutput: number): CodecError {

@@ -231,6 +231,12 @@ export interface OpenParams {
   object: Uint8Array;
   /** Largest plaintext (after decompression) the caller accepts, in bytes. */
   maxPlaintext: number;
+  /**
+   * A buffer of at least maxPlaintext + 1 bytes the plaintext may be
+   * decompressed into, so a caller opening many objects reuses one; the
+   * result is then a view of it.
+   */
+  into?: Uint8Array;
 }
 
 /**
@@ -290,7 +296,7 @@ export function openObject(params: OpenParams): Uint8Array {
   }
 
   try {
-    return decompress(header.codec, data, maxPlaintext);
+    return decompress(header.codec, data, maxPlaintext, params.into);
   } catch (err) {
     if (err instanceof CodecError) {
       throw new ObjectFormatError(err.reason === 'too_large' ? 'too_large' : 'bad_compression', { cause: err });

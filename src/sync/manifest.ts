@@ -236,7 +236,14 @@ export function sealPack(keys: VaultKeys, plaintext: Uint8Array, salt: Uint8Arra
  * because it checks more: every page it writes goes into the database digest
  * that the authenticated manifest names.
  */
-export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number, checkId = true): Uint8Array {
+export function openPack(
+  keys: VaultKeys,
+  id: string,
+  object: Uint8Array,
+  expectedBytes: number,
+  checkId = true,
+  into?: Uint8Array,
+): Uint8Array {
   const plaintext = openObject({
     type: ObjectType.pack,
     keyId: keys.keyId,
@@ -245,6 +252,7 @@ export function openPack(keys: VaultKeys, id: string, object: Uint8Array, expect
     identity: packIdentity(id),
     object,
     maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
+    ...(into ? { into } : {}),
   });
   if (plaintext.length !== expectedBytes) throw new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
   if (checkId && packId(keys.idMacKey, plaintext) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);

@@ -14,6 +14,7 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { ManifestError } from './manifest.js';
 import { runJob } from './pool-jobs.js';
+import { collectYoung } from '../gc.js';
 
 export type Job =
   | { kind: 'hash'; path: string; pageSize: number; firstPage: number; pageCount: number }
@@ -145,6 +146,7 @@ export class WorkerPool {
         this.pending.delete(id);
         try {
           const { result } = runJob(this.keys, job);
+          if (job.kind !== 'hash') collectYoung();
           p?.resolve(result);
         } catch (err) {
           p?.reject(err as Error);
