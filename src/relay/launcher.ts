@@ -207,7 +207,7 @@ async function jwtSecret(dataDir: string): Promise<string> {
 
 /*
  * Signals. Constructing a Miniflare adds SIGINT/SIGTERM listeners that call
- * process.exit(130/143) at once, which would cut short a host's own graceful
+ * `process` exit (130/143) at once, which would cut short a host's own graceful
  * stop (`casa relay` aborts, then awaits stop()). The launcher removes them
  * and, only if the process has no handler of its own, installs one that stops
  * every running relay and then re-raises the signal (exit status 128 + its number).
