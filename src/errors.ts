@@ -130,7 +130,3 @@ export class CancelledError extends CasaError {
     super(EXIT.cancelled, message, { code: 'cancelled', ...opts });
   }
 }
-
-export function isCasaError(err: unknown): err is CasaError {
-  return err instanceof CasaError;
-}

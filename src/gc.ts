@@ -1,10 +1,7 @@
 /**
- * An explicit full garbage collection, for phase boundaries of long commands
- * (snapshot, restore). casa's garbage is a few large buffers — copies of page
- * hashes, manifests, sealed objects — that V8 collects late, so they add up
- * to tens of MB of resident memory at the end of a phase; collecting at the
- * boundary costs a few milliseconds. `--expose-gc` is set at run time and the
- * function read from a fresh context, as V8 exposes it there.
+ * Explicit garbage collection for the worker pool's threads: each job leaves
+ * a few multi-MiB buffers that V8 collects late. `--expose-gc` is set at run
+ * time and the function read from a fresh context, as V8 exposes it there.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -12,6 +9,7 @@ import { runInNewContext } from 'node:vm';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('typeof gc === "function" ? gc : undefined') as ((o?: { type: 'minor' | 'major' }) => void) | undefined;
 
+/** A full collection: cheap on a worker's small heap. */
 export function collectGarbage(): void {
   gc?.();
 }

@@ -2,12 +2,11 @@
  * A worker thread of src/sync/pool.ts: runs the jobs of pool-jobs.ts it is
  * sent, and collects garbage after each that allocated large buffers.
  */
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { VaultKeys } from '../crypto/kdf.js';
 import type { Job } from './pool.js';
 import { runJob } from './pool-jobs.js';
+import { collectGarbage } from '../gc.js';
 
 const keys = (workerData as { keys: VaultKeys }).keys;
 
@@ -15,8 +14,6 @@ const keys = (workerData as { keys: VaultKeys }).keys;
 // compressed and plain bytes) that V8 would let pile up to tens of MiB per
 // thread before collecting; collecting after each keeps the process's memory
 // flat. A full GC of this small heap costs about a millisecond.
-setFlagsFromString('--expose-gc');
-const collectGarbage = runInNewContext('typeof gc === "function" ? gc : undefined') as (() => void) | undefined;
 
 parentPort!.on('message', (msg: { id: number; job: Job }) => {
   try {
@@ -27,5 +24,5 @@ parentPort!.on('message', (msg: { id: number; job: Job }) => {
     parentPort!.postMessage({ id: msg.id, error: { name: e.name, message: e.message, reason: (e as { reason?: string }).reason } });
   }
   // Hash jobs allocate almost nothing beyond the reused scratch buffer: collecting after them only costs time.
-  if (msg.job.kind !== 'hash') collectGarbage?.();
+  if (msg.job.kind !== 'hash') collectGarbage();
 });

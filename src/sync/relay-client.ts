@@ -76,29 +76,25 @@ interface RawResponse {
  * pool: ECONNRESET/EPIPE) is sent once more on a fresh one, as Node's docs
  * advise: the server never saw it.
  */
-async function exchange(
-  url: URL,
-  method: string,
-  headers: Record<string, string>,
-  body: string | Uint8Array | undefined,
-  signal: AbortSignal,
-): Promise<RawResponse> {
+interface Outgoing {
+  url: URL;
+  method: string;
+  headers: Record<string, string>;
+  body: string | Uint8Array | undefined;
+  signal: AbortSignal;
+}
+
+async function exchange(out: Outgoing): Promise<RawResponse> {
   try {
-    return await exchangeOnce(url, method, headers, body, signal);
+    return await exchangeOnce(out);
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { reusedSocket?: boolean };
-    if (!e.reusedSocket || !(e.code === 'ECONNRESET' || e.code === 'EPIPE') || signal.aborted) throw err;
-    return exchangeOnce(url, method, headers, body, signal);
+    if (!e.reusedSocket || !(e.code === 'ECONNRESET' || e.code === 'EPIPE') || out.signal.aborted) throw err;
+    return exchangeOnce(out);
   }
 }
 
-function exchangeOnce(
-  url: URL,
-  method: string,
-  headers: Record<string, string>,
-  body: string | Uint8Array | undefined,
-  signal: AbortSignal,
-): Promise<RawResponse> {
+function exchangeOnce({ url, method, headers, body, signal }: Outgoing): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const https = url.protocol === 'https:';
     let answered = false;
@@ -174,7 +170,7 @@ export class RelayClient {
     const sent = this.now();
     let res: RawResponse;
     try {
-      res = await exchange(new URL(url), method, headers, body, signal);
+      res = await exchange({ url: new URL(url), method, headers, body, signal });
     } catch (err) {
       if (this.opts.signal?.aborted) throw new CancelledError();
       throw unreachable(this.server, err);

@@ -22,7 +22,6 @@ import { bytesToHex } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { CancelledError, FailureError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
-import { collectGarbage } from '../gc.js';
 import { copyDatabase, scratchDir, type DbCopy } from './db-copy.js';
 import { sealManifest } from './manifest.js';
 import { readIndex, statDatabase, writeIndex, type PageIndex } from './page-index.js';
@@ -125,7 +124,6 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   const copy = await copyDatabase(env.dbPath, scratchDir(env.home, dbSize, env.tmpDir), env.pool, (b) => env.onProgress?.(b));
   try {
     checkAbort();
-    collectGarbage();
     env.trace?.('copied and hashed');
     const index = readIndex(env.home, env.keys, env.dbPath);
     env.trace?.('read the index');
@@ -177,7 +175,6 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     const newPacks = await up.packPages(plan.repack);
 
     // Commit, rebasing onto a head that moved and re-packing what the relay lost meanwhile.
-    collectGarbage();
     env.trace?.('packs sealed and uploaded');
     let head = await env.api.head();
     seen(head);
@@ -219,7 +216,6 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         storedBytes: stored,
         newBytes: up.uploadedBytes,
       });
-      collectGarbage();
       env.trace?.('commit answered');
       if (res.ok) {
         if (manifest.seq > highest) {
