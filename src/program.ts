@@ -33,7 +33,7 @@ Environment (flags win):
   CASA_DB        the Casaconomy database (--db)
   CASA_KEYSTORE  keychain | file (--keystore)
   CASA_TMPDIR    where snapshot and pull keep their working copy
-  CASA_TRACE     1 = timing marks on stderr`;
+  CASA_TRACE     1 = timing marks on stderr; mem = also the peak RSS`;
 
 export type Action = (ctx: Context, args: unknown[], opts: Record<string, unknown>) => Promise<void>;
 

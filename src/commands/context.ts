@@ -160,11 +160,27 @@ export async function vaultKeys(p: Paired): Promise<VaultKeys> {
  * started, and a phase name; never data), for finding where time goes.
  */
 export function tracer(ctx: Context): ((label: string) => void) | undefined {
-  if (ctx.deps.term.env.CASA_TRACE !== '1') return undefined;
-  return (label) =>
-    ctx.deps.term.stderr.write(
-      `casa: trace: ${performance.now().toFixed(0).padStart(6)} ms ${String(Math.round(process.memoryUsage.rss() / 1048576)).padStart(4)} MB  ${label}\n`,
-    );
+  if (ctx.deps.term.env.CASA_TRACE !== '1' && ctx.deps.term.env.CASA_TRACE !== 'mem') return undefined;
+  const mb = (n: number) => String(Math.round(n / 1048576)).padStart(4);
+  const line = (label: string) => {
+    const m = process.memoryUsage();
+    return `casa: trace: ${performance.now().toFixed(0).padStart(6)} ms ${mb(m.rss)} MB (heap ${mb(m.heapUsed)}/${mb(m.heapTotal)}, buffers ${mb(m.arrayBuffers)}, external ${mb(m.external)})  ${label}\n`;
+  };
+  if (ctx.deps.term.env.CASA_TRACE === 'mem') {
+    // Every 20 ms: the largest RSS so far, with its breakdown, printed when the process ends.
+    let peak = 0;
+    let at = '';
+    const timer = setInterval(() => {
+      const r = process.memoryUsage.rss();
+      if (r > peak) {
+        peak = r;
+        at = line('peak so far');
+      }
+    }, 20);
+    timer.unref();
+    process.once('exit', () => ctx.deps.term.stderr.write(at));
+  }
+  return (label) => ctx.deps.term.stderr.write(line(label));
 }
 
 /** Maps the crypto core's typed errors onto casa's exit codes, with hints (age's pattern). */
