@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // npm run demo — casa end to end on a throwaway local relay: simulated
-// machines (one CASA_HOME each) share one vault; the laptop snapshots its
+// machines (one CASA_HOME each) share one vault; a tablet joins with a
+// one-time pairing code instead of the phrase; the laptop snapshots its
 // finance database, the desktop pulls it, a week of edits goes up as an
 // incremental snapshot, a fresh machine restores it with the phrase, and a
 // revoked device is refused. Everything lives in a temp directory that is
@@ -37,6 +38,33 @@ function tool(script, args, what) {
   if (r.status !== 0) throw new Error(`${script} exited ${r.status}`);
 }
 
+/**
+ * `casa pair --offer` on `from` (in the background: it waits), then `casa
+ * pair --code` on `to` with the code it printed. The code is single use and
+ * expires: it is shown here as it is on the offering machine's screen.
+ */
+async function offerAndJoin(from, to) {
+  const env = { ...process.env, CASA_HOME: join(work, from), CASA_KEYSTORE: 'file', CASA_SERVER: server, CASA_DB: dbOf(from) };
+  console.log(`${bold(`[${from}]$`)} casa pair --offer &`);
+  const offer = spawn(process.execPath, [casa, 'pair', '--offer'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const exited = new Promise((r) => offer.on('exit', r));
+  const code = await new Promise((resolve, reject) => {
+    offer.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/pairing code: (\S+)/);
+      if (m) resolve(m[1]);
+    });
+    offer.on('exit', (c) => reject(new Error(`casa pair --offer exited ${c}`)));
+  });
+  process.stdout.write(out);
+  out = '';
+  run(to, ['pair', '--code', code, '--device-name', to]);
+  const status = await exited;
+  process.stdout.write(out);
+  if (status !== 0) throw new Error(`casa pair --offer exited ${status}`);
+}
+
 let relay;
 let server;
 async function startRelay() {
@@ -65,6 +93,9 @@ try {
 
   step('machine "desktop" joins with the recovery phrase');
   run('desktop', ['pair', '--join', '--phrase-file', join(work, 'phrase.txt'), '--device-name', 'desktop']);
+
+  step('machine "tablet" joins with a one-time pairing code from the laptop: no phrase typed');
+  await offerAndJoin('laptop', 'tablet');
 
   step('both see the same vault');
   run('laptop', ['status']);

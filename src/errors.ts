@@ -42,7 +42,9 @@ export type ErrorCode =
   | 'cancelled'
   | 'keystore_unavailable'
   | 'rate_limited'
-  | 'clock_skew';
+  | 'clock_skew'
+  | 'wrong_code'
+  | 'pairing_closed';
 
 export interface CasaErrorOptions {
   hints?: string[];

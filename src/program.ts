@@ -19,7 +19,7 @@ Exit status:
   1    failure
   2    usage error
   3    conflict: local changes would be lost
-  4    wrong phrase, unknown vault or revoked device
+  4    wrong phrase or pairing code, unknown vault, revoked device
   5    relay unreachable, or not a casa relay
   6    integrity failure (tampering, corruption, rollback)
   7    not paired
@@ -71,19 +71,24 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
   wire(
     program
       .command('pair')
-      .description('create a vault, or join one with its recovery phrase')
+      .description('create a vault, join one (recovery phrase or pairing code), or offer a pairing code')
       .option('--new', 'create a new vault and its 24-word recovery phrase')
       .option('--join', 'join an existing vault with its recovery phrase')
+      .option('--offer', 'on a paired device: show a pairing code and QR code, and wait for the new device')
+      .option('--code [code]', 'join with a pairing code from `casa pair --offer` (asked for if not given)')
+      .option('--timeout <duration>', 'with --offer: how long the code stays valid, 60s to 30m (default 10m)')
       .option('--phrase-out <file>', 'with --new: write the phrase to FILE (0600, never overwritten); needed without a terminal')
       .option('--phrase-stdin', 'with --join: read the phrase from standard input')
       .option('--phrase-file <file>', 'with --join: read the phrase from FILE')
       .option('--device-name <name>', 'name of this device (default the host name)')
       .addHelpText(
         'after',
-        '\nWithout --new or --join, casa asks (on a terminal). The phrase is never taken from the command line.',
+        '\nUnpaired, without --new, --join or --code, casa asks (on a terminal); paired, `casa pair` offers a code.\n' +
+          'The phrase is never taken from the command line. A pairing code works once: a wrong try closes it.\n' +
+          'With --json, --offer prints the code as its first JSON line.',
       ),
     async (ctx, _args, o) => {
-      await (await import('./commands/pair.js')).runPair(ctx, o);
+      await (await import('./commands/pair.js')).runPairCommand(ctx, o);
     },
   );
 

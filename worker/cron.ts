@@ -1,8 +1,8 @@
 /**
  * The scheduled handler (wrangler.jsonc `triggers.crons`; locally the
- * launcher's own timer): retention (docs/RELAY-API.md "Retention") and
- * expired challenges. Each step is idempotent and safe to run twice,
- * concurrently, or beside uploads and commits:
+ * launcher's own timer): retention (docs/RELAY-API.md "Retention"),
+ * expired challenges and old pairing sessions. Each step is idempotent and
+ * safe to run twice, concurrently, or beside uploads and commits:
  *
  * - D1 first, R2 second: a blob is deleted only after the row naming it is
  *   gone, by the key that row named (keys are per upload, so a later upload
@@ -21,6 +21,7 @@
 import { UPLOAD_KINDS, deleteBlobs } from './blobs.js';
 import { deleteExpiredChallenges } from './db.js';
 import type { Env } from './env.js';
+import { deleteOldPairings } from './pairing-db.js';
 import {
   deleteStalePendingManifests,
   deleteUnreferencedPacks,
@@ -33,6 +34,8 @@ import {
 
 export const DEFAULT_RETENTION_KEEP = 30;
 export const DEFAULT_PACK_GRACE_MS = 6 * 60 * 60 * 1000;
+/** A pairing session is deleted this long after it expired (until then its end is still visible). */
+export const PAIRING_KEEP_MS = 60 * 60 * 1000;
 const BATCH = 500;
 const ROUNDS = 4;
 
@@ -42,6 +45,7 @@ export interface CronReport {
   packsDeleted: number;
   pendingManifestsDeleted: number;
   orphansDeleted: number;
+  pairingSessionsDeleted: number;
 }
 
 /** A var as a whole number (at least `min`), or the default when unset or malformed. */
@@ -62,7 +66,14 @@ export function retentionSettings(env: Env): { keep: number; graceMs: number } {
 export async function runCron(env: Env, now: number): Promise<CronReport> {
   const { keep, graceMs } = retentionSettings(env);
   const cutoff = now - graceMs;
-  const report: CronReport = { expiredChallenges: 0, snapshotsDropped: 0, packsDeleted: 0, pendingManifestsDeleted: 0, orphansDeleted: 0 };
+  const report: CronReport = {
+    expiredChallenges: 0,
+    snapshotsDropped: 0,
+    packsDeleted: 0,
+    pendingManifestsDeleted: 0,
+    orphansDeleted: 0,
+    pairingSessionsDeleted: 0,
+  };
 
   // 1. Snapshots beyond the newest `keep` per vault, with their references and manifests.
   for (const vaultId of await vaultsOverRetention(env.DB, keep, BATCH)) {
@@ -92,6 +103,13 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
 
   // 4. Expired challenges.
   report.expiredChallenges = await deleteExpiredChallenges(env.DB, now);
+
+  // 5. Pairing sessions that expired more than PAIRING_KEEP_MS ago (whatever their state).
+  for (let round = 0; round < ROUNDS; round++) {
+    const n = await deleteOldPairings(env.DB, now - PAIRING_KEEP_MS, BATCH);
+    report.pairingSessionsDeleted += n;
+    if (n < BATCH) break;
+  }
   return report;
 }
 

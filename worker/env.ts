@@ -7,6 +7,8 @@ export interface Env {
   ENROLL_LIMITER: RateLimit;
   AUTH_LIMITER: RateLimit;
   API_LIMITER: RateLimit;
+  PAIR_LIMITER: RateLimit;
+  PAIR_JOIN_LIMITER: RateLimit;
   RELAY_VERSION: string;
   /** Snapshots kept per vault by the retention job (wrangler.jsonc vars; default 30). */
   RETENTION_KEEP?: string;

@@ -11,6 +11,7 @@ import { runCron } from './cron.js';
 import type { AppEnv, Env } from './env.js';
 import { ApiError, errorBody } from './http.js';
 import { deviceRoutes } from './routes/devices.js';
+import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { vaultRoutes } from './routes/vaults.js';
 
@@ -30,6 +31,8 @@ app.get('/v1/health', (c) =>
 app.route('/v1/vaults', vaultRoutes);
 app.route('/v1/vaults', deviceRoutes);
 app.route('/v1/vaults', snapshotRoutes);
+app.route('/v1/vaults', pairingVaultRoutes);
+app.route('/v1/pairings', pairingRoutes);
 
 app.notFound((c) => c.json(errorBody('not_found', 'not found'), 404));
 

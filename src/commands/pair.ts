@@ -1,6 +1,8 @@
 /**
- * `casa pair`: create a vault (`--new`) or join one with the recovery phrase
- * (`--join`); bare `casa pair` asks which.
+ * `casa pair`: create a vault (`--new`), join one with the recovery phrase
+ * (`--join`) or with a pairing code from a paired device (`--code`,
+ * src/commands/pair-code.ts); bare `casa pair` asks which, or, on a paired
+ * device, offers a code (`--offer`).
  *
  * All or nothing: the device is paired when state.json names the vault, and
  * that is written last, after the relay enrolled this device and the keystore
@@ -34,6 +36,7 @@ import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../sy
 import { secret, select, text } from '../ui/prompts.js';
 import { wordlist as englishWords } from '@scure/bip39/wordlists/english.js';
 import { mapCryptoError, type Context } from './context.js';
+import type { PairingCode, Received } from './pair-code.js';
 
 export interface PairOptions {
   new?: boolean;
@@ -42,15 +45,39 @@ export interface PairOptions {
   phraseStdin?: boolean;
   phraseFile?: string;
   deviceName?: string;
+  /** Join with a pairing code: the code, or true to be asked for it. */
+  code?: string | boolean;
+  /** Offer a pairing code (this device must be paired). */
+  offer?: boolean;
+  /** With --offer: how long the code stays valid. */
+  timeout?: string;
 }
 
 export interface PairResult {
   created: boolean;
+  /** How the device joined: a new vault, the phrase, or a pairing code. */
+  mode: 'new' | 'join' | 'code';
   vault: PairedVault;
   phraseFile?: string;
 }
 
 const MAX_PHRASE_INPUT = 4096;
+
+/**
+ * `casa pair` as typed: `--offer`, or bare on a paired device, offers a
+ * pairing code (src/commands/pair-code.ts); everything else pairs this home.
+ */
+export async function runPairCommand(ctx: Context, opts: PairOptions): Promise<void> {
+  validate(opts);
+  const modeless = !opts.new && !opts.join && opts.code === undefined;
+  if (opts.offer || (modeless && readState(ctx.globals.home)?.vault)) {
+    const { runOffer } = await import('./pair-code.js');
+    await runOffer(ctx, { timeout: opts.timeout });
+    return;
+  }
+  if (opts.timeout !== undefined) throw new UsageError('--timeout goes with --offer');
+  await runPair(ctx, opts);
+}
 
 /**
  * Pairs this home. `report: false` leaves the output to the caller (`casa
@@ -71,15 +98,16 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
   if (before?.vault) {
     throw new FailureError(`this device is already paired with vault ${before.vault.vaultId}`, {
       hints: [
-        'to add another machine, run `casa pair --join` there with the recovery phrase (`casa show-phrase` shows it here)',
+        'to add another machine, run `casa pair` here for a pairing code, or `casa pair --join` there with the recovery phrase',
         'to pair a second vault, use another --home (or CASA_HOME)',
       ],
     });
   }
 
-  let mode: 'new' | 'join';
+  let mode: 'new' | 'join' | 'code';
   if (opts.new) mode = 'new';
   else if (opts.join) mode = 'join';
+  else if (opts.code !== undefined) mode = 'code';
   else {
     mode = await select(
       out,
@@ -87,9 +115,16 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
       [
         { value: 'new', label: 'Create a new vault', hint: 'first machine: you get a 24-word recovery phrase' },
         { value: 'join', label: 'Join a vault with its recovery phrase', hint: 'another machine already has it' },
+        { value: 'code', label: 'Join a vault with a pairing code', hint: 'run `casa pair` on a paired machine to get one' },
       ],
-      'use `casa pair --new --phrase-out FILE` or `casa pair --join --phrase-stdin`',
+      'use `casa pair --new --phrase-out FILE`, `casa pair --join --phrase-stdin` or `casa pair --code CODE`',
     );
+  }
+  // The code comes first: a QR code's text names the relay to use.
+  let code: PairingCode | undefined;
+  if (mode === 'code') {
+    const pc = await import('./pair-code.js');
+    code = typeof opts.code === 'string' ? pc.parseCode(opts.code) : await pc.promptCode(ctx);
   }
   if (mode === 'new' && phraseOut === undefined && !out.interactive) {
     throw new UsageError('without a terminal, `casa pair --new` needs --phrase-out FILE', {
@@ -102,14 +137,20 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
   const keystoreKind = ctx.globals.keystore ?? 'keychain';
   const keystore = openKeystore(keystoreKind, { home: ctx.globals.home, namespace: state.homeId });
   await keystore.probe();
-  const server = ctx.server(state);
+  const server = code?.relay !== undefined && ctx.globals.serverOverride === undefined ? code.relay : ctx.server(state);
   const client = ctx.client(server);
   await client.health();
 
   const cleanup: (() => void | Promise<void>)[] = [];
   try {
     let phrase: string;
-    if (mode === 'new') {
+    const seed = newDeviceSeed(ctx.deps.random);
+    let received: Received | undefined;
+    if (mode === 'code') {
+      const { receivePhrase } = await import('./pair-code.js');
+      received = await receivePhrase(ctx, client, code!, publicKeyFromSeed(seed), deviceName);
+      phrase = received.phrase;
+    } else if (mode === 'new') {
       phrase = generatePhrase(ctx.deps.random);
       if (phraseOut !== undefined) {
         writePhraseFile(phraseOut, phrase);
@@ -120,10 +161,19 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
     } else {
       phrase = await readPhrase(ctx, opts);
     }
-    const root = deriveRoot(phrase);
+    let root: Uint8Array;
+    try {
+      root = deriveRoot(phrase);
+    } catch (err) {
+      if (received) throw new IntegrityError('the phrase received by pairing is not a valid recovery phrase');
+      throw err;
+    }
     const keys = vaultKeysFromRoot(root);
+    if (received && keys.vaultId !== received.offer.vaultId) {
+      throw new IntegrityError(`the phrase received by pairing is not the phrase of vault ${received.offer.vaultId}`);
+    }
     if (mode === 'new') await createVault(ctx, client, keys);
-    const enrolled = await enroll(ctx, client, keys, deviceName, mode);
+    const enrolled = await enroll(ctx, client, keys, deviceName, mode === 'new' ? 'new' : 'join', seed);
 
     cleanup.push(
       () => keystore.delete(SECRET_PHRASE),
@@ -146,13 +196,20 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
     };
     writeState(ctx.globals.home, { ...state, vault });
     cleanup.length = 0;
+    if (received) {
+      // The offering side waits for this to name the device; this device is paired either way.
+      await received.done(vault.deviceId).catch(() => out.warn('could not tell the other device that this one enrolled; `casa devices` there shows it'));
+    }
 
     const created = mode === 'new';
-    if (!report) return { created, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
+    if (!report) return { created, mode, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
     out.print(
       [
-        created ? `created vault ${vault.vaultId} on ${server}` : `joined vault ${vault.vaultId} on ${server}`,
+        created
+          ? `created vault ${vault.vaultId} on ${server}`
+          : `joined vault ${vault.vaultId} on ${server}${received ? ` with a pairing code from "${received.offer.deviceName}"` : ''}`,
         `this device: ${deviceName} (${vault.deviceId})`,
+        ...(received ? [`confirmation: ${received.confirmation} (the other device shows the same)`] : []),
         `secrets kept in the ${keystoreKind} keystore`,
         ...(phraseOut ? [`recovery phrase written to ${phraseOut}: store it offline, then delete the file`] : []),
       ].join('\n'),
@@ -166,8 +223,9 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
       server,
       keystore: keystoreKind,
       ...(phraseOut ? { phrase_file: phraseOut } : {}),
+      ...(received ? { via: 'code', offered_by: received.offer.deviceName, confirmation: received.confirmation } : {}),
     });
-    return { created, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
+    return { created, mode, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
   } catch (err) {
     for (const undo of cleanup.reverse()) {
       try {
@@ -184,7 +242,13 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
 }
 
 function validate(o: PairOptions): void {
-  if (o.new && o.join) throw new UsageError('--new and --join cannot be used together');
+  const modes = [o.new && '--new', o.join && '--join', o.code !== undefined && '--code', o.offer && '--offer'].filter(Boolean);
+  if (modes.length > 1) throw new UsageError(`${modes.join(' and ')} cannot be used together`);
+  if (o.timeout !== undefined && o.code !== undefined) throw new UsageError('--timeout goes with --offer');
+  if ((o.offer || o.code !== undefined) && (o.phraseStdin || o.phraseFile !== undefined || o.phraseOut !== undefined)) {
+    throw new UsageError('the phrase options go with --new and --join');
+  }
+  if (o.offer && o.deviceName !== undefined) throw new UsageError('--device-name names the device being paired; give it on the new device');
   if (o.phraseStdin && o.phraseFile) throw new UsageError('--phrase-stdin and --phrase-file cannot be used together');
   if (o.phraseOut !== undefined && !o.new) throw new UsageError('--phrase-out goes with --new');
   if ((o.phraseStdin || o.phraseFile !== undefined) && o.new) {
@@ -356,8 +420,8 @@ async function enroll(
   keys: VaultKeys,
   name: string,
   mode: 'new' | 'join',
+  seed: Uint8Array,
 ): Promise<{ deviceId: string; seed: Uint8Array }> {
-  const seed = newDeviceSeed(ctx.deps.random);
   const devicePublicKey = b64uEncode(publicKeyFromSeed(seed));
   const time = relayTime(ctx, client);
   const signature = b64uEncode(signPurpose(keys.authSeed, 'enroll', [keys.vaultId, devicePublicKey, name, time]));

@@ -25,7 +25,13 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Log, LogLevel, Miniflare } from 'miniflare';
 
-export type LimiterName = 'CREATE_LIMITER' | 'ENROLL_LIMITER' | 'AUTH_LIMITER' | 'API_LIMITER';
+export type LimiterName =
+  | 'CREATE_LIMITER'
+  | 'ENROLL_LIMITER'
+  | 'AUTH_LIMITER'
+  | 'API_LIMITER'
+  | 'PAIR_LIMITER'
+  | 'PAIR_JOIN_LIMITER';
 export interface LimitSpec {
   limit: number;
   period: 10 | 60;

@@ -35,6 +35,8 @@ const TEST_LIMITS = {
   ENROLL_LIMITER: { limit: 10_000, period: 60 },
   AUTH_LIMITER: { limit: 10_000, period: 60 },
   API_LIMITER: { limit: 10_000, period: 60 },
+  PAIR_LIMITER: { limit: 10_000, period: 60 },
+  PAIR_JOIN_LIMITER: { limit: 10_000, period: 60 },
 } as const;
 
 /** `opts.vars` overrides wrangler.jsonc's vars (e.g. `{ RETENTION_KEEP: '3', PACK_GRACE_MS: '1500' }`). */
@@ -221,4 +223,36 @@ export async function commitSnapshot(base: string, vaultId: string, token: strin
   const res = await commit(base, vaultId, token, commitBody(snapshotId, seq, packs));
   if (res.status !== 201) throw new Error(`commit: ${res.status} ${await res.text()}`);
   return snapshotId;
+}
+
+// ---- pairing (docs/RELAY-API.md "Pairing by code") ---------------------------
+
+/** Random bytes standing in for a PAKE message: the relay never looks inside. */
+export const pakeMessage = (bytes = 64): string => b64u(randomBytes(bytes));
+
+/** A body for POST /v1/vaults/{vaultId}/pairings: a random sid and msgA, plus `over`. */
+export function pairingBody(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return { sid: randomHex(16), msgA: pakeMessage(), ...over };
+}
+
+export interface TestPairing {
+  nameplate: string;
+  expiresAt: number;
+  sid: string;
+  msgA: string;
+}
+
+/** Opens a pairing session as the offer side; throws unless 201. */
+export async function openPairing(base: string, vaultId: string, token: string, body = pairingBody()): Promise<TestPairing> {
+  const res = await post(`${base}/v1/vaults/${vaultId}/pairings`, body, bearer(token));
+  if (res.status !== 201) throw new Error(`open pairing: ${res.status} ${await res.text()}`);
+  const { nameplate, expiresAt } = (await res.json()) as { nameplate: string; expiresAt: number };
+  return { nameplate, expiresAt, sid: body.sid as string, msgA: body.msgA as string };
+}
+
+/** Joins a session as the join side; returns the bearer token; throws unless 201. */
+export async function joinPairing(base: string, nameplate: string, msgB = pakeMessage()): Promise<string> {
+  const res = await post(`${base}/v1/pairings/${nameplate}/join`, { msgB });
+  if (res.status !== 201) throw new Error(`join pairing: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { token: string }).token;
 }
