@@ -122,6 +122,8 @@ describe('casa pair --offer / --code', () => {
     const pulled = await b.run(['pull', '--json']);
     expect(pulled.code, pulled.stderr).toBe(0);
     expect(sha256(readFileSync(b.env.CASA_DB))).toBe(sha256(await consistentCopy(a.env.CASA_DB)));
+    const restored = await b.run(['restore', '--yes', '--json']);
+    expect(restored.code, restored.stderr).toBe(0);
     const shown = await b.run(['show-phrase', '--yes']);
     expect(shown.code).toBe(0);
     expect(shown.stdout.trim().split(/\s+/).filter((x) => /^[a-z]+$/.test(x))).toEqual(phrase.split(' '));
