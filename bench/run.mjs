@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm run bench`: every bench, one run, printed as ratios to their targets.
 //
-//   npm run bench                          # every suite (foundation, snapshot at 100 MiB)
+//   npm run bench                          # every suite (foundation, snapshot at 100 MiB, sync)
 //   npm run bench -- foundation            # one suite
 //   npm run bench -- snapshot --sizes 100,1024 --reps 3
 //   npm run bench -- --json                # one JSON document instead
@@ -13,6 +13,7 @@
 
 import { formatSummary, formatTable, runFoundation } from './foundation.mjs';
 import { formatSnapshot, parseSnapshotArgs, runSnapshot, snapshotResults } from './snapshot.mjs';
+import { formatSync, parseSyncArgs, runSync, syncResults } from './sync.mjs';
 
 const suites = {
   foundation: async () => {
@@ -22,6 +23,10 @@ const suites = {
   snapshot: async (args) => {
     const report = await runSnapshot(parseSnapshotArgs(args));
     return { results: snapshotResults(report), text: formatSnapshot(report), detail: report };
+  },
+  sync: async () => {
+    const report = await runSync(parseSyncArgs([]));
+    return { results: syncResults(report), text: formatSync(report), detail: report };
   },
 };
 

@@ -4,7 +4,8 @@
 // one-time pairing code instead of the phrase; the laptop snapshots its
 // finance database, the desktop pulls it, a week of edits goes up as an
 // incremental snapshot, a fresh machine restores it with the phrase, and a
-// revoked device is refused. Everything lives in a temp directory that is
+// revoked device is refused; day to day, `casa sync` merges edits made in
+// the sqlite3 shell field by field. Everything lives in a temp directory that is
 // removed at the end; the phrase is never printed (it goes to a 0600 file,
 // as on a headless machine). Later capabilities add steps here.
 import { spawn, spawnSync } from 'node:child_process';
@@ -65,6 +66,14 @@ async function offerAndJoin(from, to) {
   if (status !== 0) throw new Error(`casa pair --offer exited ${status}`);
 }
 
+/** The sqlite3 shell on a machine's database: another program than casa. */
+function sqlite(machine, statement, what) {
+  console.log(`${bold('[app]')} ${what}`);
+  const r = spawnSync('sqlite3', [dbOf(machine), statement], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`sqlite3 exited ${r.status}: ${r.stderr}`);
+  if (r.stdout) process.stdout.write(r.stdout);
+}
+
 let relay;
 let server;
 async function startRelay() {
@@ -115,6 +124,23 @@ try {
   run('desktop', ['status']);
   run('desktop', ['pull']);
   run('laptop', ['snapshots']);
+
+  step('day to day: casa sync sets up capture, then edits travel field by field');
+  run('laptop', ['sync']);
+  run('desktop', ['sync']);
+  const first = "(SELECT id FROM transactions ORDER BY id LIMIT 1)";
+  sqlite('laptop', `UPDATE transactions SET memo = 'paid back by Sam' WHERE id = ${first}`, 'the app on the laptop edits a memo (casa is not running)');
+  sqlite('desktop', `UPDATE transactions SET amount = -1999 WHERE id = ${first}`, 'meanwhile, the desktop edits the amount of the same transaction');
+  run('laptop', ['sync']);
+  run('desktop', ['sync']);
+  run('laptop', ['sync']);
+  sqlite('laptop', `SELECT memo, amount FROM transactions WHERE id = ${first}`, 'the laptop has both edits');
+  sqlite('desktop', `SELECT memo, amount FROM transactions WHERE id = ${first}`, 'so has the desktop');
+  sqlite('laptop', `UPDATE transactions SET memo = 'lunch (laptop)' WHERE id = ${first}`, 'both edit the same field');
+  sqlite('desktop', `UPDATE transactions SET memo = 'lunch with Sam (desktop, later)' WHERE id = ${first}`, '...the desktop a moment later');
+  run('desktop', ['sync']);
+  run('laptop', ['sync']);
+  run('laptop', ['sync', '--conflicts']);
 
   step('disaster: a fresh machine restores with the recovery phrase, then drills a restore');
   run('phoenix', ['restore', '--phrase-file', join(work, 'phrase.txt'), '--device-name', 'phoenix']);

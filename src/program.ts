@@ -170,6 +170,23 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
   );
 
   wire(
+    program
+      .command('sync')
+      .description("push this device's changes and merge the other devices', field by field")
+      .option('--watch', 'stay connected: apply remote changes as they arrive, push local ones as they happen')
+      .option('--conflicts', 'list the conflicts merging decided (field, both values, winner, rule)')
+      .option('--limit <n>', 'with --conflicts: how many, newest first (default 50)')
+      .addHelpText(
+        'after',
+        '\nTables sync by the rules in CASA_HOME/sync-tables.json (default: every table with a non-integer\n' +
+          'primary key, last writer wins per field; link tables as sets). --watch stops on Ctrl-C (exit 0).',
+      ),
+    async (ctx, _args, o) => {
+      await (await import('./commands/sync.js')).runSync(ctx, o);
+    },
+  );
+
+  wire(
     program.command('snapshots').description("list the vault's snapshots, newest first"),
     async (ctx) => {
       await (await import('./commands/snapshots.js')).runSnapshots(ctx);

@@ -7,6 +7,7 @@
  *
  * Keys: snapshot blobs get a fresh key per upload, `<kind>/<vaultId>/<id>/<upload id>`
  * (uploadKey; kind first so the retention job can sweep each kind's prefix),
+ * changeset batches `changesets/<vaultId>/<deviceId>/<seq>/<upload id>`,
  * and D1 names the key that counts; `blobKey` is the fixed-key layout
  * `v/<vaultId>/<kind>/<id>`. Nothing is atomic across D1 and R2 (DESIGN §8):
  * write the blob first, then the D1 row; readers trust D1.
@@ -32,13 +33,29 @@ export function blobKey(vaultId: string, kind: string, id: string): string {
 }
 
 /** The R2 prefixes of per-upload blobs, which the retention job sweeps for orphans. */
-export const UPLOAD_KINDS = ['packs', 'manifests'] as const;
+export const UPLOAD_KINDS = ['packs', 'manifests', 'changesets'] as const;
 export type UploadKind = (typeof UPLOAD_KINDS)[number];
 
 /** A fresh key for one upload of blob `id`: deleting it never touches another upload of the same id. */
-export function uploadKey(kind: UploadKind, vaultId: string, id: string): string {
+export function uploadKey(kind: Exclude<UploadKind, 'changesets'>, vaultId: string, id: string): string {
   if (!/^[0-9a-f]{32}$/.test(vaultId) || !ID.test(id)) throw new RangeError('bad blob key part');
-  return `${kind}/${vaultId}/${id}/${toHex(crypto.getRandomValues(new Uint8Array(16)).buffer)}`;
+  return `${kind}/${vaultId}/${id}/${uploadId()}`;
+}
+
+/**
+ * A fresh key for one upload of a changeset batch,
+ * `changesets/<vault>/<device>/<seq>/<upload id>`: a retried push stores its
+ * own copy, and dropping the surplus one never touches the copy that counts.
+ */
+export function changesetUploadKey(vaultId: string, deviceId: string, seq: number): string {
+  if (!/^[0-9a-f]{32}$/.test(vaultId) || !/^[0-9a-f]{16}$/.test(deviceId) || !Number.isSafeInteger(seq) || seq < 1) {
+    throw new RangeError('bad blob key part');
+  }
+  return `changesets/${vaultId}/${deviceId}/${seq}/${uploadId()}`;
+}
+
+function uploadId(): string {
+  return toHex(crypto.getRandomValues(new Uint8Array(16)).buffer);
 }
 
 function toHex(buf: ArrayBuffer): string {

@@ -1,7 +1,7 @@
 /**
  * The scheduled handler (wrangler.jsonc `triggers.crons`; locally the
  * launcher's own timer): retention (docs/RELAY-API.md "Retention"),
- * expired challenges and old pairing sessions. Each step is idempotent and
+ * covered changesets, expired challenges and old pairing sessions. Each step is idempotent and
  * safe to run twice, concurrently, or beside uploads and commits:
  *
  * - D1 first, R2 second: a blob is deleted only after the row naming it is
@@ -12,13 +12,17 @@
  *   period; a commit checks that its packs exist in its own transaction, so
  *   a committed snapshot never references a deleted pack;
  * - a blob no row names is deleted only once it is older than the grace
- *   period (an upload writes its row right after its blob).
+ *   period (an upload writes its row right after its blob);
+ * - a changeset is pruned only once every retained snapshot includes it
+ *   (cursor ≤ the lowest changeset_watermark), by a statement that reads
+ *   the watermarks as it deletes.
  *
  * Work per run is bounded: BATCH rows or keys per step and round, at most
  * ROUNDS rounds; the R2 sweep resumes where the last run stopped (a cursor
  * per prefix in cron_state). Whatever is left waits for the next run.
  */
 import { UPLOAD_KINDS, deleteBlobs } from './blobs.js';
+import { pruneChangesets, vaultsToPrune } from './changeset-db.js';
 import { deleteExpiredChallenges } from './db.js';
 import type { Env } from './env.js';
 import { deleteOldPairings } from './pairing-db.js';
@@ -44,6 +48,9 @@ export interface CronReport {
   snapshotsDropped: number;
   packsDeleted: number;
   pendingManifestsDeleted: number;
+  /** Changeset batches every retained snapshot covers. */
+  changesetsPruned: number;
+  /** Blobs no row names (packs, manifests, changesets). */
   orphansDeleted: number;
   pairingSessionsDeleted: number;
 }
@@ -71,6 +78,7 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     snapshotsDropped: 0,
     packsDeleted: 0,
     pendingManifestsDeleted: 0,
+    changesetsPruned: 0,
     orphansDeleted: 0,
     pairingSessionsDeleted: 0,
   };
@@ -98,13 +106,23 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     }
   }
 
-  // 3. Blobs under packs/ and manifests/ that no row names, older than the grace period.
+  // 3. Changesets every retained snapshot covers (after step 1, so only retained snapshots count).
+  for (const vaultId of await vaultsToPrune(env.DB, BATCH)) {
+    for (let round = 0; round < ROUNDS; round++) {
+      const keys = await pruneChangesets(env.DB, vaultId, BATCH);
+      await deleteBlobs(env.BLOBS, keys);
+      report.changesetsPruned += keys.length;
+      if (keys.length < BATCH) break;
+    }
+  }
+
+  // 4. Blobs under packs/, manifests/ and changesets/ that no row names, older than the grace period.
   for (const kind of UPLOAD_KINDS) report.orphansDeleted += await sweepOrphans(env, `${kind}/`, cutoff);
 
-  // 4. Expired challenges.
+  // 5. Expired challenges.
   report.expiredChallenges = await deleteExpiredChallenges(env.DB, now);
 
-  // 5. Pairing sessions that expired more than PAIRING_KEEP_MS ago (whatever their state).
+  // 6. Pairing sessions that expired more than PAIRING_KEEP_MS ago (whatever their state).
   for (let round = 0; round < ROUNDS; round++) {
     const n = await deleteOldPairings(env.DB, now - PAIRING_KEEP_MS, BATCH);
     report.pairingSessionsDeleted += n;

@@ -10,6 +10,7 @@ import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../src/protocol
 import { runCron } from './cron.js';
 import type { AppEnv, Env } from './env.js';
 import { ApiError, errorBody } from './http.js';
+import { changesetRoutes } from './routes/changesets.js';
 import { deviceRoutes } from './routes/devices.js';
 import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
 import { snapshotRoutes } from './routes/snapshots.js';
@@ -31,6 +32,7 @@ app.get('/v1/health', (c) =>
 app.route('/v1/vaults', vaultRoutes);
 app.route('/v1/vaults', deviceRoutes);
 app.route('/v1/vaults', snapshotRoutes);
+app.route('/v1/vaults', changesetRoutes);
 app.route('/v1/vaults', pairingVaultRoutes);
 app.route('/v1/pairings', pairingRoutes);
 

@@ -31,9 +31,11 @@ interface SnapshotViewRow {
   stored_bytes: number;
   new_bytes: number;
   pack_count: number;
+  changeset_watermark: number;
 }
 
-const VIEW = `SELECT s.id, s.seq, s.device_id, d.name AS device_name, s.time, s.db_bytes, s.stored_bytes, s.new_bytes, s.pack_count
+const VIEW = `SELECT s.id, s.seq, s.device_id, d.name AS device_name, s.time, s.db_bytes, s.stored_bytes, s.new_bytes, s.pack_count,
+    s.changeset_watermark
   FROM snapshots s LEFT JOIN devices d ON d.id = s.device_id AND d.vault_id = s.vault_id
   WHERE s.vault_id = ?1`;
 
@@ -48,6 +50,7 @@ function view(r: SnapshotViewRow): SnapshotView {
     storedBytes: r.stored_bytes,
     newBytes: r.new_bytes,
     packCount: r.pack_count,
+    changesetWatermark: r.changeset_watermark,
   };
 }
 
@@ -157,6 +160,8 @@ export interface CommitInput {
   dbBytes: number;
   storedBytes: number;
   newBytes: number;
+  /** The vault-wide changeset cursor the snapshot includes (checked ≤ the vault's head by the route). */
+  changesetWatermark: number;
   now: number;
 }
 
@@ -189,15 +194,15 @@ export async function commitSnapshot(db: D1Database, c: CommitInput): Promise<Co
     db.prepare('SELECT seq, device_id, time FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(c.vaultId, c.snapshotId),
     db
       .prepare(
-        `INSERT INTO snapshots (vault_id, id, seq, device_id, time, db_bytes, stored_bytes, new_bytes, pack_count, manifest_key)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, m.r2_key FROM manifest_uploads m
+        `INSERT INTO snapshots (vault_id, id, seq, device_id, time, db_bytes, stored_bytes, new_bytes, pack_count, manifest_key, changeset_watermark)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, m.r2_key, ?12 FROM manifest_uploads m
          WHERE m.vault_id = ?1 AND m.snapshot_id = ?2
            AND (SELECT COALESCE(MAX(seq), 0) FROM snapshots WHERE vault_id = ?1) = ?10
            AND NOT EXISTS (SELECT 1 FROM snapshots WHERE vault_id = ?1 AND id = ?2)
            AND NOT EXISTS (SELECT 1 FROM json_each(?11) j
                            WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.vault_id = ?1 AND p.id = j.value))`,
       )
-      .bind(c.vaultId, c.snapshotId, c.seq, c.deviceId, c.now, c.dbBytes, c.storedBytes, c.newBytes, c.packs.length, c.parentSeq, list),
+      .bind(c.vaultId, c.snapshotId, c.seq, c.deviceId, c.now, c.dbBytes, c.storedBytes, c.newBytes, c.packs.length, c.parentSeq, list, c.changesetWatermark),
     db
       .prepare(`INSERT OR IGNORE INTO snapshot_packs (vault_id, snapshot_id, pack_id) SELECT ?1, ?2, value FROM json_each(?6) WHERE ${ours}`)
       .bind(c.vaultId, c.snapshotId, c.seq, c.deviceId, c.now, list),
@@ -295,7 +300,8 @@ export async function unnamedKeys(db: D1Database, keys: readonly string[]): Prom
       `SELECT j.value AS k FROM json_each(?1) j
        WHERE NOT EXISTS (SELECT 1 FROM packs WHERE r2_key = j.value)
          AND NOT EXISTS (SELECT 1 FROM snapshots WHERE manifest_key = j.value)
-         AND NOT EXISTS (SELECT 1 FROM manifest_uploads WHERE r2_key = j.value)`,
+         AND NOT EXISTS (SELECT 1 FROM manifest_uploads WHERE r2_key = j.value)
+         AND NOT EXISTS (SELECT 1 FROM changesets WHERE r2_key = j.value)`,
     )
     .bind(JSON.stringify(keys))
     .all<{ k: string }>();

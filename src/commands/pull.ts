@@ -45,7 +45,10 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
     thorough: false,
     command: 'pull',
     beforeInstall: async (pool) => {
-      if (opts.force || !existsSync(dbPath)) return;
+      if (!existsSync(dbPath)) return;
+      // With changeset sync, local work lives in the change log: push it, and nothing is lost.
+      if (await pushPending(ctx)) return;
+      if (opts.force) return;
       if (!index || (await changedSince(ctx, pool, dbPath, index))) {
         throw new ConflictError(
           index
@@ -65,6 +68,35 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
   printRestored(ctx, report);
   ctx.out.result(report);
   return report;
+}
+
+/**
+ * If the database has changeset capture, pushes its pending changes (they
+ * come back after the snapshot as changesets) and says true; else false.
+ */
+async function pushPending(ctx: Context): Promise<boolean> {
+  const { hasCapture } = await import('../sync/capture.js');
+  const Database = (await import('better-sqlite3')).default;
+  // Read-write only so that closing it removes the -wal/-shm a read-only connection would leave behind.
+  const probe = new Database(ctx.globals.db, { fileMustExist: true });
+  let captured: boolean;
+  try {
+    captured = hasCapture(probe);
+  } finally {
+    probe.close();
+  }
+  if (!captured) return false;
+  const { syncEnv, openSynced } = await import('./sync.js');
+  const { pushRound } = await import('../sync/sync-run.js');
+  const env = await syncEnv(ctx);
+  const { db, schema } = openSynced(ctx);
+  try {
+    const r = await pushRound(env, db, schema);
+    if (r.pushedChanges > 0) ctx.out.note(`pushed ${r.pushedChanges} local changes before replacing the database`);
+  } finally {
+    db.close();
+  }
+  return true;
 }
 
 /** Whether the database's pages differ from the index's (a consistent copy, hashed, then removed). */

@@ -11,7 +11,7 @@
  * progress, local index, seen seq).
  */
 import { existsSync, rmSync } from 'node:fs';
-import { CancelledError, UsageError } from '../errors.js';
+import { CancelledError, UnreachableError, UsageError } from '../errors.js';
 import { readState } from '../state.js';
 import { indexPath, writeIndex } from '../sync/page-index.js';
 import { WorkerPool } from '../sync/pool.js';
@@ -130,6 +130,14 @@ export async function restoreInto(
 ): Promise<Installed> {
   const dbPath = ctx.globals.db;
   const lock = acquireLock(ctx.globals.home, dbPath, o.command);
+  // `casa sync` (or --watch) must not write to the file being replaced.
+  let syncLock: ReturnType<typeof acquireLock>;
+  try {
+    syncLock = acquireLock(ctx.globals.home, `${dbPath}#sync`, o.command);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
   const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
   const trace = tracer(ctx);
   try {
@@ -172,13 +180,49 @@ export async function restoreInto(
     return { manifest: restored.manifest, downloadedBytes: restored.downloadedBytes, backupPath };
   } finally {
     await pool.close();
+    syncLock.release();
     lock.release();
   }
 }
 
 /**
- * Seam for changesets (DESIGN §7, a later issue): apply the vault's
- * changesets after `manifest.changesetWatermark` to the restored database.
- * Until changesets exist there is nothing to catch up.
+ * Changesets after the snapshot (DESIGN §7): the restored database holds the
+ * vault up to `manifest.changesetWatermark`; apply every changeset after it.
+ * The change log the snapshot brought is the snapshotting device's, not this
+ * one's: it is cleared (those changes are in the restored file; the device
+ * that made them pushes them itself). This device's own push counter and
+ * clock carry over, so its next batch continues its chain. A relay that is
+ * away only delays the catch-up (the next `casa sync` does it); a tampered
+ * changeset fails with exit 6, the restored snapshot staying in place.
  */
-async function catchUpChangesets(_ctx: Context, _v: OpenVault, _manifest: Manifest): Promise<void> {}
+async function catchUpChangesets(ctx: Context, _v: OpenVault, manifest: Manifest): Promise<void> {
+  const { hasCapture, clearLocalLog } = await import('../sync/capture.js');
+  const Database = (await import('better-sqlite3')).default;
+  const db = new Database(ctx.globals.db, { fileMustExist: true });
+  try {
+    if (!hasCapture(db)) return;
+    clearLocalLog(db);
+  } finally {
+    db.close();
+  }
+  const { syncEnv, openSynced } = await import('./sync.js');
+  const { loadSyncState, pullRound } = await import('../sync/sync-run.js');
+  const { writeSyncState } = await import('../sync/sync-state.js');
+  const env = await syncEnv(ctx);
+  const before = loadSyncState(env);
+  const w = manifest.changesetWatermark;
+  writeSyncState(env.home, env.keys, env.dbPath, { ...before, cursor: w, baseCursor: w, chains: {} });
+  const { db: synced, schema } = openSynced(ctx);
+  try {
+    const r = await pullRound(env, synced, schema);
+    if (r.pulledChanges > 0) ctx.out.note(`caught up: applied ${r.applied} of ${r.pulledChanges} changes from ${r.pulledBatches} changesets after the snapshot`);
+  } catch (err) {
+    if (err instanceof UnreachableError) {
+      ctx.out.warn(`${err.message}: the changesets after the snapshot are not applied yet; \`casa sync\` applies them`);
+      return;
+    }
+    throw err;
+  } finally {
+    synced.close();
+  }
+}

@@ -10,6 +10,8 @@ import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { FailureError } from '../errors.js';
 import { acquireLock } from '../lock.js';
 import { WorkerPool } from '../sync/pool.js';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { readSyncState } from '../sync/sync-state.js';
 import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../sync/snapshot.js';
 import { progress, type ProgressBar } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
@@ -43,6 +45,15 @@ export interface SnapshotReport {
   duration_ms: number;
 }
 
+/** How far `casa sync` has applied the vault's changesets to this database (0 if it never did). */
+function changesetCursor(ctx: Context, keys: VaultKeys, dbPath: string): number {
+  try {
+    return readSyncState(ctx.globals.home, keys, dbPath)?.cursor ?? 0;
+  } catch {
+    return 0; // a damaged state file: `casa sync` reports it; the snapshot claims nothing
+  }
+}
+
 export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): Promise<SnapshotReport> {
   const dbPath = ctx.globals.db;
   const v = await openVault(ctx);
@@ -72,6 +83,8 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
         onProgress: (bytes) => bar?.add(bytes),
         trace: tracer(ctx),
         tmpDir: ctx.deps.term.env.CASA_TMPDIR || undefined,
+        // Read before the copy: the copy then holds at least every changeset up to here.
+        changesetWatermark: changesetCursor(ctx, v.keys, dbPath),
       },
       { force: Boolean(opts.force) },
     );

@@ -10,6 +10,10 @@ import { CasaError } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
 import { readIndex, sameStat, statDatabase } from '../sync/page-index.js';
 import { SnapshotApi } from '../sync/snapshot-api.js';
+import Database from 'better-sqlite3';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { ChangesetApi } from '../sync/changeset-api.js';
+import { readSyncState } from '../sync/sync-state.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -29,6 +33,8 @@ export interface StatusReport {
   relay_head: { snapshot_id: string; seq: number; time: number; device_id: string; device_name: string | null } | null;
   newer_available: boolean | null;
   rollback_detected: boolean;
+  /** Changeset sync: local changes not pushed yet, and how far this device has applied the vault's changesets. */
+  changesets: { pending_local: number | null; cursor: number | null; relay_head: number | null; last_sync_at: number | null } | null;
 }
 
 export async function runStatus(ctx: Context): Promise<StatusReport> {
@@ -52,6 +58,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     relay_head: null,
     newer_available: null,
     rollback_detected: false,
+    changesets: null,
   };
 
   const client = ctx.client(server, 5_000);
@@ -70,6 +77,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
       paired = { ...loadPaired(ctx), client };
       const keys = await vaultKeys(paired);
       const idx = readIndex(ctx.globals.home, keys, ctx.globals.db);
+      report.changesets = changesetInfo(ctx.globals.home, keys, ctx.globals.db, db.exists);
       if (idx) {
         const m = idx.manifest;
         report.last_sync = { snapshot_id: m.snapshotId, seq: m.seq, time: m.time, source: idx.source };
@@ -96,6 +104,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
       const local = report.last_sync?.seq ?? 0;
       report.newer_available = (head?.seq ?? 0) > local;
       report.rollback_detected = (head?.seq ?? 0) < (state!.vault!.highestSeq ?? 0);
+      if (report.changesets) report.changesets.relay_head = (await new ChangesetApi(session).heads()).head;
     } catch (err) {
       if (err instanceof RelayHttpError && err.code === 'device_revoked') report.device_status = 'revoked';
       else if (err instanceof CasaError && err.code === 'device_revoked') report.device_status = 'revoked';
@@ -106,6 +115,35 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
   ctx.out.print(formatStatus(report));
   ctx.out.result(report as unknown as Record<string, unknown>);
   return report;
+}
+
+/** The change log's length (read-only: status installs nothing) and the sync state's cursor. */
+function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: boolean): NonNullable<StatusReport['changesets']> {
+  const out: NonNullable<StatusReport['changesets']> = { pending_local: null, cursor: null, relay_head: null, last_sync_at: null };
+  try {
+    const st = readSyncState(home, keys, dbPath);
+    if (st) {
+      out.cursor = st.cursor;
+      out.last_sync_at = st.lastSyncAt;
+    }
+  } catch {
+    // A damaged state file: `casa sync` says so.
+  }
+  if (exists) {
+    try {
+      // Not read-only: a read-only connection to a WAL database leaves -wal/-shm files behind. Nothing is written.
+      const db = new Database(dbPath, { fileMustExist: true });
+      try {
+        const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'casa_changes'").get();
+        out.pending_local = has ? Number((db.prepare('SELECT count(*) AS n FROM casa_changes').get() as { n: number }).n) : null;
+      } finally {
+        db.close();
+      }
+    } catch {
+      // Not a database, or locked: nothing to say.
+    }
+  }
+  return out;
 }
 
 function databaseInfo(path: string): StatusReport['database'] {
@@ -145,6 +183,12 @@ export function formatStatus(r: StatusReport): string {
       row('head', `snapshot ${r.relay_head.seq} from ${who} at ${iso(r.relay_head.time)}${newer}`);
     } else if (r.relay.reachable && r.device_status === 'active') {
       row('head', 'no snapshot yet');
+    }
+    if (r.changesets && (r.changesets.cursor !== null || r.changesets.pending_local !== null)) {
+      const c = r.changesets;
+      const at = c.cursor === null ? 'never synced' : `at changeset ${c.cursor}${c.relay_head === null ? '' : ` of ${c.relay_head}`}`;
+      const pend = c.pending_local === null ? 'capture not set up (run `casa sync`)' : `${c.pending_local} local change${c.pending_local === 1 ? '' : 's'} to push`;
+      row('sync', `${at}, ${pend}`);
     }
     if (r.rollback_detected) row('WARNING', 'the relay serves an older head than this device has seen (rollback)');
   }

@@ -30,7 +30,14 @@ export type RelayErrorCode =
   | 'conflict'
   | 'too_large'
   | 'rate_limited'
+  /** A changeset push whose seq is not the device's next (docs/RELAY-API.md "Changesets"); the answer carries `expectedSeq`. */
+  | 'seq_conflict'
+  /** 503: a D1 row names a blob R2 no longer holds (the relay's own inconsistency; retry later). */
+  | 'storage_inconsistent'
   | 'internal';
+
+/** The largest sealed changeset batch the relay takes (413 beyond) and a client seals. */
+export const CHANGESET_MAX_BYTES = 8 * 1024 * 1024;
 
 export const RELAY_SERVICE = 'casa-relay';
 export const TIME_HEADER = 'X-Casa-Time';
@@ -46,4 +53,6 @@ export interface SnapshotView {
   storedBytes: number;
   newBytes: number;
   packCount: number;
+  /** The vault-wide changeset cursor the snapshot includes (0: none); absent from relays before changesets. */
+  changesetWatermark?: number;
 }

@@ -328,15 +328,28 @@ export class DeviceSession {
 
   /** Uploads bytes with their SHA-256 for the relay to check on arrival. */
   async putBytes(path: string, bytes: Uint8Array): Promise<Record<string, unknown>> {
+    return (await this.uploadBytes('PUT', path, bytes)).doc;
+  }
+
+  /**
+   * putBytes with another method and extra headers (a changeset push names
+   * its seq in one), and the status (200 and 201 mean different things there).
+   */
+  async uploadBytes(
+    method: 'PUT' | 'POST',
+    path: string,
+    bytes: Uint8Array,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; doc: Record<string, unknown> }> {
     const token = await this.getToken();
     const sha = createHash('sha256').update(bytes).digest('hex');
-    const res = await this.client.send('PUT', `${this.base}${path}`, {
+    const res = await this.client.send(method, `${this.base}${path}`, {
       bytes,
       token,
-      headers: { 'x-casa-sha256': sha },
+      headers: { ...headers, 'x-casa-sha256': sha },
       timeoutMs: 120_000,
     });
-    return parseJsonObject(this.client.server, res.status, res.body);
+    return { status: res.status, doc: parseJsonObject(this.client.server, res.status, res.body) };
   }
 
   /** Downloads bytes; RelayHttpError (404 …) is left to the caller. */

@@ -19,6 +19,8 @@ export interface CommitRequest {
   dbBytes: number;
   storedBytes: number;
   newBytes: number;
+  /** The vault-wide changeset cursor the snapshot includes (the relay takes 0 when omitted). */
+  changesetWatermark?: number;
 }
 
 export type CommitResult =
@@ -154,6 +156,8 @@ export class SnapshotApi {
       storedBytes: uint(s.storedBytes) ? (s.storedBytes as number) : 0,
       newBytes: uint(s.newBytes) ? (s.newBytes as number) : 0,
       packCount: uint(s.packCount) ? (s.packCount as number) : 0,
+      // Informational (the manifest carries the authenticated one); absent from relays before changesets.
+      ...(uint(s.changesetWatermark) ? { changesetWatermark: s.changesetWatermark as number } : {}),
     };
   }
 }

@@ -67,6 +67,8 @@ export interface SnapshotEnv {
   tmpDir?: string;
   /** Timing marks for `CASA_TRACE=1` (phase names only: never data). */
   trace?: (label: string) => void;
+  /** The vault-wide changeset cursor the database includes (docs/FORMAT.md §5 manifest). */
+  changesetWatermark?: number;
 }
 
 export interface SnapshotOptions {
@@ -197,7 +199,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
           pagesSha256: copy.pagesSha256,
           schemaVersion: copy.schemaVersion,
           userVersion: copy.userVersion,
-          changesetWatermark: 0,
+          changesetWatermark: env.changesetWatermark ?? 0,
         },
         old?.manifest ?? null,
         plan,
@@ -215,6 +217,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
         dbBytes: manifest.dbBytes,
         storedBytes: stored,
         newBytes: up.uploadedBytes,
+        ...(manifest.changesetWatermark > 0 ? { changesetWatermark: manifest.changesetWatermark } : {}),
       });
       env.trace?.('commit answered');
       if (res.ok) {

@@ -41,14 +41,14 @@ const TEST_LIMITS = {
 
 /** `opts.vars` overrides wrangler.jsonc's vars (e.g. `{ RETENTION_KEEP: '3', PACK_GRACE_MS: '1500' }`). */
 export async function startTestRelay(
-  opts: Partial<Omit<StartRelayOptions, 'host' | 'port'>> = {},
+  opts: Partial<Omit<StartRelayOptions, 'host'>> = {},
 ): Promise<TestRelay> {
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'casa-relay-test-')));
   const relay = await startRelay({
     ...opts,
     host: '127.0.0.1',
-    port: 0,
+    port: opts.port ?? 0,
     dataDir,
     cronIntervalMs: opts.cronIntervalMs ?? 0,
     rateLimits: { ...TEST_LIMITS, ...opts.rateLimits },

@@ -407,8 +407,8 @@ describe('list and head', () => {
     const s2 = await commitSnapshot(relay.url, v, desktopToken, 2, [p1, p2]);
     const list = (await (await get(`${base}/snapshots`, token)).json()) as { head: unknown; snapshots: Record<string, unknown>[] };
     expect(list.snapshots).toEqual([
-      { id: s2, seq: 2, deviceId: desktop.deviceId, deviceName: 'desktop ✓', time: expect.any(Number), dbBytes: 8192, storedBytes: 2000, newBytes: 1000, packCount: 2 },
-      { id: s1, seq: 1, deviceId: device.deviceId, deviceName: 'test device', time: expect.any(Number), dbBytes: 4096, storedBytes: 1000, newBytes: 1000, packCount: 1 },
+      { id: s2, seq: 2, deviceId: desktop.deviceId, deviceName: 'desktop ✓', time: expect.any(Number), dbBytes: 8192, storedBytes: 2000, newBytes: 1000, packCount: 2, changesetWatermark: 0 },
+      { id: s1, seq: 1, deviceId: device.deviceId, deviceName: 'test device', time: expect.any(Number), dbBytes: 4096, storedBytes: 1000, newBytes: 1000, packCount: 1, changesetWatermark: 0 },
     ]);
     expect(list.head).toEqual(list.snapshots[0]);
     expect(await (await get(`${base}/snapshots/head`, token)).json()).toEqual({ head: list.snapshots[0] });

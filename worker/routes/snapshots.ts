@@ -9,6 +9,7 @@
 import { Hono, type Context } from 'hono';
 import { requireDevice } from '../auth.js';
 import { BlobChecksumError, deleteBlobs, getBlob, putBlob, uploadKey } from '../blobs.js';
+import { getChangesetState } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
 import {
   ApiError,
@@ -66,18 +67,21 @@ function packIds(body: Record<string, unknown>, field: string): string[] {
   return [...new Set(v as string[])];
 }
 
-interface Upload {
+export interface Upload {
   sha256: string;
   /** Streamed when the length was declared, else read (under the cap) into memory. */
   body: ReadableStream | Uint8Array;
 }
 
-/** X-Casa-Sha256 and the body: 413 past BLOB_BODY_LIMIT, 400 if empty or the header is malformed. */
-async function readUpload(c: Context<AppEnv>): Promise<Upload> {
+/**
+ * X-Casa-Sha256 and the body: 413 past `maxBytes` (BLOB_BODY_LIMIT; the
+ * changeset route passes its own cap), 400 if empty or the header is malformed.
+ */
+export async function readUpload(c: Context<AppEnv>, maxBytes = BLOB_BODY_LIMIT): Promise<Upload> {
   const declared = c.req.header('Content-Length');
   if (declared !== undefined) {
     if (!/^\d{1,16}$/.test(declared)) throw badRequest('Content-Length must be a number');
-    if (Number(declared) > BLOB_BODY_LIMIT) throw tooLarge(BLOB_BODY_LIMIT);
+    if (Number(declared) > maxBytes) throw tooLarge(maxBytes);
   }
   const sha = c.req.header(SHA256_HEADER)?.toLowerCase();
   if (sha === undefined || !HEX64.test(sha)) throw badRequest(`${SHA256_HEADER} must be 64 hex characters`);
@@ -92,9 +96,9 @@ async function readUpload(c: Context<AppEnv>): Promise<Upload> {
     const { done, value } = await reader.read();
     if (done) break;
     size += value.byteLength;
-    if (size > BLOB_BODY_LIMIT) {
+    if (size > maxBytes) {
       await reader.cancel().catch(() => undefined);
-      throw tooLarge(BLOB_BODY_LIMIT);
+      throw tooLarge(maxBytes);
     }
     chunks.push(value);
   }
@@ -124,7 +128,7 @@ async function checkDiscarded(u: Upload): Promise<void> {
 const checksumMismatch = (): ApiError => badRequest(`body does not match ${SHA256_HEADER}`);
 
 /** Stores the upload under `key`; 400 (and nothing stored) if it does not hash to X-Casa-Sha256. */
-async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): Promise<number> {
+export async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): Promise<number> {
   try {
     return (await putBlob(c.env.BLOBS, key, u.body, u.sha256)).size;
   } catch (err) {
@@ -215,6 +219,13 @@ snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARG
   const newBytes = int(body, 'newBytes');
   const vaultId = c.var.vaultId;
   const deviceId = c.var.deviceId;
+  // Optional (clients before changesets omit it). Checked against the head
+  // outside the commit's transaction: the head only grows, so a watermark
+  // within it now is within it at the commit.
+  const changesetWatermark = body.changesetWatermark === undefined ? 0 : int(body, 'changesetWatermark');
+  if (changesetWatermark > (await getChangesetState(c.env.DB, vaultId)).head) {
+    throw badRequest("changesetWatermark is past the vault's changeset head");
+  }
   const now = Date.now();
   const out = await commitSnapshot(c.env.DB, {
     vaultId,
@@ -226,6 +237,7 @@ snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARG
     dbBytes,
     storedBytes,
     newBytes,
+    changesetWatermark,
     now,
   });
   if (out.inserted) return c.json({ snapshotId, seq, time: now }, 201);

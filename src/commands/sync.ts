@@ -1,0 +1,339 @@
+/**
+ * `casa sync`: one round of changeset sync (pull and merge the other
+ * devices' changes in one transaction, then push this device's), `--watch`
+ * to stay connected and sync as changes happen, `--conflicts` to list the
+ * merge decisions. The capture triggers are (re)installed first, so a
+ * database the app migrated is captured with its new columns.
+ *
+ * `--watch` holds the vault's live WebSocket (the relay's Durable Object
+ * announces each new changeset) and polls the database's data_version for
+ * local writes; network drops and relay restarts are retried with backoff,
+ * and every reconnect runs a full round so nothing announced meanwhile is
+ * missed. SIGINT/SIGTERM finish the round in progress and exit 0.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
+import { acquireLock, type Lock } from '../lock.js';
+import { installCapture, pendingCount } from '../sync/capture.js';
+import { ChangesetApi } from '../sync/changeset-api.js';
+import { listConflicts } from '../sync/merge.js';
+import { deriveSyncSchema, SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../sync/rules.js';
+import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../sync/sync-run.js';
+import { deviceSession, loadPaired, tracer, vaultKeys, type Context } from './context.js';
+
+export interface SyncOptions {
+  watch?: boolean;
+  conflicts?: boolean;
+  limit?: string;
+}
+
+/** Where a user declares which tables sync and how (rules.ts reads the declarations). */
+export function declarationsPath(home: string): string {
+  return join(home, 'sync-tables.json');
+}
+
+export function readDeclarations(home: string): SyncDeclarations {
+  const path = declarationsPath(home);
+  if (!existsSync(path)) return {};
+  try {
+    const d = JSON.parse(readFileSync(path, 'utf8')) as SyncDeclarations;
+    if (typeof d !== 'object' || d === null || Array.isArray(d)) throw new Error('not a JSON object');
+    return d;
+  } catch (err) {
+    throw new FailureError(`cannot read ${path} (${(err as Error).message})`, {
+      hints: ['it holds {"tables": {"NAME": "lww" | "set" | "snapshot-only"}}; see casa-sync(1)'],
+    });
+  }
+}
+
+/** Opens the database and (re)installs capture: the schema sync works with. */
+export function openSynced(ctx: Context): { db: Database.Database; schema: SyncSchema } {
+  const dbPath = ctx.globals.db;
+  if (!existsSync(dbPath)) {
+    throw new FailureError(`no database at ${dbPath}`, {
+      hints: ['check --db (or CASA_DB), or `casa restore` the newest snapshot first'],
+    });
+  }
+  const decl = readDeclarations(ctx.globals.home);
+  let db: Database.Database;
+  try {
+    db = new Database(dbPath, { fileMustExist: true });
+    db.pragma('busy_timeout = 10000');
+    db.pragma('journal_mode = WAL');
+  } catch (err) {
+    throw new FailureError(`cannot open the database ${dbPath} (${(err as Error).message})`);
+  }
+  try {
+    const schema = deriveSyncSchema(db, decl);
+    installCapture(db, schema);
+    return { db, schema };
+  } catch (err) {
+    db.close();
+    if (err instanceof SyncSchemaError) {
+      throw new FailureError(err.message, {
+        code: 'usage',
+        hints: [`declare it in ${declarationsPath(ctx.globals.home)}, e.g. {"tables": {"${err.table ?? 'NAME'}": "snapshot-only"}}`],
+      });
+    }
+    throw err;
+  }
+}
+
+export async function syncEnv(ctx: Context): Promise<SyncEnv> {
+  const p = loadPaired(ctx);
+  const session = await deviceSession(p);
+  const keys = await vaultKeys(p);
+  return {
+    home: ctx.globals.home,
+    dbPath: ctx.globals.db,
+    keys,
+    deviceId: p.vault.deviceId,
+    api: new ChangesetApi(session),
+    token: () => session.getToken(),
+    clockOffsetMs: () => p.client.clockOffsetMs,
+    now: ctx.deps.now,
+    random: ctx.deps.random,
+    signal: ctx.deps.signal,
+    server: p.client.server,
+    trace: tracer(ctx),
+  };
+}
+
+function syncLock(ctx: Context): Lock {
+  return acquireLock(ctx.globals.home, `${ctx.globals.db}#sync`, 'sync');
+}
+
+function roundDoc(r: SyncRound): Record<string, unknown> {
+  return {
+    pushed_batches: r.pushedBatches,
+    pushed_changes: r.pushedChanges,
+    pulled_batches: r.pulledBatches,
+    pulled_changes: r.pulledChanges,
+    applied_changes: r.applied,
+    conflicts: r.conflicts,
+    pending_columns: r.pending,
+    cursor: r.cursor,
+    head: r.head,
+    pending_local: r.pendingLocal,
+  };
+}
+
+function roundLine(r: SyncRound): string {
+  const parts = [`pushed ${r.pushedChanges} change${r.pushedChanges === 1 ? '' : 's'}`, `applied ${r.applied} of ${r.pulledChanges} pulled`];
+  if (r.conflicts) parts.push(`${r.conflicts} conflict${r.conflicts === 1 ? '' : 's'} decided (casa sync --conflicts)`);
+  if (r.pending) parts.push(`${r.pending} kept pending for a newer schema`);
+  return `${parts.join(', ')}; at ${r.cursor} of ${r.head}`;
+}
+
+export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
+  if (opts.watch && opts.conflicts) throw new UsageError('--watch and --conflicts cannot be used together');
+  if (opts.conflicts) return runConflicts(ctx, opts);
+  if (opts.limit !== undefined) throw new UsageError('--limit goes with --conflicts');
+  const env = await syncEnv(ctx);
+  const lock = syncLock(ctx);
+  const { db, schema } = openSynced(ctx);
+  try {
+    if (opts.watch) return await watch(ctx, env, db, schema);
+    const r = await syncRound(env, db, schema);
+    ctx.out.print(r.pushedChanges === 0 && r.pulledChanges === 0 ? `up to date (at ${r.cursor} of ${r.head})` : roundLine(r));
+    ctx.out.result({ message_type: 'sync', ...roundDoc(r) });
+  } finally {
+    db.close();
+    lock.release();
+  }
+}
+
+// ---------------------------------------------------------------- --conflicts
+
+async function runConflicts(ctx: Context, opts: SyncOptions): Promise<void> {
+  const limit = opts.limit === undefined ? 50 : Number(opts.limit);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 100_000) throw new UsageError('--limit takes 1..100000');
+  loadPaired(ctx);
+  const { db } = openSynced(ctx);
+  try {
+    const rows = listConflicts(db, { limit });
+    // JSON has no 64-bit integers or bytes: big integers as strings, blobs as {"base64": ...}.
+    const plain = (v: unknown): unknown =>
+      typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? { base64: Buffer.from(v).toString('base64') } : v;
+    ctx.out.result({
+      message_type: 'conflicts',
+      conflicts: rows.map((r) => Object.fromEntries(Object.entries(r as unknown as Record<string, unknown>).map(([k, v]) => [k, plain(v)]))),
+    });
+    if (rows.length === 0) {
+      ctx.out.print('no conflicts decided');
+      return;
+    }
+    const show = (v: unknown) => {
+      const s = v === null || v === undefined ? 'NULL' : v instanceof Uint8Array ? `<${v.length} bytes>` : String(v);
+      return s.length > 40 ? `${s.slice(0, 37)}...` : s;
+    };
+    const table = [['WHEN', 'TABLE', 'KEY', 'FIELD', 'LOCAL', 'REMOTE', 'WINNER', 'RULE']];
+    for (const c of rows as unknown as Record<string, unknown>[]) {
+      const at = typeof c.decided_at === 'number' ? new Date(c.decided_at).toISOString().replace(/\.\d+Z$/, 'Z') : show(c.decided_at);
+      table.push([at, show(c.tbl), show(c.pk), show(c.col ?? '(row)'), show(c.local_val), show(c.remote_val), show(c.winner), show(c.rule)]);
+    }
+    const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+    ctx.out.print(table.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n'));
+  } finally {
+    db.close();
+  }
+}
+
+// ---------------------------------------------------------------- --watch
+
+const POLL_MS = 50;
+const SAFETY_ROUND_MS = 30_000;
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 30_000;
+
+/** Errors a watcher keeps going through (the relay or the network is away for a while). */
+function transient(err: unknown): boolean {
+  if (err instanceof UnreachableError) return err.code !== 'relay_protocol';
+  if (err instanceof CasaError) return err.code === 'rate_limited' || /relay failed \(5\d\d/.test(err.message);
+  return false;
+}
+
+async function watch(ctx: Context, env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<void> {
+  const { out } = ctx;
+  const signal = ctx.deps.signal;
+  const { WebSocket } = await import('undici');
+  let stopped = false;
+  let running: Promise<void> | null = null;
+  let again = false;
+  let fatal: unknown = null;
+  let failures = 0;
+  let lastVersion = Number(db.pragma('data_version', { simple: true }));
+  let ws: InstanceType<typeof WebSocket> | null = null;
+  let wsTimer: NodeJS.Timeout | null = null;
+  let wakeStop: () => void = () => {};
+  const stoppedPromise = new Promise<void>((r) => (wakeStop = r));
+
+  const stop = (err?: unknown) => {
+    if (err !== undefined && fatal === null) fatal = err;
+    if (stopped) return;
+    stopped = true;
+    wakeStop();
+  };
+  signal.addEventListener('abort', () => stop(), { once: true });
+
+  const round = (why: string): Promise<void> => {
+    if (stopped) return Promise.resolve();
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        try {
+          const r = await syncRound({ ...env, signal: new AbortController().signal }, db, schema);
+          failures = 0;
+          if (r.pushedChanges || r.pulledChanges) {
+            out.print(`${new Date(ctx.deps.now()).toISOString()} ${roundLine(r)}`);
+            out.result({ message_type: 'sync', trigger: why, ...roundDoc(r) });
+          }
+        } catch (err) {
+          if (!transient(err)) {
+            stop(err);
+            return;
+          }
+          failures++;
+          out.warn(`${(err as Error).message}; retrying`);
+          await sleep(backoff(failures), stoppedPromise);
+          again = !stopped;
+        }
+      } while (again && !stopped);
+    })().finally(() => {
+      running = null;
+    });
+    return running;
+  };
+
+  const connect = async (): Promise<void> => {
+    if (stopped) return;
+    let token: string;
+    try {
+      token = await env.token();
+    } catch (err) {
+      if (!transient(err)) return stop(err);
+      failures++;
+      wsTimer = setTimeout(() => void connect(), backoff(failures));
+      return;
+    }
+    const url = `${env.server.replace(/^http/, 'ws')}/v1/vaults/${env.keys.vaultId}/live?token=${encodeURIComponent(token)}`;
+    const sock = new WebSocket(url);
+    ws = sock;
+    sock.addEventListener('open', () => {
+      failures = 0;
+      // Anything announced while we were away: a full round.
+      void round('connect');
+    });
+    sock.addEventListener('message', (ev) => {
+      let m: Record<string, unknown>;
+      try {
+        m = JSON.parse(String(ev.data)) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      if (m.type === 'announce' && m.kind === 'changeset' && m.deviceId !== env.deviceId) void round('announce');
+    });
+    sock.addEventListener('close', (ev) => {
+      if (ws !== sock || stopped) return;
+      ws = null;
+      if (ev.code === 4003) return stop(new AuthError('this device was revoked from the vault', { code: 'device_revoked' }));
+      failures++;
+      if (failures === 1) out.warn(`lost the live connection to ${env.server}; retrying`);
+      wsTimer = setTimeout(() => void connect(), backoff(failures));
+    });
+    sock.addEventListener('error', () => {
+      // A close event follows.
+    });
+  };
+
+  const poll = setInterval(() => {
+    let v: number;
+    try {
+      v = Number(db.pragma('data_version', { simple: true }));
+    } catch {
+      return;
+    }
+    if (v !== lastVersion) {
+      lastVersion = v;
+      if (pendingCount(db) > 0) void round('local');
+    }
+  }, POLL_MS);
+  const safety = setInterval(() => void round('timer'), SAFETY_ROUND_MS);
+
+  out.note(`watching ${env.dbPath}; Ctrl-C stops`);
+  const first = loadSyncState(env);
+  out.note(`at changeset ${first.cursor}`);
+  await round('start');
+  await connect();
+  await stoppedPromise;
+
+  clearInterval(poll);
+  clearInterval(safety);
+  if (wsTimer) clearTimeout(wsTimer);
+  (ws as InstanceType<typeof WebSocket> | null)?.close(1000, 'bye');
+  await running;
+  if (fatal !== null) throw fatal;
+  out.note('stopped');
+}
+
+function backoff(failures: number): number {
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures, 10));
+  return Math.round(base * (0.5 + Math.random() / 2));
+}
+
+function sleep(ms: number, cut: Promise<void>): Promise<void> {
+  return new Promise((r) => {
+    const t = setTimeout(r, ms);
+    void cut.then(() => {
+      clearTimeout(t);
+      r();
+    });
+  });
+}
+

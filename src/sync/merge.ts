@@ -1,0 +1,552 @@
+/**
+ * Merge (DESIGN §7 "Merge", docs/MERGE.md §4): applies remote changes to the
+ * database in one SQLite transaction, deterministically, so that the same
+ * set of changes in any order, any number of times, gives identical synced
+ * tables on every device (the state is a function of the set of changes).
+ *
+ * Rules (HLC order is the total order of src/sync/hlc.ts; a missing clock is
+ * the baseline, older than any change):
+ * - Fields: last writer wins per field by HLC. A write is kept iff its HLC is
+ *   above the field's clock and above the row's newest delete.
+ * - Rows: present iff the newest insert HLC is above the newest delete HLC
+ *   (a row nobody inserted or deleted since the baseline stays as it is).
+ * - DELETE VS UPDATE: a delete wins over updates of the row whatever their
+ *   HLCs: an update never brings a deleted row back. Only an insert of the
+ *   key with an HLC above the delete does, with the fields it carries except
+ *   those whose clock is newer: updates newer than the delete that arrived
+ *   while the row was gone are kept (their values held in casa_clock.val)
+ *   and win over the re-insert's older fields. Columns the re-insert does
+ *   not carry and nothing newer than the delete wrote get their default.
+ * - Same key inserted on two devices: merged field by field, as above.
+ * - Sets (link tables): an element is present iff its newest add is above
+ *   its newest remove (LWW element set), i.e. the row rule without fields.
+ * - A change for a table or column this database does not have is kept in
+ *   casa_pending and applied once the schema has it (applyPending, run first
+ *   by every applyRemote).
+ * Every decision where two devices' different values met is written to
+ * casa_conflicts (rules 'lww', 'delete-wins', 'set-lww', 'reinsert'); the
+ * winner is the same everywhere, the list of decisions a device saw depends
+ * on the order changes reached it.
+ *
+ * Foreign keys are off while applying (PRAGMA foreign_keys cannot change
+ * inside a transaction, so it is switched around it and restored): the
+ * result must not depend on the order rows arrive in, and an ON DELETE
+ * CASCADE must not remove rows without a change that says so. Concurrent
+ * edits can thus leave a row pointing at a deleted parent, the same on every
+ * device.
+ */
+import type { Database, Statement } from 'better-sqlite3';
+import { FailureError } from '../errors.js';
+import {
+  ChangeFormatError,
+  checkChange,
+  decodePk,
+  DELETE_MARKER,
+  INSERT_MARKER,
+  stampLocal,
+  type Change,
+  type SqlValue,
+} from './capture.js';
+import { ClockSkewError, isDeviceId, MAX_SKEW_MS, parseHlc } from './hlc.js';
+import { quoteId, type SyncSchema, type SyncTable } from './rules.js';
+
+export interface ApplyOptions {
+  /** This device's time, ms (corrected by the relay's offset when known). */
+  now: number;
+  maxSkewMs?: number;
+  /** Stamps this device's unpushed log rows before merging (16 hex). */
+  localDeviceId: string;
+}
+
+export interface ApplyResult {
+  /** Changes that moved a field or a row marker. */
+  applied: number;
+  /** Duplicates and changes that lost. */
+  ignored: number;
+  /** New rows in casa_conflicts. */
+  conflicts: number;
+  /** Changes kept in casa_pending (unknown table or column). */
+  pending: number;
+}
+
+export type ConflictRule = 'lww' | 'delete-wins' | 'set-lww' | 'reinsert';
+
+export interface ConflictRow {
+  id: number;
+  tbl: string;
+  pk: string;
+  /** null: the row (or set element) itself. */
+  col: string | null;
+  local_val: SqlValue;
+  local_hlc: string | null;
+  remote_val: SqlValue;
+  remote_hlc: string;
+  winner: 'local' | 'remote';
+  rule: ConflictRule;
+  /** ms, the applying device's `now`. */
+  decided_at: number;
+}
+
+
+/** Equal as SQLite values: same storage class and same value (blobs byte for byte). */
+export function sameValue(a: SqlValue, b: SqlValue): boolean {
+  if (a instanceof Uint8Array || b instanceof Uint8Array) {
+    if (!(a instanceof Uint8Array && b instanceof Uint8Array) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+    return true;
+  }
+  if (typeof a === 'number' && typeof b === 'number') return Object.is(a, b) || a === b;
+  return a === b;
+}
+
+const device = (hlc: string): string => hlc.slice(16);
+
+// ---------------------------------------------------------------- prepared statements
+
+interface TableOps {
+  t: SyncTable;
+  index: Map<string, number>;
+  select: Statement;
+  del: Statement;
+  updates: Map<string, Statement>;
+  inserts: Map<string, Statement>;
+}
+
+interface Prepared {
+  fingerprint: string;
+  tables: Map<string, TableOps>;
+  clockLoad: Statement;
+  /** clockPuts[n]: upsert of n clock entries. */
+  clockPuts: Statement[];
+  pendingPut: Statement;
+  conflictPut: Statement;
+}
+
+const cache = new WeakMap<Database, Prepared>();
+
+function prepare(db: Database, schema: SyncSchema): Prepared {
+  const hit = cache.get(db);
+  if (hit && hit.fingerprint === schema.fingerprint) return hit;
+  const tables = new Map<string, TableOps>();
+  for (const t of schema.tables) {
+    const where = t.pk.map((c) => `${quoteId(c)} = ?`).join(' AND ');
+    const cols = t.columns.length > 0 ? t.columns.map(quoteId).join(', ') : '1';
+    tables.set(t.name, {
+      t,
+      index: new Map(t.columns.map((c, k) => [c, k])),
+      select: db.prepare(`SELECT ${cols} FROM ${quoteId(t.name)} WHERE ${where}`).raw(true).safeIntegers(true),
+      del: db.prepare(`DELETE FROM ${quoteId(t.name)} WHERE ${where}`),
+      updates: new Map(),
+      inserts: new Map(),
+    });
+  }
+  const p: Prepared = {
+    fingerprint: schema.fingerprint,
+    tables,
+    clockLoad: db.prepare('SELECT col, hlc, val FROM casa_clock WHERE tbl = ? AND pk = ?').raw(true).safeIntegers(true),
+    clockPuts: [],
+    pendingPut: db.prepare('INSERT OR IGNORE INTO casa_pending (tbl, pk, col, op, val, hlc) VALUES (?, ?, ?, ?, ?, ?)'),
+    conflictPut: db.prepare(
+      'INSERT OR IGNORE INTO casa_conflicts (tbl, pk, col, local_val, local_hlc, remote_val, remote_hlc, winner, rule, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    ),
+  };
+  cache.set(db, p);
+  return p;
+}
+
+function updateStmt(db: Database, ops: TableOps, ks: number[]): Statement {
+  const key = ks.join(',');
+  let s = ops.updates.get(key);
+  if (!s) {
+    const set = ks.map((k) => `${quoteId(ops.t.columns[k]!)} = ?`).join(', ');
+    const where = ops.t.pk.map((c) => `${quoteId(c)} = ?`).join(' AND ');
+    s = db.prepare(`UPDATE ${quoteId(ops.t.name)} SET ${set} WHERE ${where}`);
+    ops.updates.set(key, s);
+  }
+  return s;
+}
+
+function insertStmt(db: Database, ops: TableOps, ks: number[]): Statement {
+  const key = ks.join(',');
+  let s = ops.inserts.get(key);
+  if (!s) {
+    const names = [...ops.t.pk, ...ks.map((k) => ops.t.columns[k]!)];
+    s = db.prepare(
+      `INSERT INTO ${quoteId(ops.t.name)} (${names.map(quoteId).join(', ')}) VALUES (${names.map(() => '?').join(', ')})`,
+    );
+    ops.inserts.set(key, s);
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- the merge
+
+class Applier {
+  readonly result: ApplyResult = { applied: 0, ignored: 0, conflicts: 0, pending: 0 };
+
+  constructor(
+    private readonly db: Database,
+    private readonly p: Prepared,
+    private readonly now: number,
+  ) {}
+
+  private conflict(
+    tbl: string,
+    pk: string,
+    col: string | null,
+    localVal: SqlValue,
+    localHlc: string | null,
+    remoteVal: SqlValue,
+    remoteHlc: string,
+    winner: 'local' | 'remote',
+    rule: ConflictRule,
+  ): void {
+    const r = this.p.conflictPut.run(tbl, pk, col, localVal, localHlc, remoteVal, remoteHlc, winner, rule, this.now);
+    this.result.conflicts += r.changes;
+  }
+
+  private toPending(c: Change): void {
+    this.p.pendingPut.run(c.tbl, c.pk, c.col, c.op, c.val, c.hlc);
+    this.result.pending++;
+  }
+
+  /** True when the change can be applied with this schema (else it waits in casa_pending). */
+  applicable(c: Change): boolean {
+    const ops = this.p.tables.get(c.tbl);
+    if (!ops) return false;
+    if (c.col !== null && !ops.index.has(c.col)) return false;
+    return decodePk(c.pk).length === ops.t.pk.length;
+  }
+
+  /** Applies changes; consecutive changes of one row are merged together (one read, one write). */
+  run(changes: Change[]): void {
+    let i = 0;
+    while (i < changes.length) {
+      const c = changes[i]!;
+      let j = i + 1;
+      while (j < changes.length && changes[j]!.pk === c.pk && changes[j]!.tbl === c.tbl) j++;
+      this.row(changes, i, j);
+      i = j;
+    }
+  }
+
+  private row(changes: Change[], from: number, to: number): void {
+    const first = changes[from]!;
+    const { tbl, pk } = first;
+    const ops = this.p.tables.get(tbl);
+    const key = decodePk(pk);
+    if (!ops || key.length !== ops.t.pk.length) {
+      for (let i = from; i < to; i++) this.toPending(changes[i]!);
+      return;
+    }
+    const t = ops.t;
+    const n = t.columns.length;
+
+    // Load: the row's clocks, and the row (presence, values).
+    const clocks = this.p.clockLoad.all(tbl, pk) as [string, string, SqlValue][];
+    if (clocks.length === 0 && this.firstUpdates(ops, changes, from, to, key)) return;
+    const cur = ops.select.get(...key) as SqlValue[] | undefined;
+    const p0 = cur !== undefined;
+    const clk: string[] = new Array<string>(n).fill('');
+    const held: SqlValue[] = new Array<SqlValue>(n).fill(null);
+    let maxI = '';
+    let maxD = '';
+    for (const [col, hlc, val] of clocks) {
+      if (col === INSERT_MARKER) maxI = hlc;
+      else if (col === DELETE_MARKER) maxD = hlc;
+      else {
+        const k = ops.index.get(col);
+        if (k !== undefined) {
+          clk[k] = hlc;
+          held[k] = val;
+        }
+      }
+    }
+    const maxI0 = maxI;
+    const maxD0 = maxD;
+    const clk0 = clk.slice();
+    const isPresent = () => (maxI === '' && maxD === '' ? p0 : maxI > maxD);
+    /** The field's current value, as far as this device knows it. */
+    const valueOf = (k: number): SqlValue => (dirty[k] ? fresh[k]! : p0 ? cur![k]! : held[k]!);
+    const dirty: boolean[] = new Array<boolean>(n).fill(false);
+    const fresh: SqlValue[] = new Array<SqlValue>(n).fill(null);
+
+    for (let i = from; i < to; i++) {
+      const c = changes[i]!;
+      if (c.op === 'd' || (c.op === 'i' && c.col === null) || (c.op === 'i' && t.kind === 'set')) {
+        if (c.col !== null) {
+          this.toPending(c);
+          continue;
+        }
+        if (t.kind === 'set') this.setDecision(t, pk, c, isPresent(), maxI, maxD);
+        const marker = c.op === 'd' ? maxD : maxI;
+        if (c.hlc > marker) {
+          if (c.op === 'd') maxD = c.hlc;
+          else maxI = c.hlc;
+          this.result.applied++;
+        } else this.result.ignored++;
+        continue;
+      }
+      // A field write ('u', or one column of an insert).
+      let moved = false;
+      if (c.op === 'i' && c.hlc > maxI) {
+        maxI = c.hlc;
+        moved = true;
+      }
+      const k = c.col === null ? undefined : ops.index.get(c.col);
+      if (k === undefined) {
+        this.toPending(c);
+        continue;
+      }
+      const local = clk[k]!;
+      const wins = c.hlc > local && c.hlc > maxD;
+      if (local !== '' && local !== c.hlc && device(local) !== device(c.hlc) && local > maxD) {
+        const lv = valueOf(k);
+        if (!sameValue(lv, c.val)) this.conflict(tbl, pk, c.col, lv, local, c.val, c.hlc, wins ? 'remote' : 'local', 'lww');
+      }
+      if (wins) {
+        clk[k] = c.hlc;
+        fresh[k] = c.val;
+        dirty[k] = true;
+      }
+      if (wins || moved) this.result.applied++;
+      else this.result.ignored++;
+    }
+
+    const p1 = isPresent();
+    const puts: [string, string, SqlValue][] = [];
+    if (maxI !== maxI0) puts.push([INSERT_MARKER, maxI, null]);
+    if (maxD !== maxD0) puts.push([DELETE_MARKER, maxD, null]);
+    const bind = (vals: SqlValue[]) => [...vals, ...key];
+
+    if (t.kind === 'lww') {
+      // Delete vs update decisions (docs/MERGE.md §4.3).
+      if (p0 && !p1 && maxD !== maxD0) {
+        for (let k = 0; k < n; k++) {
+          const h = clk0[k]!;
+          if (h > maxD && device(h) !== device(maxD)) this.conflict(tbl, pk, t.columns[k]!, cur![k]!, h, null, maxD, 'remote', 'delete-wins');
+        }
+      }
+      if (!p1 && maxD !== '') {
+        for (let k = 0; k < n; k++) {
+          if (dirty[k] && clk[k]! > maxD && device(clk[k]!) !== device(maxD)) {
+            this.conflict(tbl, pk, t.columns[k]!, null, maxD, fresh[k]!, clk[k]!, 'local', 'delete-wins');
+          }
+        }
+      }
+      if (!p0 && p1 && maxD0 !== '' && device(maxD) !== device(maxI)) {
+        this.conflict(tbl, pk, null, null, maxD, null, maxI, 'remote', 'reinsert');
+      }
+
+      if (p1 && p0 && maxD === maxD0) {
+        // An update in place: the fields that won.
+        const ks: number[] = [];
+        for (let k = 0; k < n; k++) {
+          if (dirty[k]) {
+            ks.push(k);
+            puts.push([t.columns[k]!, clk[k]!, null]);
+          }
+        }
+        if (ks.length > 0) updateStmt(this.db, ops, ks).run(...bind(ks.map((k) => fresh[k]!)));
+      } else if (p1) {
+        // (Re)materialise: every field newer than the newest delete, the rest default.
+        const ks: number[] = [];
+        for (let k = 0; k < n; k++) {
+          if (clk[k]! > maxD) {
+            ks.push(k);
+            if (dirty[k] || held[k] !== null) puts.push([t.columns[k]!, clk[k]!, null]);
+          } else if (maxD !== '' && clk[k] !== maxD) {
+            clk[k] = maxD;
+            puts.push([t.columns[k]!, maxD, null]);
+          }
+        }
+        const vals = ks.map((k) => valueOf(k));
+        if (p0) ops.del.run(...key);
+        insertStmt(this.db, ops, ks).run(...key, ...vals);
+      } else {
+        // Absent: keep the fields newer than the delete (a re-insert may need them).
+        for (let k = 0; k < n; k++) {
+          if (clk[k]! > maxD && (dirty[k] || p0)) puts.push([t.columns[k]!, clk[k]!, valueOf(k)]);
+          else if (dirty[k]) puts.push([t.columns[k]!, clk[k]!, null]);
+        }
+        if (p0) ops.del.run(...key);
+      }
+    } else if (p1 !== p0) {
+      if (p1) insertStmt(this.db, ops, []).run(...key);
+      else ops.del.run(...key);
+    }
+    this.putClocks(tbl, pk, puts);
+  }
+
+  /**
+   * The common case, without reading the row: updates of distinct fields of
+   * a row nothing has clocked yet (no markers, no field clocks: nothing to
+   * lose to, nothing to audit). False, having written nothing, when the row
+   * is not there or the changes are anything else.
+   */
+  private firstUpdates(ops: TableOps, changes: Change[], from: number, to: number, key: SqlValue[]): boolean {
+    const ks: number[] = [];
+    for (let i = from; i < to; i++) {
+      const c = changes[i]!;
+      const k = c.op === 'u' && c.col !== null ? ops.index.get(c.col) : undefined;
+      if (k === undefined || ks.includes(k)) return false;
+      ks.push(k);
+    }
+    const vals = [];
+    for (let i = from; i < to; i++) vals.push(changes[i]!.val);
+    if (updateStmt(this.db, ops, ks).run(...vals, ...key).changes !== 1) return false;
+    const puts: [string, string, SqlValue][] = [];
+    for (let i = from; i < to; i++) puts.push([changes[i]!.col!, changes[i]!.hlc, null]);
+    this.putClocks(changes[from]!.tbl, changes[from]!.pk, puts);
+    this.result.applied += to - from;
+    return true;
+  }
+
+  /** Upserts a row's clock entries: one statement for up to 16. */
+  private putClocks(tbl: string, pk: string, puts: [string, string, SqlValue][]): void {
+    for (let i = 0; i < puts.length; i += 16) {
+      const part = puts.slice(i, i + 16);
+      let stmt = this.p.clockPuts[part.length];
+      if (!stmt) {
+        stmt = this.db.prepare(
+          `INSERT INTO casa_clock (tbl, pk, col, hlc, val) VALUES ${part.map(() => '(?, ?, ?, ?, ?)').join(', ')} ` +
+            'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = excluded.val',
+        );
+        this.p.clockPuts[part.length] = stmt;
+      }
+      const args: SqlValue[] = [];
+      for (const [col, hlc, val] of part) args.push(tbl, pk, col, hlc, val);
+      stmt.run(...args);
+    }
+  }
+
+  /** Set rule audit: a remote add meets a local remove, or the reverse, from another device. */
+  private setDecision(t: SyncTable, pk: string, c: Change, present: boolean, maxI: string, maxD: string): void {
+    const local = c.op === 'i' ? (present ? '' : maxD) : present ? maxI : '';
+    if (local === '' || local === c.hlc || device(local) === device(c.hlc)) return;
+    this.conflict(t.name, pk, null, null, local, null, c.hlc, c.hlc > local ? 'remote' : 'local', 'set-lww');
+  }
+
+  /** Applies the pending changes the schema now has room for. */
+  pending(): void {
+    const rows = this.db.prepare('SELECT id, tbl, pk, col, op, val, hlc FROM casa_pending ORDER BY tbl, pk, id').safeIntegers(true).all() as {
+      id: bigint;
+      tbl: string;
+      pk: string;
+      col: string | null;
+      op: Change['op'];
+      val: SqlValue;
+      hlc: string;
+    }[];
+    if (rows.length === 0) return;
+    const ready: Change[] = [];
+    const del = this.db.prepare('DELETE FROM casa_pending WHERE id = ?');
+    for (const r of rows) {
+      const c: Change = { tbl: r.tbl, pk: r.pk, col: r.col, op: r.op, val: r.val, hlc: r.hlc };
+      if (!this.applicable(c)) continue;
+      del.run(r.id);
+      ready.push(c);
+    }
+    this.run(ready);
+  }
+}
+
+function check(changes: Change[], opts: ApplyOptions): string {
+  if (!Number.isSafeInteger(opts.now) || opts.now < 0) throw new RangeError('now must be an integer ms');
+  if (!isDeviceId(opts.localDeviceId)) throw new RangeError('localDeviceId must be 16 lowercase hex characters');
+  const maxSkew = opts.maxSkewMs ?? MAX_SKEW_MS;
+  let top = '';
+  changes.forEach((c, i) => {
+    checkChange(c, i, (m) => new ChangeFormatError(m));
+    if (c.hlc > top) top = c.hlc;
+  });
+  if (top !== '') {
+    const wall = parseHlc(top).wall;
+    if (wall - opts.now > maxSkew) throw new ClockSkewError(wall, opts.now);
+  }
+  return top;
+}
+
+/** Runs fn in one IMMEDIATE transaction with casa's triggers quiet and foreign keys off. */
+function applying<T>(db: Database, fn: () => T): T {
+  const fk = !db.inTransaction && db.pragma('foreign_keys', { simple: true }) === 1;
+  if (fk) db.pragma('foreign_keys = OFF');
+  else if (db.inTransaction) db.pragma('defer_foreign_keys = ON');
+  const flag = db.prepare("UPDATE casa_meta SET value = ? WHERE key = 'applying'");
+  try {
+    return db
+      .transaction(() => {
+        flag.run(1);
+        const out = fn();
+        flag.run(0);
+        return out;
+      })
+      .immediate();
+  } catch (err) {
+    const msg = (err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT') ? (err as Error).message : null;
+    if (msg !== null) {
+      throw new FailureError(`a remote change breaks a constraint of this database: ${msg}`, {
+        cause: err,
+        hints: ['two devices wrote the same unique value, or their schemas differ; nothing was applied'],
+      });
+    }
+    throw err;
+  } finally {
+    if (fk) db.pragma('foreign_keys = ON');
+  }
+}
+
+/**
+ * Applies remote changes in one transaction (casa_pending first), after
+ * stamping this device's unpushed log rows (their clocks must take part).
+ * Throws ClockSkewError, applying nothing, when a change's wall time is more
+ * than maxSkewMs ahead of `now`. Raises the HLC floor to the highest HLC seen.
+ */
+export function applyRemote(db: Database, schema: SyncSchema, changes: Change[], opts: ApplyOptions): ApplyResult {
+  const top = check(changes, opts);
+  return applying(db, () => {
+    stampLocal(db, opts.localDeviceId);
+    const a = new Applier(db, prepare(db, schema), opts.now);
+    a.pending();
+    a.run(changes);
+    if (top !== '') {
+      db.prepare("UPDATE casa_meta SET value = ? WHERE key = 'hlc_floor' AND (value IS NULL OR value < ?)").run(top, top);
+    }
+    return a.result;
+  });
+}
+
+/** Applies the pending changes this schema has room for (after the app added a column or table). */
+export function applyPending(db: Database, schema: SyncSchema, opts: ApplyOptions): ApplyResult {
+  return applyRemote(db, schema, [], opts);
+}
+
+/** Number of received changes waiting for a column or table. */
+export function pendingRemoteCount(db: Database): number {
+  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'casa_pending'").get();
+  if (!has) return 0;
+  return (db.prepare('SELECT count(*) AS n FROM casa_pending').get() as { n: number }).n;
+}
+
+const plain = (v: SqlValue): SqlValue =>
+  typeof v === 'bigint' && v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+
+/** The newest merge decisions first; integers as numbers where exact (bigint beyond 2^53). */
+export function listConflicts(db: Database, opts: { limit: number }): ConflictRow[] {
+  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'casa_conflicts'").get();
+  if (!has) return [];
+  const rows = db.prepare('SELECT * FROM casa_conflicts ORDER BY id DESC LIMIT ?').safeIntegers(true).all(opts.limit) as Record<string, SqlValue>[];
+  return rows.map((r) => ({
+    id: Number(r.id),
+    tbl: r.tbl as string,
+    pk: r.pk as string,
+    col: r.col as string | null,
+    local_val: plain(r.local_val ?? null),
+    local_hlc: r.local_hlc as string | null,
+    remote_val: plain(r.remote_val ?? null),
+    remote_hlc: r.remote_hlc as string,
+    winner: r.winner as 'local' | 'remote',
+    rule: r.rule as ConflictRule,
+    decided_at: Number(r.decided_at),
+  }));
+}

@@ -1,0 +1,257 @@
+/**
+ * One round of changeset sync (DESIGN §7): pull every batch after this
+ * device's cursor, check each (AEAD, identity, per-device hash chain) and
+ * apply them all in one SQLite transaction; then push the local change log
+ * as sealed, numbered, chained batches. The relay is distrusted throughout:
+ * a dropped, reordered, replayed or altered batch is an IntegrityError and
+ * nothing of that round is applied; a relay whose head goes back behind the
+ * cursor is a rollback.
+ *
+ * State moves only after what it describes is durable: the database commit
+ * before the cursor; the relay's acknowledgement before the pushed seq; the
+ * sealed batch is kept in the outbox until then, so a retry sends the same
+ * bytes (the relay answers "duplicate").
+ */
+import type Database from 'better-sqlite3';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
+import { ConflictError, FailureError, IntegrityError, CancelledError } from '../errors.js';
+import { decodeChanges, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from './capture.js';
+import { BatchChainError, checkChain, openBatch, sealBatch } from './changeset.js';
+import { ChangesetApi, SeqConflictError } from './changeset-api.js';
+import { ClockSkewError, MAX_SKEW_MS } from './hlc.js';
+import { applyRemote } from './merge.js';
+import type { SyncSchema } from './rules.js';
+import {
+  clearOutbox,
+  emptySyncState,
+  readOutbox,
+  readSyncState,
+  writeOutbox,
+  writeSyncState,
+  type SyncState,
+} from './sync-state.js';
+
+/** Changes per pushed batch (a batch stays well under the relay's cap once compressed). */
+const PUSH_LIMIT = 20_000;
+/** Changes applied in one transaction before the cursor moves (bounds memory on a long catch-up). */
+const APPLY_LIMIT = 200_000;
+
+export interface SyncEnv {
+  home: string;
+  dbPath: string;
+  keys: VaultKeys;
+  deviceId: string;
+  api: ChangesetApi;
+  /** A device token (the live WebSocket takes it as ?token=). */
+  token: () => Promise<string>;
+  /** relay clock − local clock (ms), from the last relay answer. */
+  clockOffsetMs: () => number | null;
+  now: () => number;
+  random: (n: number) => Uint8Array;
+  signal: AbortSignal;
+  server: string;
+  maxSkewMs?: number;
+  trace?: (label: string) => void;
+}
+
+export interface SyncRound {
+  pushedBatches: number;
+  pushedChanges: number;
+  pulledBatches: number;
+  pulledChanges: number;
+  applied: number;
+  conflicts: number;
+  pending: number;
+  cursor: number;
+  head: number;
+  pendingLocal: number;
+}
+
+export function loadSyncState(env: Pick<SyncEnv, 'home' | 'keys' | 'dbPath'>): SyncState {
+  try {
+    return readSyncState(env.home, env.keys, env.dbPath) ?? emptySyncState(0);
+  } catch (err) {
+    throw new FailureError((err as Error).message, {
+      hints: ['remove the file and restore the database (`casa pull --force`) to start sync over from a snapshot'],
+    });
+  }
+}
+
+/** Refuses to sync when this machine's clock is far from the relay's: its edits would win or lose wrongly. */
+export function checkClock(env: SyncEnv): void {
+  const off = env.clockOffsetMs();
+  const max = env.maxSkewMs ?? MAX_SKEW_MS;
+  if (off !== null && Math.abs(off) > max) {
+    throw new FailureError(`this machine's clock is ${Math.round(Math.abs(off) / 1000)} s ${off > 0 ? 'behind' : 'ahead of'} the relay's`, {
+      code: 'clock_skew',
+      hints: ['set the clock right (enable NTP: `timedatectl set-ntp true`), then sync again'],
+    });
+  }
+}
+
+function integrity(err: unknown, what: string, server: string): unknown {
+  if (err instanceof BatchChainError) {
+    return new IntegrityError(`${what}: ${err.message}`, {
+      hints: [`the relay at ${server} dropped, reordered or replayed changesets; nothing was applied`],
+    });
+  }
+  if (err instanceof AuthenticationError || err instanceof ObjectFormatError) {
+    return new IntegrityError(`${what} failed its integrity check`, {
+      hints: [`the relay at ${server} served a damaged or altered changeset; nothing was applied`],
+    });
+  }
+  if (err instanceof WrongKeyError) {
+    return new IntegrityError(`${what} was sealed with another vault's key`, {
+      hints: [`the relay at ${server} served another vault's data; nothing was applied`],
+    });
+  }
+  if (err instanceof ClockSkewError) {
+    return new FailureError(`${what} carries a time ${Math.round(err.skewMs / 1000)} s ahead of this clock`, {
+      code: 'clock_skew',
+      hints: ["the other device's clock (or this one's) is wrong: fix it, then sync again; nothing was applied"],
+    });
+  }
+  return err;
+}
+
+/** Pulls and applies every changeset after the cursor; returns what it did. */
+export async function pullRound(env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<Omit<SyncRound, 'pushedBatches' | 'pushedChanges' | 'pendingLocal'>> {
+  const out = { pulledBatches: 0, pulledChanges: 0, applied: 0, conflicts: 0, pending: 0, cursor: 0, head: 0 };
+  let st = loadSyncState(env);
+  for (;;) {
+    if (env.signal.aborted) throw new CancelledError();
+    const page = await env.api.pull(st.cursor);
+    checkClock(env);
+    out.head = page.head;
+    if (page.head < st.cursor) {
+      throw new IntegrityError(`the relay's changeset head (${page.head}) is behind what this device applied (${st.cursor})`, {
+        code: 'rollback',
+        hints: [`the relay at ${env.server} rolled back or lost data; nothing was applied`],
+      });
+    }
+    if (st.cursor < page.prunedThrough) {
+      throw new ConflictError(`this device is behind the changesets the relay still keeps (it pruned up to ${page.prunedThrough}, this device is at ${st.cursor})`, {
+        hints: ['run `casa pull` to catch up from the newest snapshot (local changes are pushed first)'],
+      });
+    }
+    if (page.changesets.length === 0) break;
+
+    const chains = { ...st.chains };
+    const changes: Change[] = [];
+    let cursor = st.cursor;
+    for (const cs of page.changesets) {
+      if (cs.cursor <= cursor) {
+        throw new IntegrityError(`the relay served changeset ${cs.cursor} out of order`, { hints: [`the relay at ${env.server} may be tampering; nothing was applied`] });
+      }
+      const what = `changeset ${cs.deviceId}/${cs.seq}`;
+      try {
+        const last = chains[cs.deviceId] ?? null;
+        const opened = openBatch(env.keys, { deviceId: cs.deviceId, seq: cs.seq }, cs.bytes, null);
+        const verdict = checkChain(last, { deviceId: cs.deviceId, seq: cs.seq, prev: opened.header.prev, hash: opened.hash }, { startAnywhere: st.baseCursor > 0 });
+        cursor = cs.cursor;
+        if (verdict === 'duplicate') continue;
+        chains[cs.deviceId] = { seq: cs.seq, hash: opened.hash };
+        const decoded = decodeChanges(opened.body);
+        for (const c of decoded) changes.push(c);
+        out.pulledBatches++;
+      } catch (err) {
+        throw integrity(err, what, env.server);
+      }
+      if (changes.length >= APPLY_LIMIT) break;
+    }
+    out.pulledChanges += changes.length;
+    if (changes.length > 0) {
+      try {
+        const r = applyRemote(db, schema, changes, {
+          now: env.now() + (env.clockOffsetMs() ?? 0),
+          maxSkewMs: env.maxSkewMs ?? MAX_SKEW_MS,
+          localDeviceId: env.deviceId,
+        });
+        out.applied += r.applied;
+        out.conflicts += r.conflicts;
+        out.pending += r.pending;
+      } catch (err) {
+        throw integrity(err, `a changeset from ${changes.length} changes`, env.server);
+      }
+      for (const c of changes) {
+        const w = parseInt(c.hlc.slice(0, 12), 16);
+        const k = parseInt(c.hlc.slice(12, 16), 16);
+        if (w > st.hlc.wall || (w === st.hlc.wall && k > st.hlc.counter)) st.hlc = { wall: w, counter: k };
+      }
+    }
+    st = { ...st, cursor, chains, lastSyncAt: env.now(), clockOffsetMs: env.clockOffsetMs() };
+    writeSyncState(env.home, env.keys, env.dbPath, st);
+    env.trace?.(`pulled through ${cursor}`);
+    if (!page.more && cursor >= page.changesets[page.changesets.length - 1]!.cursor) break;
+  }
+  out.cursor = st.cursor;
+  return out;
+}
+
+/** Pushes the local change log (and a batch a killed run left in the outbox). */
+export async function pushRound(env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<{ pushedBatches: number; pushedChanges: number }> {
+  let st = loadSyncState(env);
+  let pushedBatches = 0;
+  let pushedChanges = 0;
+  const finalize = (o: { seq: number; hash: string; uptoSeq: number; hlc: SyncState['hlc'] }) => {
+    if (o.seq > st.pushed.seq) {
+      st = { ...st, pushed: { seq: o.seq, hash: o.hash }, hlc: o.hlc, lastSyncAt: env.now(), clockOffsetMs: env.clockOffsetMs() };
+      writeSyncState(env.home, env.keys, env.dbPath, st);
+    }
+    dropLocalChanges(db, o.uptoSeq);
+    clearOutbox(env.home, env.keys, env.dbPath);
+  };
+  const send = async (seq: number, bytes: Uint8Array) => {
+    try {
+      await env.api.push(seq, bytes);
+    } catch (err) {
+      if (err instanceof SeqConflictError) {
+        throw new FailureError(`the relay expects batch ${err.expectedSeq} from this device, not ${seq}`, {
+          hints: [
+            "this device's sync state is older than the relay's (CASA_HOME restored from a backup?), or the relay lost batches",
+            'pair this machine again (`casa pair --code` or `--join`) to sync as a new device',
+          ],
+        });
+      }
+      throw err;
+    }
+  };
+
+  const left = readOutbox(env.home, env.keys, env.dbPath);
+  if (left) {
+    if (left.seq > st.pushed.seq) {
+      await send(left.seq, left.bytes);
+      pushedBatches++;
+    }
+    finalize(left);
+  }
+  for (;;) {
+    if (env.signal.aborted) throw new CancelledError();
+    const taken = takeLocalChanges(db, { deviceId: env.deviceId, state: st.hlc, limit: PUSH_LIMIT });
+    if (taken.changes.length === 0) break;
+    checkClock(env);
+    const seq = st.pushed.seq + 1;
+    const sealed = sealBatch(
+      env.keys,
+      { deviceId: env.deviceId, seq, prev: st.pushed.hash, schema: schema.fingerprint, count: taken.changes.length, time: env.now() },
+      encodeChanges(taken.changes),
+      env.random,
+    );
+    const o = { seq, hash: sealed.hash, uptoSeq: taken.uptoSeq, hlc: taken.state, bytes: sealed.bytes };
+    writeOutbox(env.home, env.keys, env.dbPath, o);
+    await send(seq, sealed.bytes);
+    finalize(o);
+    pushedBatches++;
+    pushedChanges += taken.changes.length;
+    env.trace?.(`pushed batch ${seq} (${taken.changes.length} changes)`);
+  }
+  return { pushedBatches, pushedChanges };
+}
+
+/** A whole round: pull (and apply), then push. */
+export async function syncRound(env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<SyncRound> {
+  const pulled = await pullRound(env, db, schema);
+  const pushed = await pushRound(env, db, schema);
+  return { ...pulled, ...pushed, pendingLocal: pendingCount(db) };
+}

@@ -1,0 +1,259 @@
+/**
+ * Convergence (DESIGN §7 "Merge": the same changes in any order, any number
+ * of times, give identical tables on every device), as a fast-check property.
+ *
+ * 3 or 4 devices, each an in-memory copy of one baseline database (the
+ * bench's schema, capture installed), make random edits through plain SQL —
+ * inserts (keys drawn from a small pool, so two devices insert the same
+ * key), field updates, deletes, key changes, tag adds and removes — at random
+ * per-device wall clocks (skewed, jumping back). Pushed batches reach the
+ * other devices in random order, duplicated, delayed, or not at all while a
+ * link is partitioned; at the end the partitions heal and every device gets
+ * everything (again, in another order). Then every device must hold
+ * byte-identical synced tables and the same merge state: the same row
+ * markers, the same winning HLC for every field of a present row, and so the
+ * same winner for every field any device's audit decided.
+ *
+ * 200 cases by default, 10,000 under SLOW=1 (CASA_RUNS overrides); fast-check
+ * prints the seed and path of a failure: CASA_SEED=<seed> CASA_PATH=<path> replays it.
+ */
+import Database from 'better-sqlite3';
+import fc from 'fast-check';
+import { beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error -- plain JS module of the bench
+import { SCHEMA } from '../../bench/lib/make-db.mjs';
+import { decodeChanges, dropLocalChanges, encodeChanges, installCapture, takeLocalChanges, type Change } from '../../src/sync/capture.js';
+import { applyRemote, listConflicts } from '../../src/sync/merge.js';
+import { deriveSyncSchema, type SyncSchema } from '../../src/sync/rules.js';
+
+const RUNS = process.env.SLOW === '1' ? Number(process.env.CASA_RUNS ?? 10_000) : 200;
+const SEED = process.env.CASA_SEED === undefined ? undefined : Number(process.env.CASA_SEED);
+const PATH = process.env.CASA_PATH;
+const T0 = 1_795_000_000_000;
+const SKEW = 10 * 60_000;
+const SYNCED = ['accounts', 'transactions', 'transaction_tags'];
+const IDS = ['00000000000000a1', '00000000000000b2', '00000000000000c3', '00000000000000d4'];
+
+let BASE: Buffer;
+let SCHEMA_OF: SyncSchema;
+
+beforeAll(() => {
+  const db = new Database(':memory:');
+  db.exec(SCHEMA);
+  db.exec(`
+    INSERT INTO accounts VALUES ('a1', 'Giro', 'checking', 'EUR', 0, NULL, 0, 'c', 'u');
+    INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at)
+      VALUES ('t1', 'a1', '2026-01-02', -1250, 'REWE', 'c', 'u');
+    INSERT INTO transaction_tags VALUES ('t1', 'x');`);
+  // Only the subset syncs; the other bench tables stay local.
+  SCHEMA_OF = deriveSyncSchema(db, { tables: { categories: 'snapshot-only', payees: 'snapshot-only', rules: 'snapshot-only' } });
+  installCapture(db, SCHEMA_OF);
+  BASE = db.serialize();
+  db.close();
+});
+
+// ---------------------------------------------------------------- the model
+
+const dev = fc.nat(3);
+const txKey = fc.constantFrom('t1', 't2', 't3');
+const accKey = fc.constantFrom('a1', 'a2');
+const tag = fc.constantFrom('x', 'y');
+const memo = fc.constantFrom<unknown>('a', 'b', 'ü', null, 1.5, Buffer.from([0, 255]));
+const amount = fc.constantFrom<unknown>(0n, -5n, 2n ** 62n, 9223372036854775807n, 1.5);
+
+const edit = fc.oneof(
+  fc.record({ k: fc.constant('insTx' as const), d: dev, key: txKey, acc: accKey, amount, memo }),
+  fc.record({ k: fc.constant('insAcc' as const), d: dev, key: accKey, name: fc.constantFrom('A', 'B') }),
+  { arbitrary: fc.record({ k: fc.constant('updTx' as const), d: dev, key: txKey, col: fc.constantFrom('memo', 'amount', 'cleared'), v: fc.oneof(memo, amount) }), weight: 3 },
+  fc.record({ k: fc.constant('updAcc' as const), d: dev, key: accKey, name: fc.constantFrom('C', 'D') }),
+  fc.record({ k: fc.constant('delTx' as const), d: dev, key: txKey }),
+  fc.record({ k: fc.constant('delAcc' as const), d: dev, key: accKey }),
+  fc.record({ k: fc.constant('rekey' as const), d: dev, from: txKey, to: txKey }),
+  { arbitrary: fc.record({ k: fc.constant('tagAdd' as const), d: dev, key: txKey, tag }), weight: 2 },
+  { arbitrary: fc.record({ k: fc.constant('tagDel' as const), d: dev, key: txKey, tag }), weight: 2 },
+);
+const net = fc.oneof(
+  { arbitrary: fc.record({ k: fc.constant('push' as const), d: dev }), weight: 3 },
+  { arbitrary: fc.record({ k: fc.constant('sync' as const), d: dev }), weight: 2 },
+  { arbitrary: fc.record({ k: fc.constant('deliver' as const), from: dev, to: dev, pick: fc.nat(), all: fc.boolean() }), weight: 4 },
+  fc.record({ k: fc.constant('partition' as const), a: dev, b: dev }),
+  fc.record({ k: fc.constant('heal' as const) }),
+);
+const step = fc.record({ dt: fc.nat(3000), jitter: fc.integer({ min: -2000, max: 2000 }), op: fc.oneof({ arbitrary: edit, weight: 3 }, { arbitrary: net, weight: 2 }) });
+const scenario = fc.record({
+  n: fc.integer({ min: 3, max: 4 }),
+  offsets: fc.array(fc.integer({ min: -90_000, max: 90_000 }), { minLength: 4, maxLength: 4 }),
+  steps: fc.array(step, { minLength: 4, maxLength: 20 }).filter((s) => s.filter((x) => !['push', 'sync', 'deliver', 'partition', 'heal'].includes(x.op.k)).length <= 12),
+  finalOrder: fc.array(fc.nat(), { minLength: 8, maxLength: 8 }),
+});
+
+type Scenario = typeof scenario extends fc.Arbitrary<infer S> ? S : never;
+
+interface Node {
+  db: Database.Database;
+  id: string;
+  outbox: Change[][];
+  state: { wall: number; counter: number };
+}
+
+/** An app write at wall time `wall`; a write SQLite refuses (constraint) simply does not happen. */
+function write(n: Node, wall: number, sql: string, ...params: unknown[]): void {
+  const before = n.db.prepare('SELECT ifnull(max(seq), 0) FROM casa_changes').pluck().get() as number;
+  try {
+    n.db.prepare(sql).run(...params);
+  } catch (err) {
+    if (!/constraint/i.test((err as Error).message)) throw err;
+  }
+  n.db.prepare('UPDATE casa_changes SET wall = ? WHERE hlc IS NULL AND seq > ?').run(wall, before);
+}
+
+function push(n: Node): void {
+  const t = takeLocalChanges(n.db, { deviceId: n.id, state: n.state, limit: 1000 });
+  if (t.changes.length === 0) return;
+  dropLocalChanges(n.db, t.uptoSeq);
+  n.state = t.state;
+  n.outbox.push(decodeChanges(encodeChanges(t.changes)));
+}
+
+function pull(n: Node, batch: Change[], now: number): void {
+  applyRemote(n.db, SCHEMA_OF, batch, { now, localDeviceId: n.id, maxSkewMs: SKEW });
+}
+
+function dump(db: Database.Database): string {
+  return SYNCED.map((name) => {
+    const t = SCHEMA_OF.tables.find((x) => x.name === name)!;
+    const cols = [...t.pk, ...t.columns].map((c) => `quote("${c}")`).join(" || ',' || ");
+    return `${name}: ${db.prepare(`SELECT ${cols} FROM "${name}" ORDER BY ${t.pk.map((c) => `"${c}"`).join(', ')}`).pluck().all().join(' / ')}`;
+  }).join('\n');
+}
+
+/** The merge state that must agree: markers of every key; winning HLCs of present rows' fields, held values of absent ones. */
+function mergeState(db: Database.Database): Map<string, string> {
+  const rows = db.prepare('SELECT tbl, pk, col, hlc, quote(val) AS v FROM casa_clock ORDER BY tbl, pk, col').all() as {
+    tbl: string;
+    pk: string;
+    col: string;
+    hlc: string;
+    v: string;
+  }[];
+  const byRow = new Map<string, typeof rows>();
+  for (const r of rows) {
+    const k = `${r.tbl} ${r.pk}`;
+    byRow.set(k, [...(byRow.get(k) ?? []), r]);
+  }
+  const out = new Map<string, string>();
+  for (const [k, rs] of byRow) {
+    const ins = rs.find((r) => r.col === '+')?.hlc ?? '';
+    const del = rs.find((r) => r.col === '-')?.hlc ?? '';
+    out.set(`${k} +`, ins);
+    out.set(`${k} -`, del);
+    const present = ins === '' && del === '' ? null : ins > del;
+    for (const r of rs) {
+      if (r.col === '+' || r.col === '-') continue;
+      if (present === false) {
+        if (r.hlc > del) out.set(`${k} ${r.col}`, `${r.hlc} ${r.v}`);
+      } else out.set(`${k} ${r.col}`, r.hlc);
+    }
+  }
+  return out;
+}
+
+function run(s: Scenario): void {
+  const nodes: Node[] = IDS.slice(0, s.n).map((id) => {
+    const db = new Database(BASE);
+    db.pragma('foreign_keys = ON');
+    return { db, id, outbox: [], state: { wall: 0, counter: 0 } };
+  });
+  const blocked = new Set<string>();
+  let t = T0;
+  const clock = (d: number, jitter: number) => Math.max(0, t + s.offsets[d]! + jitter);
+  try {
+    for (const { dt, jitter, op } of s.steps) {
+      t += dt;
+      if (op.k === 'push') push(nodes[op.d % s.n]!);
+      else if (op.k === 'sync') {
+        // What `casa sync` does: pull everything reachable, then push.
+        const d = op.d % s.n;
+        nodes.forEach((from, i) => {
+          if (i !== d && !blocked.has(`${i}>${d}`)) for (const b of from.outbox) pull(nodes[d]!, b, clock(d, jitter));
+        });
+        push(nodes[d]!);
+      }
+      else if (op.k === 'deliver') {
+        const from = nodes[op.from % s.n]!;
+        const to = op.to % s.n;
+        if (from === nodes[to] || from.outbox.length === 0 || blocked.has(`${op.from % s.n}>${to}`)) continue;
+        const batches = op.all ? from.outbox : [from.outbox[op.pick % from.outbox.length]!];
+        for (const b of batches) pull(nodes[to]!, b, clock(to, jitter));
+      } else if (op.k === 'partition') {
+        blocked.add(`${op.a % s.n}>${op.b % s.n}`);
+        blocked.add(`${op.b % s.n}>${op.a % s.n}`);
+      } else if (op.k === 'heal') blocked.clear();
+      else {
+        const d = op.d % s.n;
+        const n = nodes[d]!;
+        const w = clock(d, jitter);
+        if (op.k === 'insTx') {
+          write(n, w, "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) VALUES (?, ?, '2026', ?, ?, 'c', 'u')", op.key, op.acc, op.amount, op.memo);
+        } else if (op.k === 'insAcc') write(n, w, "INSERT INTO accounts VALUES (?, ?, 'cash', 'EUR', 0, NULL, 0, 'c', 'u')", op.key, op.name);
+        else if (op.k === 'updTx') write(n, w, `UPDATE transactions SET ${op.col} = ? WHERE id = ?`, op.v, op.key);
+        else if (op.k === 'updAcc') write(n, w, 'UPDATE accounts SET name = ? WHERE id = ?', op.name, op.key);
+        else if (op.k === 'delTx') write(n, w, 'DELETE FROM transactions WHERE id = ?', op.key);
+        else if (op.k === 'delAcc') write(n, w, 'DELETE FROM accounts WHERE id = ?', op.key);
+        else if (op.k === 'rekey') write(n, w, 'UPDATE transactions SET id = ? WHERE id = ?', op.to, op.from);
+        else if (op.k === 'tagAdd') write(n, w, 'INSERT OR IGNORE INTO transaction_tags VALUES (?, ?)', op.key, op.tag);
+        else if (op.k === 'tagDel') write(n, w, 'DELETE FROM transaction_tags WHERE transaction_id = ? AND tag = ?', op.key, op.tag);
+      }
+    }
+    // Heal: each device in turn pulls what is out there (in a rotated order) and then pushes
+    // what it has left, as `casa sync` does; then every device gets every batch again, reversed.
+    t += 1000;
+    const others = (d: number) => nodes.flatMap((n, i) => (i === d ? [] : n.outbox));
+    nodes.forEach((n, d) => {
+      const theirs = others(d);
+      const k = s.finalOrder[d]! % (theirs.length + 1);
+      for (const b of [...theirs.slice(k), ...theirs.slice(0, k)]) pull(n, b, clock(d, 0));
+      push(n);
+    });
+    nodes.forEach((n, d) => {
+      for (const b of others(d).reverse()) pull(n, b, clock(d, 0));
+    });
+    for (const n of nodes) expect(takeLocalChanges(n.db, { deviceId: n.id, state: n.state, limit: 10 }).changes).toEqual([]);
+
+    const tables = nodes.map((n) => dump(n.db));
+    for (const d of tables.slice(1)) expect(d).toBe(tables[0]);
+    const states = nodes.map((n) => mergeState(n.db));
+    for (const st of states.slice(1)) expect(Object.fromEntries(st)).toEqual(Object.fromEntries(states[0]!));
+    // Every field any audit decided has the same winner everywhere.
+    for (const n of nodes) {
+      for (const c of listConflicts(n.db, { limit: 10_000 })) {
+        const key = `${c.tbl} ${c.pk} ${c.col ?? '+'}`;
+        const winners = states.map((st) => st.get(key));
+        expect(new Set(winners).size, key).toBe(1);
+      }
+    }
+  } finally {
+    for (const n of nodes) n.db.close();
+  }
+}
+
+describe('convergence', () => {
+  it(`3-4 devices, random edits, clocks and delivery: identical tables and decisions (${RUNS} runs)`, () => {
+    fc.assert(
+      fc.property(scenario, (s) => run(s)),
+      { numRuns: RUNS, seed: SEED, path: PATH, endOnFailure: true },
+    );
+  }, 600_000);
+
+  it('a concurrent edit, delete and re-insert of one row, in every delivery order', () => {
+    // The delete-vs-update-vs-reinsert corner, exhaustively: all 6 orders on a fourth device.
+    const steps = [
+      { dt: 10, jitter: 0, op: { k: 'delTx' as const, d: 0, key: 't1' as const } },
+      { dt: 10, jitter: 0, op: { k: 'push' as const, d: 0 } },
+      { dt: 10, jitter: 0, op: { k: 'deliver' as const, from: 0, to: 2, pick: 0, all: true } },
+      { dt: 10, jitter: 0, op: { k: 'insTx' as const, d: 2, key: 't1' as const, acc: 'a1' as const, amount: 7n, memo: 'back' } },
+      { dt: 10, jitter: 0, op: { k: 'updTx' as const, d: 1, key: 't1' as const, col: 'memo' as const, v: 'edit' } },
+    ];
+    for (let k = 0; k < 8; k++) run({ n: 4, offsets: [0, 500, -500, 0], steps, finalOrder: [k, k + 1, k + 2, k + 3, 0, 0, 0, 0] });
+  });
+});
