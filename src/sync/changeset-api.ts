@@ -11,7 +11,7 @@ import { b64uDecode } from '../crypto/bytes.js';
 import { ConflictError, IntegrityError } from '../errors.js';
 import { CHANGESET_MAX_BYTES } from '../protocol/messages.js';
 import { sha256Hex } from './changeset.js';
-import { mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
+import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
 
 /** The most batches one pull returns (the relay's cap on `limit`). */
 export const PULL_MAX_LIMIT = 500;
@@ -76,9 +76,7 @@ export class ChangesetApi {
   }
 
   private malformed(what: string): IntegrityError {
-    return new IntegrityError(`the relay at ${this.server} sent a malformed ${what}`, {
-      hints: ['the relay may be damaged or tampered with; nothing was changed here'],
-    });
+    return malformedAnswer(this.server, what);
   }
 
   /**

@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { AuthError, CancelledError, FailureError, UnreachableError } from '../errors.js';
+import { AuthError, CancelledError, FailureError, IntegrityError, UnreachableError } from '../errors.js';
 import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../protocol/messages.js';
 import { b64uEncode } from '../crypto/bytes.js';
 import { signPurpose } from '../crypto/sign.js';
@@ -358,4 +358,11 @@ export class DeviceSession {
     const res = await this.client.send('GET', `${this.base}${path}`, { token, timeoutMs: 120_000 });
     return res.body;
   }
+}
+
+/** A relay answer that does not have the shape the protocol says: treated as tampering (exit 6). */
+export function malformedAnswer(server: string, what: string): IntegrityError {
+  return new IntegrityError(`the relay at ${server} sent a malformed ${what}`, {
+    hints: ['the relay may be damaged or tampered with; nothing was changed here'],
+  });
 }

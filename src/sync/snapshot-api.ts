@@ -6,7 +6,7 @@
  */
 import { IntegrityError } from '../errors.js';
 import type { SnapshotView } from '../protocol/messages.js';
-import { mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
+import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
 
 /** A snapshot as the relay lists it (shape-checked on arrival). */
 export type SnapshotInfo = SnapshotView;
@@ -40,9 +40,7 @@ export class SnapshotApi {
   }
 
   private malformed(what: string): IntegrityError {
-    return new IntegrityError(`the relay at ${this.server} sent a malformed ${what}`, {
-      hints: ['the relay may be damaged or tampered with; nothing was changed here'],
-    });
+    return malformedAnswer(this.server, what);
   }
 
   async putPack(id: string, object: Uint8Array): Promise<void> {

@@ -10,10 +10,10 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { baseEnv, CASA, useRelay, type RunResult } from '../helpers/cli.js';
+import { baseEnv, CASA, storageText, useRelay, type RunResult } from '../helpers/cli.js';
 import { KEY, Pty } from '../helpers/pty.js';
 import { cpaceShare } from '../../src/crypto/pake.js';
 import { PAIR_CI } from '../../src/crypto/pairing.js';
@@ -67,19 +67,6 @@ async function pairedPair(name: string): Promise<{ a: Machine; phrase: string; v
   return { a, phrase: readFileSync(phraseFile, 'utf8').trim(), vaultId: JSON.parse(r.stdout).vault_id };
 }
 
-/** Every file under `dir`, as latin1 text (binary-safe for substring search). */
-function storageText(dir: string): string {
-  let all = '';
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile() && statSync(p).size < 64 * 1024 * 1024) all += readFileSync(p).toString('latin1');
-    }
-  };
-  walk(dir);
-  return all;
-}
 
 const wordsOf = (code: string) => code.split('-').slice(1);
 

@@ -8,12 +8,12 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeDb } from '../../bench/lib/make-db.mjs';
-import { baseEnv, CASA, useRelay, type RunResult } from '../helpers/cli.js';
+import { baseEnv, CASA, storageText, useRelay, type RunResult } from '../helpers/cli.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
@@ -51,18 +51,6 @@ function dump(m: Machine): string {
   return tables.map((t) => JSON.stringify(sql(m, `SELECT * FROM ${t} ORDER BY 1, 2`))).join('\n');
 }
 
-function storageText(dir: string): string {
-  let all = '';
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile() && statSync(p).size < 64 * 1024 * 1024) all += readFileSync(p).toString('latin1');
-    }
-  };
-  walk(dir);
-  return all;
-}
 
 /** Vault on A with a realistic database, sync set up, a snapshot; B (and C) restored from it. */
 async function vault(name: string, others = 1): Promise<{ a: Machine; devs: Machine[]; phrase: string }> {

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,3 +118,18 @@ export function useRelay(opts: Parameters<typeof import('./relay.js').startTestR
     },
   };
 }
+
+/** Every file under `dir` as latin1 text (binary-safe), to search a relay's storage for what must not be there. */
+export function storageText(dir: string): string {
+  let all = '';
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile() && statSync(p).size < 64 * 1024 * 1024) all += readFileSync(p).toString('latin1');
+    }
+  };
+  walk(dir);
+  return all;
+}
+
