@@ -1,6 +1,7 @@
 /**
  * Change capture (DESIGN §7 "Capture", docs/MERGE.md §3-§5): plain-SQL
- * triggers on the synced tables log every changed field into `casa_changes`,
+ * triggers on the synced tables log every row write (an insert's row, an
+ * update's changed fields, a delete's key) as one row of `casa_changes`,
  * whatever program writes (the Casaconomy app, the sqlite3 shell) and whether
  * casa runs or not: no application-defined functions. Each log row keeps the
  * write's wall time from SQLite's own clock and the device's HLC floor at
@@ -9,10 +10,12 @@
  *
  * casa's tables, all `casa_*` and never synced themselves:
  * - casa_changes: the local change log (seq order = local write order);
+ * - casa_layout: which columns a log row's values v0, v1, ... are;
  * - casa_meta: key/value: 'applying' (1 only inside casa's apply
  *   transaction: the triggers stay quiet, so applied changes do not echo),
  *   'hlc_floor' (highest HLC received), 'hlc_issued' (highest HLC stamped
- *   here), 'fingerprint' and 'capture' (what the triggers were made from);
+ *   here), 'log_taken' (highest HLC a taken batch covered: dropLocalChanges),
+ *   'fingerprint' and 'capture' (what the triggers were made from);
  * - casa_clock: the winning HLC of each field and the row markers (merge.ts);
  * - casa_pending: received changes for columns or tables this database does
  *   not have yet (merge.ts);
@@ -45,13 +48,22 @@ export interface Change {
   hlc: string;
 }
 
+/**
+ * One row of the change log: one row write (capture version 1 logged an
+ * update as one row per changed field, `col` naming it; such rows are still read).
+ */
 export interface LogRow {
   seq: number;
   tbl: string;
+  /** The key as canonical pk text (a version-1 row: as its trigger wrote it, until stamped). */
   pk: string;
+  /** A version-1 update's column; null otherwise. */
   col: string | null;
   op: string;
+  /** A version-1 update's value, or a version-1 insert's row as JSON; null otherwise. */
   val: SqlValue;
+  /** The fields the write logged, in column order: an lww insert's every column, an update's changed ones; null for a delete or a set element. */
+  fields: [string, SqlValue][] | null;
   wall: number;
   floor: string | null;
   /** Set once stamped (takeLocalChanges, or applyRemote before it merges). */
@@ -71,10 +83,21 @@ export const DELETE_MARKER = '-';
 
 // ---------------------------------------------------------------- the tables
 
+/**
+ * The change log, one row per row write (docs/MERGE.md §3). `seq` is a plain
+ * rowid (AUTOINCREMENT would cost every logged write a read and a write of
+ * sqlite_sequence): once every row is dropped a seq can come again, which
+ * dropLocalChanges makes harmless. A row's values are stored as they are, in
+ * columns v0, v1, ... (added as the widest synced table needs), in the order
+ * of its `layout` (casa_layout): the key columns, then the other columns.
+ */
+const logTable = (name: string) => `CREATE TABLE IF NOT EXISTS ${name} (
+  seq INTEGER PRIMARY KEY, tbl TEXT, pk TEXT, col TEXT, op TEXT, val, wall INTEGER, floor TEXT, hlc TEXT, layout INTEGER);`;
+
 const CASA_TABLES = `
 CREATE TABLE IF NOT EXISTS casa_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS casa_changes (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT, pk TEXT, col TEXT, op TEXT, val, wall INTEGER, floor TEXT, hlc TEXT);
+${logTable('casa_changes')}
+CREATE TABLE IF NOT EXISTS casa_layout (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL, cols TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS casa_clock (
   tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT NOT NULL, hlc TEXT NOT NULL, val,
   PRIMARY KEY (tbl, pk, col)) WITHOUT ROWID;
@@ -89,7 +112,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS casa_conflicts_decision
 `;
 
 /** Bump when the generated trigger SQL changes meaning: installCapture then regenerates them. */
-const CAPTURE_VERSION = 1;
+const CAPTURE_VERSION = 2;
 
 type Db = import('better-sqlite3').Database;
 
@@ -99,19 +122,21 @@ const WALL = "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
 const FLOOR = "(SELECT value FROM casa_meta WHERE key = 'hlc_floor')";
 const QUIET = "(SELECT value FROM casa_meta WHERE key = 'applying') IS NOT 1";
 
-/**
- * One value as JSON that json_array/json_object cannot fail on and that loses
- * nothing: blobs as {"x":hex}, reals as {"r":quote()} (exact decimal), text
- * copied (`|| ''`) so a JSON subtype does not turn it into JSON structure.
- */
-function jsonValue(v: string): string {
-  return `CASE typeof(${v}) WHEN 'text' THEN ${v} || '' WHEN 'blob' THEN json_object('x', hex(${v})) WHEN 'real' THEN json_object('r', quote(${v})) ELSE ${v} END`;
+/** Which table, key columns and columns the v0, v1, ... of a log row hold: its key columns, then its columns. */
+interface Layout {
+  tbl: string;
+  pk: string[];
+  cols: string[];
 }
 
-/** The key as a JSON array of the pk columns. */
-function pkSql(t: SyncTable, row: 'NEW' | 'OLD'): string {
-  return `json_array(${t.pk.map((c) => jsonValue(`${row}.${quoteId(c)}`)).join(', ')})`;
+/** A table's layout id: a hash of the layout, so that the trigger SQL is a function of the schema alone. */
+export function layoutId(t: SyncTable): number {
+  const h = createHash('sha256').update(JSON.stringify([t.name, t.pk, t.columns])).digest('hex');
+  return parseInt(h.slice(0, 12), 16);
 }
+
+/** How many bits of a change mask one integer holds (an update of a wider table has several, as text "m0,m1,..."). */
+const MASK_BITS = 62;
 
 /**
  * True when OLD.c and NEW.c differ in value, or only in case under a
@@ -120,47 +145,56 @@ function pkSql(t: SyncTable, row: 'NEW' | 'OLD'): string {
  */
 const differs = (c: string): string => `OLD.${quoteId(c)} IS NOT NEW.${quoteId(c)} COLLATE BINARY`;
 
-const INTO = 'INSERT INTO casa_changes (tbl, pk, col, op, val, wall, floor)';
-
-/** 'u' rows: one per column whose value changed. */
-function logUpdates(t: SyncTable, where: string): string {
-  const arms = t.columns.map((c, i) =>
-    i === 0
-      ? `SELECT ${quoteStr(c)} AS c, NEW.${quoteId(c)} AS v, ${differs(c)} AS ch`
-      : `SELECT ${quoteStr(c)}, NEW.${quoteId(c)}, ${differs(c)}`,
+/** One log row: the values are stored as they are (no JSON, nothing to encode), in the table's layout. */
+function logInsert(t: SyncTable, op: 'i' | 'u' | 'd', val: string, values: string[]): string {
+  const vs = values.map((_, i) => `v${i}`).join(', ');
+  return (
+    `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs}) ` +
+    `VALUES (${quoteStr(t.name)}, '${op}', ${val}, ${WALL}, ${FLOOR}, ${layoutId(t)}, ${values.join(', ')});`
   );
-  return `${INTO} SELECT ${quoteStr(t.name)}, ${pkSql(t, 'NEW')}, c, 'u', v, ${WALL}, ${FLOOR} FROM (${arms.join(' UNION ALL ')}) WHERE ch AND ${where};`;
 }
 
-/** One row for a whole-row event: 'd', a set's 'i', or an 'i' carrying the new row as a JSON object. */
-function logRow(t: SyncTable, row: 'NEW' | 'OLD', op: 'i' | 'd', where: string | null): string {
-  const val =
-    op === 'i' && t.kind === 'lww'
-      ? `json_object(${t.columns.map((c) => `${quoteStr(c)}, ${jsonValue(`NEW.${quoteId(c)}`)}`).join(', ')})`
-      : 'NULL';
-  return (
-    `${INTO} SELECT ${quoteStr(t.name)}, ${pkSql(t, row)}, NULL, '${op}', ${val}, ${WALL}, ${FLOOR}` +
-    (where === null ? '' : ` WHERE ${where}`) +
-    ';'
-  );
+const keyOf = (t: SyncTable, row: 'NEW' | 'OLD'): string[] => t.pk.map((c) => `${row}.${quoteId(c)}`);
+
+/** A whole-row event: 'd' (the key), or 'i' (the key and, lww, every column). */
+function logRow(t: SyncTable, row: 'NEW' | 'OLD', op: 'i' | 'd'): string {
+  return logInsert(t, op, 'NULL', op === 'i' ? [...keyOf(t, row), ...t.columns.map((c) => `NEW.${quoteId(c)}`)] : keyOf(t, row));
+}
+
+/**
+ * An update: the key, the new value of each changed column (NULL in the
+ * others), and `val` = the change mask: bit i set when column i changed
+ * (an integer; for more than MASK_BITS columns the integers as text "m0,m1,...").
+ */
+function logUpdate(t: SyncTable): string {
+  const masks: string[] = [];
+  for (let at = 0; at < t.columns.length; at += MASK_BITS) {
+    const bits = t.columns.slice(at, at + MASK_BITS).map((c, i) => `((${differs(c)}) << ${i})`);
+    masks.push(`(${bits.join(' | ')})`);
+  }
+  const mask = masks.join(" || ',' || ");
+  return logInsert(t, 'u', mask, [...keyOf(t, 'NEW'), ...t.columns.map((c) => `CASE WHEN ${differs(c)} THEN NEW.${quoteId(c)} END`)]);
 }
 
 /** The capture triggers of one table: name → CREATE TRIGGER statement (docs/MERGE.md §3). */
 export function triggerSql(t: SyncTable): Map<string, string> {
   const out = new Map<string, string>();
-  const head = (kind: string, event: string) =>
-    `CREATE TRIGGER ${quoteId(`casa_${kind}_${t.name}`)} AFTER ${event} ON ${quoteId(t.name)} WHEN ${QUIET} BEGIN `;
+  const head = (kind: string, event: string, when = QUIET) =>
+    `CREATE TRIGGER ${quoteId(`casa_${kind}_${t.name}`)} AFTER ${event} ON ${quoteId(t.name)} WHEN ${when} BEGIN `;
   const keyChanged = `(${t.pk.map(differs).join(' OR ')})`;
-  out.set(`casa_i_${t.name}`, `${head('i', 'INSERT')}${logRow(t, 'NEW', 'i', null)} END`);
+  out.set(`casa_i_${t.name}`, `${head('i', 'INSERT')}${logRow(t, 'NEW', 'i')} END`);
+  // Only an update that changes a column logs a row.
+  if (t.kind === 'lww') {
+    out.set(`casa_u_${t.name}`, `${head('u', 'UPDATE', `${QUIET} AND NOT ${keyChanged} AND (${t.columns.map(differs).join(' OR ')})`)}${logUpdate(t)} END`);
+  }
   // A key change is a delete of the old key and an insert of the new one; a
   // trigger of its own (UPDATE OF the key) so that ordinary updates pay nothing for it.
-  if (t.kind === 'lww') out.set(`casa_u_${t.name}`, `${head('u', 'UPDATE')}${logUpdates(t, `NOT ${keyChanged}`)} END`);
   out.set(
     `casa_k_${t.name}`,
     `CREATE TRIGGER ${quoteId(`casa_k_${t.name}`)} AFTER UPDATE OF ${t.pk.map(quoteId).join(', ')} ON ${quoteId(t.name)} ` +
-      `WHEN ${keyChanged} AND ${QUIET} BEGIN ${logRow(t, 'OLD', 'd', null)} ${logRow(t, 'NEW', 'i', null)} END`,
+      `WHEN ${keyChanged} AND ${QUIET} BEGIN ${logRow(t, 'OLD', 'd')} ${logRow(t, 'NEW', 'i')} END`,
   );
-  out.set(`casa_d_${t.name}`, `${head('d', 'DELETE')}${logRow(t, 'OLD', 'd', null)} END`);
+  out.set(`casa_d_${t.name}`, `${head('d', 'DELETE')}${logRow(t, 'OLD', 'd')} END`);
   return out;
 }
 
@@ -180,6 +214,26 @@ export function hasCapture(db: Db): boolean {
   return n.n === 2;
 }
 
+const LOG_COLUMNS = 'seq, tbl, pk, col, op, val, wall, floor, hlc';
+
+/**
+ * Brings casa_changes to this version: a log from capture version 1
+ * (AUTOINCREMENT, values as JSON, no layout) is copied into a new one, and
+ * value columns are added until there are `width`.
+ */
+function upgradeLog(db: Db, width: number): void {
+  const names = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('casa_changes') as string[];
+  if (!names.includes('layout')) {
+    db.exec(`${logTable('casa_changes_new')}
+      INSERT INTO casa_changes_new (${LOG_COLUMNS}) SELECT ${LOG_COLUMNS} FROM casa_changes;
+      DROP TABLE casa_changes;
+      ALTER TABLE casa_changes_new RENAME TO casa_changes;`);
+    names.length = 0;
+  }
+  const have = new Set(names);
+  for (let i = 0; i < width; i++) if (!have.has(`v${i}`)) db.exec(`ALTER TABLE casa_changes ADD COLUMN v${i}`);
+}
+
 /**
  * Creates casa's tables and the capture triggers of every synced table.
  * Idempotent; when the schema (or casa's trigger SQL) changed since the last
@@ -192,6 +246,7 @@ export function installCapture(db: Db, schema: SyncSchema): void {
     .update(JSON.stringify([CAPTURE_VERSION, [...triggers.entries()]]))
     .digest('hex')
     .slice(0, 32);
+  const width = Math.max(1, ...schema.tables.map((t) => t.pk.length + t.columns.length));
   db.transaction(() => {
     db.exec(CASA_TABLES);
     const ins = db.prepare('INSERT OR IGNORE INTO casa_meta (key, value) VALUES (?, ?)');
@@ -200,6 +255,8 @@ export function installCapture(db: Db, schema: SyncSchema): void {
     ins.run('hlc_issued', ZERO_HLC);
     ins.run('fingerprint', '');
     ins.run('capture', '');
+    // Every row stamped before this key existed counts as taken (dropLocalChanges).
+    db.prepare("INSERT OR IGNORE INTO casa_meta (key, value) SELECT 'log_taken', value FROM casa_meta WHERE key = 'hlc_issued'").run();
     const existing = (
       db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'casa\\_%' ESCAPE '\\'").all() as { name: string }[]
     ).map((r) => r.name);
@@ -207,6 +264,22 @@ export function installCapture(db: Db, schema: SyncSchema): void {
       meta(db, 'capture') === digest && existing.length === triggers.size && existing.every((n) => triggers.has(n));
     if (same) return;
     for (const name of existing) db.exec(`DROP TRIGGER IF EXISTS ${quoteId(name)}`);
+    upgradeLog(db, width);
+    // The layouts the log refers to: the new ones, and the old ones while log rows use them.
+    const put = db.prepare('INSERT INTO casa_layout (id, tbl, pk, cols) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING');
+    const check = db.prepare('SELECT tbl, pk, cols FROM casa_layout WHERE id = ?');
+    const ids: number[] = [];
+    for (const t of schema.tables) {
+      const id = layoutId(t);
+      const row = [t.name, JSON.stringify(t.pk), JSON.stringify(t.columns)];
+      put.run(id, ...row);
+      const got = check.get(id) as { tbl: string; pk: string; cols: string };
+      if (got.tbl !== row[0] || got.pk !== row[1] || got.cols !== row[2]) throw new IntegrityError(`casa_layout ${id} names another layout`);
+      ids.push(id);
+    }
+    db.prepare(
+      `DELETE FROM casa_layout WHERE id NOT IN (${ids.map(() => '?').join(', ') || 'NULL'}) AND NOT EXISTS (SELECT 1 FROM casa_changes WHERE layout = casa_layout.id)`,
+    ).run(...ids);
     for (const sql of triggers.values()) db.exec(sql);
     setMeta(db, 'capture', digest);
     setMeta(db, 'fingerprint', schema.fingerprint);
@@ -665,25 +738,70 @@ function safeRows<T>(db: Db, sql: string, ...args: unknown[]): T[] {
 
 const toBytes = (v: SqlValue): SqlValue => (v instanceof Uint8Array && !(v.constructor === Uint8Array) ? new Uint8Array(v) : v);
 
-function toLogRow(r: Record<string, unknown>): LogRow {
-  return {
+/** The layouts log rows refer to (casa_layout), by id. */
+function loadLayouts(db: Db): Map<number, Layout> {
+  const out = new Map<number, Layout>();
+  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'casa_layout'").get();
+  if (!has) return out;
+  for (const r of db.prepare('SELECT id, tbl, pk, cols FROM casa_layout').all() as { id: number; tbl: string; pk: string; cols: string }[]) {
+    out.set(r.id, { tbl: r.tbl, pk: JSON.parse(r.pk) as string[], cols: JSON.parse(r.cols) as string[] });
+  }
+  return out;
+}
+
+/** Which columns an update's mask (an integer, or integers as text "m0,m1,...") marks as changed. */
+function maskBits(mask: unknown, n: number): boolean[] {
+  const parts = typeof mask === 'bigint' || typeof mask === 'number' ? [BigInt(mask)] : typeof mask === 'string' ? mask.split(',').map((m) => BigInt(m)) : null;
+  if (parts === null || parts.length !== Math.max(1, Math.ceil(n / MASK_BITS))) throw new IntegrityError('casa_changes: a bad update mask');
+  return Array.from({ length: n }, (_, i) => ((parts[Math.floor(i / MASK_BITS)]! >> BigInt(i % MASK_BITS)) & 1n) === 1n);
+}
+
+function toLogRow(r: Record<string, unknown>, layouts: Map<number, Layout>): LogRow {
+  const row: LogRow = {
     seq: Number(r.seq),
     tbl: r.tbl as string,
     pk: r.pk as string,
     col: (r.col as string | null) ?? null,
     op: r.op as string,
     val: toBytes(r.val as SqlValue),
+    fields: null,
     wall: Number.isFinite(Number(r.wall)) ? Math.trunc(Number(r.wall)) : 0,
     floor: (r.floor as string | null) ?? null,
     hlc: (r.hlc as string | null) ?? null,
   };
+  if (r.layout === null || r.layout === undefined) {
+    // Capture version 1: an update field by field, an insert as a JSON object.
+    if (row.col !== null) row.fields = [[row.col, row.val]];
+    else if (row.op === 'i' && typeof row.val === 'string') row.fields = parseObject(row.val);
+    return row;
+  }
+  const layout = layouts.get(Number(r.layout));
+  if (layout === undefined || layout.tbl !== row.tbl) throw new IntegrityError(`casa_changes row ${row.seq}: unknown layout ${String(r.layout)}`);
+  const v = (i: number): SqlValue => {
+    const x = r[`v${i}`];
+    if (x === undefined) throw new IntegrityError(`casa_changes row ${row.seq}: no column v${i}`);
+    return toBytes(x as SqlValue);
+  };
+  const p = layout.pk.length;
+  if (row.pk === null) row.pk = encodePk(layout.pk.map((_, i) => v(i)));
+  if (row.op === 'u') {
+    const bits = maskBits(r.val, layout.cols.length);
+    row.fields = layout.cols.flatMap((c, i): [string, SqlValue][] => (bits[i] ? [[c, v(p + i)]] : []));
+  } else if (row.op === 'i' && layout.cols.length > 0) {
+    row.fields = layout.cols.map((c, i): [string, SqlValue] => [c, v(p + i)]);
+  }
+  row.val = null;
+  return row;
 }
 
-/** Raw log rows with seq > afterSeq, in seq order. */
+/** Log rows with seq > afterSeq, in seq order. */
 export function readLog(db: Db, afterSeq: number, limit: number): LogRow[] {
   anumber(afterSeq, 'afterSeq');
   anumber(limit, 'limit', 1);
-  return safeRows<Record<string, unknown>>(db, 'SELECT * FROM casa_changes WHERE seq > ? ORDER BY seq LIMIT ?', afterSeq, limit).map(toLogRow);
+  const layouts = loadLayouts(db);
+  return safeRows<Record<string, unknown>>(db, 'SELECT * FROM casa_changes WHERE seq > ? ORDER BY seq LIMIT ?', afterSeq, limit).map((r) =>
+    toLogRow(r, layouts),
+  );
 }
 
 /** Local changes not pushed yet (log rows). */
@@ -692,10 +810,18 @@ export function pendingCount(db: Db): number {
   return (db.prepare('SELECT count(*) AS n FROM casa_changes').get() as { n: number }).n;
 }
 
-/** Forgets pushed log rows. */
+/**
+ * Forgets pushed log rows: those up to `uptoSeq` that a takeLocalChanges
+ * covered. The stamp bound matters once the log was emptied: a seq then comes
+ * again (a plain rowid), and a repeated drop (a run killed between dropping and
+ * clearing its outbox, finishing the batch again) must not forget rows written
+ * since — those are stamped later, above every taken stamp, or not at all.
+ */
 export function dropLocalChanges(db: Db, uptoSeq: number): void {
   anumber(uptoSeq, 'uptoSeq');
-  db.prepare('DELETE FROM casa_changes WHERE seq <= ?').run(uptoSeq);
+  db.prepare(
+    "DELETE FROM casa_changes WHERE seq <= ? AND hlc <= (SELECT value FROM casa_meta WHERE key = 'log_taken')",
+  ).run(uptoSeq);
 }
 
 /** Empties the log (after a restore: the restored file's log is another device's). */
@@ -712,8 +838,19 @@ function floorState(floor: string | null): HlcState {
   return { wall: h.wall, counter: h.counter };
 }
 
+/** The columns a log row writes (null: the whole row, a delete or a set element). */
+const columnsOf = (r: LogRow): (string | null)[] => (r.fields === null ? [r.col] : r.fields.map(([c]) => c));
+
+/**
+ * True when log row b belongs to the row write of group a (whose columns so
+ * far are `cols`): same table, key, op, wall time and floor, no column twice.
+ * Capture version 1 logged an update as one row per field; the rule reads
+ * those as one write, and gives today's rows the same HLCs it gave those.
+ */
 function sameWrite(a: LogRow, b: LogRow, cols: Set<string | null>): boolean {
-  return a.tbl === b.tbl && a.pk === b.pk && a.op === b.op && a.wall === b.wall && a.floor === b.floor && !cols.has(b.col);
+  return (
+    a.tbl === b.tbl && a.pk === b.pk && a.op === b.op && a.wall === b.wall && a.floor === b.floor && columnsOf(b).every((c) => !cols.has(c))
+  );
 }
 
 /**
@@ -734,6 +871,7 @@ export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INT
     'INSERT INTO casa_clock (tbl, pk, col, hlc, val) VALUES (?, ?, ?, ?, NULL) ' +
       'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = NULL WHERE excluded.hlc > casa_clock.hlc',
   );
+  const layouts = loadLayouts(db);
   const pks = new Map<string, string>();
   let group: LogRow | null = null;
   let cols = new Set<string | null>();
@@ -741,7 +879,7 @@ export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INT
   let stamped = 0;
   let after = 0;
   outer: for (;;) {
-    const page = (fetch.all(after) as Record<string, unknown>[]).map(toLogRow);
+    const page = (fetch.all(after) as Record<string, unknown>[]).map((r) => toLogRow(r, layouts));
     if (page.length === 0) break;
     for (const r of page) {
       const joins = group !== null && sameWrite(group, r, cols);
@@ -760,10 +898,11 @@ export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INT
         if (r.op === 'i') clock.run(r.tbl, pk, INSERT_MARKER, hlc);
         if (r.op === 'd') clock.run(r.tbl, pk, DELETE_MARKER, hlc);
       }
-      cols.add(r.col);
+      for (const c of columnsOf(r)) {
+        cols.add(c);
+        if (c !== null) clock.run(r.tbl, pk, c, hlc);
+      }
       setHlc.run(hlc, pk, r.seq);
-      if (r.col !== null) clock.run(r.tbl, pk, r.col, hlc);
-      else if (r.op === 'i' && typeof r.val === 'string') for (const [col] of parseObject(r.val)) clock.run(r.tbl, pk, col, hlc);
       stamped++;
     }
     after = page[page.length - 1]!.seq;
@@ -772,14 +911,12 @@ export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INT
   return issued;
 }
 
-/** A stamped log row as changes: an insert's packed row becomes one 'i' per column, in column order. */
+/** A stamped log row as changes: one per field it logged (in column order), or one for the whole row. */
 function expand(r: LogRow): Change[] {
   if (r.hlc === null) throw new Error('an unstamped log row inside the batch');
   const op = r.op as Change['op'];
-  if (op === 'i' && r.col === null && typeof r.val === 'string') {
-    return parseObject(r.val).map(([col, val]) => ({ tbl: r.tbl, pk: r.pk, col, op, val, hlc: r.hlc! }));
-  }
-  return [{ tbl: r.tbl, pk: r.pk, col: r.col, op, val: r.val, hlc: r.hlc }];
+  if (r.fields !== null) return r.fields.map(([col, val]) => ({ tbl: r.tbl, pk: r.pk, col, op, val, hlc: r.hlc! }));
+  return [{ tbl: r.tbl, pk: r.pk, col: null, op, val: null, hlc: r.hlc }];
 }
 
 /**
@@ -811,6 +948,10 @@ export function takeLocalChanges(
         }
         if (taken < more.length || more.length === 0) break;
       }
+      const top = rows[rows.length - 1]!.hlc!;
+      // The highest stamp a batch covered: what dropLocalChanges may forget.
+      const before = meta(db, 'log_taken');
+      if (typeof before !== 'string' || before < top) setMeta(db, 'log_taken', top);
       const all = rows.flatMap(expand);
       const seen = new Set<string>();
       const changes: Change[] = [];

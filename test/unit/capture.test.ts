@@ -233,7 +233,10 @@ describe('capture triggers', () => {
       a.prepare("UPDATE odd SET v = 'ABC', n = '1' WHERE k = X'00FF'").run();
     });
     const c = new Database(path);
-    const log = logOf(c).filter((r) => r[0] === 'odd');
+    // An update is one log row carrying the changed fields.
+    const upd = readLog(c, 0, 100).filter((r) => r.tbl === 'odd' && r.op === 'u');
+    expect(upd.map((r) => [r.pk, r.fields])).toEqual([['[{"x":"00ff"}]', [['v', 'ABC'], ['n', '1']]]]);
+    const log = changesOf(c).filter((r) => r[0] === 'odd');
     expect(log.filter((r) => r[3] === 'u').map((r) => [r[2], r[4]])).toEqual([
       ['v', 'ABC'],
       ['n', '1'],
@@ -267,7 +270,7 @@ describe('capture triggers', () => {
     app((a) => a.prepare("UPDATE accounts SET name = 'Giro 2' WHERE id = 'acc-1'").run());
     const c = new Database(path);
     const rows = readLog(c, 0, 10);
-    expect(rows.map((x) => x.val)).toEqual(['Giro 2']);
+    expect(rows.map((x) => x.fields)).toEqual([[['name', 'Giro 2']]]);
     expect(rows[0]!.floor).toBe(hlc);
     const took = takeLocalChanges(c, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 10 });
     expect(took.changes[0]!.hlc > hlc).toBe(true);
@@ -292,7 +295,8 @@ describe('capture triggers', () => {
     db.close();
     shell("UPDATE accounts SET color = 'red' WHERE id = 'acc-1';");
     const c = new Database(path);
-    expect(logOf(c)).toEqual([['accounts', '["acc-1"]', 'color', 'u', 'red']]);
+    expect(readLog(c, 0, 10).map((r) => [r.tbl, r.pk, r.op, r.fields])).toEqual([['accounts', '["acc-1"]', 'u', [['color', 'red']]]]);
+    expect(changesOf(c)).toEqual([['accounts', '["acc-1"]', 'color', 'u', 'red']]);
     c.close();
   });
 
@@ -300,6 +304,247 @@ describe('capture triggers', () => {
     const db = new Database(path, { readonly: true });
     expect(hasCapture(db)).toBe(false);
     expect(pendingCount(db)).toBe(0);
+    db.close();
+  });
+});
+
+describe('update capture: one log row per updated row', () => {
+  /** The row's current values as SQLite holds them (blobs as plain Uint8Array). */
+  const rowOf = (db: Database.Database, sql: string, ...args: unknown[]) =>
+    Object.fromEntries(
+      Object.entries(db.prepare(sql).safeIntegers(true).get(...args) as Record<string, SqlValue>).map(([k, v]) => [
+        k,
+        v instanceof Uint8Array ? new Uint8Array(v) : v,
+      ]),
+    );
+  const updatesOf = (db: Database.Database, tbl: string) =>
+    takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 10_000 })
+      .changes.filter((x) => x.tbl === tbl && x.op === 'u')
+      .map((x) => [x.col, x.val instanceof Uint8Array ? new Uint8Array(x.val) : x.val] as const);
+
+  it('every SQLite type of an updated field round-trips exactly: blobs, 64-bit integers, reals, NUL in text, JSON text', () => {
+    const { db } = install();
+    db.exec("CREATE TABLE vals (k TEXT PRIMARY KEY, a, b INTEGER, c, d REAL, e TEXT, f, g, h)");
+    installCapture(db, deriveSyncSchema(db, {}));
+    db.close();
+    app((a) => {
+      a.prepare("INSERT INTO vals VALUES ('r1', 1, 2, 3, 4.5, 'x', 'keep', 7, 8)").run();
+      a.prepare(
+        `UPDATE vals SET a = X'00FF10', b = 9223372036854775807, c = -9223372036854775808, d = 0.1 + 0.2,
+           e = 'q"uo\\te' || char(0) || 'nul 🥐', f = json('{"a":[1]}'), g = NULL, h = 1e300 WHERE k = 'r1'`,
+      ).run();
+    });
+    const c = new Database(path);
+    expect(readLog(c, 0, 100).filter((r) => r.tbl === 'vals').map((r) => [r.op, r.col])).toEqual([
+      ['i', null],
+      ['u', null],
+    ]);
+    const row = rowOf(c, "SELECT a, b, c, d, e, f, g, h FROM vals WHERE k = 'r1'");
+    const upd = updatesOf(c, 'vals');
+    // Only the changed columns (f is text, not JSON structure), in column order, exactly as stored.
+    expect(upd.map(([col]) => col)).toEqual(['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']);
+    expect(Object.fromEntries(upd)).toEqual(row);
+    expect(row.b).toBe(9223372036854775807n);
+    expect(row.d).toBe(0.1 + 0.2);
+    expect(row.e).toBe('q"uo\\te\u0000nul 🥐');
+    expect(row.f).toBe('{"a":[1]}');
+    c.close();
+  });
+
+  it('reals are logged exactly (quote() is not exact for every double), -0 included, in inserts and updates', () => {
+    const { db } = install();
+    db.exec('CREATE TABLE reals (k PRIMARY KEY, a, b)');
+    installCapture(db, deriveSyncSchema(db, {}));
+    const hard = 2.581488852963479e122;
+    db.prepare('INSERT INTO reals VALUES (?, ?, ?)').run(0.1 + 0.2, hard, -0);
+    db.prepare('UPDATE reals SET a = ?, b = ? WHERE k = ?').run(-0, 5e-324, 0.1 + 0.2);
+    const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 100 });
+    expect(t.changes.map((x) => [x.pk, x.col, x.op, x.val])).toEqual([
+      ['[{"r":"0.30000000000000004"}]', 'a', 'i', hard],
+      ['[{"r":"0.30000000000000004"}]', 'b', 'i', -0],
+      ['[{"r":"0.30000000000000004"}]', 'a', 'u', -0],
+      ['[{"r":"0.30000000000000004"}]', 'b', 'u', 5e-324],
+    ]);
+    expect(Object.is(t.changes[1]!.val, -0) && Object.is(t.changes[2]!.val, -0)).toBe(true);
+    db.close();
+  });
+
+  it('a wide table (more columns than one mask integer holds) with a two-column key', () => {
+    const { db } = install();
+    const cols = Array.from({ length: 70 }, (_, i) => `c${i}`);
+    db.exec(`CREATE TABLE wide (a TEXT, b INTEGER, ${cols.join(', ')}, PRIMARY KEY (a, b))`);
+    installCapture(db, deriveSyncSchema(db, {}));
+    db.close();
+    app((a) => {
+      a.prepare(`INSERT INTO wide (a, b, c0, c69) VALUES ('x', 1, 'first', 'last')`).run();
+      a.prepare(`UPDATE wide SET c1 = 'one', c61 = 61, c62 = X'62', c69 = NULL WHERE a = 'x' AND b = 1`).run();
+    });
+    shell(`UPDATE wide SET c68 = 68 WHERE a = 'x'; UPDATE wide SET b = 2 WHERE a = 'x';`);
+    const c = new Database(path);
+    const log = changesOf(c).filter((r) => r[0] === 'wide');
+    const ins = log.filter((r) => r[3] === 'i');
+    expect(ins).toHaveLength(140);
+    expect(ins.slice(0, 70).every((r) => r[1] === '["x",1]')).toBe(true);
+    expect(ins.slice(70).map((r) => [r[2], r[4]]).filter(([, v]) => v !== null)).toEqual([
+      ['c0', 'first'],
+      ['c1', 'one'],
+      ['c61', 61n],
+      ['c62', new Uint8Array([0x62])],
+      ['c68', 68n],
+    ]);
+    expect(log.filter((r) => r[3] === 'u').map((r) => [r[2], r[4]])).toEqual([
+      ['c1', 'one'],
+      ['c61', 61n],
+      ['c62', new Uint8Array([0x62])],
+      ['c69', null],
+      ['c68', 68n],
+    ]);
+    expect(log).toContainEqual(['wide', '["x",1]', null, 'd', null]);
+    c.close();
+  });
+
+  it('the sqlite3 shell: blob and 64-bit integer updates round-trip; an update that changes nothing logs nothing', () => {
+    install().db.close();
+    shell(`
+      CREATE TABLE IF NOT EXISTS x (k TEXT PRIMARY KEY, v);
+      UPDATE accounts SET iban = X'DEADBEEF00', opening_balance = -9223372036854775808 WHERE id = 'acc-1';
+      UPDATE accounts SET name = name WHERE id = 'acc-1';
+      UPDATE accounts SET closed = 2.5, iban = iban WHERE id = 'acc-1';`);
+    const c = new Database(path);
+    expect(pendingCount(c)).toBe(2);
+    expect(updatesOf(c, 'accounts')).toEqual([
+      ['opening_balance', -9223372036854775808n],
+      ['iban', new Uint8Array([0xde, 0xad, 0xbe, 0xef, 0x00])],
+      ['closed', 2.5],
+    ]);
+    c.close();
+  });
+
+  it('matches the per-field log of capture version 1, and still reads such rows', () => {
+    const { db } = install();
+    // Rows as capture version 1 logged an update: one per changed field, grouped by table, key, op, wall and floor.
+    const old = db.prepare("INSERT INTO casa_changes (tbl, pk, col, op, val, wall, floor) VALUES ('accounts', '[\"acc-1\"]', ?, 'u', ?, 1000, ?)");
+    old.run('name', 'Giro', ZERO_HLC);
+    old.run('closed', 1n, ZERO_HLC);
+    old.run('name', 'Giro 2', ZERO_HLC); // the same field again: the next write
+    // An insert as capture version 1 logged it: the row as a JSON object.
+    db.prepare(
+      "INSERT INTO casa_changes (tbl, pk, col, op, val, wall, floor) VALUES ('payees', '[\"p1\"]', NULL, 'i', ?, 1000, ?)",
+    ).run('{"name":"P","default_category_id":null,"notes":{"x":"00FF"},"created_at":{"r":"2.5"}}', ZERO_HLC);
+    db.prepare("UPDATE accounts SET name = 'Giro 3', closed = 1 WHERE id = 'acc-1'").run();
+    const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 100 });
+    expect(t.changes.map((x) => [x.col, x.val])).toEqual([
+      ['name', 'P'],
+      ['default_category_id', null],
+      ['notes', new Uint8Array([0, 255])],
+      ['created_at', 2.5],
+      ['name', 'Giro 3'],
+      ['closed', 1n],
+    ]);
+    const all = readLog(db, 0, 100);
+    expect(new Set(all.map((r) => r.hlc)).size).toBe(4); // two old updates, an old insert, the new update
+    expect(all[0]!.hlc).toBe(all[1]!.hlc);
+    // casa_clock has the fields' clocks from the packed row.
+    const clock = db.prepare("SELECT col, hlc FROM casa_clock WHERE tbl = 'accounts' ORDER BY col").all();
+    expect(clock).toEqual([
+      { col: 'closed', hlc: all[4]!.hlc },
+      { col: 'name', hlc: all[4]!.hlc },
+    ]);
+    db.close();
+  });
+
+  it('a row logged before a column was added is read with the columns it was logged with', () => {
+    const { db } = install();
+    db.prepare("UPDATE accounts SET type = 'cash' WHERE id = 'acc-1'").run();
+    db.exec("ALTER TABLE accounts ADD COLUMN color TEXT DEFAULT 'blue'");
+    installCapture(db, deriveSyncSchema(db, {}));
+    db.prepare("UPDATE accounts SET color = 'red', name = 'after' WHERE id = 'acc-1'").run();
+    db.prepare("INSERT INTO accounts (id, name, type, created_at, updated_at) VALUES ('acc-2', 'n', 't', 'c', 'u')").run();
+    const layouts = () => db.prepare("SELECT count(*) FROM casa_layout WHERE tbl = 'accounts'").pluck().get();
+    expect(layouts()).toBe(2);
+    const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 100 });
+    expect(t.changes.filter((x) => x.pk === '["acc-1"]').map((x) => [x.col, x.val])).toEqual([
+      ['type', 'cash'],
+      ['name', 'after'],
+      ['color', 'red'],
+    ]);
+    expect(t.changes.filter((x) => x.pk === '["acc-2"]').map((x) => x.col)).toContain('color');
+    dropLocalChanges(db, t.uptoSeq);
+    // No row uses the old layout any more: the next install forgets it.
+    db.exec('ALTER TABLE accounts ADD COLUMN note TEXT');
+    installCapture(db, deriveSyncSchema(db, {}));
+    expect(layouts()).toBe(1);
+    db.close();
+  });
+
+  it('makes an AUTOINCREMENT log a plain one, keeping its rows', () => {
+    const db = new Database(path);
+    db.exec(`CREATE TABLE casa_changes (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT, pk TEXT, col TEXT, op TEXT, val, wall INTEGER, floor TEXT, hlc TEXT);
+      INSERT INTO casa_changes (tbl, pk, col, op, val, wall, floor) VALUES ('accounts', '["acc-1"]', 'name', 'u', 'old', 5, NULL);`);
+    installCapture(db, deriveSyncSchema(db, {}));
+    expect(db.prepare("SELECT sql FROM sqlite_master WHERE name = 'casa_changes'").pluck().get()).not.toMatch(/AUTOINCREMENT/i);
+    expect(db.prepare("SELECT count(*) FROM sqlite_sequence WHERE name = 'casa_changes'").pluck().get()).toBe(0);
+    db.prepare("UPDATE accounts SET name = 'new' WHERE id = 'acc-1'").run();
+    expect(readLog(db, 0, 10).map((r) => r.fields)).toEqual([[['name', 'old']], [['name', 'new']]]);
+    expect(changesOf(db).map((r) => r[4])).toEqual(['new']);
+    db.close();
+  });
+
+  it('a seq that comes again once the log emptied is not forgotten by a repeated drop', () => {
+    const { db, schema } = install();
+    db.prepare("UPDATE accounts SET name = 'a' WHERE id = 'acc-1'").run();
+    const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 10 });
+    dropLocalChanges(db, t.uptoSeq);
+    expect(pendingCount(db)).toBe(0);
+    // Written after the drop: the same seq again. A pull stamps it, then a run finishes the old batch again.
+    db.prepare("UPDATE accounts SET name = 'b' WHERE id = 'acc-1'").run();
+    expect(readLog(db, 0, 10)[0]!.seq).toBe(t.uptoSeq);
+    applyRemote(db, schema, [], { now: Date.now(), localDeviceId: DEV });
+    expect(readLog(db, 0, 10)[0]!.hlc).not.toBeNull();
+    dropLocalChanges(db, t.uptoSeq);
+    expect(pendingCount(db)).toBe(1);
+    const u = takeLocalChanges(db, { deviceId: DEV, state: t.state, limit: 10 });
+    expect(u.changes.map((x) => [x.col, x.val])).toEqual([['name', 'b']]);
+    expect(u.changes[0]!.hlc > t.changes[0]!.hlc).toBe(true);
+    dropLocalChanges(db, u.uptoSeq);
+    expect(pendingCount(db)).toBe(0);
+    db.close();
+  });
+
+  it('random updates of untyped columns log exactly the changed values (property)', () => {
+    const { db } = install();
+    db.exec('CREATE TABLE r (k TEXT PRIMARY KEY, a, b, c, d)');
+    installCapture(db, deriveSyncSchema(db, {}));
+    db.prepare("INSERT INTO r VALUES ('k', NULL, NULL, NULL, NULL)").run();
+    const value = fc.oneof(
+      fc.constant(null),
+      fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }),
+      fc.double({ noNaN: true }),
+      fc.string({ unit: 'binary' }),
+      fc.uint8Array({ maxLength: 12 }),
+    );
+    const cols = ['a', 'b', 'c', 'd'];
+    let step = 0;
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.constantFrom(...cols), value), { minLength: 1, maxLength: 4 }), (sets) => {
+        const before = rowOf(db, "SELECT a, b, c, d FROM r WHERE k = 'k'");
+        const assign = new Map(sets);
+        db.prepare(`UPDATE r SET ${[...assign.keys()].map((col) => `${col} = ?`).join(', ')} WHERE k = 'k'`)
+          .safeIntegers(true)
+          .run(...[...assign.values()].map((v) => (v instanceof Uint8Array ? Buffer.from(v) : v)));
+        const after = rowOf(db, "SELECT a, b, c, d FROM r WHERE k = 'k'");
+        const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 100 });
+        dropLocalChanges(db, t.uptoSeq);
+        const got = t.changes.filter((x) => x.tbl === 'r' && x.op === 'u').map((x) => [x.col, x.val instanceof Uint8Array ? new Uint8Array(x.val) : x.val]);
+        // SQLite's own view of "changed": IS NOT with binary collation.
+        const changed = cols.filter((col) => db.prepare('SELECT ? IS NOT ?').pluck().safeIntegers(true).get(before[col], after[col]) === 1n);
+        expect(got).toEqual(changed.map((col) => [col, after[col]]));
+        step++;
+      }),
+      { numRuns: RUNS, seed: SEED },
+    );
+    expect(step).toBe(RUNS);
     db.close();
   });
 });
@@ -341,7 +586,7 @@ describe('takeLocalChanges', () => {
     const t = takeLocalChanges(db, { deviceId: DEV, state: { wall: 0, counter: 0 }, limit: 1 });
     expect(t.changes.map((x) => x.col)).toEqual(['name', 'type', 'closed']);
     expect(new Set(t.changes.map((x) => x.hlc)).size).toBe(1);
-    expect(t.uptoSeq).toBe(3);
+    expect(t.uptoSeq).toBe(1); // the update is one log row
     dropLocalChanges(db, t.uptoSeq);
     const u = takeLocalChanges(db, { deviceId: DEV, state: t.state, limit: 1 });
     expect(u.changes).toHaveLength(11);
