@@ -12,7 +12,8 @@
 //             check, decrypt, merge in one transaction) is timed. Target < 2 s.
 //   triggers  the app's writes with capture installed / the same writes
 //             without (a copy of the same database): single-row UPDATEs in
-//             autocommit and 20,000 UPDATEs in one transaction, and INSERTs.
+//             autocommit and 20,000 UPDATEs in one transaction, 2,000 INSERTs in
+//             autocommit and 10,000 in one transaction.
 //             Target ≤ 2.5× (cr-sqlite's published bound).
 //
 // The database is the bench's own generator (bench/lib/make-db.mjs), ~8 MiB.
@@ -230,6 +231,13 @@ async function benchTriggers(w) {
         for (let i = 0; i < ids.length; i++) u.run(`t${i}`, i, ids[i]);
       })();
     },
+    'insert, autocommit (2,000 statements)': (db, ids) => {
+      const acct = db.prepare('SELECT id FROM accounts LIMIT 1').get().id;
+      const ins = db.prepare(
+        "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) VALUES (?, ?, '2026-01-01', ?, ?, 'x', 'x')",
+      );
+      for (let i = 0; i < 2000; i++) ins.run(`auto-${i}-${ids.length}`, acct, i, `new ${i}`);
+    },
     'insert, one transaction (10,000 rows)': (db, ids) => {
       const acct = db.prepare('SELECT id FROM accounts LIMIT 1').get().id;
       const ins = db.prepare(
@@ -242,10 +250,10 @@ async function benchTriggers(w) {
   };
   const out = [];
   for (const [name, fn] of Object.entries(cases)) {
-    // Interleaved, median of 3: machine noise hits both alike.
+    // Interleaved, median of 5: machine noise hits both alike.
     const plain = [];
     const withCap = [];
-    for (let rep = 0; rep < 3; rep++) {
+    for (let rep = 0; rep < 5; rep++) {
       const p = path.join(dir, `p${rep}.db`);
       const c = path.join(dir, `c${rep}.db`);
       copyFileSync(plainPath, p);
@@ -253,7 +261,7 @@ async function benchTriggers(w) {
       plain.push(run(p, fn));
       withCap.push(run(c, fn));
     }
-    const med = (v) => [...v].sort((a, b) => a - b)[1];
+    const med = (v) => [...v].sort((a, b) => a - b)[v.length >> 1];
     out.push({ name, plain_ms: med(plain), captured_ms: med(withCap), ratio: med(withCap) / med(plain) });
   }
   return out;
