@@ -69,7 +69,8 @@ export function acquireLock(home: string, dbPath: string, command: string): Lock
         rmSync(path, { force: true });
         continue;
       }
-      throw new BusyError(`another casa (pid ${owner.pid}, \`casa ${owner.command}\`) is using ${dbPath}`, {
+      // `<db>#sync` is the changeset-sync lock of <db>: name the database.
+      throw new BusyError(`another casa (pid ${owner.pid}, \`casa ${owner.command}\`) is using ${dbPath.replace(/#sync$/, '')}`, {
         hints: ['wait for it to finish and run the command again', `if no casa is running, remove ${path}`],
       });
     }
@@ -89,7 +90,7 @@ export function acquireLock(home: string, dbPath: string, command: string): Lock
       },
     };
   }
-  throw new BusyError(`could not take the lock on ${dbPath}`, { hints: ['run the command again'] });
+  throw new BusyError(`could not take the lock on ${dbPath.replace(/#sync$/, '')}`, { hints: ['run the command again'] });
 }
 
 function readOwner(path: string): Owner | null {

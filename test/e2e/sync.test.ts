@@ -265,6 +265,12 @@ describe('casa sync', () => {
       if (!back) await new Promise((r) => setTimeout(r, 200));
     }
     expect(back, err).toBe(true);
+    // One sync per database at a time; pull/restore would replace the file under the watcher.
+    for (const args of [['sync'], ['restore', '--yes']]) {
+      const busy = await b.run(args);
+      expect(busy.code, `${args.join(" ")}: ${busy.stdout} ${busy.stderr}`).toBe(8);
+      expect(busy.stderr).toMatch(/`casa sync`\) is using [^#\n]+casaconomy\.db\n/);
+    }
     child.kill('SIGINT');
     expect(await exited).toBe(0);
   });
