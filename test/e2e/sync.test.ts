@@ -155,6 +155,41 @@ describe('casa sync', () => {
     expect(sql(a, 'SELECT memo FROM transactions WHERE id = ?', t2)).toEqual([{ memo: 'b, not pushed yet' }]);
   });
 
+  it('SIGKILL at random moments of push and pull loses nothing and applies nothing twice', async () => {
+    const kills = process.env.SLOW === '1' ? 16 : 4;
+    const seed = Number(process.env.CASA_SEED ?? Date.now() % 100_000);
+    let x = seed;
+    const rand = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const { a, devs } = await vault('kill');
+    const [b] = devs as [Machine];
+    const killAt = async (m: Machine, ms: number) => {
+      const child = spawn(process.execPath, [CASA, 'sync'], { env: baseEnv(m.env), stdio: 'ignore' });
+      const done = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+      const t = setTimeout(() => child.kill('SIGKILL'), ms);
+      const code = await done;
+      clearTimeout(t);
+      return code;
+    };
+    for (let round = 0; round < kills; round++) {
+      // Enough edits for a push and a pull that take a while: 3 fields of 5,000 transactions.
+      const ids = txIds(a, 5000);
+      const db = new Database(a.env.CASA_DB);
+      const up = db.prepare('UPDATE transactions SET memo = ?, amount = ?, cleared = 1 - cleared WHERE id = ?');
+      db.transaction(() => ids.forEach((id, i) => up.run(`round ${round} row ${i}`, round * 10_000 + i, id)))();
+      db.close();
+      await killAt(a, 100 + Math.floor(rand() * 900));
+      await killAt(b, 100 + Math.floor(rand() * 900));
+    }
+    await syncJson(a);
+    await syncJson(b);
+    await syncJson(a);
+    expect(dump(b), `seed ${seed}`).toBe(dump(a));
+    expect(sql(a, 'SELECT count(*) AS n FROM casa_changes')).toEqual([{ n: 0 }]);
+    const last = sql<{ memo: string }>(b, 'SELECT memo FROM transactions WHERE id = ?', txIds(a, 1)[0]);
+    expect(last[0]!.memo, `seed ${seed}`).toBe(`round ${kills - 1} row 0`);
+    for (const m of [a, b]) expect(spawnSync('sqlite3', [m.env.CASA_DB, 'PRAGMA integrity_check']).stdout.toString().trim()).toBe('ok');
+  }, 120_000);
+
   it('the relay stores no plaintext of what is synced', async () => {
     const { a } = await vault('plain');
     const marker = `MARKER-${Math.random().toString(36).slice(2)}-never-in-the-relay`;
