@@ -194,17 +194,23 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
   let st = loadSyncState(env);
   let pushedBatches = 0;
   let pushedChanges = 0;
-  const finalize = (o: { seq: number; hash: string; uptoSeq: number; hlc: SyncState['hlc'] }) => {
+  const finalize = (o: { seq: number; hash: string; uptoSeq: number; hlc: SyncState['hlc'] }, cursor: number | null) => {
     if (o.seq > st.pushed.seq) {
       st = { ...st, pushed: { seq: o.seq, hash: o.hash }, hlc: o.hlc, lastSyncAt: env.now(), clockOffsetMs: env.clockOffsetMs() };
+      // Our own batch right after the cursor: the database already holds everything up to it,
+      // so the cursor (and a snapshot's watermark) moves past it now, not at the next pull.
+      const mine = st.chains[env.deviceId];
+      if (cursor === st.cursor + 1 && (mine ? mine.seq === o.seq - 1 : st.baseCursor === 0 ? o.seq === 1 : true)) {
+        st = { ...st, cursor, chains: { ...st.chains, [env.deviceId]: { seq: o.seq, hash: o.hash } } };
+      }
       writeSyncState(env.home, env.keys, env.dbPath, st);
     }
     dropLocalChanges(db, o.uptoSeq);
     clearOutbox(env.home, env.keys, env.dbPath);
   };
-  const send = async (seq: number, bytes: Uint8Array) => {
+  const send = async (seq: number, bytes: Uint8Array): Promise<number> => {
     try {
-      await env.api.push(seq, bytes);
+      return (await env.api.push(seq, bytes)).cursor;
     } catch (err) {
       if (err instanceof SeqConflictError) {
         throw new FailureError(`the relay expects batch ${err.expectedSeq} from this device, not ${seq}`, {
@@ -220,11 +226,12 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
 
   const left = readOutbox(env.home, env.keys, env.dbPath);
   if (left) {
+    let cursor: number | null = null;
     if (left.seq > st.pushed.seq) {
-      await send(left.seq, left.bytes);
+      cursor = await send(left.seq, left.bytes);
       pushedBatches++;
     }
-    finalize(left);
+    finalize(left, cursor);
   }
   for (;;) {
     if (env.signal.aborted) throw new CancelledError();
@@ -240,8 +247,7 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
     );
     const o = { seq, hash: sealed.hash, uptoSeq: taken.uptoSeq, hlc: taken.state, bytes: sealed.bytes };
     writeOutbox(env.home, env.keys, env.dbPath, o);
-    await send(seq, sealed.bytes);
-    finalize(o);
+    finalize(o, await send(seq, sealed.bytes));
     pushedBatches++;
     pushedChanges += taken.changes.length;
     env.trace?.(`pushed batch ${seq} (${taken.changes.length} changes)`);

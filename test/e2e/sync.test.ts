@@ -190,6 +190,31 @@ describe('casa sync', () => {
     for (const m of [a, b]) expect(spawnSync('sqlite3', [m.env.CASA_DB, 'PRAGMA integrity_check']).stdout.toString().trim()).toBe('ok');
   }, 120_000);
 
+  it('a device behind the changesets the relay pruned is told to pull (exit 3), and pull catches it up', async () => {
+    const { a, devs } = await vault('pruned');
+    const [b] = devs as [Machine];
+    const [t1, t2] = txIds(a, 2) as [string, string];
+    sql(a, 'UPDATE transactions SET memo = ? WHERE id = ?', 'covered by the next snapshot', t1);
+    await syncJson(a);
+    // Two snapshots that both include it (the oldest retained snapshot's watermark decides), then retention.
+    await ok(a, ['snapshot', '--quiet', '--force']);
+    const vaultId = JSON.parse((await ok(a, ['status', '--json'])).stdout).vault_id as string;
+    await relay.relay.d1().prepare('DELETE FROM snapshots WHERE vault_id = ? AND changeset_watermark = 0').bind(vaultId).run();
+    await relay.relay.runCron();
+    const heads = await relay.relay.d1().prepare('SELECT pruned_through FROM changeset_state WHERE vault_id = ?').bind(vaultId).first<{ pruned_through: number }>();
+    expect(heads?.pruned_through).toBeGreaterThan(0);
+    sql(b, 'UPDATE transactions SET memo = ? WHERE id = ?', 'b edits meanwhile', t2);
+    const behind = await b.run(['sync']);
+    expect(behind.code, behind.stderr).toBe(3);
+    expect(behind.stderr).toMatch(/casa pull/);
+    await ok(b, ['pull']);
+    expect(sql(b, 'SELECT memo FROM transactions WHERE id = ?', t1)).toEqual([{ memo: 'covered by the next snapshot' }]);
+    expect(sql(b, 'SELECT memo FROM transactions WHERE id = ?', t2)).toEqual([{ memo: 'b edits meanwhile' }]);
+    await syncJson(b);
+    await syncJson(a);
+    expect(dump(a)).toBe(dump(b));
+  });
+
   it('the relay stores no plaintext of what is synced', async () => {
     const { a } = await vault('plain');
     const marker = `MARKER-${Math.random().toString(36).slice(2)}-never-in-the-relay`;
