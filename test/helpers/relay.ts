@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ed25519 } from '@noble/curves/ed25519.js';
 import type { Miniflare } from 'miniflare';
+import { Agent, fetch as undiciFetch, type RequestInit as UndiciRequestInit } from 'undici';
 import { signedMessage } from '../../src/protocol/messages.js';
 import { startRelay, type StartRelayOptions } from '../../src/relay/launcher.js';
 
@@ -256,3 +257,20 @@ export async function joinPairing(base: string, nameplate: string, msgB = pakeMe
   if (res.status !== 201) throw new Error(`join pairing: ${res.status} ${await res.text()}`);
   return ((await res.json()) as { token: string }).token;
 }
+
+/**
+ * A request the relay refuses before reading its body, on a connection of its
+ * own: workerd answers early and then resets the socket, which fails the next
+ * request that reuses it from the shared pool (ECONNRESET).
+ */
+export async function refusedEarly(url: string, init: UndiciRequestInit): Promise<{ status: number; code: string }> {
+  const dispatcher = new Agent();
+  try {
+    const res = await undiciFetch(url, { ...init, dispatcher });
+    const body = (await res.json()) as { error: { code: string } };
+    return { status: res.status, code: body.error.code };
+  } finally {
+    await dispatcher.destroy();
+  }
+}
+

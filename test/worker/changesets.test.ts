@@ -5,7 +5,7 @@
 // lies.
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { Agent, fetch as undiciFetch, WebSocket, type RequestInit as UndiciRequestInit } from 'undici';
+import { WebSocket, type RequestInit as UndiciRequestInit } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
 import { IntegrityError } from '../../src/errors.js';
@@ -28,6 +28,7 @@ import {
   startTestRelay,
   uploadManifest,
   type TestDevice,
+  refusedEarly,
   type TestRelay,
 } from '../helpers/relay.js';
 
@@ -82,17 +83,6 @@ async function rows(vaultId: string): Promise<{ cursor: number; device_id: strin
   return results;
 }
 
-/** A request the relay refuses before reading its body, on a connection of its own (see snapshots.test.ts). */
-async function refusedEarly(url: string, init: UndiciRequestInit): Promise<{ status: number; code: string }> {
-  const dispatcher = new Agent();
-  try {
-    const res = await undiciFetch(url, { ...init, dispatcher });
-    const body = (await res.json()) as { error: { code: string } };
-    return { status: res.status, code: body.error.code };
-  } finally {
-    await dispatcher.destroy();
-  }
-}
 
 function chunked(bytes: Uint8Array, pieces = 4): ReadableStream<Uint8Array> {
   const step = Math.ceil(bytes.length / pieces);

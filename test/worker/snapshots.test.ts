@@ -2,7 +2,7 @@
 // against the real worker in workerd: uploads checked on arrival, the 404
 // rules, and the compare-and-swap commit.
 import { randomBytes } from 'node:crypto';
-import { Agent, fetch as undiciFetch, type RequestInit as UndiciRequestInit } from 'undici';
+import type { RequestInit as UndiciRequestInit } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   bearer,
@@ -20,6 +20,7 @@ import {
   startTestRelay,
   uploadManifest,
   uploadPack,
+  refusedEarly,
   type TestRelay,
 } from '../helpers/relay.js';
 
@@ -33,21 +34,6 @@ afterAll(async () => {
 
 const MiB = 1024 * 1024;
 
-/**
- * A request the relay refuses before reading its body (413), on a connection
- * of its own: workerd answers early and then resets the socket, which fails
- * the next request that reuses it from the shared pool (ECONNRESET).
- */
-async function refusedEarly(url: string, init: UndiciRequestInit): Promise<{ status: number; code: string }> {
-  const dispatcher = new Agent();
-  try {
-    const res = await undiciFetch(url, { ...init, dispatcher });
-    const body = (await res.json()) as { error: { code: string } };
-    return { status: res.status, code: body.error.code };
-  } finally {
-    await dispatcher.destroy();
-  }
-}
 
 const get = (url: string, token: string): Promise<Response> => fetch(url, { headers: bearer(token) });
 
