@@ -259,5 +259,7 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
 export async function syncRound(env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<SyncRound> {
   const pulled = await pullRound(env, db, schema);
   const pushed = await pushRound(env, db, schema);
-  return { ...pulled, ...pushed, pendingLocal: pendingCount(db) };
+  // A push right after the cursor moved it: report where this device stands now.
+  const cursor = Math.max(pulled.cursor, loadSyncState(env).cursor);
+  return { ...pulled, ...pushed, cursor, head: Math.max(pulled.head, cursor), pendingLocal: pendingCount(db) };
 }
