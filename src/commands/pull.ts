@@ -14,7 +14,7 @@ import type { WorkerPool } from '../sync/pool.js';
 import { shortId } from '../sync/restore.js';
 import type { Context } from './context.js';
 import { printRestored, restoredFields, restoreInto, type RestoreReport } from './restore.js';
-import { listChecked, openVault } from './snapshots.js';
+import { listChecked, openVault, type OpenVault } from './snapshots.js';
 
 export interface PullOptions {
   force?: boolean;
@@ -47,7 +47,7 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
     beforeInstall: async (pool) => {
       if (!existsSync(dbPath)) return;
       // With changeset sync, local work lives in the change log: push it, and nothing is lost.
-      if (await pushPending(ctx)) return;
+      if (await pushPending(ctx, v)) return;
       if (opts.force) return;
       if (!index || (await changedSince(ctx, pool, dbPath, index))) {
         throw new ConflictError(
@@ -74,7 +74,7 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
  * If the database has changeset capture, pushes its pending changes (they
  * come back after the snapshot as changesets) and says true; else false.
  */
-async function pushPending(ctx: Context): Promise<boolean> {
+async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
   const { hasCapture } = await import('../sync/capture.js');
   const Database = (await import('better-sqlite3')).default;
   // Read-write only so that closing it removes the -wal/-shm a read-only connection would leave behind.
@@ -86,9 +86,9 @@ async function pushPending(ctx: Context): Promise<boolean> {
     probe.close();
   }
   if (!captured) return false;
-  const { syncEnv, openSynced } = await import('./sync.js');
+  const { syncEnvOf, openSynced } = await import('./sync.js');
   const { pushRound } = await import('../sync/sync-run.js');
-  const env = await syncEnv(ctx);
+  const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const { db, schema } = openSynced(ctx);
   try {
     const r = await pushRound(env, db, schema);

@@ -195,7 +195,7 @@ export async function restoreInto(
  * away only delays the catch-up (the next `casa sync` does it); a tampered
  * changeset fails with exit 6, the restored snapshot staying in place.
  */
-async function catchUpChangesets(ctx: Context, _v: OpenVault, manifest: Manifest): Promise<void> {
+async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest): Promise<void> {
   const { hasCapture, clearLocalLog } = await import('../sync/capture.js');
   const Database = (await import('better-sqlite3')).default;
   const db = new Database(ctx.globals.db, { fileMustExist: true });
@@ -205,10 +205,10 @@ async function catchUpChangesets(ctx: Context, _v: OpenVault, manifest: Manifest
   } finally {
     db.close();
   }
-  const { syncEnv, openSynced } = await import('./sync.js');
+  const { syncEnvOf, openSynced } = await import('./sync.js');
   const { loadSyncState, pullRound } = await import('../sync/sync-run.js');
   const { writeSyncState } = await import('../sync/sync-state.js');
-  const env = await syncEnv(ctx);
+  const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const before = loadSyncState(env);
   const w = manifest.changesetWatermark;
   writeSyncState(env.home, env.keys, env.dbPath, { ...before, cursor: w, baseCursor: w, chains: {} });

@@ -21,7 +21,9 @@ import { ChangesetApi } from '../sync/changeset-api.js';
 import { listConflicts } from '../sync/merge.js';
 import { deriveSyncSchema, SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../sync/rules.js';
 import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../sync/sync-run.js';
-import { deviceSession, loadPaired, tracer, vaultKeys, type Context } from './context.js';
+import type { VaultKeys } from '../crypto/kdf.js';
+import type { DeviceSession } from '../sync/relay-client.js';
+import { deviceSession, loadPaired, tracer, vaultKeys, type Context, type Paired } from './context.js';
 
 export interface SyncOptions {
   watch?: boolean;
@@ -83,8 +85,11 @@ export function openSynced(ctx: Context): { db: Database.Database; schema: SyncS
 
 export async function syncEnv(ctx: Context): Promise<SyncEnv> {
   const p = loadPaired(ctx);
-  const session = await deviceSession(p);
-  const keys = await vaultKeys(p);
+  return syncEnvOf(ctx, p, await deviceSession(p), await vaultKeys(p));
+}
+
+/** The sync environment of a vault a command has already opened (restore, pull): no second token. */
+export function syncEnvOf(ctx: Context, p: Paired, session: DeviceSession, keys: VaultKeys): SyncEnv {
   return {
     home: ctx.globals.home,
     dbPath: ctx.globals.db,

@@ -19,7 +19,7 @@ import { ConflictError, FailureError, IntegrityError, CancelledError } from '../
 import { decodeChanges, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from './capture.js';
 import { BatchChainError, checkChain, openBatch, sealBatch } from './changeset.js';
 import { ChangesetApi, SeqConflictError } from './changeset-api.js';
-import { ClockSkewError, MAX_SKEW_MS } from './hlc.js';
+import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc } from './hlc.js';
 import { applyRemote } from './merge.js';
 import type { SyncSchema } from './rules.js';
 import {
@@ -175,9 +175,8 @@ export async function pullRound(env: SyncEnv, db: Database.Database, schema: Syn
         throw integrity(err, `a changeset from ${changes.length} changes`, env.server);
       }
       for (const c of changes) {
-        const w = parseInt(c.hlc.slice(0, 12), 16);
-        const k = parseInt(c.hlc.slice(12, 16), 16);
-        if (w > st.hlc.wall || (w === st.hlc.wall && k > st.hlc.counter)) st.hlc = { wall: w, counter: k };
+        const h = parseHlc(c.hlc);
+        st.hlc = maxState(st.hlc, { wall: h.wall, counter: h.counter });
       }
     }
     st = { ...st, cursor, chains, lastSyncAt: env.now(), clockOffsetMs: env.clockOffsetMs() };

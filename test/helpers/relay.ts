@@ -274,3 +274,16 @@ export async function refusedEarly(url: string, init: UndiciRequestInit): Promis
   }
 }
 
+/** A body sent without Content-Length (chunked). */
+export function chunked(bytes: Uint8Array, pieces = 4): ReadableStream<Uint8Array> {
+  const step = Math.ceil(bytes.length / pieces);
+  let at = 0;
+  return new ReadableStream({
+    pull(ctl) {
+      if (at >= bytes.length) return ctl.close();
+      ctl.enqueue(bytes.subarray(at, at + step));
+      at += step;
+    },
+  });
+}
+

@@ -28,6 +28,7 @@ import {
   startTestRelay,
   uploadManifest,
   type TestDevice,
+  chunked,
   refusedEarly,
   type TestRelay,
 } from '../helpers/relay.js';
@@ -84,17 +85,6 @@ async function rows(vaultId: string): Promise<{ cursor: number; device_id: strin
 }
 
 
-function chunked(bytes: Uint8Array, pieces = 4): ReadableStream<Uint8Array> {
-  const step = Math.ceil(bytes.length / pieces);
-  let at = 0;
-  return new ReadableStream({
-    pull(ctl) {
-      if (at >= bytes.length) return ctl.close();
-      ctl.enqueue(bytes.subarray(at, at + step));
-      at += step;
-    },
-  });
-}
 
 describe('push and pull', () => {
   it('stores opaque batches under per-vault cursors and serves them back byte for byte', async () => {

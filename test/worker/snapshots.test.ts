@@ -20,6 +20,7 @@ import {
   startTestRelay,
   uploadManifest,
   uploadPack,
+  chunked,
   refusedEarly,
   type TestRelay,
 } from '../helpers/relay.js';
@@ -37,18 +38,6 @@ const MiB = 1024 * 1024;
 
 const get = (url: string, token: string): Promise<Response> => fetch(url, { headers: bearer(token) });
 
-/** A body sent without Content-Length (chunked). */
-function chunked(bytes: Uint8Array, pieces = 4): ReadableStream<Uint8Array> {
-  const step = Math.ceil(bytes.length / pieces);
-  let at = 0;
-  return new ReadableStream({
-    pull(ctl) {
-      if (at >= bytes.length) return ctl.close();
-      ctl.enqueue(bytes.subarray(at, at + step));
-      at += step;
-    },
-  });
-}
 
 function putChunked(url: string, token: string, bytes: Uint8Array, sha = sha256Hex(bytes)): Promise<Response> {
   return fetch(url, {
