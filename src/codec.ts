@@ -39,6 +39,10 @@ export function isCodec(value: number): value is Codec {
 interface ZstdBackend {
   readonly name: 'node:zlib' | 'zstd-napi';
   compress(data: Uint8Array, level: number): Uint8Array;
+  /** Like compress, but the result may be a view of a buffer this thread reuses: valid until the next call. */
+  compressTransient(data: Uint8Array, level: number): Uint8Array;
+  /** One frame fed piece by piece; end() returns it as compressTransient does. */
+  compressStream(level: number, totalBytes: number): CompressStream;
   /** Throws CodecError('too_large') past maxOutput, CodecError('corrupt') on bad input. */
   decompress(data: Uint8Array, maxOutput: number, into?: Uint8Array): Uint8Array;
 }
@@ -57,9 +61,19 @@ function zlibBackend(): ZstdBackend | undefined {
   if (level === undefined) return undefined;
   const compressSync = z.zstdCompressSync;
   const decompressSync = z.zstdDecompressSync;
+  const compress = (data: Uint8Array, lvl: number) => toUint8(compressSync(data, { params: { [level]: lvl } }));
   return {
     name: 'node:zlib',
-    compress: (data, lvl) => toUint8(compressSync(data, { params: { [level]: lvl } })),
+    compress,
+    compressTransient: compress,
+    compressStream(lvl) {
+      // No synchronous streaming in node:zlib's zstd: gather the pieces, compress once at the end.
+      const pieces: Uint8Array[] = [];
+      return {
+        write: (piece) => void pieces.push(Uint8Array.from(piece)),
+        end: () => compress(Buffer.concat(pieces), lvl),
+      };
+    },
     decompress(data, maxOutput) {
       let out: Buffer;
       try {
@@ -84,7 +98,19 @@ interface NapiDCtx {
 interface Napi {
   compress(data: Uint8Array, parameters: { compressionLevel: number }): Buffer;
 }
+interface NapiCCtx {
+  compress(dst: Uint8Array, src: Uint8Array, level: number): number;
+  setParameter(param: number, value: number): void;
+  setPledgedSrcSize(size: number): void;
+  reset(directive: number): void;
+  compressStream2(dst: Uint8Array, src: Uint8Array, endOp: number): [remaining: number, produced: number, consumed: number];
+}
 interface NapiBinding {
+  CCtx: new () => NapiCCtx;
+  CParameter: { compressionLevel: number };
+  EndDirective: { continue: number; end: number };
+  ResetDirective: { sessionAndParameters: number };
+  compressBound(size: number): number;
   DCtx: new () => NapiDCtx;
   dStreamOutSize(): number;
 }
@@ -102,9 +128,45 @@ function napiBackend(): ZstdBackend {
   // object piled up between garbage collections (a restore's memory grew with
   // the number of packs).
   let shared: NapiDCtx | undefined;
+  // Sealing a pack compresses 8 MiB at a time: one context and one output buffer per thread, reused,
+  // instead of a fresh context and a compressBound-sized buffer of garbage per pack.
+  let cctx: NapiCCtx | undefined;
+  let dest = new Uint8Array(0);
   return {
     name: 'zstd-napi',
     compress: (data, level) => toUint8(napi.compress(data, { compressionLevel: level })),
+    compressTransient(data, level) {
+      cctx ??= new binding.CCtx();
+      const bound = binding.compressBound(data.length);
+      if (dest.length < bound) dest = new Uint8Array(bound);
+      return dest.subarray(0, cctx.compress(dest, data, level));
+    },
+    compressStream(level, totalBytes) {
+      const ctx = (cctx ??= new binding.CCtx());
+      ctx.reset(binding.ResetDirective.sessionAndParameters);
+      ctx.setParameter(binding.CParameter.compressionLevel, level);
+      ctx.setPledgedSrcSize(totalBytes); // the frame header says the size, as a one-shot frame's does
+      // The output grows in the reused buffer; only the bytes written are touched (resident).
+      const bound = binding.compressBound(totalBytes);
+      if (dest.length < bound) dest = new Uint8Array(bound);
+      let at = 0;
+      const pump = (src: Uint8Array, op: number) => {
+        for (;;) {
+          const [remaining, produced, consumed] = ctx.compressStream2(dest.subarray(at), src, op);
+          at += produced;
+          src = src.subarray(consumed);
+          if (op === binding.EndDirective.end ? remaining === 0 : src.length === 0) return;
+          if (at === dest.length) throw new CodecError('too_large', 'zstd output over its bound');
+        }
+      };
+      return {
+        write: (piece) => pump(piece, binding.EndDirective.continue),
+        end() {
+          pump(new Uint8Array(0), binding.EndDirective.end);
+          return dest.subarray(0, at);
+        },
+      };
+    },
     decompress(data, maxOutput, into) {
       // zstd-napi's high-level decompress allocates the frame's declared content
       // size up front; the streaming context lets us stop at the limit instead.
@@ -151,6 +213,13 @@ function napiBackend(): ZstdBackend {
   };
 }
 
+/** A zstd frame compressed piece by piece (see compressStream). */
+export interface CompressStream {
+  write(piece: Uint8Array): void;
+  /** The whole frame: a view of a buffer this thread reuses, valid until its next compression. */
+  end(): Uint8Array;
+}
+
 let backend: ZstdBackend | undefined;
 
 function zstd(): ZstdBackend {
@@ -177,6 +246,29 @@ export function compress(codec: Codec, data: Uint8Array, level: number = ZSTD_DE
   if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
   if (!Number.isSafeInteger(level)) throw new TypeError('level must be an integer');
   return codec === Codec.none ? data : zstd().compress(data, level);
+}
+
+/**
+ * Like compress, but the result may be a view of a buffer this thread reuses:
+ * use it before the next call (sealObject encrypts it into the object at once).
+ */
+export function compressTransient(codec: Codec, data: Uint8Array, level: number = ZSTD_DEFAULT_LEVEL): Uint8Array {
+  assertCodec(codec);
+  if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+  if (!Number.isSafeInteger(level)) throw new TypeError('level must be an integer');
+  return codec === Codec.none ? data : zstd().compressTransient(data, level);
+}
+
+/**
+ * A zstd frame of exactly `totalBytes` of input, fed piece by piece: the
+ * caller never holds the whole input (a pack is read and compressed 1 MiB at
+ * a time). The result, like compressTransient's, is valid until this
+ * thread's next compression.
+ */
+export function compressStream(totalBytes: number, level: number = ZSTD_DEFAULT_LEVEL): CompressStream {
+  if (!Number.isSafeInteger(totalBytes) || totalBytes < 0) throw new RangeError('totalBytes must be a non-negative integer');
+  if (!Number.isSafeInteger(level)) throw new TypeError('level must be an integer');
+  return zstd().compressStream(level, totalBytes);
 }
 
 /** Inverse of compress; refuses output over `maxOutput` bytes without producing it. */

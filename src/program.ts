@@ -32,7 +32,7 @@ Environment (flags win):
   CASA_SERVER    relay URL (--server), default http://127.0.0.1:8787
   CASA_DB        the Casaconomy database (--db)
   CASA_KEYSTORE  keychain | file (--keystore)
-  CASA_TMPDIR    where snapshot and pull keep their working copy
+  CASA_TMPDIR    where snapshot and pull put a working copy, if they need one
   CASA_TRACE     1 = timing marks on stderr; mem = also the peak RSS`;
 
 export type Action = (ctx: Context, args: unknown[], opts: Record<string, unknown>) => Promise<void>;

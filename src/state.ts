@@ -120,13 +120,20 @@ export function writeState(home: string, state: HomeState): void {
  * become a FailureError naming the directory, with a hint.
  */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): void {
+  writeFileAtomicWith(path, mode, (fd) => {
+    writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+  });
+}
+
+/** writeFileAtomic, with the content written by `fill` into the temp file's descriptor (for content made piece by piece). */
+export function writeFileAtomicWith(path: string, mode: number, fill: (fd: number) => void): void {
   const dir = dirname(path);
   const tmp = join(dir, `.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}.tmp`);
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
     try {
-      writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+      fill(fd);
       fsyncSync(fd);
     } finally {
       closeSync(fd);

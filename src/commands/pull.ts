@@ -2,13 +2,13 @@
  * `casa pull`: replace the database with the relay's newest snapshot when it
  * is newer than the one this database was last synced to (the local page
  * index's manifest). Never loses local work: a database that changed since
- * (a consistent copy's page hashes differ from the index's; a database with
+ * (a consistent view's page hashes differ from the index's; a database with
  * no index counts as changed) is refused with exit 3 unless --force, and even
  * then the replaced file is kept as a backup. Same machinery as restore.
  */
 import { existsSync } from 'node:fs';
 import { ConflictError } from '../errors.js';
-import { copyDatabase, scratchDir } from '../sync/db-copy.js';
+import { readDatabase, scratchDir } from '../sync/db-copy.js';
 import { readIndex, statDatabase, type PageIndex } from '../sync/page-index.js';
 import type { WorkerPool } from '../sync/pool.js';
 import { shortId } from '../sync/restore.js';
@@ -99,13 +99,13 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
   return true;
 }
 
-/** Whether the database's pages differ from the index's (a consistent copy, hashed, then removed). */
+/** Whether the database's pages differ from the index's (a consistent view, hashed). */
 async function changedSince(ctx: Context, pool: WorkerPool, dbPath: string, index: PageIndex): Promise<boolean> {
-  const copy = await copyDatabase(dbPath, scratchDir(ctx.globals.home, statDatabase(dbPath).size, ctx.deps.term.env.CASA_TMPDIR), pool);
+  const copy = await readDatabase(dbPath, () => scratchDir(ctx.globals.home, statDatabase(dbPath).size, ctx.deps.term.env.CASA_TMPDIR), pool);
   try {
     if (copy.pageCount !== index.manifest.pageCount || copy.pageSize !== index.manifest.pageSize) return true;
     return !Buffer.from(copy.hashes).equals(Buffer.from(index.hashes));
   } finally {
-    copy.remove();
+    copy.close();
   }
 }

@@ -18,12 +18,15 @@ import { tracer, type Context } from './context.js';
 import { formatBytes, openVault } from './snapshots.js';
 
 /**
- * Workers hashing pages and sealing packs (zstd, AES-GCM, HMAC). Measured on
- * two cores, a 1 GiB initial snapshot: 12.7 s with two, 24 s with one; each
- * worker costs ~20–30 MB of peak memory, so more than two would not pay.
+ * Threads that hash and seal (zstd, AES-GCM). An incremental snapshot hashes
+ * every page and seals a few packs: on the main thread, which then waits for
+ * the relay between packs (a worker would cost ~18 MB of memory for no time
+ * measured here: 1 GiB + a week, 2.5 s either way). A snapshot that seals
+ * every page (the first one) uses one worker for sealing, and the main
+ * thread only uploads: the relay takes the other core (1 GiB: ~6 s, against
+ * ~7.5 s sealing on the main thread).
  */
-/** One worker thread plus the main thread (see WorkerPool): as fast as two workers here, ~25 MB lighter. */
-const SNAPSHOT_WORKERS = 1;
+const FULL_UPLOAD_WORKERS = 1;
 
 export interface SnapshotCommandOptions {
   force?: boolean;
@@ -59,10 +62,10 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
   const v = await openVault(ctx);
   checkDatabaseFile(dbPath);
   const lock = acquireLock(ctx.globals.home, dbPath, 'snapshot');
-  const pool = new WorkerPool(v.keys, SNAPSHOT_WORKERS, { mainLane: true });
+  const pool = new WorkerPool(v.keys, 0, { mainLane: true });
   let bar: ProgressBar | undefined;
   try {
-    const labels: Record<SnapshotPhase, string> = { copy: 'copying', upload: 'uploading' };
+    const labels: Record<SnapshotPhase, string> = { copy: 'copying', read: 'reading', upload: 'uploading' };
     const r = await takeSnapshot(
       {
         home: ctx.globals.home,
@@ -73,6 +76,7 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
         api: v.api,
         server: v.p.client.server,
         pool,
+        fullUploadPool: () => new WorkerPool(v.keys, FULL_UPLOAD_WORKERS),
         random: ctx.deps.random,
         now: ctx.deps.now,
         signal: ctx.deps.signal,
@@ -83,7 +87,7 @@ export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): P
         onProgress: (bytes) => bar?.add(bytes),
         trace: tracer(ctx),
         tmpDir: ctx.deps.term.env.CASA_TMPDIR || undefined,
-        // Read before the copy: the copy then holds at least every changeset up to here.
+        // Read before the view is taken: it then holds at least every changeset up to here.
         changesetWatermark: changesetCursor(ctx, v.keys, dbPath),
       },
       { force: Boolean(opts.force) },

@@ -12,14 +12,13 @@
  * silently changeable, without the phrase.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { writeFileAtomic } from '../state.js';
+import { writeFileAtomicWith } from '../state.js';
 import { validateManifest, type Manifest } from './manifest.js';
 import { PAGE_HASH_BYTES } from './page-hash.js';
-import { Codec } from '../codec.js';
-import { ObjectType, openObject, sealObject } from '../crypto/objects.js';
+import { ObjectType, openObject, sealObjectParts } from '../crypto/objects.js';
 
 /** The most a sealed index may decrypt to: a 64 GiB database of 4 KiB pages, plus its manifest. */
 const MAX_INDEX_BYTES = 1 << 30;
@@ -96,7 +95,8 @@ export function readIndex(home: string, keys: VaultKeys, dbPath: string): PageIn
     return null;
   }
   try {
-    const plain = openObject({ ...sealing(keys, dbPath), object: buf, maxPlaintext: MAX_INDEX_BYTES });
+    // In place: the file's buffer becomes the plaintext (no second copy of the hashes).
+    const plain = openObject({ ...sealing(keys, dbPath), object: buf, maxPlaintext: MAX_INDEX_BYTES, inPlace: true });
     buf = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength); // a view, not a copy
     const jsonLen = buf.readUInt32BE(0);
     const meta = JSON.parse(buf.subarray(4, 4 + jsonLen).toString('utf8')) as Omit<PageIndex, 'hashes'>;
@@ -127,13 +127,12 @@ export function writeIndex(home: string, keys: VaultKeys, dbPath: string, idx: P
   );
   const head = Buffer.alloc(4);
   head.writeUInt32BE(json.length, 0);
-  const sealed = sealObject({
-    ...sealing(keys, dbPath),
-    codec: Codec.none,
-    plaintext: Buffer.concat([head, json, idx.hashes]),
-    salt: new Uint8Array(randomBytes(32)),
-  });
-  writeFileAtomic(indexPath(home, keys, dbPath), sealed, 0o600);
+  // Sealed piece by piece straight into the file: the hashes (8 MiB per GiB of database) are never copied.
+  writeFileAtomicWith(indexPath(home, keys, dbPath), 0o600, (fd) =>
+    sealObjectParts({ ...sealing(keys, dbPath), parts: [head, json, idx.hashes], salt: new Uint8Array(randomBytes(32)) }, (bytes) => {
+      for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
+    }),
+  );
 }
 
 function validPackSizes(v: unknown): Record<string, number> | undefined {

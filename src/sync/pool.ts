@@ -17,8 +17,10 @@ import { runJob } from './pool-jobs.js';
 import { collectYoung } from '../gc.js';
 
 export type Job =
-  | { kind: 'hash'; path: string; pageSize: number; firstPage: number; pageCount: number }
-  | { kind: 'seal'; path: string; pageSize: number; pages: Uint32Array; salt: Uint8Array; withHashes?: boolean }
+  /** Reads pages with pread from `fd` (fds are process-wide: a DbSource's) and hashes them. */
+  | { kind: 'hash'; fd: number; pageSize: number; firstPage: number; pageCount: number }
+  /** Reads the pages from `fd`, hashes them (the pack id is made from the hashes) and seals them into a pack. */
+  | { kind: 'seal'; fd: number; pageSize: number; pages: Uint32Array; salt: Uint8Array }
   | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean }
   /**
    * Opens a pack like 'open', then writes slices of its plaintext into the

@@ -108,9 +108,23 @@ function exchangeOnce({ url, method, headers, body, signal }: Outgoing): Promise
       },
       (res) => {
         answered = true;
+        // A declared length: one buffer of that size, filled as the chunks arrive (a pack is 2–3 MiB:
+        // no list of 64 KiB chunks held until a final copy). Otherwise chunks and a concat.
+        const declared = Number(res.headers['content-length']);
+        const known = res.headers['content-length'] !== undefined && Number.isSafeInteger(declared) && declared >= 0 && declared <= MAX_RESPONSE_BYTES;
+        const whole = known ? Buffer.allocUnsafeSlow(declared) : null;
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (c: Buffer) => {
+          if (whole !== null) {
+            if (size + c.length > whole.length) {
+              req.destroy(new Error('answer longer than its Content-Length'));
+              return;
+            }
+            c.copy(whole, size);
+            size += c.length;
+            return;
+          }
           size += c.length;
           if (size > MAX_RESPONSE_BYTES) {
             req.destroy(new Error('answer too large'));
@@ -118,7 +132,13 @@ function exchangeOnce({ url, method, headers, body, signal }: Outgoing): Promise
           }
           chunks.push(c);
         });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('end', () => {
+          if (whole !== null && size !== whole.length) {
+            reject(new Error('answer shorter than its Content-Length'));
+            return;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: whole ?? Buffer.concat(chunks) });
+        });
         res.on('error', reject);
       },
     );

@@ -1,6 +1,6 @@
 /**
  * The snapshot engine (DESIGN §6, docs/FORMAT.md §5, docs/RELAY-API.md
- * "Snapshots"): consistent copy → page diff against the local index → seal
+ * "Snapshots"): a consistent view (src/sync/db-copy.ts) → page diff against the local index → seal
  * changed pages into packs on the worker pool, pipelined with uploads →
  * manifest → compare-and-swap commit on the vault's head → new local index.
  * All I/O comes in through SnapshotEnv, so tests drive it with a real relay
@@ -22,7 +22,10 @@ import { bytesToHex } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { CancelledError, FailureError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
-import { copyDatabase, scratchDir, type DbCopy } from './db-copy.js';
+import { hashDatabase, openDatabaseView, scratchDir, type DbCopy } from './db-copy.js';
+import { PAGE_HASH_BYTES, pagesDigest } from './page-hash.js';
+import { equalBytes } from '../crypto/bytes.js';
+import { noteDropped } from '../gc.js';
 import { sealManifest } from './manifest.js';
 import { readIndex, statDatabase, writeIndex, type PageIndex } from './page-index.js';
 import type { WorkerPool } from './pool.js';
@@ -42,7 +45,7 @@ import { checkNotRolledBack, type SnapshotApi, type SnapshotInfo } from './snaps
 export const COMMIT_ATTEMPTS = 10;
 const SALT_BYTES = 32;
 
-export type SnapshotPhase = 'copy' | 'upload';
+export type SnapshotPhase = 'copy' | 'read' | 'upload';
 
 export interface SnapshotEnv {
   home: string;
@@ -55,7 +58,13 @@ export interface SnapshotEnv {
   api: Pick<SnapshotApi, 'missingPacks' | 'putPack' | 'putManifest' | 'commit' | 'list' | 'head'>;
   /** For messages: the relay's URL. */
   server: string;
+  /** Hashes pages and seals the packs of an incremental snapshot (few packs: the main thread is enough). */
   pool: WorkerPool;
+  /**
+   * A pool for a snapshot that seals every page (no usable index): started
+   * only then, closed at the end. Without it, `pool` seals everything.
+   */
+  fullUploadPool?: () => WorkerPool;
   random: (n: number) => Uint8Array;
   now: () => number;
   signal: AbortSignal;
@@ -63,7 +72,7 @@ export interface SnapshotEnv {
   onPhase?: (phase: SnapshotPhase, total: number) => void;
   onProgress?: (bytes: number) => void;
   sleep?: (ms: number) => Promise<void>;
-  /** Where the working copy goes (CASA_TMPDIR); default: see scratchDir. */
+  /** Where a working copy goes when one is needed (CASA_TMPDIR); default: see scratchDir. */
   tmpDir?: string;
   /** Timing marks for `CASA_TRACE=1` (phase names only: never data). */
   trace?: (label: string) => void;
@@ -120,17 +129,35 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   checkAbort();
   env.trace?.('listed snapshots');
 
-  const dbStat = statDatabase(env.dbPath);
-  const dbSize = dbStat.size + dbStat.walSize;
-  env.onPhase?.('copy', dbSize);
-  const copy = await copyDatabase(env.dbPath, scratchDir(env.home, dbSize, env.tmpDir), env.pool, (b) => env.onProgress?.(b));
+  const before = statDatabase(env.dbPath);
+  const dbSize = before.size + before.walSize;
+  const view = await openDatabaseView(
+    env.dbPath,
+    () => {
+      env.onPhase?.('copy', dbSize);
+      return scratchDir(env.home, dbSize, env.tmpDir);
+    },
+    (b) => env.onProgress?.(b),
+    env.trace,
+  );
+  let sealPool: WorkerPool | undefined;
   try {
     checkAbort();
-    env.trace?.('copied and hashed');
     const index = readIndex(env.home, env.keys, env.dbPath);
     env.trace?.('read the index');
-    const old = index && index.manifest.pageSize === copy.pageSize ? index : null;
-    const changed = changedPages(old?.hashes ?? null, copy.hashes);
+    const old = index && index.manifest.pageSize === view.pageSize ? index : null;
+    const dbStat = view.stat;
+    // Without an index every page goes into a new pack, and sealing hashes each page: no pass of its own.
+    let copy: DbCopy;
+    if (old) {
+      env.onPhase?.('read', view.dbBytes);
+      copy = { ...view, ...(await hashDatabase(view, env.pool, (b) => env.onProgress?.(b))) };
+      env.trace?.('hashed');
+    } else {
+      copy = { ...view, hashes: new Uint8Array(view.pageCount * PAGE_HASH_BYTES), pagesSha256: '' };
+    }
+    checkAbort();
+    const changed = old ? changedPages(old.hashes, copy.hashes) : new Uint8Array(copy.pageCount).fill(1);
     const nChanged = countChanged(changed);
     const sizes = new Map<string, number>(Object.entries(old?.packSizes ?? {}));
 
@@ -172,9 +199,12 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     checkAbort();
 
     env.trace?.('planned; kept packs checked');
-    const up = new Uploader(env, copy, sizes);
+    // Every page to seal: a worker thread compresses and encrypts while the main thread keeps the uploads going.
+    if (old === null && env.fullUploadPool) sealPool = env.fullUploadPool();
+    const up = new Uploader({ ...env, pool: sealPool ?? env.pool }, copy, sizes, old === null);
     env.onPhase?.('upload', plan.repack.length * copy.pageSize);
     const newPacks = await up.packPages(plan.repack);
+    if (old === null) copy.pagesSha256 = pagesDigest(copy.hashes);
 
     // Commit, rebasing onto a head that moved and re-packing what the relay lost meanwhile.
     env.trace?.('packs sealed and uploaded');
@@ -284,7 +314,9 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
       }
     }
   } finally {
-    copy.remove();
+    // Every lane of the uploader has settled (packPages waits for all): nothing reads the view any more.
+    await sealPool?.close();
+    view.close();
   }
 }
 
@@ -315,10 +347,17 @@ class Uploader {
   uploadedObjects = 0;
   readonly uploaded = new Set<string>();
 
+  /**
+   * With `fillHashes`, the sealed pages' hashes are the first ones computed
+   * (an initial snapshot) and go into `copy.hashes`; otherwise they must equal
+   * the hashing pass's (the view cannot change under a snapshot: a difference
+   * is a bug or a broken file system, never a snapshot).
+   */
   constructor(
     private readonly env: SnapshotEnv,
     private readonly copy: DbCopy,
     private readonly sizes: Map<string, number>,
+    private readonly fillHashes: boolean,
   ) {}
 
   async packPages(pages: Uint32Array): Promise<NewPack[]> {
@@ -354,15 +393,25 @@ class Uploader {
   private async one(pages: Uint32Array, force = false): Promise<NewPack> {
     const env = this.env;
     if (env.signal.aborted) throw new CancelledError();
+    const { pageSize } = this.copy;
     const sealed = await env.pool.run({
       kind: 'seal',
-      path: this.copy.path,
-      pageSize: this.copy.pageSize,
+      fd: this.copy.fd,
+      pageSize,
       pages: pages.slice(),
       salt: env.random(SALT_BYTES),
-      withHashes: false,
     });
     if (env.signal.aborted) throw new CancelledError();
+    pages.forEach((page, k) => {
+      const h = sealed.hashes.subarray(k * PAGE_HASH_BYTES, (k + 1) * PAGE_HASH_BYTES);
+      const at = page * PAGE_HASH_BYTES;
+      if (this.fillHashes) this.copy.hashes.set(h, at);
+      else if (!equalBytes(h, this.copy.hashes.subarray(at, at + PAGE_HASH_BYTES))) {
+        throw new FailureError(`page ${page} of the database changed while it was read`, {
+          hints: ['run `casa snapshot` again; if it keeps happening, check the disk'],
+        });
+      }
+    });
     const have = !force && !(await env.api.missingPacks([sealed.id])).has(sealed.id);
     if (!have) {
       await env.api.putPack(sealed.id, sealed.object);
@@ -371,6 +420,7 @@ class Uploader {
       this.uploaded.add(sealed.id);
     }
     this.sizes.set(sealed.id, sealed.object.length);
+    noteDropped(sealed.object.length);
     env.onProgress?.(sealed.bytes);
     return { id: sealed.id, bytes: sealed.bytes, pages };
   }

@@ -17,6 +17,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { baseEnv, CASA, ROOT, useRelay, type RunResult } from '../helpers/cli.js';
+import { consistentCopy } from '../helpers/sqlite.js';
 import { Context, defaultDeps, deviceSession, loadPaired, resolveGlobals, vaultKeys } from '../../src/commands/context.js';
 import { processTerminal } from '../../src/ui/terminal.js';
 import { SnapshotApi } from '../../src/sync/snapshot-api.js';
@@ -118,6 +119,11 @@ async function twoDevices(name: string): Promise<[Machine, Machine]> {
   return [a, b];
 }
 
+/** What the working-copy directory holds (a WAL database is read in place: usually nothing, often no directory). */
+function tmpFiles(m: Machine): string[] {
+  return existsSync(join(m.home, 'tmp')) ? readdirSync(join(m.home, 'tmp')) : [];
+}
+
 function vaultOf(m: Machine): { vaultId: string; deviceId: string; highestSeq?: number } {
   return JSON.parse(readFileSync(join(m.home, 'state.json'), 'utf8')).vault;
 }
@@ -141,7 +147,7 @@ async function rebuild(m: Machine, snapshotId: string, seq: number, out: string)
   try {
     for (let pi = 0; pi < manifest.packs.length; pi++) {
       const pack = manifest.packs[pi]!;
-      const plain = openPack(keys, pack.id, await api.getPack(pack.id), pack.bytes);
+      const plain = openPack(keys, pack.id, await api.getPack(pack.id), pack.bytes, manifest.pageSize);
       for (let i = 0; i < manifest.runs.length; i += 4) {
         if (manifest.runs[i + 2] !== pi) continue;
         const [first, count, , off] = manifest.runs.slice(i, i + 4) as [number, number, number, number];
@@ -195,7 +201,7 @@ describe('casa snapshot, one device', () => {
     expect(first.duration_ms).toBeGreaterThan(0);
     expect(vaultOf(m).highestSeq).toBe(1);
     await rebuild(m, first.snapshot_id, 1, join(m.home, 'rebuilt-1.db'));
-    expect(readdirSync(join(m.home, 'tmp'))).toEqual([]); // the temporary copy is gone
+    expect(tmpFiles(m)).toEqual([]); // read in place: no copy was made
   });
 
   it('again: up to date, nothing uploaded; the human line says so; --quiet prints nothing', async () => {
@@ -233,28 +239,42 @@ describe('casa snapshot, one device', () => {
     await rebuild(m, inc.snapshot_id, 4, join(m.home, 'rebuilt-4.db'));
   });
 
-  it('while another process keeps writing in WAL mode, the snapshot is one consistent state', async () => {
+  /**
+   * A writer process inserts transactions with their tags, one transaction
+   * each, `pauseMs` apart (0: as fast as it can), while casa snapshots twice.
+   * Returns what the trace said about how each snapshot read the database.
+   */
+  async function snapshotsDuringWrites(pauseMs: number): Promise<string[]> {
+    const account = `acct-w${pauseMs}`;
     const script = `
       const Database = require(${JSON.stringify(join(ROOT, 'node_modules', 'better-sqlite3'))});
       const { randomUUID } = require('node:crypto');
       const db = new Database(process.argv[1]);
       db.pragma('journal_mode = WAL');
       db.pragma('busy_timeout = 5000');
-      const ins = db.prepare("INSERT INTO transactions VALUES (?, 'acct-w', '2026-01-01', ?, 'Writer', ?, '2026-01-01')");
+      const ins = db.prepare("INSERT INTO transactions VALUES (?, ?, '2026-01-01', ?, 'Writer', ?, '2026-01-01')");
       const tag = db.prepare("INSERT INTO transaction_tags VALUES (?, 'writer')");
-      const both = db.transaction((i) => { const id = randomUUID(); ins.run(id, i, 'w'.repeat(40 + (i % 50))); tag.run(id); });
+      const both = db.transaction((i) => { const id = randomUUID(); ins.run(id, process.argv[4], i, 'w'.repeat(40 + (i % 50))); tag.run(id); });
       const end = Date.now() + Number(process.argv[2]);
+      const pause = Number(process.argv[3]);
+      const nap = new Int32Array(new SharedArrayBuffer(4));
       let i = 0;
       console.log('ready');
-      while (Date.now() < end) both(i++);
+      while (Date.now() < end) { both(i++); if (pause > 0) Atomics.wait(nap, 0, 0, pause); }
       console.log(i);
       db.close();`;
-    const writer = spawn(process.execPath, ['-e', script, m.env.CASA_DB, '6000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const writer = spawn(process.execPath, ['-e', script, m.env.CASA_DB, '6000', String(pauseMs), account], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     writer.stdout.on('data', (d) => (out += d));
     await new Promise<void>((resolve) => writer.stdout.on('data', () => out.includes('ready') && resolve()));
     const docs: SnapshotDoc[] = [];
-    for (let k = 0; k < 2; k++) docs.push(await snapshot(m));
+    const how: string[] = [];
+    for (let k = 0; k < 2; k++) {
+      const r = await m.run(['snapshot', '--json'], { env: { CASA_TRACE: '1' }, timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(0);
+      docs.push(JSON.parse(r.stdout) as SnapshotDoc);
+      how.push(/reading the live database/.test(r.stderr) ? 'live' : /copied/.test(r.stderr) ? 'copy' : '?');
+    }
     await new Promise((r) => writer.on('close', r));
     const inserted = Number(out.trim().split('\n').pop());
     expect(inserted).toBeGreaterThan(0);
@@ -265,8 +285,8 @@ describe('casa snapshot, one device', () => {
       await rebuild(m, d.snapshot_id, d.seq, copy);
       // Every transaction the writer inserted has its tag: no half-applied write.
       const db = new Database(copy, { readonly: true });
-      const orphans = db.prepare("SELECT count(*) FROM transactions t LEFT JOIN transaction_tags g ON g.transaction_id = t.id AND g.tag = 'writer' WHERE t.account_id = 'acct-w' AND g.tag IS NULL").pluck().get();
-      written.push(db.prepare("SELECT count(*) FROM transactions WHERE account_id = 'acct-w'").pluck().get() as number);
+      const orphans = db.prepare("SELECT count(*) FROM transactions t LEFT JOIN transaction_tags g ON g.transaction_id = t.id AND g.tag = 'writer' WHERE t.account_id = ? AND g.tag IS NULL").pluck().get(account);
+      written.push(db.prepare('SELECT count(*) FROM transactions WHERE account_id = ?').pluck().get(account) as number);
       db.close();
       expect(orphans).toBe(0);
     }
@@ -274,6 +294,60 @@ describe('casa snapshot, one device', () => {
     expect(written[0]).toBeGreaterThan(0);
     expect(written[1]).toBeGreaterThan(written[0]!);
     expect(written[1]).toBeLessThan(inserted);
+    return how;
+  }
+
+  it('while another process writes as fast as it can in WAL mode, the snapshot is one consistent state', async () => {
+    const how = await snapshotsDuringWrites(0);
+    for (const h of how) expect(['live', 'copy']).toContain(h);
+  });
+
+  it('while the app saves now and then, the snapshot reads the live file under a read transaction, one consistent state', async () => {
+    const how = await snapshotsDuringWrites(15);
+    expect(how).toContain('live');
+  });
+
+  it('a reader holding an old state keeps the WAL from folding: the snapshot copies through the backup API instead', async () => {
+    const other = relay.machine('snap-old-reader');
+    await pairNew(other, 'reader');
+    makeDb(other.env.CASA_DB, 500);
+    const reader = new Database(other.env.CASA_DB, { readonly: true });
+    const writer = new Database(other.env.CASA_DB);
+    try {
+      reader.exec('BEGIN');
+      reader.prepare('SELECT count(*) FROM transactions').get(); // holds this state's WAL frames
+      insertTransactions(writer, 50);
+      const r = await other.run(['snapshot', '--json'], { env: { CASA_TRACE: '1' } });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/copied/);
+      expect(r.stderr).not.toMatch(/reading the live database/);
+      const doc = JSON.parse(r.stdout) as SnapshotDoc;
+      await rebuild(other, doc.snapshot_id, doc.seq, join(other.home, 'rebuilt.db'));
+      const db = new Database(join(other.home, 'rebuilt.db'), { readonly: true });
+      expect(db.prepare('SELECT count(*) FROM transactions').pluck().get()).toBe(550); // the newest committed state
+      db.close();
+    } finally {
+      reader.exec('COMMIT');
+      reader.close();
+      writer.close();
+    }
+    expect(tmpFiles(other)).toEqual([]); // the copy is removed
+  });
+
+  it('a rollback-journal database is copied through the backup API (its lock would block the app for the whole snapshot)', async () => {
+    const other = relay.machine('snap-journal');
+    await pairNew(other, 'journal');
+    makeDb(other.env.CASA_DB, 500);
+    const db = new Database(other.env.CASA_DB);
+    db.pragma('journal_mode = DELETE');
+    db.close();
+    const r = await other.run(['snapshot', '--json'], { env: { CASA_TRACE: '1' } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/copied/);
+    const doc = JSON.parse(r.stdout) as SnapshotDoc;
+    await rebuild(other, doc.snapshot_id, doc.seq, join(other.home, 'rebuilt.db'));
+    expect(readFileSync(join(other.home, 'rebuilt.db')).equals(await consistentCopy(other.env.CASA_DB))).toBe(true);
+    expect(tmpFiles(other)).toEqual([]);
   });
 });
 
@@ -430,30 +504,40 @@ describe('casa snapshot, interrupted and concurrent', () => {
     expect(r.code).toBe(130);
     expect(r.stderr).toMatch(/^casa: error: cancelled/m);
     expect(await snapshotRows(vaultOf(m).vaultId)).toEqual([]);
-    expect(readdirSync(join(m.home, 'tmp'))).toEqual([]);
+    expect(tmpFiles(m)).toEqual([]);
     expect(readdirSync(join(m.home, 'locks'))).toEqual([]);
   });
 
-  it('SIGKILL mid-upload: the head is unchanged, and the next run reuses the uploaded packs', async () => {
-    const m = relay.machine('snap-kill');
-    await pairNew(m, 'kill');
-    makeDb(m.env.CASA_DB, 2_000, 40); // ~40 MiB of incompressible attachments: several packs
-    const { vaultId } = vaultOf(m);
-    const run = await startHeld(m);
-    run.child.kill('SIGKILL');
-    expect((await run.ended()).signal).toBe('SIGKILL');
-    expect(await snapshotRows(vaultId)).toEqual([]);
-    expect(readdirSync(join(m.home, 'tmp')).length).toBe(1); // the killed run's copy
+  for (const mode of ['wal', 'delete'] as const) {
+    it(`SIGKILL mid-upload (${mode === 'wal' ? 'WAL, read in place' : 'rollback journal, copied'}): the head is unchanged, and the next run reuses the uploaded packs`, async () => {
+      const m = relay.machine(`snap-kill-${mode}`);
+      await pairNew(m, 'kill');
+      makeDb(m.env.CASA_DB, 2_000, 40); // ~40 MiB of incompressible attachments: several packs
+      if (mode === 'delete') {
+        const db = new Database(m.env.CASA_DB);
+        db.pragma('journal_mode = DELETE');
+        db.close();
+      }
+      const before = readFileSync(m.env.CASA_DB);
+      const { vaultId } = vaultOf(m);
+      const run = await startHeld(m);
+      run.child.kill('SIGKILL');
+      expect((await run.ended()).signal).toBe('SIGKILL');
+      expect(await snapshotRows(vaultId)).toEqual([]);
+      // The killed run leaves its working copy (swept by the next run), or nothing at all.
+      expect(tmpFiles(m).length).toBe(mode === 'wal' ? 0 : 1);
+      expect(readFileSync(m.env.CASA_DB).equals(before)).toBe(true); // a snapshot never changes the database
 
-    const next = await snapshot(m);
-    expect(next).toMatchObject({ status: 'committed', seq: 1 });
-    expect(next.reused_packs).toBeGreaterThanOrEqual(1);
-    expect(readdirSync(join(m.home, 'tmp'))).toEqual([]); // the stale copy is swept
-    const manifest = await rebuild(m, next.snapshot_id, 1, join(m.home, 'rebuilt.db'));
-    expect(manifest.packs.length).toBeGreaterThanOrEqual(4);
-    expect(next.uploaded_objects).toBeLessThan(manifest.packs.length);
-    expect(next.uploaded_objects + next.reused_packs).toBe(manifest.packs.length);
-  });
+      const next = await snapshot(m);
+      expect(next).toMatchObject({ status: 'committed', seq: 1 });
+      expect(next.reused_packs).toBeGreaterThanOrEqual(1);
+      expect(tmpFiles(m)).toEqual([]);
+      const manifest = await rebuild(m, next.snapshot_id, 1, join(m.home, 'rebuilt.db'));
+      expect(manifest.packs.length).toBeGreaterThanOrEqual(4);
+      expect(next.uploaded_objects).toBeLessThan(manifest.packs.length);
+      expect(next.uploaded_objects + next.reused_packs).toBe(manifest.packs.length);
+    });
+  }
 
   it('two devices snapshotting at the same time: both committed, one after the other', async () => {
     const [a, b] = await twoDevices('snap-two');

@@ -1,7 +1,8 @@
 /**
  * Real SQLite databases for the snapshot/restore e2e tests: a Casaconomy-ish
- * database to edit, the consistent copy a snapshot of it holds (SQLite's
- * backup API, like `casa snapshot`), SHA-256 of files, and integrity checks
+ * database to edit, the bytes a snapshot of it holds (as `casa snapshot`
+ * reads them: a WAL-mode file checkpointed and read in place, any other
+ * through SQLite's backup API), SHA-256 of files, and integrity checks
  * run on a copy so the checked file gets no -wal/-shm of the test's making.
  */
 import { createHash } from 'node:crypto';
@@ -40,8 +41,24 @@ export function editRows(path: string, tag: string, every = 97): void {
   }
 }
 
-/** The bytes a snapshot of `path` holds now: SQLite's consistent copy. */
+/**
+ * The bytes `casa snapshot` would store for the database now, while nothing
+ * else writes to it: a WAL-mode database with its WAL folded in, read in
+ * place; any other through SQLite's backup API (src/sync/db-copy.ts).
+ */
 export async function consistentCopy(path: string): Promise<Buffer> {
+  const rw = new Database(path, { fileMustExist: true });
+  try {
+    if (String(rw.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal') {
+      const row = (rw.pragma('wal_checkpoint(PASSIVE)') as { log: number; checkpointed: number }[])[0]!;
+      if (row.log !== row.checkpointed) throw new Error('consistentCopy: the WAL could not be folded in (a reader holds it)');
+      const pageCount = Number(rw.pragma('page_count', { simple: true }));
+      const pageSize = Number(rw.pragma('page_size', { simple: true }));
+      return readFileSync(path).subarray(0, pageCount * pageSize);
+    }
+  } finally {
+    rw.close();
+  }
   const dir = mkdtempSync(join(tmpdir(), 'casa-copy-'));
   try {
     const db = new Database(path, { readonly: true });

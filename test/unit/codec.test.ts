@@ -1,6 +1,6 @@
 import * as zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { _zstdBackends, Codec, CodecError, compress, decompress, zstdBackendName } from '../../src/codec.js';
+import { _zstdBackends, Codec, CodecError, compress, compressStream, compressTransient, decompress, zstdBackendName } from '../../src/codec.js';
 
 const hasZlibZstd = typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
 
@@ -82,5 +82,32 @@ describe('codec zstd', () => {
       expect(Buffer.compare(z!.decompress(napi.compress(data, 1), data.length), data)).toBe(0);
       expect(Buffer.compare(napi.decompress(z!.compress(data, 1), data.length), data)).toBe(0);
     });
+  });
+});
+
+describe('compressStream and compressTransient', () => {
+  it.each([0, 1, 4096, 1 << 20, 3 * (1 << 20) + 17])('a frame fed in pieces decompresses to the whole input (%i bytes)', (n) => {
+    const data = sample(n);
+    const frame = compressStream(n);
+    for (let at = 0; at < n; at += 300_001) frame.write(data.subarray(at, Math.min(n, at + 300_001)));
+    const out = Uint8Array.from(frame.end()); // a view of a reused buffer: copied before the next compression
+    expect(Buffer.from(decompress(Codec.zstd, out, n))).toEqual(Buffer.from(data));
+    if (n > 4096) expect(out.length).toBeLessThan(n / 2);
+    // The one-shot transient form reads the same, and its buffer is reused by the next call.
+    const once = compressTransient(Codec.zstd, data);
+    expect(Buffer.from(decompress(Codec.zstd, Uint8Array.from(once), n))).toEqual(Buffer.from(data));
+  });
+
+  it('refuses input longer than it was told (zstd checks the pledged size)', () => {
+    const frame = compressStream(10);
+    expect(() => {
+      frame.write(sample(11));
+      frame.end();
+    }).toThrow();
+  });
+
+  it('codec none hands the data back as it is', () => {
+    const data = sample(100);
+    expect(compressTransient(Codec.none, data)).toBe(data);
   });
 });

@@ -16,6 +16,7 @@ import {
   readHeader,
   sealCanary,
   sealObject,
+  sealObjectParts,
   type SealParams,
   TAG_BYTES,
   WrongKeyError,
@@ -108,6 +109,38 @@ describe('seal and open', () => {
       sameBytes(open(object), pt);
     });
   }
+
+  it('sealObjectParts writes exactly sealObject\'s bytes, however the plaintext is cut into parts', () => {
+    fc.assert(
+      fc.property(fc.array(fc.nat({ max: 3 * CHUNK_BYTES }), { maxLength: 5 }), (lengths) => {
+        const parts = lengths.map((n, k) => plaintext(n).map((b) => b ^ k));
+        const whole = new Uint8Array(lengths.reduce((a, b) => a + b, 0));
+        let at = 0;
+        for (const p of parts) {
+          whole.set(p, at);
+          at += p.length;
+        }
+        const pieces: Uint8Array[] = [];
+        sealObjectParts({ type: ObjectType.pack, keyId: KEY_ID, purposeKey: KEY, vaultId: VAULT, identity: IDENTITY, salt: SALT, parts }, (b) =>
+          pieces.push(Uint8Array.from(b)),
+        );
+        sameBytes(Buffer.concat(pieces), seal({ plaintext: whole }));
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('opens in place when asked (codec none): the result is a view of the object, and a failure leaves no plaintext', () => {
+    const pt = plaintext(3 * CHUNK_BYTES + 17);
+    const object = seal({ plaintext: pt });
+    const opened = open(object, { inPlace: true });
+    sameBytes(opened, pt);
+    expect(opened.buffer).toBe(object.buffer);
+    const bad = seal({ plaintext: pt });
+    bad[bad.length - 1]! ^= 1;
+    expect(() => open(bad, { inPlace: true })).toThrow(AuthenticationError);
+    expect(Buffer.from(bad.subarray(0, pt.length)).includes(Buffer.from(pt.subarray(0, 64)))).toBe(false);
+  });
 
   it('is deterministic for a given salt and fresh for another', () => {
     sameBytes(seal(), seal());

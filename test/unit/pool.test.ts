@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
@@ -27,14 +27,17 @@ describe('WorkerPool', () => {
         const data = randomBytes(64 * 4096);
         const file = join(dir, 'db');
         writeFileSync(file, data);
+        const fd = openSync(file, 'r');
         const hashes = await Promise.all(
-          [0, 16, 32, 48].map((first) => pool.run({ kind: 'hash', path: file, pageSize: 4096, firstPage: first, pageCount: 16 })),
+          [0, 16, 32, 48].map((first) => pool.run({ kind: 'hash', fd, pageSize: 4096, firstPage: first, pageCount: 16 })),
         );
         expect(Buffer.concat(hashes.map((h) => h.hashes))).toEqual(Buffer.from(hashPages(data, 4096)));
         const pages = Uint32Array.from({ length: 64 }, (_, i) => i);
-        const sealed = await Promise.all([0, 1, 2].map(() => pool.run({ kind: 'seal', path: file, pageSize: 4096, pages, salt: randomBytes(32) })));
+        const sealed = await Promise.all([0, 1, 2].map(() => pool.run({ kind: 'seal', fd, pageSize: 4096, pages, salt: randomBytes(32) })));
         const ids = new Set(sealed.map((s) => s.id));
-        expect(ids).toEqual(new Set([sealPack(keys, data, randomBytes(32)).id]));
+        expect(ids).toEqual(new Set([sealPack(keys, data, hashPages(data, 4096), randomBytes(32), 4096).id]));
+        expect(Buffer.from(sealed[0]!.hashes)).toEqual(Buffer.from(hashPages(data, 4096)));
+        closeSync(fd);
         const opened = await pool.run({ kind: 'open', id: sealed[0]!.id, object: sealed[1]!.object, bytes: data.length, pageSize: 4096, withHashes: false });
         expect(Buffer.from(opened.plaintext)).toEqual(data);
         const bad = Uint8Array.from(sealed[2]!.object);

@@ -81,7 +81,7 @@ function snapshotOf(file: Uint8Array, perPack: number, seq = 1, sealKeys = keys)
     const plain = new Uint8Array((end - start + 1) * pageSize);
     plain.set(junk, 0);
     plain.set(file.subarray(start * pageSize, end * pageSize), pageSize);
-    const { id, object } = sealPack(sealKeys, plain, salt());
+    const { id, object } = sealPack(sealKeys, plain, hashPages(plain, pageSize), salt(), pageSize);
     blobs.set(`p:${id}`, object);
     for (let p = start; p < end; p++) placed.push([p, packs.length, (p - start + 1) * pageSize]);
     packs.push({ id, bytes: plain.length });
