@@ -8,7 +8,9 @@
  *   after our transaction began, the file holds exactly our snapshot and
  *   stays so while we read: SQLite never backfills frames past an open
  *   reader's mark, nor truncates the file under it (its WAL locking
- *   protocol), and the app keeps writing to the WAL meanwhile. No copy: a
+ *   protocol), and the app keeps writing to the WAL meanwhile (which cannot
+ *   be folded back until the snapshot ends: a long upload lets it grow by
+ *   what the app writes meanwhile, like any long reader). No copy: a
  *   1 GiB database costs no 1 GiB write (1–3.5 s measured here) and no
  *   second gigabyte of page cache.
  * - Otherwise (a WAL the checkpoint could not fold, e.g. an old reader holds

@@ -225,6 +225,9 @@ export async function checkDatabaseFile(path: string, m: Manifest, thorough: boo
   try {
     const db = new Database(path, { readonly: true, fileMustExist: true });
     try {
+      // The check reads every page once: better-sqlite3's 16 MB page cache would only add memory
+      // (measured on 1 GiB: 0.9 s and 51 MB with 2 MB, 1.0–1.3 s and 65 MB with 16 MB).
+      db.pragma('cache_size = -2048');
       const rows = db.pragma(check) as Record<string, unknown>[];
       answer = rows.map((r) => String(Object.values(r)[0])).join('; ');
     } finally {
