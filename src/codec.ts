@@ -44,7 +44,9 @@ interface ZstdBackend {
   /** One frame fed piece by piece; end() returns it as compressTransient does. */
   compressStream(level: number, totalBytes: number): CompressStream;
   /** Throws CodecError('too_large') past maxOutput, CodecError('corrupt') on bad input. */
-  decompress(data: Uint8Array, maxOutput: number, into?: Uint8Array): Uint8Array;
+  decompress(data: Uint8Array, maxOutput: number): Uint8Array;
+  /** The output of `data` piece by piece (see decompressReader). */
+  decompressReader(data: Uint8Array, maxOutput: number): DecompressReader;
 }
 
 // node:zlib's zstd (Node ≥ 22.15) is newer than @types/node 20, hence the local types.
@@ -85,6 +87,26 @@ function zlibBackend(): ZstdBackend | undefined {
       }
       if (out.length > maxOutput) throw tooLarge(maxOutput);
       return toUint8(out);
+    },
+    decompressReader(data, maxOutput) {
+      // No synchronous streaming here either: the whole output, handed out in pieces.
+      return readerOver(this.decompress(data, maxOutput));
+    },
+  };
+}
+
+/** A DecompressReader over output already at hand. */
+function readerOver(out: Uint8Array): DecompressReader {
+  let at = 0;
+  return {
+    read(into) {
+      const n = Math.min(into.length, out.length - at);
+      into.set(out.subarray(at, at + n));
+      at += n;
+      return n;
+    },
+    end() {
+      if (at !== out.length) throw new CodecError('too_large', 'more output than was read');
     },
   };
 }
@@ -132,6 +154,8 @@ function napiBackend(): ZstdBackend {
   // instead of a fresh context and a compressBound-sized buffer of garbage per pack.
   let cctx: NapiCCtx | undefined;
   let dest = new Uint8Array(0);
+  // A reader's own context: a reader lives across the caller's reads, which may interleave with decompress().
+  let readerCtx: NapiDCtx | undefined;
   return {
     name: 'zstd-napi',
     compress: (data, level) => toUint8(napi.compress(data, { compressionLevel: level })),
@@ -167,7 +191,7 @@ function napiBackend(): ZstdBackend {
         },
       };
     },
-    decompress(data, maxOutput, into) {
+    decompress(data, maxOutput) {
       // zstd-napi's high-level decompress allocates the frame's declared content
       // size up front; the streaming context lets us stop at the limit instead.
       shared ??= new binding.DCtx();
@@ -175,12 +199,8 @@ function napiBackend(): ZstdBackend {
       dctx.reset(1);
       // One output buffer, grown by doubling only if needed: a pack's exact size
       // is the caller's limit, so it decompresses into a single allocation (128 KiB
-      // steps and a final concat cost a restore ~2× the pack in short-lived memory).
-      // A caller's buffer with room for the limit and one byte more is used as is (reused across packs).
-      let out =
-        into && into.length > maxOutput
-          ? into
-          : new Uint8Array(Math.max(1, Math.min(maxOutput + 1, INITIAL_OUTPUT, Math.max(64 * 1024, 4 * data.length))));
+      // steps and a final concat cost ~2× the output in short-lived memory).
+      let out = new Uint8Array(Math.max(1, Math.min(maxOutput + 1, INITIAL_OUTPUT, Math.max(64 * 1024, 4 * data.length))));
       let total = 0;
       let input = data;
       let frameDone = false;
@@ -207,10 +227,62 @@ function napiBackend(): ZstdBackend {
       }
       if (!frameDone) throw new CodecError('corrupt', 'zstd data is truncated');
       // Hand back no more memory than the data needs.
-      if (out === into || total > out.length / 2) return out.subarray(0, total);
+      if (total > out.length / 2) return out.subarray(0, total);
       return total === out.length ? out : out.slice(0, total);
     },
+    decompressReader(data, maxOutput) {
+      const dctx = (readerCtx ??= new binding.DCtx());
+      dctx.reset(1);
+      let input = data;
+      let total = 0;
+      let frameDone = false;
+      // After the input is used up with the frame finished, or cut short: nothing more comes.
+      let exhausted = false;
+      const read = (into: Uint8Array): number => {
+        let n = 0;
+        try {
+          while (n < into.length && !exhausted) {
+            const [ret, produced, consumed] = dctx.decompressStream(into.subarray(n), input);
+            input = input.subarray(consumed);
+            n += produced;
+            total += produced;
+            if (total > maxOutput) throw tooLarge(maxOutput);
+            frameDone = ret === 0;
+            // Done (frame finished, no input left), or no progress possible (the data is cut short).
+            if (input.length === 0 && (frameDone || produced === 0)) exhausted = true;
+          }
+        } catch (err) {
+          exhausted = true;
+          if (err instanceof CodecError) throw err;
+          throw new CodecError('corrupt', 'zstd data is corrupt', { cause: err });
+        }
+        return n;
+      };
+      return {
+        read,
+        end() {
+          // Anything still to come is more output than the caller read: past its limit.
+          if (read(new Uint8Array(1)) > 0) throw new CodecError('too_large', 'more output than expected');
+          if (!frameDone) throw new CodecError('corrupt', 'zstd data is truncated');
+        },
+      };
+    },
   };
+}
+
+/**
+ * A zstd frame's output taken piece by piece into the caller's buffer: a
+ * restore decompresses an 8 MiB pack through a 1 MiB window. Not safe to
+ * use two readers at once on one thread (they share a context).
+ */
+export interface DecompressReader {
+  /** Fills `into` as far as the data goes; returns the bytes written (fewer than asked only at the end). */
+  read(into: Uint8Array): number;
+  /**
+   * After the caller has read all it expects: throws CodecError('too_large')
+   * if the data holds more output, CodecError('corrupt') if it is cut short.
+   */
+  end(): void;
 }
 
 /** A zstd frame compressed piece by piece (see compressStream). */
@@ -272,12 +344,7 @@ export function compressStream(totalBytes: number, level: number = ZSTD_DEFAULT_
 }
 
 /** Inverse of compress; refuses output over `maxOutput` bytes without producing it. */
-/**
- * Decompresses at most `maxOutput` bytes. `into`, when it has room for
- * `maxOutput + 1` bytes, may receive the output (the result is then a view of
- * it, valid until the caller reuses it).
- */
-export function decompress(codec: Codec, data: Uint8Array, maxOutput: number, into?: Uint8Array): Uint8Array {
+export function decompress(codec: Codec, data: Uint8Array, maxOutput: number): Uint8Array {
   assertCodec(codec);
   if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
   if (!Number.isSafeInteger(maxOutput) || maxOutput < 0) throw new RangeError('maxOutput must be a non-negative integer');
@@ -285,7 +352,23 @@ export function decompress(codec: Codec, data: Uint8Array, maxOutput: number, in
     if (data.length > maxOutput) throw tooLarge(maxOutput);
     return data;
   }
-  return zstd().decompress(data, maxOutput, into);
+  return zstd().decompress(data, maxOutput);
+}
+
+/**
+ * decompress, piece by piece: the output never exists whole. The reader
+ * refuses output past `maxOutput` like decompress does. A later
+ * decompressReader call on this thread invalidates it.
+ */
+export function decompressReader(codec: Codec, data: Uint8Array, maxOutput: number): DecompressReader {
+  assertCodec(codec);
+  if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+  if (!Number.isSafeInteger(maxOutput) || maxOutput < 0) throw new RangeError('maxOutput must be a non-negative integer');
+  if (codec === Codec.none) {
+    if (data.length > maxOutput) throw tooLarge(maxOutput);
+    return readerOver(data);
+  }
+  return zstd().decompressReader(data, maxOutput);
 }
 
 function tooLarge(maxOutput: number): CodecError {

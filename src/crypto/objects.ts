@@ -18,7 +18,7 @@
  * The module is pure: salts come from the caller.
  */
 import { createCipheriv, createDecipheriv } from 'node:crypto';
-import { Codec, CodecError, compressTransient, decompress, isCodec } from '../codec.js';
+import { Codec, CodecError, compressTransient, decompress, decompressReader, isCodec, type DecompressReader } from '../codec.js';
 import { abytes, anumber, astring, concatBytes, equalBytes, u32be, utf8ToBytes } from './bytes.js';
 import { hkdfSha256, KEY_BYTES, KEY_ID_BYTES, type VaultKeys } from './kdf.js';
 import { collectYoung } from '../gc.js';
@@ -195,7 +195,12 @@ export function sealObject(params: SealParams): Uint8Array {
  * sealObject for data already encoded with `codec` (a zstd frame made with
  * compressStream): the same object sealObject makes of the plaintext.
  */
-export function sealEncoded(params: Omit<SealParams, 'plaintext'> & { encoded: Uint8Array }): Uint8Array {
+/**
+ * Seals already-encoded data (`codec` says how it was encoded). With `into`
+ * long enough, the object is written into it and the result is a view of it
+ * (a caller sealing many objects one after another reuses one buffer).
+ */
+export function sealEncoded(params: Omit<SealParams, 'plaintext'> & { encoded: Uint8Array; into?: Uint8Array }): Uint8Array {
   const type = aobjectType(params.type, 'type');
   if (typeof params.codec !== 'number' || !isCodec(params.codec)) throw new RangeError('codec must be a Codec');
   abytes(params.keyId, 'keyId', KEY_ID_BYTES);
@@ -207,7 +212,8 @@ export function sealEncoded(params: Omit<SealParams, 'plaintext'> & { encoded: U
 
   const header = encodeHeader({ version: FORMAT_VERSION, type, codec: params.codec, keyId: params.keyId, salt: params.salt });
   const chunks = Math.max(1, Math.ceil(data.length / CHUNK_BYTES));
-  const out = new Uint8Array(HEADER_BYTES + data.length + chunks * TAG_BYTES);
+  const size = HEADER_BYTES + data.length + chunks * TAG_BYTES;
+  const out = params.into && params.into.length >= size ? params.into.subarray(0, size) : new Uint8Array(size);
   out.set(header, 0);
   const key = objectKey(params.purposeKey, params.salt, type);
   const ad = associatedData(header, vaultId, identity);
@@ -308,12 +314,6 @@ export interface OpenParams {
   /** Largest plaintext (after decompression) the caller accepts, in bytes. */
   maxPlaintext: number;
   /**
-   * A buffer of at least maxPlaintext + 1 bytes the plaintext may be
-   * decompressed into, so a caller opening many objects reuses one; the
-   * result is then a view of it.
-   */
-  into?: Uint8Array;
-  /**
    * Codec none only: decrypt into `object`'s own bytes (the caller gives the
    * buffer up; the result is a view of it). Opening an 8 MiB local index then
    * needs no second 8 MiB.
@@ -327,6 +327,56 @@ export interface OpenParams {
  * only after every chunk authenticated.
  */
 export function openObject(params: OpenParams): Uint8Array {
+  const { codec, data, maxPlaintext } = decryptObject(params);
+  try {
+    return decompress(codec, data, maxPlaintext);
+  } catch (err) {
+    throw codecFailure(err);
+  }
+}
+
+/**
+ * openObject, with the plaintext taken piece by piece through the reader
+ * (every chunk is authenticated before the first piece is handed out): a
+ * restore writes an 8 MiB pack through a 1 MiB window. Decompression errors
+ * surface from the reader as ObjectFormatError, as from openObject. The
+ * reader is valid until this thread's next openObjectReader call.
+ */
+export function openObjectReader(params: Omit<OpenParams, 'inPlace'>): DecompressReader {
+  const { codec, data, maxPlaintext } = decryptObject(params);
+  let reader: DecompressReader;
+  try {
+    reader = decompressReader(codec, data, maxPlaintext);
+  } catch (err) {
+    throw codecFailure(err);
+  }
+  return {
+    read(into) {
+      try {
+        return reader.read(into);
+      } catch (err) {
+        throw codecFailure(err);
+      }
+    },
+    end() {
+      try {
+        reader.end();
+      } catch (err) {
+        throw codecFailure(err);
+      }
+    },
+  };
+}
+
+function codecFailure(err: unknown): unknown {
+  if (err instanceof CodecError) {
+    return new ObjectFormatError(err.reason === 'too_large' ? 'too_large' : 'bad_compression', { cause: err });
+  }
+  return err;
+}
+
+/** Checks the header and decrypts every chunk (each tag verified); the still-encoded body. */
+function decryptObject(params: OpenParams): { codec: Codec; data: Uint8Array; maxPlaintext: number } {
   const type = aobjectType(params.type, 'type');
   abytes(params.keyId, 'keyId', KEY_ID_BYTES);
   abytes(params.purposeKey, 'purposeKey', KEY_BYTES);
@@ -382,14 +432,7 @@ export function openObject(params: OpenParams): Uint8Array {
     key.fill(0);
   }
 
-  try {
-    return decompress(header.codec, data, maxPlaintext, params.into);
-  } catch (err) {
-    if (err instanceof CodecError) {
-      throw new ObjectFormatError(err.reason === 'too_large' ? 'too_large' : 'bad_compression', { cause: err });
-    }
-    throw err;
-  }
+  return { codec: header.codec as Codec, data, maxPlaintext };
 }
 
 /**

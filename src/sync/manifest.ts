@@ -12,8 +12,8 @@
 import { createHmac } from 'node:crypto';
 import { bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { ObjectType, openObject, sealEncoded, sealObject } from '../crypto/objects.js';
-import { Codec, compress } from '../codec.js';
+import { ObjectType, openObject, openObjectReader, sealEncoded, sealObject } from '../crypto/objects.js';
+import { Codec, compress, type DecompressReader } from '../codec.js';
 import { hashPages, PAGE_HASH_BYTES } from './page-hash.js';
 
 export const MANIFEST_FORMAT = 1;
@@ -248,6 +248,7 @@ export function sealPackEncoded(
   pageHashes: Uint8Array,
   salt: Uint8Array,
   pageSize: number,
+  into?: Uint8Array,
 ): { id: string; object: Uint8Array } {
   const id = packIdFromHashes(keys.idMacKey, pageSize, pageHashes);
   const object = sealEncoded({
@@ -259,16 +260,15 @@ export function sealPackEncoded(
     identity: packIdentity(id),
     encoded: frame,
     salt,
+    ...(into ? { into } : {}),
   });
   return { id, object };
 }
 
 /**
- * Opens a pack: AES-GCM with the pack's identity in the associated data, its
- * size, and (unless `checkId` is false) that its pages hash to its id.
- * A restore skips the id — hashing every page of the pack, dead ones too —
- * because it checks more: every page it writes goes into the database digest
- * that the authenticated manifest names.
+ * Opens a pack whole: AES-GCM with the pack's identity in the associated
+ * data, its size, and that its pages hash to its id. (A restore reads packs
+ * through openPackReader instead.)
  */
 export function openPack(
   keys: VaultKeys,
@@ -276,8 +276,6 @@ export function openPack(
   object: Uint8Array,
   expectedBytes: number,
   pageSize: number,
-  checkId = true,
-  into?: Uint8Array,
 ): Uint8Array {
   const plaintext = openObject({
     type: ObjectType.pack,
@@ -287,9 +285,42 @@ export function openPack(
     identity: packIdentity(id),
     object,
     maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
-    ...(into ? { into } : {}),
   });
   if (plaintext.length !== expectedBytes) throw new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
-  if (checkId && packId(keys.idMacKey, plaintext, pageSize) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
+  if (packId(keys.idMacKey, plaintext, pageSize) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
   return plaintext;
+}
+
+/**
+ * Opens a pack for reading piece by piece (AES-GCM checked for every chunk
+ * first, then decompressed as it is read): `read` fills the caller's window,
+ * `end` checks that the pack holds exactly `expectedBytes`. The pack id is
+ * not checked — that would hash every page of the pack, dead ones too — as a
+ * restore checks more: every page it writes goes into the database digest
+ * that the authenticated manifest names.
+ */
+export function openPackReader(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): DecompressReader {
+  const reader = openObjectReader({
+    type: ObjectType.pack,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: keys.vaultId,
+    identity: packIdentity(id),
+    object,
+    maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
+  });
+  let total = 0;
+  const short = () => new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
+  return {
+    read(into) {
+      const n = reader.read(into);
+      total += n;
+      if (n < into.length && total < expectedBytes) throw short();
+      return n;
+    },
+    end() {
+      if (total !== expectedBytes) throw short();
+      reader.end();
+    },
+  };
 }

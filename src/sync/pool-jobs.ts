@@ -8,7 +8,7 @@
  */
 import { readSync, writeSync } from 'node:fs';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { openPack, sealPackEncoded } from './manifest.js';
+import { openPack, openPackReader, sealPackEncoded } from './manifest.js';
 import { compressStream } from '../codec.js';
 import { hashPages, PAGE_HASH_BYTES } from './page-hash.js';
 import type { Job, JobResult } from './pool.js';
@@ -20,20 +20,16 @@ import type { Job, JobResult } from './pool.js';
  */
 let scratch = new Uint8Array(0);
 
-/**
- * A restore's pack plaintext never leaves the thread (its runs are written
- * to the file here): one reused buffer per thread instead of 8 MiB of
- * garbage per pack — which on the main thread's lane, collected only when V8
- * decides, added tens of MB to a restore's peak memory.
- */
-let restoreScratch = new Uint8Array(0);
-function restoreBuffer(bytes: number): Uint8Array {
-  if (restoreScratch.length <= bytes) restoreScratch = new Uint8Array(bytes + 1);
-  return restoreScratch;
-}
-
 /** Bytes of pages read at once: jobs read their pages in blocks of this size into the thread's scratch buffer. */
 const READ_BLOCK_BYTES = 1024 * 1024;
+
+/**
+ * A restore's pack plaintext never leaves the thread and is never whole: it
+ * is decompressed through one window of this size per thread (a multiple of
+ * any page size), written and hashed window by window.
+ */
+const RESTORE_WINDOW_BYTES = 1024 * 1024;
+let restoreWindow = new Uint8Array(0);
 
 /**
  * Reads the pages, in ascending runs of consecutive pages, at most
@@ -79,27 +75,41 @@ export function runJob(keys: VaultKeys, job: Job): { result: JobResult; transfer
         hashes.set(hashPages(block, job.pageSize), first * PAGE_HASH_BYTES);
         frame.write(block);
       });
-      const { id, object } = sealPackEncoded(keys, frame.end(), hashes, job.salt, job.pageSize);
+      const { id, object } = sealPackEncoded(keys, frame.end(), hashes, job.salt, job.pageSize, job.into);
       return {
         result: { kind: 'seal', id, object, bytes, hashes },
         transfer: [object.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer],
       };
     }
     case 'restore': {
-      const plaintext = openPack(keys, job.id, job.object, job.bytes, job.pageSize, false, restoreBuffer(job.bytes));
-      for (let i = 0; i < job.writes.length; i += 3) {
-        const [offset, length, position] = [job.writes[i]!, job.writes[i + 1]!, job.writes[i + 2]!];
-        if (offset + length > plaintext.length) throw new Error('restore write outside its pack');
-        for (let done = 0; done < length; ) {
-          done += writeSync(job.fd, plaintext, offset + done, length - done, position + done);
+      const { writes, pageSize, bytes } = job;
+      for (let i = 0; i < writes.length; i += 3) {
+        if (writes[i]! % pageSize !== 0 || writes[i + 1]! % pageSize !== 0 || writes[i]! + writes[i + 1]! > bytes) {
+          throw new Error('restore write outside its pack');
         }
       }
-      // Only the pages written: a pack may hold pages the manifest no longer uses.
-      const hashes = new Uint8Array((plaintext.length / job.pageSize) * PAGE_HASH_BYTES);
-      for (let i = 0; i < job.writes.length; i += 3) {
-        const [offset, length] = [job.writes[i]!, job.writes[i + 1]!];
-        hashes.set(hashPages(plaintext.subarray(offset, offset + length), job.pageSize), (offset / job.pageSize) * PAGE_HASH_BYTES);
+      const reader = openPackReader(keys, job.id, job.object, bytes);
+      const span = Math.max(pageSize, Math.floor(RESTORE_WINDOW_BYTES / pageSize) * pageSize);
+      if (restoreWindow.length < span) restoreWindow = new Uint8Array(span);
+      // Only the pages written are hashed: a pack may hold pages the manifest no longer uses.
+      const hashes = new Uint8Array((bytes / pageSize) * PAGE_HASH_BYTES);
+      for (let at = 0; at < bytes; ) {
+        const win = restoreWindow.subarray(0, Math.min(span, bytes - at));
+        reader.read(win); // fills the window, or throws (the pack is shorter than its size)
+        const end = at + win.length;
+        for (let i = 0; i < writes.length; i += 3) {
+          // The part of the run [offset, offset + length) inside this window.
+          const from = Math.max(writes[i]!, at);
+          const to = Math.min(writes[i]! + writes[i + 1]!, end);
+          if (from >= to) continue;
+          const piece = win.subarray(from - at, to - at);
+          const position = writes[i + 2]! + (from - writes[i]!);
+          for (let done = 0; done < piece.length; ) done += writeSync(job.fd, piece, done, piece.length - done, position + done);
+          hashes.set(hashPages(piece, pageSize), (from / pageSize) * PAGE_HASH_BYTES);
+        }
+        at = end;
       }
+      reader.end(); // nothing left over
       return { result: { kind: 'restore', hashes }, transfer: [hashes.buffer as ArrayBuffer] };
     }
     case 'open': {

@@ -19,14 +19,20 @@ import { collectYoung } from '../gc.js';
 export type Job =
   /** Reads pages with pread from `fd` (fds are process-wide: a DbSource's) and hashes them. */
   | { kind: 'hash'; fd: number; pageSize: number; firstPage: number; pageCount: number }
-  /** Reads the pages from `fd`, hashes them (the pack id is made from the hashes) and seals them into a pack. */
-  | { kind: 'seal'; fd: number; pageSize: number; pages: Uint32Array; salt: Uint8Array }
+  /**
+   * Reads the pages from `fd`, hashes them (the pack id is made from the
+   * hashes) and seals them into a pack: into `into` when it is long enough
+   * (a buffer an earlier seal returned, handed back for reuse), the result
+   * then being a view of it.
+   */
+  | { kind: 'seal'; fd: number; pageSize: number; pages: Uint32Array; salt: Uint8Array; into?: Uint8Array }
   | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean }
   /**
-   * Opens a pack like 'open', then writes slices of its plaintext into the
-   * open file `fd` (fds are process-wide) with pwrite: `writes` holds triples
-   * (offset in the plaintext, length, file position). The plaintext never
-   * crosses back to the main thread. Returns every page's keyed hash.
+   * Opens a pack (AES-GCM; not its id, see openPackReader), decompresses it
+   * through a 1 MiB window and writes the slices `writes` names into the
+   * open file `fd` (fds are process-wide) with pwrite: triples (offset in the
+   * plaintext, length, file position), page-aligned. The plaintext is never
+   * whole and never crosses threads. Returns the SHA-256 of each page written.
    */
   | { kind: 'restore'; id: string; object: Uint8Array; bytes: number; pageSize: number; fd: number; writes: Float64Array };
 

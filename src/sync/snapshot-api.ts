@@ -66,8 +66,9 @@ export class SnapshotApi {
   }
 
   /** A pack's bytes; a pack the relay lost is an integrity failure (the snapshot cannot be restored). */
-  async getPack(id: string): Promise<Uint8Array> {
-    return this.getBlob(`/packs/${id}`, `pack ${id.slice(0, 12)}`);
+  /** A pack's bytes: into `into` (the result a view of it) when it is long enough, see DeviceSession.getBytes. */
+  async getPack(id: string, into?: Uint8Array): Promise<Uint8Array> {
+    return this.getBlob(`/packs/${id}`, `pack ${id.slice(0, 12)}`, into);
   }
 
   async putManifest(snapshotId: string, object: Uint8Array): Promise<void> {
@@ -82,9 +83,9 @@ export class SnapshotApi {
     return this.getBlob(`/snapshots/${snapshotId}/manifest`, `the manifest of snapshot ${snapshotId.slice(0, 12)}`);
   }
 
-  private async getBlob(path: string, what: string): Promise<Uint8Array> {
+  private async getBlob(path: string, what: string, into?: Uint8Array): Promise<Uint8Array> {
     try {
-      return await this.session.getBytes(path);
+      return await this.session.getBytes(path, into);
     } catch (err) {
       if (err instanceof RelayHttpError && err.code === 'not_found') {
         throw new IntegrityError(`the relay has lost ${what}`, {

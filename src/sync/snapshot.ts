@@ -25,8 +25,8 @@ import { noteSeenSeq } from '../state.js';
 import { hashDatabase, openDatabaseView, scratchDir, type DbCopy } from './db-copy.js';
 import { PAGE_HASH_BYTES, pagesDigest } from './page-hash.js';
 import { equalBytes } from '../crypto/bytes.js';
-import { noteDropped } from '../gc.js';
 import { sealManifest } from './manifest.js';
+import { collectGarbage } from '../gc.js';
 import { readIndex, statDatabase, writeIndex, type PageIndex } from './page-index.js';
 import type { WorkerPool } from './pool.js';
 import {
@@ -205,6 +205,8 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     env.onPhase?.('upload', plan.repack.length * copy.pageSize);
     const newPacks = await up.packPages(plan.repack);
     if (old === null) copy.pagesSha256 = pagesDigest(copy.hashes);
+    // The uploads' garbage goes before the manifest is built, so the two do not add up (milliseconds).
+    collectGarbage();
 
     // Commit, rebasing onto a head that moved and re-packing what the relay lost meanwhile.
     env.trace?.('packs sealed and uploaded');
@@ -346,6 +348,12 @@ class Uploader {
   uploadedBytes = 0;
   uploadedObjects = 0;
   readonly uploaded = new Set<string>();
+  /**
+   * Buffers of packs already uploaded, handed back to the next seal (at most
+   * one per lane): a snapshot's packs are sealed into the same few buffers
+   * instead of leaving 2–8 MiB of garbage each, which V8 would collect late.
+   */
+  private readonly spare: Uint8Array[] = [];
 
   /**
    * With `fillHashes`, the sealed pages' hashes are the first ones computed
@@ -394,13 +402,19 @@ class Uploader {
     const env = this.env;
     if (env.signal.aborted) throw new CancelledError();
     const { pageSize } = this.copy;
-    const sealed = await env.pool.run({
-      kind: 'seal',
-      fd: this.copy.fd,
-      pageSize,
-      pages: pages.slice(),
-      salt: env.random(SALT_BYTES),
-    });
+    const into = this.spare.pop();
+    const sealed = await env.pool.run(
+      { kind: 'seal', fd: this.copy.fd, pageSize, pages: pages.slice(), salt: env.random(SALT_BYTES), ...(into ? { into } : {}) },
+      into ? [into.buffer as ArrayBuffer] : [],
+    );
+    const done = await this.check(sealed, pages, force);
+    // Uploaded: the relay's answer came after the whole body, so nothing reads the buffer any more.
+    this.spare.push(new Uint8Array(sealed.object.buffer));
+    return done;
+  }
+
+  private async check(sealed: { id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }, pages: Uint32Array, force: boolean): Promise<NewPack> {
+    const env = this.env;
     if (env.signal.aborted) throw new CancelledError();
     pages.forEach((page, k) => {
       const h = sealed.hashes.subarray(k * PAGE_HASH_BYTES, (k + 1) * PAGE_HASH_BYTES);
@@ -420,7 +434,6 @@ class Uploader {
       this.uploaded.add(sealed.id);
     }
     this.sizes.set(sealed.id, sealed.object.length);
-    noteDropped(sealed.object.length);
     env.onProgress?.(sealed.bytes);
     return { id: sealed.id, bytes: sealed.bytes, pages };
   }

@@ -1,6 +1,7 @@
 import * as zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { _zstdBackends, Codec, CodecError, compress, compressStream, compressTransient, decompress, zstdBackendName } from '../../src/codec.js';
+import fc from 'fast-check';
+import { _zstdBackends, Codec, CodecError, compress, compressStream, compressTransient, decompress, decompressReader, zstdBackendName } from '../../src/codec.js';
 
 const hasZlibZstd = typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
 
@@ -109,5 +110,68 @@ describe('compressStream and compressTransient', () => {
   it('codec none hands the data back as it is', () => {
     const data = sample(100);
     expect(compressTransient(Codec.none, data)).toBe(data);
+  });
+});
+
+describe('decompressReader', () => {
+  /** Reads everything through windows of the given sizes (cycled), then end(). */
+  const readAll = (codec: Codec, frame: Uint8Array, max: number, windows: number[]) => {
+    const r = decompressReader(codec, frame, max);
+    const pieces: Uint8Array[] = [];
+    for (let k = 0; ; k++) {
+      const win = new Uint8Array(windows[k % windows.length]!);
+      const n = r.read(win);
+      pieces.push(win.slice(0, n));
+      if (n < win.length) break;
+    }
+    r.end();
+    return Buffer.concat(pieces);
+  };
+
+  it('hands out exactly the frame\'s output, whatever the windows (fast-check)', () => {
+    const data = sample(300_000);
+    const frame = Uint8Array.from(compress(Codec.zstd, data));
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 6 }), (windows) => {
+        expect(readAll(Codec.zstd, frame, data.length, windows).equals(Buffer.from(data))).toBe(true);
+        expect(readAll(Codec.none, data, data.length, windows).equals(Buffer.from(data))).toBe(true);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('a window filled to the last byte of the frame, then end(), passes', () => {
+    const data = sample(1 << 20);
+    const r = decompressReader(Codec.zstd, compress(Codec.zstd, data), data.length);
+    const win = new Uint8Array(1 << 19);
+    expect(r.read(win)).toBe(win.length);
+    expect(r.read(win)).toBe(win.length);
+    expect(() => r.end()).not.toThrow();
+  });
+
+  it('end() refuses output left unread, as past the limit', () => {
+    const data = sample(100_000);
+    for (const codec of [Codec.zstd, Codec.none] as const) {
+      const r = decompressReader(codec, codec === Codec.none ? data : compress(codec, data), data.length);
+      r.read(new Uint8Array(99_999));
+      expect(codecError(() => r.end()).reason).toBe('too_large');
+    }
+  });
+
+  it('refuses output over the limit while reading, without producing it', () => {
+    const data = sample(100_000);
+    const r = decompressReader(Codec.zstd, compress(Codec.zstd, data), 50_000);
+    expect(codecError(() => r.read(new Uint8Array(100_000))).reason).toBe('too_large');
+    expect(codecError(() => decompressReader(Codec.none, data, 99_999)).reason).toBe('too_large');
+  });
+
+  it('a cut frame reads short and end() calls it corrupt; garbage is corrupt', () => {
+    const data = sample(200_000);
+    const frame = compress(Codec.zstd, data);
+    const r = decompressReader(Codec.zstd, frame.subarray(0, frame.length - 10), data.length);
+    expect(r.read(new Uint8Array(data.length))).toBeLessThan(data.length);
+    expect(codecError(() => r.end()).reason).toBe('corrupt');
+    const g = decompressReader(Codec.zstd, Uint8Array.from({ length: 1000 }, (_, i) => (i * 37) & 0xff), 1 << 20);
+    expect(codecError(() => g.read(new Uint8Array(1 << 20))).reason).toBe('corrupt');
   });
 });

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { Codec } from '../../src/codec.js';
+import { Codec, compress } from '../../src/codec.js';
 import { bytesToHex } from '../../src/crypto/bytes.js';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
 import {
@@ -12,9 +12,11 @@ import {
   ObjectType,
   openCanary,
   openObject,
+  openObjectReader,
   type OpenParams,
   readHeader,
   sealCanary,
+  sealEncoded,
   sealObject,
   sealObjectParts,
   type SealParams,
@@ -140,6 +142,53 @@ describe('seal and open', () => {
     bad[bad.length - 1]! ^= 1;
     expect(() => open(bad, { inPlace: true })).toThrow(AuthenticationError);
     expect(Buffer.from(bad.subarray(0, pt.length)).includes(Buffer.from(pt.subarray(0, 64)))).toBe(false);
+  });
+
+  it('seals into a given buffer when it is long enough: same bytes, a view of it', () => {
+    const pt = plaintext(2 * CHUNK_BYTES + 5);
+    const encoded = compress(Codec.zstd, pt);
+    const params = { type: ObjectType.pack, codec: Codec.zstd, keyId: KEY_ID, purposeKey: KEY, vaultId: VAULT, identity: IDENTITY, salt: SALT, encoded };
+    const fresh = sealEncoded(params);
+    sameBytes(fresh, seal({ codec: Codec.zstd, plaintext: pt }));
+    const into = new Uint8Array(fresh.length + 100).fill(0xee);
+    const reused = sealEncoded({ ...params, into });
+    sameBytes(reused, fresh);
+    expect(reused.buffer).toBe(into.buffer);
+    const small = new Uint8Array(fresh.length - 1);
+    const other = sealEncoded({ ...params, into: small });
+    sameBytes(other, fresh);
+    expect(other.buffer).not.toBe(small.buffer);
+  });
+
+  it('openObjectReader hands out what openObject returns, and authenticates every chunk before the first piece', () => {
+    for (const codec of [Codec.none, Codec.zstd] as const) {
+      const pt = plaintext(5 * CHUNK_BYTES + 123);
+      const object = seal({ codec, plaintext: pt });
+      const r = openObjectReader({ type: ObjectType.pack, keyId: KEY_ID, purposeKey: KEY, vaultId: VAULT, identity: IDENTITY, object, maxPlaintext: pt.length });
+      const pieces: Uint8Array[] = [];
+      for (;;) {
+        const win = new Uint8Array(100_000);
+        const n = r.read(win);
+        pieces.push(win.slice(0, n));
+        if (n < win.length) break;
+      }
+      r.end();
+      sameBytes(Buffer.concat(pieces), pt);
+      // A flipped bit in the last chunk fails before anything can be read.
+      const bad = Uint8Array.from(object);
+      bad[bad.length - 1]! ^= 1;
+      expect(() =>
+        openObjectReader({ type: ObjectType.pack, keyId: KEY_ID, purposeKey: KEY, vaultId: VAULT, identity: IDENTITY, object: bad, maxPlaintext: pt.length }),
+      ).toThrow(AuthenticationError);
+      // More plaintext than the caller's limit is a format error (too_large), as with openObject.
+      const e = failure(() =>
+        openObjectReader({ type: ObjectType.pack, keyId: KEY_ID, purposeKey: KEY, vaultId: VAULT, identity: IDENTITY, object, maxPlaintext: pt.length - 1 }).read(
+          new Uint8Array(pt.length),
+        ),
+      );
+      expect(e).toBeInstanceOf(ObjectFormatError);
+      expect((e as ObjectFormatError).reason).toBe('too_large');
+    }
   });
 
   it('is deterministic for a given salt and fresh for another', () => {

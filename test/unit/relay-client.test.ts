@@ -12,7 +12,8 @@ import { UnreachableError } from '../../src/errors.js';
 let server: Server;
 let url: string;
 const served = new WeakMap<Socket, number>();
-let mode: 'reset-reused' | 'garbage' = 'reset-reused';
+let mode: 'reset-reused' | 'garbage' | 'bytes' | 'chunked' = 'reset-reused';
+const BLOB = Uint8Array.from({ length: 300_000 }, (_, i) => (i * 7 + 3) & 0xff);
 
 beforeAll(async () => {
   server = createServer((req, res) => {
@@ -20,6 +21,11 @@ beforeAll(async () => {
     served.set(req.socket, n);
     if (mode === 'reset-reused' && n > 1) {
       req.socket.destroy(); // as if the server had dropped the idle connection
+      return;
+    }
+    if (mode === 'bytes' || mode === 'chunked') {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', ...(mode === 'bytes' ? { 'content-length': String(BLOB.length) } : {}) });
+      res.end(Buffer.from(BLOB));
       return;
     }
     if (mode === 'garbage') {
@@ -47,5 +53,22 @@ describe('relay client transport', () => {
     const err = await new RelayClient(url).health().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UnreachableError);
     expect((err as UnreachableError).exitCode).toBe(5);
+  });
+
+  it('reads a body of declared length into the caller\'s buffer when it is long enough, else into a new one', async () => {
+    const c = new RelayClient(url);
+    mode = 'bytes';
+    const into = new Uint8Array(BLOB.length + 10);
+    const a = await c.send('GET', '/blob', { into });
+    expect(a.body.buffer).toBe(into.buffer);
+    expect(Buffer.from(a.body).equals(Buffer.from(BLOB))).toBe(true);
+    const small = new Uint8Array(BLOB.length - 1);
+    const b = await c.send('GET', '/blob', { into: small });
+    expect(b.body.buffer).not.toBe(small.buffer);
+    expect(Buffer.from(b.body).equals(Buffer.from(BLOB))).toBe(true);
+    mode = 'chunked'; // no Content-Length: gathered, the caller's buffer unused
+    const d = await c.send('GET', '/blob', { into });
+    expect(d.body.buffer).not.toBe(into.buffer);
+    expect(Buffer.from(d.body).equals(Buffer.from(BLOB))).toBe(true);
   });
 });

@@ -157,6 +157,17 @@ describe('restoreToTemp', () => {
     expect(existsSync(target)).toBe(false);
   });
 
+  it('packs larger than the restore window: written and hashed a window at a time, runs crossing its edges', async () => {
+    const d = mkdtempSync(join(dir, 'big-'));
+    const file = makeDb(join(d, 'src.db'), 20_000);
+    expect(file.length).toBeGreaterThan(3 * 1024 * 1024);
+    // 500 pages + one unused page in front: ~2 MiB packs whose runs start one page into the pack.
+    const { blobs, ref } = snapshotOf(file, 500);
+    const r = await restore(blobs, ref, join(d, 'target.db'));
+    expect(readFileSync(r.tmpPath).equals(Buffer.from(file))).toBe(true);
+    expect(Buffer.from(r.hashes).equals(Buffer.from(hashPages(file, 4096)))).toBe(true);
+  });
+
   const cases: [string, (s: ReturnType<typeof snapshotOf>) => { id: string; seq: number } | void, number, RegExp][] = [
     ['a flipped byte in a pack', (s) => void (s.blobs.get(`p:${s.manifest.packs[1]!.id}`)![500] ^= 1), 6, /pack .* failed its integrity check/],
     ['a truncated pack', (s) => void s.blobs.set(`p:${s.manifest.packs[0]!.id}`, s.blobs.get(`p:${s.manifest.packs[0]!.id}`)!.subarray(0, 1000)), 6, /integrity check/],
@@ -170,6 +181,15 @@ describe('restoreToTemp', () => {
       },
       6,
       /integrity check/,
+    ],
+    [
+      'a pack shorter than the manifest says (the manifest re-sealed with the key)',
+      (s) => {
+        s.manifest.packs[0]!.bytes += 4096;
+        s.blobs.set(`m:${s.ref.id}`, sealManifest(keys, s.manifest, salt()));
+      },
+      6,
+      /pack .* failed its integrity check/,
     ],
     ['a lost pack', (s) => void s.blobs.delete(`p:${s.manifest.packs[2]!.id}`), 6, /lost/],
     ['a flipped manifest', (s) => void (s.blobs.get(`m:${s.ref.id}`)![60] ^= 1), 6, /manifest .* failed its integrity check/],
