@@ -5,8 +5,9 @@
  * 1. fetch and open the manifest, authenticated against the snapshot id and
  *    seq the relay listed it under (a moved or swapped manifest fails);
  * 2. assemble into a temp file: packs downloaded a few at a time, each opened
- *    on the worker pool (AEAD, then the pack id), its runs written at their
- *    offsets; memory holds only the packs in flight, never the database;
+ *    on the worker pool (AEAD), decompressed through a 1 MiB window and its
+ *    runs written at their offsets; memory holds only the packs in flight
+ *    (their ciphertext), never the database nor a whole pack's plaintext;
  * 3. check the whole file's SHA-256 against the manifest and `PRAGMA
  *    quick_check` (`integrity_check` when thorough) while the file is fsynced;
  * 4. install (restore and pull only): checkpoint the old database, remove its
@@ -48,9 +49,9 @@ import type { WorkerPool } from './pool.js';
 import type { SnapshotApi } from './snapshot-api.js';
 
 /**
- * Packs between "download started" and "written". Two keep the network and
- * the worker busy (one downloads while the other is opened) and bound memory
- * to two packs' buffers whatever the database size.
+ * Packs between "download started" and "written": one is opened and written
+ * while the others download. Each lane reads its packs into one reused
+ * buffer, so memory holds three packs' ciphertext whatever the database size.
  */
 export const MAX_PACKS_IN_FLIGHT = 3;
 /**
