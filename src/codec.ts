@@ -345,13 +345,7 @@ export function compressStream(totalBytes: number, level: number = ZSTD_DEFAULT_
 
 /** Inverse of compress; refuses output over `maxOutput` bytes without producing it. */
 export function decompress(codec: Codec, data: Uint8Array, maxOutput: number): Uint8Array {
-  assertCodec(codec);
-  if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
-  if (!Number.isSafeInteger(maxOutput) || maxOutput < 0) throw new RangeError('maxOutput must be a non-negative integer');
-  if (codec === Codec.none) {
-    if (data.length > maxOutput) throw tooLarge(maxOutput);
-    return data;
-  }
+  if (checkDecompress(codec, data, maxOutput)) return data;
   return zstd().decompress(data, maxOutput);
 }
 
@@ -361,14 +355,18 @@ export function decompress(codec: Codec, data: Uint8Array, maxOutput: number): U
  * decompressReader call on this thread invalidates it.
  */
 export function decompressReader(codec: Codec, data: Uint8Array, maxOutput: number): DecompressReader {
+  if (checkDecompress(codec, data, maxOutput)) return readerOver(data);
+  return zstd().decompressReader(data, maxOutput);
+}
+
+/** The arguments of decompress and decompressReader checked; true for codec none (the data is the output). */
+function checkDecompress(codec: Codec, data: Uint8Array, maxOutput: number): boolean {
   assertCodec(codec);
   if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
   if (!Number.isSafeInteger(maxOutput) || maxOutput < 0) throw new RangeError('maxOutput must be a non-negative integer');
-  if (codec === Codec.none) {
-    if (data.length > maxOutput) throw tooLarge(maxOutput);
-    return readerOver(data);
-  }
-  return zstd().decompressReader(data, maxOutput);
+  if (codec !== Codec.none) return false;
+  if (data.length > maxOutput) throw tooLarge(maxOutput);
+  return true;
 }
 
 function tooLarge(maxOutput: number): CodecError {

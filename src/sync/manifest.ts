@@ -12,7 +12,7 @@
 import { createHmac } from 'node:crypto';
 import { bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { ObjectType, openObject, openObjectReader, sealEncoded, sealObject } from '../crypto/objects.js';
+import { ObjectType, openObject, openObjectReader, sealEncoded, sealObject, type OpenParams } from '../crypto/objects.js';
 import { Codec, compress, type DecompressReader } from '../codec.js';
 import { hashPages, PAGE_HASH_BYTES } from './page-hash.js';
 
@@ -265,6 +265,19 @@ export function sealPackEncoded(
   return { id, object };
 }
 
+/** What opening a pack checks: its type, key, vault, identity (its id) and a plaintext of at most its size. */
+function packOpening(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): OpenParams {
+  return {
+    type: ObjectType.pack,
+    keyId: keys.keyId,
+    purposeKey: keys.snapshotKey,
+    vaultId: keys.vaultId,
+    identity: packIdentity(id),
+    object,
+    maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
+  };
+}
+
 /**
  * Opens a pack whole: AES-GCM with the pack's identity in the associated
  * data, its size, and that its pages hash to its id. (A restore reads packs
@@ -277,15 +290,7 @@ export function openPack(
   expectedBytes: number,
   pageSize: number,
 ): Uint8Array {
-  const plaintext = openObject({
-    type: ObjectType.pack,
-    keyId: keys.keyId,
-    purposeKey: keys.snapshotKey,
-    vaultId: keys.vaultId,
-    identity: packIdentity(id),
-    object,
-    maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
-  });
+  const plaintext = openObject(packOpening(keys, id, object, expectedBytes));
   if (plaintext.length !== expectedBytes) throw new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
   if (packId(keys.idMacKey, plaintext, pageSize) !== id) throw new ManifestError(`pack ${id.slice(0, 12)} does not match its id`);
   return plaintext;
@@ -300,15 +305,7 @@ export function openPack(
  * that the authenticated manifest names.
  */
 export function openPackReader(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): DecompressReader {
-  const reader = openObjectReader({
-    type: ObjectType.pack,
-    keyId: keys.keyId,
-    purposeKey: keys.snapshotKey,
-    vaultId: keys.vaultId,
-    identity: packIdentity(id),
-    object,
-    maxPlaintext: Math.min(expectedBytes, PACK_MAX_BYTES),
-  });
+  const reader = openObjectReader(packOpening(keys, id, object, expectedBytes));
   let total = 0;
   const short = () => new ManifestError(`pack ${id.slice(0, 12)} has the wrong size`);
   return {
