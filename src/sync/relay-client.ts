@@ -157,9 +157,10 @@ function exchangeOnce({ url, method, headers, body, signal, into }: Outgoing): P
 /**
  * Node reads a socket into a fresh 64 KiB buffer per read; copied into the
  * answer's buffer, each is garbage at once, but their small JS wrappers
- * hardly fill V8's young generation, so tens of MB of them waited for a
- * collection (a restore's peak memory rose and fell with it). A young
- * collection (well under a millisecond) every 4 MiB received frees them.
+ * hardly fill V8's young generation, so they wait for a collection. A young
+ * collection (well under a millisecond) every 4 MiB received frees them:
+ * measured on a 1 GiB restore, 3 runs each, peak RSS 124–128 MB against
+ * 127–130 MB without, the time unchanged.
  */
 const RECEIVED_COLLECT_BYTES = 4 * 1024 * 1024;
 let received = 0;

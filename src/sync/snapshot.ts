@@ -407,13 +407,14 @@ class Uploader {
       { kind: 'seal', fd: this.copy.fd, pageSize, pages: pages.slice(), salt: env.random(SALT_BYTES), ...(into ? { into } : {}) },
       into ? [into.buffer as ArrayBuffer] : [],
     );
-    const done = await this.check(sealed, pages, force);
+    const done = await this.upload(sealed, pages, force);
     // Uploaded: the relay's answer came after the whole body, so nothing reads the buffer any more.
     this.spare.push(new Uint8Array(sealed.object.buffer));
     return done;
   }
 
-  private async check(sealed: { id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }, pages: Uint32Array, force: boolean): Promise<NewPack> {
+  /** Checks the sealed pages' hashes, then uploads the pack unless the relay has it (or `force`). */
+  private async upload(sealed: { id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }, pages: Uint32Array, force: boolean): Promise<NewPack> {
     const env = this.env;
     if (env.signal.aborted) throw new CancelledError();
     pages.forEach((page, k) => {
