@@ -138,16 +138,21 @@ export async function restoreInto(
     lock.release();
     throw err;
   }
-  const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
   const trace = tracer(ctx);
   try {
     removeStaleTemps(dbPath);
-    await o.beforeInstall?.(pool);
+    if (o.beforeInstall) {
+      const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
+      try {
+        await o.beforeInstall(pool);
+      } finally {
+        await pool.close();
+      }
+    }
     let bar: ReturnType<typeof progress> | undefined;
     const restored = await restoreToTemp({
       api: v.api,
       keys: v.keys,
-      pool,
       ref: { id: snap.id, seq: snap.seq },
       tmpPath: tempPathBeside(dbPath, ctx.deps.random),
       thorough: o.thorough,
@@ -179,7 +184,6 @@ export async function restoreInto(
     await catchUpChangesets(ctx, v, restored.manifest);
     return { manifest: restored.manifest, downloadedBytes: restored.downloadedBytes, backupPath };
   } finally {
-    await pool.close();
     syncLock.release();
     lock.release();
   }

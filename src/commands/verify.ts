@@ -11,8 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthError, CasaError, EXIT, IntegrityError, UsageError } from '../errors.js';
-import { WorkerPool } from '../sync/pool.js';
-import { RESTORE_WORKERS, removeWithSidecars, restoreToTemp, shortId } from '../sync/restore.js';
+import { removeWithSidecars, restoreToTemp, shortId } from '../sync/restore.js';
 import type { SnapshotInfo } from '../sync/snapshot-api.js';
 import { progress } from '../ui/progress.js';
 import type { Context } from './context.js';
@@ -39,7 +38,6 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
   const report: VerifyReport = { message_type: 'verify', snapshots: [] };
   let firstFailure: CasaError | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'casa-verify-'));
-  const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
   try {
     for (const s of targets) {
       const tmpPath = join(dir, `${s.id}.db`);
@@ -48,7 +46,6 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
         await restoreToTemp({
           api: v.api,
           keys: v.keys,
-          pool,
           ref: { id: s.id, seq: s.seq },
           tmpPath,
           thorough: Boolean(opts.thorough),
@@ -71,7 +68,6 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
       }
     }
   } finally {
-    await pool.close();
     rmSync(dir, { recursive: true, force: true });
   }
   ctx.out.result({ ...report });

@@ -26,21 +26,12 @@ export type Job =
    * then being a view of it.
    */
   | { kind: 'seal'; fd: number; pageSize: number; pages: Uint32Array; salt: Uint8Array; into?: Uint8Array }
-  | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean }
-  /**
-   * Opens a pack (AES-GCM; not its id, see openPackReader), decompresses it
-   * through a 1 MiB window and writes the slices `writes` names into the
-   * open file `fd` (fds are process-wide) with pwrite: triples (offset in the
-   * plaintext, length, file position), page-aligned. The plaintext is never
-   * whole and never crosses threads. Returns the SHA-256 of each page written.
-   */
-  | { kind: 'restore'; id: string; object: Uint8Array; bytes: number; pageSize: number; fd: number; writes: Float64Array };
+  | { kind: 'open'; id: string; object: Uint8Array; bytes: number; pageSize: number; withHashes: boolean };
 
 export type JobResult =
   | { kind: 'hash'; hashes: Uint8Array }
   | { kind: 'seal'; id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }
-  | { kind: 'open'; plaintext: Uint8Array; hashes: Uint8Array }
-  | { kind: 'restore'; hashes: Uint8Array };
+  | { kind: 'open'; plaintext: Uint8Array; hashes: Uint8Array };
 
 type ResultOf<K extends Job['kind']> = Extract<JobResult, { kind: K }>;
 

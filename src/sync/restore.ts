@@ -5,9 +5,10 @@
  * 1. fetch and open the manifest, authenticated against the snapshot id and
  *    seq the relay listed it under (a moved or swapped manifest fails);
  * 2. assemble into a temp file: packs downloaded a few at a time, each opened
- *    on the worker pool (AEAD), decompressed through a 1 MiB window and its
- *    runs written at their offsets; memory holds only the packs in flight
- *    (their ciphertext), never the database nor a whole pack's plaintext;
+ *    (AEAD) and decompressed through 1 MiB windows on the main thread, its
+ *    runs written at their offsets by a writer thread (FileWriter); memory
+ *    holds only the packs in flight (their ciphertext) and four windows,
+ *    never the database nor a whole pack's plaintext;
  * 3. check the whole file's SHA-256 against the manifest and `PRAGMA
  *    quick_check` (`integrity_check` when thorough) while the file is fsynced;
  * 4. install (restore and pull only): checkpoint the old database, remove its
@@ -43,9 +44,10 @@ import { mapCryptoError } from '../commands/context.js';
 import { CancelledError, FailureError, IntegrityError } from '../errors.js';
 import { fsyncDir } from '../state.js';
 import { digestFile } from './db-copy.js';
-import { openManifest, type Manifest } from './manifest.js';
-import { pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
-import type { WorkerPool } from './pool.js';
+import { ManifestError, openManifest, openPackReader, type Manifest } from './manifest.js';
+import { hashPagesInto, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
+import { FileWriter, type Slice } from './file-writer.js';
+import { collectYoung } from '../gc.js';
 import type { SnapshotApi } from './snapshot-api.js';
 
 /**
@@ -55,13 +57,21 @@ import type { SnapshotApi } from './snapshot-api.js';
  */
 export const MAX_PACKS_IN_FLIGHT = 3;
 /**
- * Worker threads a restore uses, besides the main thread's lane: none. The
- * relay serving the packs and the kernel writing the file out keep the second
- * core busy; measured on a 1 GiB restore from the local relay, the main
- * thread alone is as fast as with one worker (4.4–4.6 s) and ~25 MB lighter
- * (134 vs 160 MB peak).
+ * Worker threads for `pull`'s check of the local database before it restores
+ * (hashing its pages), besides the main thread's lane: none; a worker's heap
+ * costs ~10 MB. A restore itself opens its packs on the main thread and
+ * writes them on one writer thread (FileWriter), while the relay serving
+ * the packs keeps the second core busy too.
  */
 export const RESTORE_WORKERS = 0;
+
+/**
+ * The window a pack's plaintext is decompressed through (a multiple of any
+ * page size), and how many of them cycle between the main thread and the
+ * writer: the plaintext is never whole, and memory holds 4 MiB of it at most.
+ */
+const RESTORE_WINDOW_BYTES = 1024 * 1024;
+const RESTORE_WINDOWS = 4;
 
 /** The name every restore temp file carries after `.<database file name>`. */
 const TEMP_MARK = '.casa-restore-';
@@ -88,7 +98,6 @@ export async function fetchManifest(api: SnapshotApi, keys: VaultKeys, ref: Snap
 export interface RestoreParams {
   api: SnapshotApi;
   keys: VaultKeys;
-  pool: WorkerPool;
   ref: SnapshotRef;
   /** The temp file to assemble into (must not exist); see tempPathBeside. */
   tmpPath: string;
@@ -153,11 +162,15 @@ async function assemble(
 
   mkdirSync(dirname(p.tmpPath), { recursive: true });
   const fd = openSync(p.tmpPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+  const span = Math.max(m.pageSize, Math.floor(RESTORE_WINDOW_BYTES / m.pageSize) * m.pageSize);
+  const writer = new FileWriter(fd, span, RESTORE_WINDOWS);
   let synced: Promise<void> | undefined;
   try {
     ftruncateSync(fd, m.dbBytes);
     let next = 0;
     let failure: unknown;
+    // One pack is opened and written at a time (the others download meanwhile): the decompressor is one per thread.
+    let turn: Promise<void> = Promise.resolve();
     const lane = async () => {
       // Each lane reads pack after pack into the same buffer (grown when a pack is larger): no
       // 2–8 MiB of garbage per pack for V8 to collect late.
@@ -170,27 +183,18 @@ async function assemble(
         slot = new Uint8Array(object.buffer);
         downloadedBytes += object.length;
         if (failure !== undefined) return;
-        const mine = runsOf.get(index)!;
-        const writes = new Float64Array(mine.length * 3);
-        mine.forEach((r, k) => writes.set([m.runs[r + 3]!, m.runs[r + 1]! * m.pageSize, m.runs[r]! * m.pageSize], k * 3));
-        let packHashes: Uint8Array;
-        try {
-          const transfer = object.byteOffset === 0 && object.byteLength === object.buffer.byteLength ? [object.buffer as ArrayBuffer] : [];
-          // The worker opens the pack (AEAD, then its id) and writes its runs: plaintext never crosses threads.
-          ({ hashes: packHashes } = await p.pool.run(
-            { kind: 'restore', id: pack.id, object, bytes: pack.bytes, pageSize: m.pageSize, fd, writes },
-            transfer,
-          ));
-        } catch (err) {
-          throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
-        }
-        for (const r of mine) {
-          const first = m.runs[r]!;
-          const count = m.runs[r + 1]!;
-          const h = (m.runs[r + 3]! / m.pageSize) * PAGE_HASH_BYTES;
-          hashes.set(packHashes.subarray(h, h + count * PAGE_HASH_BYTES), first * PAGE_HASH_BYTES);
-          onBytes(count * m.pageSize);
-        }
+        const writes = runsOf.get(index)!.map((r): Slice => [m.runs[r + 3]!, m.runs[r + 1]! * m.pageSize, m.runs[r]! * m.pageSize]);
+        const mine = turn.then(async () => {
+          if (failure !== undefined) return;
+          try {
+            await writePack(p.keys, pack.id, object, pack.bytes, m.pageSize, writes, writer, hashes);
+          } catch (err) {
+            throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
+          }
+          for (const [, length] of writes) onBytes(length);
+        });
+        turn = mine.catch(() => {});
+        await mine;
       }
     };
     // Every lane settles before the file is closed: a lane still running must never write to a reused fd.
@@ -201,14 +205,73 @@ async function assemble(
     );
     await Promise.all(lanes);
     if (failure !== undefined) throw failure;
+    await writer.flush();
     p.trace?.('packs downloaded, opened and written');
     // fsync on libuv's thread pool; the descriptor is closed once it is done.
     synced = new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve()))).finally(() => closeSync(fd));
+  } catch (err) {
+    throw writeFailure(err, p.tmpPath, m.dbBytes);
   } finally {
+    // The writer thread stops before the descriptor is closed: it must never write to a reused fd.
+    await writer.close();
     if (synced === undefined) closeSync(fd);
   }
   return { hashes, downloadedBytes, synced };
 }
+
+/**
+ * Opens one pack (AES-GCM for every chunk first; not its id, see
+ * openPackReader), decompresses it through the writer's windows and queues
+ * the slices `writes` names: [offset in the plaintext, length, file
+ * position], page-aligned. Each page written is hashed into `hashes` (the
+ * database digest's input) at its page number. The plaintext is never whole.
+ */
+async function writePack(
+  keys: VaultKeys,
+  id: string,
+  object: Uint8Array,
+  bytes: number,
+  pageSize: number,
+  writes: Slice[],
+  writer: FileWriter,
+  hashes: Uint8Array,
+): Promise<void> {
+  for (const [offset, length] of writes) {
+    if (offset % pageSize !== 0 || length % pageSize !== 0 || offset + length > bytes) throw new ManifestError('a run lies outside its pack');
+  }
+  const reader = openPackReader(keys, id, object, bytes);
+  for (let at = 0; at < bytes; ) {
+    const window = await writer.acquire();
+    const win = window.subarray(0, Math.min(window.length, bytes - at));
+    reader.read(win); // fills the window, or throws (the pack is shorter than its size)
+    const end = at + win.length;
+    const slices: Slice[] = [];
+    for (const [offset, length, position] of writes) {
+      // The part of the run [offset, offset + length) inside this window.
+      const from = Math.max(offset, at);
+      const to = Math.min(offset + length, end);
+      if (from >= to) continue;
+      const target = position + (from - offset);
+      slices.push([from - at, to - from, target]);
+      hashPagesInto(win.subarray(from - at, to - at), pageSize, hashes, (target / pageSize) * PAGE_HASH_BYTES);
+    }
+    writer.submit(window, slices);
+    at = end;
+  }
+  reader.end(); // nothing left over
+  collectYoung();
+}
+
+/** A disk that fills up (or a quota) is the user's to fix: said plainly, with what it takes. */
+export function writeFailure(err: unknown, tmpPath: string, dbBytes: number): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return err;
+  return new FailureError(`no space left to write the restored database beside it (${dirname(tmpPath)})`, {
+    hints: [`the restore needs ${formatMiB(dbBytes)} free there; nothing was changed`],
+  });
+}
+
+const formatMiB = (bytes: number): string => `${Math.ceil(bytes / (1024 * 1024))} MiB`;
 
 /**
  * The database digest against the manifest (from the page hashes of what was

@@ -1,6 +1,6 @@
 /**
  * The restore machinery (src/sync/restore.ts) against an in-process fake of
- * the relay's snapshot API, with real SQLite files and the real worker pool:
+ * the relay's snapshot API, with real SQLite files and the real writer thread:
  * assembly from deduplicated, out-of-order packs; every integrity failure
  * leaves no temp; the install step keeps the old file (its -wal folded in)
  * as the backup and leaves no sidecar beside the new one.
@@ -14,7 +14,6 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
 import { sealManifest, sealPack, type Manifest } from '../../src/sync/manifest.js';
-import { WorkerPool } from '../../src/sync/pool.js';
 import {
   checkDatabaseFile,
   installDatabase,
@@ -32,13 +31,10 @@ const random = (n: number) => new Uint8Array(randomBytes(n));
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 let dir: string;
-let pool: WorkerPool;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'casa-restore-unit-'));
-  pool = new WorkerPool(keys, 2);
 });
 afterAll(async () => {
-  await pool.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -123,7 +119,6 @@ async function restore(blobs: Map<string, Uint8Array>, ref: { id: string; seq: n
   return restoreToTemp({
     api: fakeApi(blobs),
     keys,
-    pool,
     ref,
     tmpPath: tempPathBeside(target, random),
     thorough: true,
