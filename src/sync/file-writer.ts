@@ -22,6 +22,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { holdYoungGeneration } from '../gc.js';
 
 /** A slice of a window: [offset in the window, length, position in the file]. */
 export type Slice = readonly [offset: number, length: number, position: number];
@@ -48,7 +49,8 @@ export class WriteError extends Error {
 }
 
 export class FileWriter {
-  private readonly worker: Worker;
+  /** The writer thread (readonly; exposed for tests that wait for it to be online). */
+  readonly worker: Worker;
   private readonly free: Uint8Array[] = [];
   private readonly waiters: { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }[] = [];
   /** Windows with the writer. */
@@ -62,6 +64,8 @@ export class FileWriter {
     for (let i = 0; i < count; i++) this.free.push(new Uint8Array(windowBytes));
     this.worker = new Worker(writerFile(), { workerData: { fd }, resourceLimits: WRITER_LIMITS });
     this.worker.unref();
+    // A worker's start resets V8's flags (see holdYoungGeneration).
+    this.worker.once('online', holdYoungGeneration);
     this.worker.on('message', (msg: { buffer: ArrayBuffer; error?: { code?: string; message: string } }) => {
       this.out--;
       if (msg.error) this.fail(new WriteError(msg.error.message, msg.error.code));

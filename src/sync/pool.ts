@@ -14,7 +14,7 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { ManifestError } from './manifest.js';
 import { runJob } from './pool-jobs.js';
-import { collectYoung } from '../gc.js';
+import { collectYoung, holdYoungGeneration } from '../gc.js';
 
 export type Job =
   /** Reads pages with pread from `fd` (fds are process-wide: a DbSource's) and hashes them. */
@@ -95,6 +95,8 @@ export class WorkerPool {
     this.mainLane = opts.mainLane === true;
     for (let i = 0; i < size; i++) {
       const w = new Worker(workerFile(), { workerData: { keys }, resourceLimits: WORKER_LIMITS });
+      // A worker's start resets V8's flags (see holdYoungGeneration).
+      w.once('online', holdYoungGeneration);
       w.on('message', (msg: { id: number; result?: JobResult; error?: { name: string; message: string; reason?: string } }) => {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);

@@ -143,9 +143,9 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   let sealPool: WorkerPool | undefined;
   try {
     checkAbort();
-    const index = readIndex(env.home, env.keys, env.dbPath);
+    let index = readIndex(env.home, env.keys, env.dbPath);
     env.trace?.('read the index');
-    const old = index && index.manifest.pageSize === view.pageSize ? index : null;
+    let old = index && index.manifest.pageSize === view.pageSize ? index : null;
     const dbStat = view.stat;
     // Without an index every page goes into a new pack, and sealing hashes each page: no pass of its own.
     let copy: DbCopy;
@@ -167,7 +167,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
       nChanged === 0 &&
       old.manifest.pageCount === copy.pageCount &&
       old.manifest.pagesSha256 === copy.pagesSha256 &&
-      listed.snapshots.some((s) => s.id === old.manifest.snapshotId && s.seq === old.manifest.seq)
+      listed.snapshots.some((s) => s.id === old!.manifest.snapshotId && s.seq === old!.manifest.seq)
     ) {
       // Refresh the index's file stat, so `casa status` sees the database as unchanged since.
       writeIndex(env.home, env.keys, env.dbPath, { ...old, updatedAt: env.now(), dbStat });
@@ -189,22 +189,28 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
       };
     }
 
+    // Only the old manifest is needed from here: the old page hashes (8 MiB per GiB of database, a view of
+    // the whole index file's buffer) go before the packs are sealed, and the hashing pass's garbage with them.
+    const oldManifest = old?.manifest ?? null;
+    index = old = null;
+    collectGarbage();
+
     // Which old packs are still on the relay (the check also restarts their retention grace period).
-    let plan = planPages(old?.manifest ?? null, changed);
+    let plan = planPages(oldManifest, changed);
     const unavailable = new Set<string>();
     if (plan.keptPacks.length > 0) {
       for (const id of await env.api.missingPacks(plan.keptPacks)) unavailable.add(id);
-      if (unavailable.size > 0) plan = planPages(old!.manifest, changed, { unavailable });
+      if (unavailable.size > 0) plan = planPages(oldManifest!, changed, { unavailable });
     }
     checkAbort();
 
     env.trace?.('planned; kept packs checked');
     // Every page to seal: a worker thread compresses and encrypts while the main thread keeps the uploads going.
-    if (old === null && env.fullUploadPool) sealPool = env.fullUploadPool();
-    const up = new Uploader({ ...env, pool: sealPool ?? env.pool }, copy, sizes, old === null);
+    if (oldManifest === null && env.fullUploadPool) sealPool = env.fullUploadPool();
+    const up = new Uploader({ ...env, pool: sealPool ?? env.pool }, copy, sizes, oldManifest === null);
     env.onPhase?.('upload', plan.repack.length * copy.pageSize);
     const newPacks = await up.packPages(plan.repack);
-    if (old === null) copy.pagesSha256 = pagesDigest(copy.hashes);
+    if (oldManifest === null) copy.pagesSha256 = pagesDigest(copy.hashes);
     // The uploads' garbage goes before the manifest is built, so the two do not add up (milliseconds).
     collectGarbage();
 
@@ -233,7 +239,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
           userVersion: copy.userVersion,
           changesetWatermark: env.changesetWatermark ?? 0,
         },
-        old?.manifest ?? null,
+        oldManifest,
         plan,
         newPacks,
       );
@@ -304,7 +310,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
       if (lostOld.length > 0) {
         for (const id of lostOld) unavailable.add(id);
         const before = plan;
-        plan = planPages(old!.manifest, changed, { unavailable });
+        plan = planPages(oldManifest!, changed, { unavailable });
         const extra = newlyRepacked(before, plan);
         env.onPhase?.('upload', extra.length * copy.pageSize);
         newPacks.push(...(await up.packPages(extra)));

@@ -9,6 +9,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { FileWriter, WriteError, type Slice } from '../../src/sync/file-writer.js';
 import { writeFailure } from '../../src/sync/restore.js';
@@ -103,5 +105,28 @@ describe('FileWriter', () => {
     expect((full as CasaError).hints.join(' ')).toContain('4 MiB');
     const other = new Error('EIO');
     expect(writeFailure(other, '/x', 1)).toBe(other);
+  });
+});
+
+describe('the main thread young generation', () => {
+  it('stays at its first size after a writer thread starts (a worker start resets V8 flags; holdYoungGeneration sets them again)', () => {
+    // In a process of its own, as bin/casa runs: the flag first, then a writer thread, then garbage.
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const script = `
+      import { setFlagsFromString, getHeapSpaceStatistics } from 'node:v8';
+      setFlagsFromString('--semi-space-growth-factor=1');
+      const { openSync } = await import('node:fs');
+      const { FileWriter } = await import(${JSON.stringify(join(root, 'dist', 'sync', 'file-writer.js'))});
+      const w = new FileWriter(openSync(${JSON.stringify(join(dir, 'young'))}, 'w+'), 4096, 1);
+      await new Promise((r) => w.worker.once('online', () => setImmediate(r)));
+      const keep = [];
+      for (let i = 0; i < 3e6; i++) { const o = { a: i, b: [i] }; if (i % 3 === 0) keep.push(o); if (keep.length > 50000) keep.length = 0; }
+      await w.close();
+      process.stdout.write(String(getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size));
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    // V8's default would have grown it to 2 × 16 MiB by now.
+    expect(Number(r.stdout)).toBeLessThanOrEqual(4 * 1024 * 1024);
   });
 });
