@@ -14,6 +14,10 @@
  * file take its inode lock, and a second writer spins on it, burning the
  * core the main thread needs.
  *
+ * The thread starts with the writer, before the file is known (a restore
+ * makes it first thing, so its ~25 ms start overlaps the manifest's
+ * download); `attach` names the file.
+ *
  * Windows cycle: `acquire` gives a free one (waiting while all are with the
  * writer), `submit` sends it (transferred, not copied), and it comes back
  * once its slices are written. Memory: `count` windows and the thread's small
@@ -60,9 +64,11 @@ export class FileWriter {
   private failure: Error | undefined;
   private closed = false;
 
-  constructor(fd: number, windowBytes: number, count: number) {
+  private attached = false;
+
+  constructor(windowBytes: number, count: number) {
     for (let i = 0; i < count; i++) this.free.push(new Uint8Array(windowBytes));
-    this.worker = new Worker(writerFile(), { workerData: { fd }, resourceLimits: WRITER_LIMITS });
+    this.worker = new Worker(writerFile(), { resourceLimits: WRITER_LIMITS });
     this.worker.unref();
     // A worker's start resets V8's flags (see holdYoungGeneration).
     this.worker.once('online', holdYoungGeneration);
@@ -80,6 +86,13 @@ export class FileWriter {
     });
   }
 
+  /** The file every later slice is written to (a descriptor open for writing; it must stay open until close()). */
+  attach(fd: number): void {
+    if (this.attached) throw new Error('the writer already has a file');
+    this.attached = true;
+    this.worker.postMessage({ fd });
+  }
+
   /** A free window (its old contents are garbage); waits while all are with the writer. Rejects after a write failed. */
   acquire(): Promise<Uint8Array> {
     if (this.failure) return Promise.reject(this.failure);
@@ -93,6 +106,7 @@ export class FileWriter {
   submit(buffer: Uint8Array, slices: Slice[]): void {
     if (this.failure) throw this.failure;
     if (this.closed) throw new Error('the writer is closed');
+    if (!this.attached) throw new Error('the writer has no file');
     const list = new Float64Array(slices.length * 3);
     slices.forEach(([offset, length, position], k) => {
       if (!(offset >= 0 && length > 0 && offset + length <= buffer.length && position >= 0)) throw new RangeError('slice outside its window');
@@ -112,12 +126,14 @@ export class FileWriter {
     if (this.failure) throw this.failure;
   }
 
-  /** Waits for every window to come back (written or not), then stops the thread: after this, nothing writes to the fd. */
+  /** Waits for every window to come back (written or not), then stops the thread: after this, nothing writes to the fd. Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
     await this.drain();
-    await this.worker.terminate();
+    await (this.stopped ??= this.worker.terminate());
   }
+
+  private stopped: Promise<number> | undefined;
 
   private drain(): Promise<void> {
     if (this.out === 0) return Promise.resolve();

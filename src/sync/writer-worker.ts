@@ -1,15 +1,20 @@
 /**
- * The writer thread of src/sync/file-writer.ts: writes the slices of each
- * window it is sent, in the order sent, with pwrite, and hands the window
- * back. After a failure it writes nothing more; every window still comes back.
+ * The writer thread of src/sync/file-writer.ts: takes the file descriptor to
+ * write to ({ fd }), then writes the slices of each window it is sent, in
+ * the order sent, with pwrite, and hands the window back. After a failure it
+ * writes nothing more; every window still comes back.
  */
 import { writeSync } from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 
-const fd = (workerData as { fd: number }).fd;
+let fd = -1;
 let failed = false;
 
-parentPort!.on('message', (msg: { buffer: ArrayBuffer; slices: Float64Array }) => {
+parentPort!.on('message', (msg: { fd: number } | { buffer: ArrayBuffer; slices: Float64Array }) => {
+  if ('fd' in msg) {
+    fd = msg.fd;
+    return;
+  }
   const view = new Uint8Array(msg.buffer);
   let error: { code?: string; message: string } | undefined;
   if (!failed) {

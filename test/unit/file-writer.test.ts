@@ -31,7 +31,8 @@ describe('FileWriter', () => {
         const path = join(dir, `prop-${run++}`);
         const fd = openSync(path, 'w+');
         const model = new Uint8Array(FILE);
-        const writer = new FileWriter(fd, WINDOW, count);
+        const writer = new FileWriter(WINDOW, count);
+        writer.attach(fd);
         try {
           for (const spec of windows) {
             const buf = await writer.acquire();
@@ -61,8 +62,13 @@ describe('FileWriter', () => {
 
   it('refuses a slice outside its window', async () => {
     const fd = openSync(join(dir, 'range'), 'w+');
-    const writer = new FileWriter(fd, 1024, 1);
+    const writer = new FileWriter(1024, 1);
     try {
+      const early = await writer.acquire();
+      expect(() => writer.submit(early, [[0, 1, 0]])).toThrow(/no file/);
+      writer.attach(fd);
+      expect(() => writer.attach(fd)).toThrow(/already/);
+      writer.submit(early, []);
       const buf = await writer.acquire();
       expect(() => writer.submit(buf, [[1000, 100, 0]])).toThrow(RangeError);
       expect(() => writer.submit(buf, [[0, 0, 0]])).toThrow(RangeError);
@@ -76,7 +82,8 @@ describe('FileWriter', () => {
 
   it('a failing write (a full disk) fails flush and every acquire after it, waiting ones too; close still returns', async () => {
     const fd = openSync('/dev/full', 'r+');
-    const writer = new FileWriter(fd, 4096, 2);
+    const writer = new FileWriter(4096, 2);
+    writer.attach(fd);
     try {
       const a = await writer.acquire();
       const b = await writer.acquire();
@@ -117,7 +124,8 @@ describe('the main thread young generation', () => {
       setFlagsFromString('--semi-space-growth-factor=1');
       const { openSync } = await import('node:fs');
       const { FileWriter } = await import(${JSON.stringify(join(root, 'dist', 'sync', 'file-writer.js'))});
-      const w = new FileWriter(openSync(${JSON.stringify(join(dir, 'young'))}, 'w+'), 4096, 1);
+      const w = new FileWriter(4096, 1);
+      w.attach(openSync(${JSON.stringify(join(dir, 'young'))}, 'w+'));
       await new Promise((r) => w.worker.once('online', () => setImmediate(r)));
       const keep = [];
       for (let i = 0; i < 3e6; i++) { const o = { a: i, b: [i] }; if (i % 3 === 0) keep.push(o); if (keep.length > 50000) keep.length = 0; }
