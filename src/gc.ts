@@ -50,8 +50,8 @@ export function noteDropped(bytes: number): void {
  * of heap instead of 45, and no slower). `--max-semi-space-size` is read once,
  * when the heap is made; the growth factor is read whenever new space would
  * grow, so it can be set at run time (bin/casa does, first thing). Starting a
- * worker thread puts V8's flags back to their defaults, so every module that
- * starts one calls this again once the worker is online.
+ * worker thread puts V8's flags back to their defaults, so the worker pool
+ * calls this again once each worker is online.
  */
 export function holdYoungGeneration(): void {
   setFlagsFromString('--semi-space-growth-factor=1');

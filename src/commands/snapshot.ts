@@ -15,7 +15,7 @@ import { readSyncState } from '../sync/sync-state.js';
 import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../sync/snapshot.js';
 import { progress, type ProgressBar } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
-import { formatBytes, openVault } from './snapshots.js';
+import { formatBytes, formatCount, openVault } from './snapshots.js';
 
 /**
  * Threads that hash and seal (zstd, AES-GCM). An incremental snapshot hashes
@@ -122,7 +122,7 @@ function toReport(r: SnapshotResult): SnapshotReport {
 }
 
 export function formatSnapshot(r: SnapshotResult): string {
-  const n = (x: number) => x.toLocaleString('en-US');
+  const n = formatCount;
   if (r.status === 'up_to_date') return `up to date: snapshot ${r.seq} already holds this database`;
   const packs = `${n(r.uploadedObjects)} ${r.uploadedObjects === 1 ? 'pack' : 'packs'}`;
   const compacted = r.compactedPages > 0 ? ` (${n(r.compactedPages)} unchanged pages re-packed)` : '';

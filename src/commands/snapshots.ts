@@ -131,6 +131,18 @@ export function formatSnapshots(list: SnapshotEntry[]): string {
     .join('\n');
 }
 
+/**
+ * An integer with thousands separators ("1,234,567"). Not toLocaleString:
+ * its first call loads ICU's number formatting, ~5 MB of resident memory
+ * measured at the end of a 1 GiB snapshot, for a comma.
+ */
+export function formatCount(n: number): string {
+  const s = String(Math.trunc(Math.abs(n)));
+  let out = '';
+  for (let i = 0; i < s.length; i++) out += (i > 0 && (s.length - i) % 3 === 0 ? ',' : '') + s[i];
+  return (n < 0 ? '-' : '') + out;
+}
+
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];

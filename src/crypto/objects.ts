@@ -295,6 +295,8 @@ export function sealObjectParts(params: Omit<SealParams, 'plaintext' | 'codec'> 
       write(ct);
       if (tail.length > 0) write(tail);
       write(cipher.getAuthTag());
+      // Each chunk's ciphertext is a new 64 KiB buffer, garbage once written (see CHUNK_GC_MASK).
+      if ((i & CHUNK_GC_MASK) === CHUNK_GC_MASK) collectYoung();
     }
   } finally {
     key.fill(0);

@@ -10,10 +10,10 @@
  *   each slice inside its pack's plaintext and page-aligned.
  */
 import { createHmac } from 'node:crypto';
-import { bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
+import { bytesToUtf8, concatBytes, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { ObjectType, openObject, openObjectReader, sealEncoded, sealObject, type OpenParams } from '../crypto/objects.js';
-import { Codec, compress, type DecompressReader } from '../codec.js';
+import { ObjectType, openObject, openObjectReader, sealEncoded, type OpenParams } from '../crypto/objects.js';
+import { Codec, compress, compressStream, type DecompressReader } from '../codec.js';
 import { hashPages, PAGE_HASH_BYTES } from './page-hash.js';
 
 export const MANIFEST_FORMAT = 1;
@@ -97,8 +97,27 @@ export function packId(idMacKey: Uint8Array, plaintext: Uint8Array, pageSize: nu
 }
 
 export function encodeManifest(m: Manifest): Uint8Array {
+  return concatBytes(...manifestParts(m).map((part) => utf8ToBytes(part)));
+}
+
+/** Numbers of `runs` per piece of the encoding. */
+const RUNS_PER_PART = 4096;
+
+/**
+ * The manifest's JSON in pieces: the same text as JSON.stringify(m) when
+ * `runs` is its last key (as assembleManifest and JSON.parse make it), else
+ * the same document with `runs` moved last. A 1 GiB database's runs are a
+ * few hundred thousand numbers: one string of them, and JSON.stringify's
+ * own garbage on the way, were the largest allocation of a snapshot.
+ */
+function manifestParts(m: Manifest): string[] {
   validateManifest(m);
-  return utf8ToBytes(JSON.stringify(m));
+  const { runs, ...rest } = m;
+  const head = JSON.stringify(rest);
+  const parts = [`${head.slice(0, -1)}${head.length > 2 ? ',' : ''}"runs":[`];
+  for (let i = 0; i < runs.length; i += RUNS_PER_PART) parts.push((i > 0 ? ',' : '') + runs.slice(i, i + RUNS_PER_PART).join(','));
+  parts.push(']}');
+  return parts;
 }
 
 export function decodeManifest(bytes: Uint8Array, expected: ManifestIdentity): Manifest {
@@ -203,14 +222,18 @@ export function liveBytes(m: Pick<Manifest, 'runs' | 'packs' | 'pageSize'>): num
 }
 
 export function sealManifest(keys: VaultKeys, m: Manifest, salt: Uint8Array): Uint8Array {
-  return sealObject({
+  // Compressed piece by piece: the JSON is never one string nor one buffer.
+  const parts = manifestParts(m);
+  const frame = compressStream(parts.reduce((n, part) => n + Buffer.byteLength(part, 'utf8'), 0));
+  for (const part of parts) frame.write(utf8ToBytes(part));
+  return sealEncoded({
     type: ObjectType.manifest,
     codec: Codec.zstd,
     keyId: keys.keyId,
     purposeKey: keys.snapshotKey,
     vaultId: m.vaultId,
     identity: manifestIdentity(m),
-    plaintext: encodeManifest(m),
+    encoded: frame.end(),
     salt,
   });
 }

@@ -5,10 +5,12 @@
  * 1. fetch and open the manifest, authenticated against the snapshot id and
  *    seq the relay listed it under (a moved or swapped manifest fails);
  * 2. assemble into a temp file: packs downloaded a few at a time, each opened
- *    (AEAD) and decompressed through 1 MiB windows on the main thread, its
- *    runs written at their offsets by a writer thread (FileWriter); memory
- *    holds only the two packs in flight (their ciphertext) and four windows,
- *    never the database nor a whole pack's plaintext;
+ *    (AEAD), decompressed through a 1 MiB window and its runs written at
+ *    their offsets, while libuv's pool reads the new file ahead of the
+ *    writes (warmPageCache: the kernel's page-cache pages get made off the
+ *    main thread); memory holds only the two packs in flight (their
+ *    ciphertext) and the window, never the database nor a whole pack's
+ *    plaintext;
  * 3. check the whole file's SHA-256 against the manifest and `PRAGMA
  *    quick_check` (`integrity_check` when thorough) while the file is fsynced;
  * 4. install (restore and pull only): checkpoint the old database, remove its
@@ -36,7 +38,7 @@ import {
   renameSync,
   rmSync,
 } from 'node:fs';
-import { fsync } from 'node:fs';
+import { fsync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
@@ -46,7 +48,7 @@ import { fsyncDir } from '../state.js';
 import { digestFile } from './db-copy.js';
 import { ManifestError, openManifest, openPackReader, type Manifest } from './manifest.js';
 import { hashPagesInto, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
-import { FileWriter, type Slice } from './file-writer.js';
+import { warmPageCache, type Warmer } from './page-cache.js';
 import { collectYoung } from '../gc.js';
 import type { SnapshotApi } from './snapshot-api.js';
 
@@ -60,19 +62,18 @@ export const MAX_PACKS_IN_FLIGHT = 2;
 /**
  * Worker threads for `pull`'s check of the local database before it restores
  * (hashing its pages), besides the main thread's lane: none; a worker's heap
- * costs ~10 MB. A restore itself opens its packs on the main thread and
- * writes them on one writer thread (FileWriter), while the relay serving
- * the packs keeps the second core busy too.
+ * costs ~10 MB. A restore itself opens and writes its packs on the main
+ * thread, while the relay serving the packs and the page-cache warming
+ * (libuv's pool) keep the second core busy.
  */
 export const RESTORE_WORKERS = 0;
 
 /**
  * The window a pack's plaintext is decompressed through (a multiple of every
- * SQLite page size, 512 B to 64 KiB), and how many of them cycle between the main thread and the
- * writer: the plaintext is never whole, and memory holds 4 MiB of it at most.
+ * SQLite page size, 512 B to 64 KiB): the plaintext is never whole, and
+ * memory holds 1 MiB of it at most.
  */
 const RESTORE_WINDOW_BYTES = 1024 * 1024;
-const RESTORE_WINDOWS = 4;
 
 /** The name every restore temp file carries after `.<database file name>`. */
 const TEMP_MARK = '.casa-restore-';
@@ -121,13 +122,11 @@ export interface Restored {
 
 /** Steps 1–3: a checked, fsynced copy of the snapshot at `tmpPath`. On any failure the temp is removed. */
 export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
-  // The writer thread starts while the manifest downloads (it takes ~25 ms).
-  const writer = new FileWriter(RESTORE_WINDOW_BYTES, RESTORE_WINDOWS);
   try {
     const { manifest, bytes } = await fetchManifest(p.api, p.keys, p.ref);
     p.trace?.('manifest fetched and opened');
     const onBytes = p.onStart?.(manifest) ?? (() => {});
-    const { hashes, downloadedBytes, synced } = await assemble(p, manifest, onBytes, writer);
+    const { hashes, downloadedBytes, synced } = await assemble(p, manifest, onBytes);
     // The checks read the file from the page cache while the kernel writes it out: neither waits for the other.
     try {
       p.signal.throwIfAborted();
@@ -142,8 +141,6 @@ export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
     removeWithSidecars(p.tmpPath);
     if (p.signal.aborted && !(err instanceof CancelledError)) throw new CancelledError();
     throw err;
-  } finally {
-    await writer.close();
   }
 }
 
@@ -152,7 +149,6 @@ async function assemble(
   p: RestoreParams,
   m: Manifest,
   onBytes: (bytes: number) => void,
-  writer: FileWriter,
 ): Promise<{ hashes: Uint8Array; downloadedBytes: number; synced: Promise<void> }> {
   // Runs by pack: each pack is fetched once, whatever number of runs it serves.
   const runsOf = new Map<number, number[]>();
@@ -168,14 +164,14 @@ async function assemble(
 
   mkdirSync(dirname(p.tmpPath), { recursive: true });
   const fd = openSync(p.tmpPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
-  writer.attach(fd);
+  const window = new Uint8Array(RESTORE_WINDOW_BYTES);
+  let warmer: Warmer | undefined;
   let synced: Promise<void> | undefined;
   try {
     ftruncateSync(fd, m.dbBytes);
+    warmer = warmPageCache(fd, m.dbBytes);
     let next = 0;
     let failure: unknown;
-    // One pack is opened and written at a time (the others download meanwhile): the decompressor is one per thread.
-    let turn: Promise<void> = Promise.resolve();
     const lane = async () => {
       // Each lane reads pack after pack into the same buffer (grown when a pack is larger): no
       // 2–8 MiB of garbage per pack for V8 to collect late.
@@ -188,18 +184,13 @@ async function assemble(
         slot = new Uint8Array(object.buffer);
         downloadedBytes += object.length;
         if (failure !== undefined) return;
-        const writes = runsOf.get(index)!.map((r): Slice => [m.runs[r + 3]!, m.runs[r + 1]! * m.pageSize, m.runs[r]! * m.pageSize]);
-        const mine = turn.then(async () => {
-          if (failure !== undefined) return;
-          try {
-            await writePack(p.keys, pack.id, object, pack.bytes, m.pageSize, writes, writer, hashes);
-          } catch (err) {
-            throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
-          }
-          for (const [, length] of writes) onBytes(length);
-        });
-        turn = mine.catch(() => {});
-        await mine;
+        const writes = runsOf.get(index)!.map((r): Run => [m.runs[r + 3]!, m.runs[r + 1]! * m.pageSize, m.runs[r]! * m.pageSize]);
+        try {
+          writePack(p.keys, pack.id, object, pack.bytes, m.pageSize, writes, fd, window, hashes);
+        } catch (err) {
+          throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
+        }
+        for (const [, length] of writes) onBytes(length);
       }
     };
     // Every lane settles before the file is closed: a lane still running must never write to a reused fd.
@@ -210,8 +201,7 @@ async function assemble(
     );
     await Promise.all(lanes);
     if (failure !== undefined) throw failure;
-    await writer.flush();
-    await writer.close();
+    await warmer.stop();
     p.trace?.('packs downloaded, opened and written');
     // fsync on libuv's thread pool; the descriptor is closed once it is done.
     synced = new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve()))).finally(() => closeSync(fd));
@@ -219,51 +209,52 @@ async function assemble(
     throw writeFailure(err, p.tmpPath, m.dbBytes);
   } finally {
     if (synced === undefined) {
-      // The writer thread stops before the descriptor is closed: it must never write to a reused fd.
-      await writer.close();
+      // The warming stops before the descriptor is closed: it must never read a reused fd.
+      await warmer?.stop();
       closeSync(fd);
     }
   }
   return { hashes, downloadedBytes, synced };
 }
 
+/** A run of a pack: [offset in the pack's plaintext, length, position in the file], page-aligned. */
+type Run = readonly [offset: number, length: number, position: number];
+
 /**
  * Opens one pack (AES-GCM for every chunk first; not its id, see
- * openPackReader), decompresses it through the writer's windows and queues
- * the slices `writes` names: [offset in the plaintext, length, file
- * position], page-aligned. Each page written is hashed into `hashes` (the
+ * openPackReader), decompresses it through `window` and writes the runs
+ * `writes` names with pwrite. Each page written is hashed into `hashes` (the
  * database digest's input) at its page number. The plaintext is never whole.
  */
-async function writePack(
+function writePack(
   keys: VaultKeys,
   id: string,
   object: Uint8Array,
   bytes: number,
   pageSize: number,
-  writes: Slice[],
-  writer: FileWriter,
+  writes: Run[],
+  fd: number,
+  window: Uint8Array,
   hashes: Uint8Array,
-): Promise<void> {
+): void {
   for (const [offset, length] of writes) {
     if (offset % pageSize !== 0 || length % pageSize !== 0 || offset + length > bytes) throw new ManifestError('a run lies outside its pack');
   }
   const reader = openPackReader(keys, id, object, bytes);
   for (let at = 0; at < bytes; ) {
-    const window = await writer.acquire();
     const win = window.subarray(0, Math.min(window.length, bytes - at));
     reader.read(win); // fills the window, or throws (the pack is shorter than its size)
     const end = at + win.length;
-    const slices: Slice[] = [];
     for (const [offset, length, position] of writes) {
       // The part of the run [offset, offset + length) inside this window.
       const from = Math.max(offset, at);
       const to = Math.min(offset + length, end);
       if (from >= to) continue;
+      const piece = win.subarray(from - at, to - at);
       const target = position + (from - offset);
-      slices.push([from - at, to - from, target]);
-      hashPagesInto(win.subarray(from - at, to - at), pageSize, hashes, (target / pageSize) * PAGE_HASH_BYTES);
+      for (let done = 0; done < piece.length; ) done += writeSync(fd, piece, done, piece.length - done, target + done);
+      hashPagesInto(piece, pageSize, hashes, (target / pageSize) * PAGE_HASH_BYTES);
     }
-    writer.submit(window, slices);
     at = end;
   }
   reader.end(); // nothing left over
