@@ -14,9 +14,11 @@
  * buffer repeated: only the kernel's side matters). Where the writes overtake
  * them, the reads just find written pages. Nothing read is used, and a read
  * error only stops the warming: it is an optimisation, never a dependency.
- * File systems that do not cache holes (tmpfs) simply gain nothing.
+ * It runs only on local disk file systems that cache a hole as a zeroed page
+ * (ext2/3/4, XFS, Btrfs, F2FS): on NFS or SMB a read of a hole would cross
+ * the network, and tmpfs answers it with the shared zero page.
  */
-import { readv } from 'node:fs';
+import { readv, statfsSync } from 'node:fs';
 
 const BUFFER_BYTES = 1024 * 1024;
 const BUFFERS_PER_READ = 32;
@@ -26,6 +28,18 @@ export interface Warmer {
   readonly warmed: number;
   /** Stops after the read in flight; resolves when none is: after that, nothing reads the fd. */
   stop(): Promise<void>;
+}
+
+/** statfs(2) f_type of the file systems warming pays on (linux/magic.h). */
+const WARMED_FILE_SYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e, 0xf2f52010]);
+
+/** Whether the directory `dir` is on a file system where warming pays (see above). */
+export function worthWarming(dir: string): boolean {
+  try {
+    return WARMED_FILE_SYSTEMS.has(Number(statfsSync(dir).type));
+  } catch {
+    return false;
+  }
 }
 
 /** Starts reading `fd` from 0 to `length` in the background (the fd must stay open until stop() resolves). */

@@ -48,7 +48,7 @@ import { fsyncDir } from '../state.js';
 import { digestFile } from './db-copy.js';
 import { ManifestError, openManifest, openPackReader, type Manifest } from './manifest.js';
 import { hashPagesInto, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
-import { warmPageCache, type Warmer } from './page-cache.js';
+import { warmPageCache, worthWarming, type Warmer } from './page-cache.js';
 import { collectYoung } from '../gc.js';
 import type { SnapshotApi } from './snapshot-api.js';
 
@@ -169,7 +169,7 @@ async function assemble(
   let synced: Promise<void> | undefined;
   try {
     ftruncateSync(fd, m.dbBytes);
-    warmer = warmPageCache(fd, m.dbBytes);
+    if (worthWarming(dirname(p.tmpPath))) warmer = warmPageCache(fd, m.dbBytes);
     let next = 0;
     let failure: unknown;
     const lane = async () => {
@@ -201,7 +201,7 @@ async function assemble(
     );
     await Promise.all(lanes);
     if (failure !== undefined) throw failure;
-    await warmer.stop();
+    await warmer?.stop();
     p.trace?.('packs downloaded, opened and written');
     // fsync on libuv's thread pool; the descriptor is closed once it is done.
     synced = new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve()))).finally(() => closeSync(fd));

@@ -9,11 +9,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { warmPageCache } from '../../src/sync/page-cache.js';
+import { warmPageCache, worthWarming } from '../../src/sync/page-cache.js';
 import { writeFailure } from '../../src/sync/restore.js';
 import { CasaError, FailureError } from '../../src/errors.js';
 
@@ -73,6 +73,14 @@ describe('warmPageCache', () => {
       closeSync(fd);
       rmSync(path);
     }
+  });
+
+  it('runs on local disk file systems only (not tmpfs, not a directory that is not there)', () => {
+    const fsType = (p: string) => Number(statfsSync(p).type);
+    if (existsSync('/dev/shm')) expect(worthWarming('/dev/shm')).toBe(false); // tmpfs
+    expect(worthWarming(join(dir, 'no such dir'))).toBe(false);
+    // The test directory: ext4/XFS/Btrfs/F2FS here means yes, anything else no.
+    expect(worthWarming(dir)).toBe([0xef53, 0x58465342, 0x9123683e, 0xf2f52010].includes(fsType(dir)));
   });
 
   it('a descriptor it cannot read only stops the warming (no error escapes)', async () => {
