@@ -11,8 +11,9 @@
  *    main thread); memory holds only the two packs in flight (their
  *    ciphertext) and the window, never the database nor a whole pack's
  *    plaintext;
- * 3. check the whole file's SHA-256 against the manifest and `PRAGMA
- *    quick_check` (`integrity_check` when thorough) while the file is fsynced;
+ * 3. check the database checksum (SHA-256 over every page's SHA-256, from
+ *    the pages as written) against the manifest and `PRAGMA quick_check`
+ *    (`integrity_check` when thorough) while the file is fsynced;
  * 4. install (restore and pull only): checkpoint the old database, remove its
  *    -wal/-shm/-journal, hard-link it to a backup beside it, rename the temp
  *    over it, fsync the directory.
