@@ -266,7 +266,7 @@ function writePack(
 export function writeFailure(err: unknown, tmpPath: string, dbBytes: number): unknown {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   if (code !== 'ENOSPC' && code !== 'EDQUOT') return err;
-  return new FailureError(`no space left to write the restored database beside it (${dirname(tmpPath)})`, {
+  return new FailureError(`no space left in ${dirname(tmpPath)} to write the restored database`, {
     hints: [`the restore needs ${formatMiB(dbBytes)} free there; nothing was changed`],
   });
 }
