@@ -24,24 +24,6 @@ export function collectYoung(): void {
   gc?.({ type: 'minor' });
 }
 
-/** Dropped bytes after which the main thread collects (see noteDropped). */
-const DROPPED_COLLECT_BYTES = 24 * 1024 * 1024;
-let dropped = 0;
-
-/**
- * The main thread tells here that it dropped a large buffer (a pack sent or
- * opened). Such buffers outlive a young collection once V8 has promoted
- * their small JS wrappers, and V8's own trigger waits for tens of MB of
- * them: every 24 MiB dropped, a full collection of the small main heap
- * (a few milliseconds) keeps a snapshot's or restore's memory flat.
- */
-export function noteDropped(bytes: number): void {
-  dropped += bytes;
-  if (dropped < DROPPED_COLLECT_BYTES) return;
-  dropped = 0;
-  gc?.();
-}
-
 /**
  * Keeps the main thread's young generation at its first size (1 MiB
  * semi-spaces) instead of letting V8 grow it to 16 MiB ones: casa's garbage

@@ -15,7 +15,7 @@ import { CancelledError, UnreachableError, UsageError } from '../errors.js';
 import { readState } from '../state.js';
 import { indexPath, writeIndex } from '../sync/page-index.js';
 import { WorkerPool } from '../sync/pool.js';
-import { installDatabase, RESTORE_WORKERS, removeStaleTemps, removeWithSidecars, restoreToTemp, shortId, tempPathBeside } from '../sync/restore.js';
+import { installDatabase, PULL_CHECK_WORKERS, removeStaleTemps, removeWithSidecars, restoreToTemp, shortId, tempPathBeside } from '../sync/restore.js';
 import type { Manifest } from '../sync/manifest.js';
 import type { SnapshotInfo } from '../sync/snapshot-api.js';
 import { acquireLock } from '../lock.js';
@@ -142,7 +142,7 @@ export async function restoreInto(
   try {
     removeStaleTemps(dbPath);
     if (o.beforeInstall) {
-      const pool = new WorkerPool(v.keys, RESTORE_WORKERS, { mainLane: true });
+      const pool = new WorkerPool(v.keys, PULL_CHECK_WORKERS, { mainLane: true });
       try {
         await o.beforeInstall(pool);
       } finally {

@@ -193,12 +193,9 @@ export function sealObject(params: SealParams): Uint8Array {
 
 /**
  * sealObject for data already encoded with `codec` (a zstd frame made with
- * compressStream): the same object sealObject makes of the plaintext.
- */
-/**
- * Seals already-encoded data (`codec` says how it was encoded). With `into`
- * long enough, the object is written into it and the result is a view of it
- * (a caller sealing many objects one after another reuses one buffer).
+ * compressStream): the same object sealObject makes of the plaintext. With
+ * `into` long enough, the object is written into it and the result is a view
+ * of it (a caller sealing many objects one after another reuses one buffer).
  */
 export function sealEncoded(params: Omit<SealParams, 'plaintext'> & { encoded: Uint8Array; into?: Uint8Array }): Uint8Array {
   const type = aobjectType(params.type, 'type');

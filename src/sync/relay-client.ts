@@ -162,7 +162,7 @@ function exchangeOnce({ url, method, headers, body, signal, into }: Outgoing): P
  * them; the ones a young collection found still in use were moved to the old
  * generation, which only a full collection (a few milliseconds on this small
  * heap) frees, so every 32 MiB it is a full one. Measured on a 1 GiB restore,
- * 4 runs each: peak RSS 118–122 MB with both, 125–132 MB with the young
+ * 4 runs each: peak RSS 118–122 MiB with both, 125–132 MiB with the young
  * ones alone, the time unchanged.
  */
 const RECEIVED_COLLECT_BYTES = 4 * 1024 * 1024;
@@ -399,11 +399,11 @@ export class DeviceSession {
     return { status: res.status, doc: parseJsonObject(this.client.server, res.status, res.body) };
   }
 
-  /** Downloads bytes; RelayHttpError (404 …) is left to the caller. */
   /**
-   * A binary GET. With `into` long enough for the body, the body is read into
-   * it and the result is a view of it (a restore reads pack after pack into
-   * the same buffer); otherwise into a new buffer.
+   * A binary GET; RelayHttpError (404 …) is left to the caller. With `into`
+   * long enough for the body, the body is read into it and the result is a
+   * view of it (a restore reads pack after pack into the same buffer);
+   * otherwise into a new buffer.
    */
   async getBytes(path: string, into?: Uint8Array): Promise<Uint8Array> {
     const token = await this.getToken();

@@ -67,7 +67,7 @@ export const MAX_PACKS_IN_FLIGHT = 2;
  * thread, while the relay serving the packs and the page-cache warming
  * (libuv's pool) keep the second core busy.
  */
-export const RESTORE_WORKERS = 0;
+export const PULL_CHECK_WORKERS = 0;
 
 /**
  * The window a pack's plaintext is decompressed through (a multiple of every

@@ -65,8 +65,11 @@ export class SnapshotApi {
     return missing;
   }
 
-  /** A pack's bytes; a pack the relay lost is an integrity failure (the snapshot cannot be restored). */
-  /** A pack's bytes: into `into` (the result a view of it) when it is long enough, see DeviceSession.getBytes. */
+  /**
+   * A pack's bytes, into `into` (the result a view of it) when it is long
+   * enough (see DeviceSession.getBytes); a pack the relay lost is an
+   * integrity failure (the snapshot cannot be restored).
+   */
   async getPack(id: string, into?: Uint8Array): Promise<Uint8Array> {
     return this.getBlob(`/packs/${id}`, `pack ${id.slice(0, 12)}`, into);
   }

@@ -143,9 +143,10 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
   let sealPool: WorkerPool | undefined;
   try {
     checkAbort();
-    let index = readIndex(env.home, env.keys, env.dbPath);
+    // The local index, if it describes pages of this size.
+    let old = readIndex(env.home, env.keys, env.dbPath);
     env.trace?.('read the index');
-    let old = index && index.manifest.pageSize === view.pageSize ? index : null;
+    if (old && old.manifest.pageSize !== view.pageSize) old = null;
     const dbStat = view.stat;
     // Without an index every page goes into a new pack, and sealing hashes each page: no pass of its own.
     let copy: DbCopy;
@@ -192,7 +193,7 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     // Only the old manifest is needed from here: the old page hashes (8 MiB per GiB of database, a view of
     // the whole index file's buffer) go before the packs are sealed, and the hashing pass's garbage with them.
     const oldManifest = old?.manifest ?? null;
-    index = old = null;
+    old = null;
     collectGarbage();
 
     // Which old packs are still on the relay (the check also restarts their retention grace period).
