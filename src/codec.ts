@@ -3,8 +3,12 @@
  * (docs/FORMAT.md §3, the header's codec byte). Codecs: 0 none, 1 zstd
  * (RFC 8878 frames).
  *
- * zstd comes from node:zlib when the runtime has it (Node ≥ 22.15), else from
- * zstd-napi, loaded lazily so start-up never pays for the native module.
+ * zstd comes from zstd-napi (a dependency, built on install), loaded lazily so
+ * start-up never pays for the native module; node:zlib's zstd (Node ≥ 22.15)
+ * only where zstd-napi cannot load. zstd-napi streams with reused contexts
+ * and buffers; node:zlib has only one-shot synchronous calls, which hold a
+ * whole pack's input and output: measured on Node 24 (bench/snapshot.mjs
+ * --node 24, 100 MiB), casa's peak RSS was 1.27-1.45× higher with it.
  * Level 1 by default (~390 MB/s at ratio 3.46 on a finance database, as
  * measured on the project's machines).
  *
@@ -391,7 +395,14 @@ export interface CompressStream {
 let backend: ZstdBackend | undefined;
 
 function zstd(): ZstdBackend {
-  backend ??= zlibBackend() ?? napiBackend();
+  if (backend === undefined) {
+    try {
+      backend = napiBackend();
+    } catch (err) {
+      backend = zlibBackend();
+      if (backend === undefined) throw err;
+    }
+  }
   return backend;
 }
 
