@@ -160,10 +160,11 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
   wire(
     program
       .command('verify')
-      .description('restore drill: restore snapshots into a temp directory and check them, touching nothing')
+      .description("restore drill: restore snapshots into a temp directory and check them, touching nothing; --sync: compare the devices' synced tables")
       .option('--all', 'verify every snapshot, not only the newest')
       .option('--snapshot <id>', 'verify this snapshot (its id or a unique prefix of 6+ characters)')
-      .option('--thorough', "run SQLite's full integrity_check instead of quick_check"),
+      .option('--thorough', "run SQLite's full integrity_check instead of quick_check")
+      .option('--sync', "sync, then compare this device's synced tables with the other devices' (by digest; exit 6 if they differ)"),
     async (ctx, _args, o) => {
       await (await import('./commands/verify.js')).runVerify(ctx, o);
     },

@@ -12,6 +12,7 @@ import type { AppEnv, Env } from './env.js';
 import { ApiError, errorBody } from './http.js';
 import { changesetRoutes } from './routes/changesets.js';
 import { deviceRoutes } from './routes/devices.js';
+import { digestRoutes } from './routes/digests.js';
 import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { vaultRoutes } from './routes/vaults.js';
@@ -33,6 +34,7 @@ app.route('/v1/vaults', vaultRoutes);
 app.route('/v1/vaults', deviceRoutes);
 app.route('/v1/vaults', snapshotRoutes);
 app.route('/v1/vaults', changesetRoutes);
+app.route('/v1/vaults', digestRoutes);
 app.route('/v1/vaults', pairingVaultRoutes);
 app.route('/v1/pairings', pairingRoutes);
 

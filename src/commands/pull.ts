@@ -89,7 +89,7 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
   const { syncEnvOf, openSynced } = await import('./sync.js');
   const { pushRound } = await import('../sync/sync-run.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
-  const { db, schema } = openSynced(ctx);
+  const { db, schema } = openSynced(ctx, v.p.vault.deviceId);
   try {
     const r = await pushRound(env, db, schema);
     if (r.pushedChanges > 0) ctx.out.note(`pushed ${r.pushedChanges} local changes before replacing the database`);

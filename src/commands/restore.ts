@@ -216,7 +216,7 @@ async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest)
   const before = loadSyncState(env);
   const w = manifest.changesetWatermark;
   writeSyncState(env.home, env.keys, env.dbPath, { ...before, cursor: w, baseCursor: w, chains: {} });
-  const { db: synced, schema } = openSynced(ctx);
+  const { db: synced, schema } = openSynced(ctx, v.p.vault.deviceId);
   try {
     const r = await pullRound(env, synced, schema);
     if (r.pulledChanges > 0) ctx.out.note(`caught up: applied ${r.applied} of ${r.pulledChanges} changes from ${r.pulledBatches} changesets after the snapshot`);

@@ -14,6 +14,7 @@ import Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { ChangesetApi } from '../sync/changeset-api.js';
 import { readSyncState } from '../sync/sync-state.js';
+import { readDigestMemory } from '../sync/digest-api.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -34,7 +35,23 @@ export interface StatusReport {
   newer_available: boolean | null;
   rollback_detected: boolean;
   /** Changeset sync: local changes not pushed yet, and how far this device has applied the vault's changesets. */
-  changesets: { pending_local: number | null; cursor: number | null; relay_head: number | null; last_sync_at: number | null } | null;
+  changesets: {
+    pending_local: number | null;
+    cursor: number | null;
+    relay_head: number | null;
+    last_sync_at: number | null;
+    /** The last `casa verify --sync` here (remembered, not asked again), or null. */
+    last_comparison: LastComparisonInfo | null;
+  } | null;
+}
+
+export interface LastComparisonInfo {
+  at: number;
+  cursor: number;
+  comparable: boolean;
+  same: number;
+  not_comparable: number;
+  differs: { device_id: string; name: string; tables: string[] }[];
 }
 
 export async function runStatus(ctx: Context): Promise<StatusReport> {
@@ -119,7 +136,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
 
 /** The change log's length (read-only: status installs nothing) and the sync state's cursor. */
 function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: boolean): NonNullable<StatusReport['changesets']> {
-  const out: NonNullable<StatusReport['changesets']> = { pending_local: null, cursor: null, relay_head: null, last_sync_at: null };
+  const out: NonNullable<StatusReport['changesets']> = { pending_local: null, cursor: null, relay_head: null, last_sync_at: null, last_comparison: null };
   try {
     const st = readSyncState(home, keys, dbPath);
     if (st) {
@@ -128,6 +145,17 @@ function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: bo
     }
   } catch {
     // A damaged state file: `casa sync` says so.
+  }
+  const last = readDigestMemory(home, keys, dbPath)?.last;
+  if (last) {
+    out.last_comparison = {
+      at: last.at,
+      cursor: last.cursor,
+      comparable: last.comparable,
+      same: last.devices.filter((d) => d.status === 'same').length,
+      not_comparable: last.devices.filter((d) => d.status === 'not_comparable').length,
+      differs: last.devices.filter((d) => d.status === 'differs').map((d) => ({ device_id: d.deviceId, name: d.name, tables: d.tablesDiffer })),
+    };
   }
   if (exists) {
     try {
@@ -189,6 +217,14 @@ export function formatStatus(r: StatusReport): string {
       const at = c.cursor === null ? 'never synced' : `at changeset ${c.cursor}${c.relay_head === null ? '' : ` of ${c.relay_head}`}`;
       const pend = c.pending_local === null ? 'capture not set up (run `casa sync`)' : `${c.pending_local} local change${c.pending_local === 1 ? '' : 's'} to push`;
       row('sync', `${at}, ${pend}`);
+    }
+    const cmp = r.changesets?.last_comparison;
+    if (cmp) {
+      const parts = cmp.differs.map((d) => `${d.name} DIFFERS (${d.tables.join(', ')}): see \`casa verify --sync\``);
+      if (cmp.same > 0) parts.push(`${cmp.same} same`);
+      if (cmp.not_comparable > 0) parts.push(`${cmp.not_comparable} not comparable`);
+      const what = !cmp.comparable ? 'this device was not in a comparable state' : parts.length > 0 ? parts.join(', ') : 'no other device';
+      row('compared', `at changeset ${cmp.cursor}, ${iso(cmp.at)}: ${what}`);
     }
     if (r.rollback_detected) row('WARNING', 'the relay serves an older head than this device has seen (rollback)');
   }

@@ -16,10 +16,11 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
 import { acquireLock, type Lock } from '../lock.js';
-import { installCapture, pendingCount } from '../sync/capture.js';
+import { pendingCount } from '../sync/capture.js';
 import { ChangesetApi } from '../sync/changeset-api.js';
 import { listConflicts } from '../sync/merge.js';
-import { deriveSyncSchema, SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../sync/rules.js';
+import { refreshCapture, schemaVersion, type Refreshed } from '../sync/refresh.js';
+import { SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../sync/rules.js';
 import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../sync/sync-run.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import type { DeviceSession } from '../sync/relay-client.js';
@@ -50,15 +51,27 @@ export function readDeclarations(home: string): SyncDeclarations {
   }
 }
 
-/** Opens the database and (re)installs capture: the schema sync works with. */
-export function openSynced(ctx: Context): { db: Database.Database; schema: SyncSchema } {
+/** The database open for sync, its capture refreshed (refreshSynced). */
+export interface Synced {
+  db: Database.Database;
+  schema: SyncSchema;
+  /** What the refresh at open found: a schema change the app made, and what was caught up. */
+  refreshed: Refreshed;
+}
+
+/**
+ * Opens the database and refreshes capture before anything else reads or
+ * writes the change log: the schema sync works with, and the app's writes
+ * made since a migration caught up. `deviceId` (when paired) lets received
+ * changes waiting for the new schema be applied at once.
+ */
+export function openSynced(ctx: Context, deviceId: string | null = null): Synced {
   const dbPath = ctx.globals.db;
   if (!existsSync(dbPath)) {
     throw new FailureError(`no database at ${dbPath}`, {
       hints: ['check --db (or CASA_DB), or `casa restore` the newest snapshot first'],
     });
   }
-  const decl = readDeclarations(ctx.globals.home);
   let db: Database.Database;
   try {
     db = new Database(dbPath, { fileMustExist: true });
@@ -68,11 +81,21 @@ export function openSynced(ctx: Context): { db: Database.Database; schema: SyncS
     throw new FailureError(`cannot open the database ${dbPath} (${(err as Error).message})`);
   }
   try {
-    const schema = deriveSyncSchema(db, decl);
-    installCapture(db, schema);
-    return { db, schema };
+    const refreshed = refreshSynced(ctx, db, deviceId);
+    return { db, schema: refreshed.schema, refreshed };
   } catch (err) {
     db.close();
+    throw err;
+  }
+}
+
+/** refreshCapture with the user's declarations, saying what a schema change led to; a schema that cannot sync is exit 2 with the way out. */
+export function refreshSynced(ctx: Context, db: Database.Database, deviceId: string | null): Refreshed {
+  const decl = readDeclarations(ctx.globals.home);
+  let r: Refreshed;
+  try {
+    r = refreshCapture(db, decl, { now: ctx.deps.now(), deviceId });
+  } catch (err) {
     if (err instanceof SyncSchemaError) {
       throw new FailureError(err.message, {
         code: 'usage',
@@ -81,6 +104,20 @@ export function openSynced(ctx: Context): { db: Database.Database; schema: SyncS
     }
     throw err;
   }
+  const { out } = ctx;
+  for (const c of r.refresh.caughtUp) {
+    const what = c.what === 'rows' ? 'its rows (a table new to sync)' : "values of the columns the app added";
+    out.note(`the database's schema changed: caught up ${c.rows} row${c.rows === 1 ? '' : 's'} of ${c.tbl}, ${what}`);
+  }
+  for (const t of r.refresh.rebuilt) {
+    out.warn(
+      `table ${t} was rebuilt by the app (dropped and created again): its capture is back, its new columns caught up; ` +
+        'an edit of an existing field made before now cannot be told from the synced value (`casa verify --sync` compares)',
+    );
+  }
+  for (const t of r.refresh.dropped) out.note(`table ${t} no longer syncs (dropped, or declared snapshot-only); changes to it are kept pending`);
+  if (r.applied > 0) out.note(`applied ${r.applied} received change${r.applied === 1 ? '' : 's'} that waited for the new schema`);
+  return r;
 }
 
 export async function syncEnv(ctx: Context): Promise<SyncEnv> {
@@ -125,6 +162,18 @@ function roundDoc(r: SyncRound): Record<string, unknown> {
   };
 }
 
+/** What the refresh at the start found, for --json: `changed` false when the schema was as capture last saw it. */
+function refreshDoc(r: Refreshed): Record<string, unknown> {
+  return {
+    changed: r.refresh.changed,
+    fingerprint: r.schema.fingerprint,
+    caught_up: r.refresh.caughtUp.map((c) => ({ table: c.tbl, rows: c.rows, what: c.what })),
+    rebuilt: r.refresh.rebuilt,
+    dropped: r.refresh.dropped,
+    applied_pending: r.applied,
+  };
+}
+
 function roundLine(r: SyncRound): string {
   const parts = [`pushed ${r.pushedChanges} change${r.pushedChanges === 1 ? '' : 's'}`, `applied ${r.applied} of ${r.pulledChanges} pulled`];
   if (r.conflicts) parts.push(`${r.conflicts} conflict${r.conflicts === 1 ? '' : 's'} decided (casa sync --conflicts)`);
@@ -138,12 +187,12 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
   if (opts.limit !== undefined) throw new UsageError('--limit goes with --conflicts');
   const env = await syncEnv(ctx);
   const lock = syncLock(ctx);
-  const { db, schema } = openSynced(ctx);
+  const { db, schema, refreshed } = openSynced(ctx, env.deviceId);
   try {
-    if (opts.watch) return await watch(ctx, env, db, schema);
+    if (opts.watch) return await watch(ctx, env, db, refreshed);
     const r = await syncRound(env, db, schema);
     ctx.out.print(r.pushedChanges === 0 && r.pulledChanges === 0 ? `up to date (at ${r.cursor} of ${r.head})` : roundLine(r));
-    ctx.out.result({ message_type: 'sync', ...roundDoc(r) });
+    ctx.out.result({ message_type: 'sync', ...roundDoc(r), schema: refreshDoc(refreshed) });
   } finally {
     db.close();
     lock.release();
@@ -200,8 +249,19 @@ function transient(err: unknown): boolean {
   return false;
 }
 
-async function watch(ctx: Context, env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<void> {
+async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: Refreshed): Promise<void> {
   const { out } = ctx;
+  let schema = opened.schema;
+  let seenSchema = opened.schemaVersion;
+  /** The app changed the schema (a migration): capture is refreshed before anything reads the log again. */
+  const schemaMoved = (): boolean => {
+    const v = schemaVersion(db);
+    if (v === seenSchema) return false;
+    const r = refreshSynced(ctx, db, env.deviceId);
+    schema = r.schema;
+    seenSchema = r.schemaVersion;
+    return true;
+  };
   const signal = ctx.deps.signal;
   const { WebSocket } = await import('undici');
   let stopped = false;
@@ -233,6 +293,7 @@ async function watch(ctx: Context, env: SyncEnv, db: Database.Database, schema: 
       do {
         again = false;
         try {
+          schemaMoved();
           const r = await syncRound({ ...env, signal: new AbortController().signal }, db, schema);
           failures = 0;
           if (r.pushedChanges || r.pulledChanges) {
@@ -299,14 +360,18 @@ async function watch(ctx: Context, env: SyncEnv, db: Database.Database, schema: 
 
   const poll = setInterval(() => {
     let v: number;
+    let moved: boolean;
     try {
       v = Number(db.pragma('data_version', { simple: true }));
-    } catch {
+      moved = v !== lastVersion && schemaMoved();
+    } catch (err) {
+      // A schema that cannot sync any more (a new table keyed by the rowid): stop, as `casa sync` would refuse.
+      if (err instanceof CasaError) stop(err);
       return;
     }
     if (v !== lastVersion) {
       lastVersion = v;
-      if (pendingCount(db) > 0) void round('local');
+      if (moved || pendingCount(db) > 0) void round(moved ? 'schema' : 'local');
     }
   }, POLL_MS);
   const safety = setInterval(() => void round('timer'), SAFETY_ROUND_MS);

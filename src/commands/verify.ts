@@ -6,21 +6,34 @@
  * --thorough) — then removes it. Touches nothing else: not the database, not
  * the local index. Exit 6 if any snapshot fails (4 if one was sealed under
  * another key).
+ *
+ * `casa verify --sync`: the divergence check (docs/FORMAT.md §8). One sync
+ * round, then this device's digest of its synced tables is published
+ * (sealed) and compared with every other device's that is in the same state
+ * (same changeset cursor and schema, nothing left to push). Exit 6 when a
+ * table differs, so a split between devices is never silent; devices not in
+ * a comparable state are listed with what to run there.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthError, CasaError, EXIT, IntegrityError, UsageError } from '../errors.js';
+import { acquireLock } from '../lock.js';
+import { readState } from '../state.js';
+import { exchangeDigests, type DigestReport } from '../sync/digest-api.js';
 import { removeWithSidecars, restoreToTemp, shortId } from '../sync/restore.js';
+import { loadSyncState, pullRound, syncRound } from '../sync/sync-run.js';
 import type { SnapshotInfo } from '../sync/snapshot-api.js';
 import { progress } from '../ui/progress.js';
 import type { Context } from './context.js';
 import { formatBytes, listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot } from './snapshots.js';
+import { openSynced, syncEnv } from './sync.js';
 
 export interface VerifyOptions {
   all?: boolean;
   snapshot?: string;
   thorough?: boolean;
+  sync?: boolean;
 }
 
 export interface VerifyReport {
@@ -28,7 +41,29 @@ export interface VerifyReport {
   snapshots: { snapshot_id: string; seq: number; ok: boolean; error: string | null }[];
 }
 
-export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<VerifyReport> {
+export interface VerifySyncReport {
+  message_type: 'verify_sync';
+  device: string;
+  cursor: number;
+  /** This device's table digests ({} when it is not in a comparable state). */
+  tables: Record<string, string>;
+  comparable: boolean;
+  why: string | null;
+  published: boolean;
+  devices: { device_id: string; name: string; status: 'same' | 'differs' | 'not_comparable'; tables_differ: string[]; why: string | null }[];
+  digest_ms: number;
+  rows: number;
+}
+
+export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<VerifyReport | VerifySyncReport> {
+  if (opts.sync) {
+    if (opts.all || opts.snapshot !== undefined || opts.thorough) {
+      throw new UsageError('--sync cannot be used with --all, --snapshot or --thorough', {
+        hints: ["`casa verify --sync` compares the devices' synced tables; `casa verify` with those flags checks snapshots: run them one after the other"],
+      });
+    }
+    return runVerifySync(ctx);
+  }
   if (opts.all && opts.snapshot !== undefined) throw new UsageError('--all and --snapshot cannot be used together');
   const v = await openVault(ctx);
   const { head, snapshots } = await listChecked(ctx, v);
@@ -79,4 +114,90 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
     throw new Failure(msg, { code: firstFailure.code, hints: firstFailure.hints });
   }
   return report;
+}
+
+// ---------------------------------------------------------------- --sync
+
+/** One sync round, then the digest exchange, under the database's sync lock (as `casa sync` takes it). */
+async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
+  const env = await syncEnv(ctx);
+  const lock = acquireLock(ctx.globals.home, `${ctx.globals.db}#sync`, 'verify --sync');
+  let report: DigestReport;
+  try {
+    const { db, schema } = openSynced(ctx, env.deviceId);
+    try {
+      const round = await syncRound(env, db, schema);
+      if (round.pushedChanges > 0 || round.pulledChanges > 0) {
+        const n = round.pushedChanges;
+        ctx.out.note(`synced first: pushed ${n} change${n === 1 ? '' : 's'}, applied ${round.applied} of ${round.pulledChanges} pulled`);
+      }
+      // A batch pushed while another device pushed lands after the cursor: one more pull takes it in.
+      const st = loadSyncState(env);
+      if (st.pushed.seq > (st.chains[env.deviceId]?.seq ?? 0)) await pullRound(env, db, schema);
+      report = await exchangeDigests(env, db, schema, { publish: true });
+    } finally {
+      db.close();
+    }
+  } finally {
+    lock.release();
+  }
+  const name = readState(ctx.globals.home)?.vault?.deviceName ?? env.deviceId;
+  const doc: VerifySyncReport = {
+    message_type: 'verify_sync',
+    device: report.deviceId,
+    cursor: report.cursor,
+    tables: report.tables ?? {},
+    comparable: report.tables !== null,
+    why: report.why,
+    published: report.published,
+    devices: report.devices.map((d) => ({ device_id: d.deviceId, name: d.name, status: d.status, tables_differ: d.tablesDiffer, why: d.why })),
+    digest_ms: report.ms,
+    rows: report.rows,
+  };
+  ctx.out.print(formatVerifySync(name, report));
+  ctx.out.result({ ...doc });
+  if (report.why !== null) ctx.out.note(`hint: nothing was compared: ${report.why}; run \`casa verify --sync\` again once that is resolved`);
+  for (const d of report.devices) {
+    if (d.status === 'not_comparable' && report.why === null) {
+      ctx.out.note(`hint: on ${d.name}, run \`casa verify --sync\` (it syncs first), then run \`casa verify --sync\` here again`);
+    }
+  }
+  const differ = report.devices.filter((d) => d.status === 'differs');
+  if (differ.length > 0) throw divergenceError(differ);
+  return doc;
+}
+
+function divergenceError(differ: DigestReport['devices']): IntegrityError {
+  const tables = [...new Set(differ.flatMap((d) => d.tablesDiffer))].sort();
+  const who = differ.length === 1 ? `device ${differ[0]!.name}` : `${differ.length} devices (${differ.map((d) => d.name).join(', ')})`;
+  return new IntegrityError(`synced tables differ from ${who}: ${tables.join(', ')}`, {
+    code: 'integrity',
+    hints: [
+      `both applied the same changesets, yet ${tables.join(', ')} hold${tables.length === 1 ? 's' : ''} other rows: a write casa did not capture, or a bug (\`casa sync --conflicts\` lists recent merge decisions)`,
+      'decide which device holds the right data: run `casa snapshot --force` there, then `casa pull --force` on the other (its file is kept as a backup), then `casa verify --sync` on both',
+    ],
+  });
+}
+
+const STATUS_WORD = { same: 'same', differs: 'DIFFERS', not_comparable: 'not comparable' } as const;
+
+export function formatVerifySync(name: string, r: DigestReport): string {
+  const lines: string[] = [];
+  const self =
+    r.tables === null
+      ? `not comparable: ${r.why}`
+      : `${r.rows.toLocaleString('en-US')} rows in ${Object.keys(r.tables).length} tables digested in ${r.ms} ms`;
+  lines.push(`this device  ${name} (${r.deviceId.slice(0, 8)}) at changeset ${r.cursor}: ${self}`);
+  if (r.devices.length === 0) {
+    lines.push('no other device in the vault');
+    return lines.join('\n');
+  }
+  const table = [['DEVICE', 'STATUS', 'DETAIL']];
+  for (const d of r.devices) {
+    const detail = d.status === 'differs' ? d.tablesDiffer.join(', ') : (d.why ?? '');
+    table.push([`${d.name} (${d.deviceId.slice(0, 8)})`, STATUS_WORD[d.status], detail]);
+  }
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  for (const row of table) lines.push(row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+  return lines.join('\n');
 }

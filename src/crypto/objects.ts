@@ -25,7 +25,7 @@ import { collectYoung } from '../gc.js';
 
 export { Codec };
 
-export const ObjectType = { canary: 1, pack: 2, manifest: 3, changeset: 4, pairing: 5, localIndex: 6 } as const;
+export const ObjectType = { canary: 1, pack: 2, manifest: 3, changeset: 4, pairing: 5, localIndex: 6, digest: 7 } as const;
 export type ObjectType = (typeof ObjectType)[keyof typeof ObjectType];
 
 export const MAGIC = Uint8Array.of(0x43, 0x41, 0x53, 0x41); // "CASA"
@@ -101,7 +101,7 @@ export class AuthenticationError extends Error {
 }
 
 function isObjectType(value: number): value is ObjectType {
-  return Number.isInteger(value) && value >= ObjectType.canary && value <= ObjectType.localIndex;
+  return Number.isInteger(value) && value >= ObjectType.canary && value <= ObjectType.digest;
 }
 
 function aobjectType(value: unknown, name: string): ObjectType {

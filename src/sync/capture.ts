@@ -234,12 +234,135 @@ function upgradeLog(db: Db, width: number): void {
   for (let i = 0; i < width; i++) if (!have.has(`v${i}`)) db.exec(`ALTER TABLE casa_changes ADD COLUMN v${i}`);
 }
 
+/** What installCapture found and did (docs/MERGE.md §8). */
+export interface CaptureRefresh {
+  /** The triggers were (re)made: the synced schema, or casa's trigger SQL, changed since the last install. */
+  changed: boolean;
+  /** Writes logged because capture did not cover them yet: per table, the rows of a table new to sync, or added columns' values. */
+  caughtUp: { tbl: string; rows: number; what: 'rows' | 'columns' }[];
+  /**
+   * Tables captured before whose triggers were gone: the app dropped and
+   * created them again (SQLite's 12-step ALTER). Their new rows and added
+   * columns are caught up; an edit of an existing field made before this
+   * install cannot be told from the synced value (`casa verify --sync` finds it).
+   */
+  rebuilt: string[];
+  /** Tables captured before that no longer sync (dropped by the app, or declared snapshot-only). */
+  dropped: string[];
+}
+
+/** A table as capture last covered it (casa_meta 'captured'): its key columns and columns. */
+interface Captured {
+  pk: string[];
+  cols: string[];
+}
+
+/**
+ * What the triggers covered before this install: casa_meta 'captured', or
+ * (a database captured by casa before that key existed) the layouts named
+ * by the insert triggers still there. Null when capture was never installed.
+ */
+function capturedBefore(db: Db, existing: string[]): Map<string, Captured> | null {
+  const saved = meta(db, 'captured');
+  if (typeof saved === 'string' && saved !== '') {
+    const parsed = JSON.parse(saved) as Record<string, Captured>;
+    return new Map(Object.entries(parsed));
+  }
+  if (existing.length === 0) return null;
+  const out = new Map<string, Captured>();
+  const layouts = loadLayouts(db);
+  const marker = `${FLOOR}, `;
+  for (const name of existing.filter((n) => n.startsWith('casa_i_'))) {
+    const sql = (db.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?").pluck().get(name) as string | undefined) ?? '';
+    const at = sql.indexOf(marker);
+    const id = at < 0 ? NaN : parseInt(sql.slice(at + marker.length), 10);
+    const layout = layouts.get(id);
+    if (layout) out.set(layout.tbl, { pk: layout.pk, cols: layout.cols });
+  }
+  return out;
+}
+
+/** The value an added column holds in rows written before it existed: its default (an SQL expression), or NULL. */
+function columnDefaults(db: Db, table: string): Map<string, string> {
+  const rows = db.prepare(`PRAGMA main.table_xinfo(${quoteId(table)})`).all() as { name: string; dflt_value: string | null }[];
+  return new Map(rows.map((r) => [r.name, r.dflt_value ?? 'NULL']));
+}
+
+/**
+ * Logs, as if the triggers had seen them, the writes made while capture did
+ * not cover them (docs/MERGE.md §8): every row of a table new to sync that
+ * no change ever inserted (no '+' marker), and every value of an added
+ * column that differs from the column's default and that no change wrote
+ * (no clock). Each log row gets the install's own time (`now`) and today's
+ * floor, so stamping gives it an HLC above everything this device has seen
+ * and no higher than any write made after it.
+ */
+function catchUp(db: Db, t: SyncTable, before: Captured | undefined, now: number): CaptureRefresh['caughtUp'][number] | null {
+  const added = before ? t.columns.filter((c) => !before.cols.includes(c)) : t.columns;
+  if (before && added.length === 0) return null;
+  const width = t.pk.length + t.columns.length;
+  const vs = Array.from({ length: width }, (_, i) => `v${i}`).join(', ');
+  const put = db.prepare(
+    `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs}) VALUES (?, ?, ?, ?, ${FLOOR}, ?, ${Array(width).fill('?').join(', ')})`,
+  );
+  const clocks = db.prepare('SELECT col FROM casa_clock WHERE tbl = ? AND pk = ?').pluck();
+  const layout = layoutId(t);
+  const all = [...t.pk, ...t.columns].map(quoteId).join(', ');
+  const defaults = columnDefaults(db, t.name);
+  const differs = before ? `(${added.map((c) => `${quoteId(c)} IS NOT (${defaults.get(c) ?? 'NULL'})`).join(' OR ')})` : '1';
+  // Read in pages by key (the connection cannot write while a statement iterates).
+  const key = t.pk.map(quoteId).join(', ');
+  const page = (after: boolean) =>
+    db
+      .prepare(`SELECT ${all} FROM ${quoteId(t.name)} WHERE ${differs}${after ? ` AND (${key}) > (${t.pk.map(() => '?').join(', ')})` : ''} ORDER BY ${key} LIMIT 1000`)
+      .raw(true)
+      .safeIntegers(true);
+  const first = page(false);
+  const next = page(true);
+  const p = t.pk.length;
+  let rows = 0;
+  const each = function* (): Generator<SqlValue[]> {
+    let got = first.all() as SqlValue[][];
+    while (got.length > 0) {
+      yield* got;
+      got = next.all(...got[got.length - 1]!.slice(0, p)) as SqlValue[][];
+    }
+  };
+  for (const raw of each()) {
+    const values = raw.map(toBytes);
+    const have = new Set(clocks.all(t.name, encodePk(values.slice(0, p))) as string[]);
+    if (!before) {
+      // A table new to sync: the rows no change inserted, whole.
+      if (have.has(INSERT_MARKER)) continue;
+      put.run(t.name, 'i', null, now, layout, ...values);
+      rows++;
+      continue;
+    }
+    // Added columns: the values no change wrote (a NULL in the others, as an update logs them).
+    const masks: bigint[] = Array(Math.max(1, Math.ceil(t.columns.length / MASK_BITS))).fill(0n);
+    const out: SqlValue[] = values.map((v, i) => (i < p ? v : null));
+    let any = false;
+    t.columns.forEach((c, i) => {
+      if (!added.includes(c) || have.has(c)) return;
+      out[p + i] = values[p + i]!;
+      masks[Math.floor(i / MASK_BITS)]! |= 1n << BigInt(i % MASK_BITS);
+      any = true;
+    });
+    if (!any) continue;
+    put.run(t.name, 'u', masks.length === 1 ? masks[0]! : masks.join(','), now, layout, ...out);
+    rows++;
+  }
+  return rows > 0 ? { tbl: t.name, rows, what: before ? 'columns' : 'rows' } : null;
+}
+
 /**
  * Creates casa's tables and the capture triggers of every synced table.
  * Idempotent; when the schema (or casa's trigger SQL) changed since the last
- * install, every casa trigger is dropped and recreated, in one transaction.
+ * install, every casa trigger is dropped and recreated, and what the app
+ * wrote meanwhile that the old triggers could not see is caught up (catchUp),
+ * in one transaction. `now` (ms) is the time the catch-up's log rows carry.
  */
-export function installCapture(db: Db, schema: SyncSchema): void {
+export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number } = {}): CaptureRefresh {
   const triggers = new Map<string, string>();
   for (const t of schema.tables) for (const [name, sql] of triggerSql(t)) triggers.set(name, sql);
   const digest = createHash('sha256')
@@ -247,6 +370,9 @@ export function installCapture(db: Db, schema: SyncSchema): void {
     .digest('hex')
     .slice(0, 32);
   const width = Math.max(1, ...schema.tables.map((t) => t.pk.length + t.columns.length));
+  const now = Math.trunc(opts.now ?? Date.now());
+  const refresh: CaptureRefresh = { changed: false, caughtUp: [], rebuilt: [], dropped: [] };
+  const captured = JSON.stringify(Object.fromEntries(schema.tables.map((t): [string, Captured] => [t.name, { pk: t.pk, cols: t.columns }])));
   db.transaction(() => {
     db.exec(CASA_TABLES);
     const ins = db.prepare('INSERT OR IGNORE INTO casa_meta (key, value) VALUES (?, ?)');
@@ -262,7 +388,12 @@ export function installCapture(db: Db, schema: SyncSchema): void {
     ).map((r) => r.name);
     const same =
       meta(db, 'capture') === digest && existing.length === triggers.size && existing.every((n) => triggers.has(n));
-    if (same) return;
+    if (same) {
+      if (meta(db, 'captured') !== captured) setMeta(db, 'captured', captured);
+      return;
+    }
+    refresh.changed = true;
+    const before = capturedBefore(db, existing);
     for (const name of existing) db.exec(`DROP TRIGGER IF EXISTS ${quoteId(name)}`);
     upgradeLog(db, width);
     // The layouts the log refers to: the new ones, and the old ones while log rows use them.
@@ -277,14 +408,27 @@ export function installCapture(db: Db, schema: SyncSchema): void {
       if (got.tbl !== row[0] || got.pk !== row[1] || got.cols !== row[2]) throw new IntegrityError(`casa_layout ${id} names another layout`);
       ids.push(id);
     }
+    if (before !== null) {
+      for (const t of schema.tables) {
+        const was = before.get(t.name);
+        // A table whose key changed is another table to sync: its rows are caught up whole.
+        const same = was !== undefined && JSON.stringify(was.pk) === JSON.stringify(t.pk) ? was : undefined;
+        if (was !== undefined && !existing.includes(`casa_i_${t.name}`)) refresh.rebuilt.push(t.name);
+        const done = catchUp(db, t, same, now);
+        if (done) refresh.caughtUp.push(done);
+      }
+      refresh.dropped = [...before.keys()].filter((name) => !schema.tables.some((t) => t.name === name)).sort();
+    }
     db.prepare(
       `DELETE FROM casa_layout WHERE id NOT IN (${ids.map(() => '?').join(', ') || 'NULL'}) AND NOT EXISTS (SELECT 1 FROM casa_changes WHERE layout = casa_layout.id)`,
     ).run(...ids);
     for (const sql of triggers.values()) db.exec(sql);
     setMeta(db, 'capture', digest);
+    setMeta(db, 'captured', captured);
     setMeta(db, 'fingerprint', schema.fingerprint);
     setMeta(db, 'applying', 0);
   }).immediate();
+  return refresh;
 }
 
 // ---------------------------------------------------------------- pk text

@@ -13,21 +13,12 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeDb } from '../../bench/lib/make-db.mjs';
-import { baseEnv, CASA, storageText, useRelay, type RunResult } from '../helpers/cli.js';
+import { baseEnv, CASA, storageText, useRelay, type RunResult, sqlOn } from '../helpers/cli.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
 
-function sql<T = Record<string, unknown>>(m: Machine, query: string, ...params: unknown[]): T[] {
-  const db = new Database(m.env.CASA_DB);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const st = db.prepare(query);
-    return (st.reader ? st.all(...params) : (st.run(...params), [])) as T[];
-  } finally {
-    db.close();
-  }
-}
+const sql = sqlOn;
 
 /** A write through the sqlite3 shell: another program, while casa does not run. */
 function shell(m: Machine, statement: string): void {

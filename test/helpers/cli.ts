@@ -5,6 +5,7 @@
  * stripped from what it printed.
  */
 import { spawn } from 'node:child_process';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll } from 'vitest';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -133,3 +134,15 @@ export function storageText(dir: string): string {
   return all;
 }
 
+
+/** A statement on a machine's database through a plain connection (another program, not casa): rows for a query, [] otherwise. */
+export function sqlOn<T = Record<string, unknown>>(m: { env: { CASA_DB?: string } }, query: string, ...params: unknown[]): T[] {
+  const db = new Database(m.env.CASA_DB!);
+  try {
+    db.pragma('busy_timeout = 5000');
+    const st = db.prepare(query);
+    return (st.reader ? st.all(...params) : (st.run(...params), [])) as T[];
+  } finally {
+    db.close();
+  }
+}

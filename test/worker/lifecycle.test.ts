@@ -49,7 +49,7 @@ describe('launcher persistence', () => {
       vaultId = s.vault.vaultId;
       token = s.token;
       const { results } = await first.d1().prepare('SELECT name FROM d1_migrations ORDER BY id').all();
-      expect(results).toEqual([{ name: '0001_init.sql' }, { name: '0002_snapshots.sql' }, { name: '0003_pairing.sql' }, { name: '0004_changesets.sql' }]);
+      expect(results).toEqual([{ name: '0001_init.sql' }, { name: '0002_snapshots.sql' }, { name: '0003_pairing.sql' }, { name: '0004_changesets.sql' }, { name: '0005_digests.sql' }]);
       // Running the migrations again finds nothing to do.
       expect(await applyMigrations(first.d1())).toEqual([]);
     } finally {
@@ -65,7 +65,7 @@ describe('launcher persistence', () => {
     try {
       expect(lines.filter((l) => l.includes('migration'))).toEqual([]);
       const { results } = await second.d1().prepare('SELECT name FROM d1_migrations').all();
-      expect(results).toHaveLength(4);
+      expect(results).toHaveLength(5);
       expect(await second.d1().prepare('SELECT id FROM vaults WHERE id = ?1').bind(vaultId).first()).toEqual({ id: vaultId });
       expect(await readFile(join(dataDir, 'jwt-secret'), 'utf8')).toBe(secret);
       const res = await fetch(`${second.url}/v1/vaults/${vaultId}/devices`, { headers: { Authorization: `Bearer ${token}` } });

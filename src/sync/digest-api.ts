@@ -1,0 +1,348 @@
+/**
+ * Digest exchange (`casa verify --sync`, docs/RELAY-API.md "Digests",
+ * docs/FORMAT.md §8): each device keeps one slot on the relay holding its
+ * latest sealed digest record; comparing the records of devices in the same
+ * state tells whether their synced tables are identical.
+ *
+ * Invariants:
+ * - A device publishes only in a comparable state, checked in the same read
+ *   transaction as its digest: nothing left to push (casa_changes empty),
+ *   no received change waiting for a newer schema (casa_pending empty), and
+ *   every batch it pushed applied within its cursor. Two records compare only
+ *   if their cursor and schema fingerprint are equal: such devices applied
+ *   the same changesets onto the same baseline, so their tables must be equal.
+ * - The relay is distrusted: every answer is checked as changeset-api.ts
+ *   does (a malformed one is an IntegrityError); a slot that does not open
+ *   under its device's identity, names another device, or goes back to an
+ *   older record than this device saw from it is tampering (IntegrityError).
+ *   The relay only ever holds ciphertext, sealed with a fresh salt each time.
+ * - What this device remembers (CASA_HOME, beside the sync state) holds no
+ *   digest: a keyed MAC of what it last published, the highest record seq
+ *   seen per device, and the last comparison's verdicts (for `casa status`).
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import type Database from 'better-sqlite3';
+import type { VaultKeys } from '../crypto/kdf.js';
+import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
+import { b64uDecode } from '../crypto/bytes.js';
+import { IntegrityError } from '../errors.js';
+import { writeFileAtomic } from '../state.js';
+import { pendingCount } from './capture.js';
+import {
+  differingTables,
+  MAX_SEALED_RECORD,
+  openRecord,
+  recordMac,
+  RecordFormatError,
+  sealRecord,
+  syncDigest,
+  type DigestRecord,
+  type SyncDigest,
+} from './digest.js';
+import { pendingRemoteCount } from './merge.js';
+import { malformedAnswer, mapRelayError, type DeviceSession } from './relay-client.js';
+import type { SyncSchema } from './rules.js';
+import { loadSyncState, type SyncEnv } from './sync-run.js';
+import { syncDir, syncStatePath, type SyncState } from './sync-state.js';
+
+const DEVICE_ID = /^[0-9a-f]{16}$/;
+const uint = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+
+export interface DigestSlot {
+  deviceId: string;
+  /** The sealed record, as the device uploaded it (unopened). */
+  bytes: Uint8Array;
+  updatedAt: number;
+}
+
+export interface VaultDevice {
+  id: string;
+  name: string;
+  revokedAt: number | null;
+}
+
+/** The relay's digest routes (and the device list they are read against), typed, every answer checked. */
+export class DigestApi {
+  constructor(readonly session: DeviceSession) {}
+
+  private get server(): string {
+    return this.session.client.server;
+  }
+
+  /** Stores `bytes` as this device's slot, replacing the previous one. */
+  async put(bytes: Uint8Array): Promise<{ updatedAt: number }> {
+    if (bytes.length === 0 || bytes.length > MAX_SEALED_RECORD) throw new RangeError(`a digest record is 1 to ${MAX_SEALED_RECORD} bytes`);
+    let res: { status: number; doc: Record<string, unknown> };
+    try {
+      res = await this.session.uploadBytes('PUT', '/digest', bytes);
+    } catch (err) {
+      throw mapRelayError(this.server, err);
+    }
+    const d = res.doc;
+    if (res.status !== 200 || d.deviceId !== this.session.deviceId || d.bytes !== bytes.length || !uint(d.updatedAt)) {
+      throw malformedAnswer(this.server, 'digest upload answer');
+    }
+    return { updatedAt: d.updatedAt };
+  }
+
+  /** Every device's slot (revoked devices' too), by device id. */
+  async list(): Promise<DigestSlot[]> {
+    const d = await this.session.call('GET', '/digests');
+    if (!Array.isArray(d.digests)) throw malformedAnswer(this.server, 'digest list');
+    const seen = new Set<string>();
+    return d.digests.map((v: unknown) => {
+      const x = v as Record<string, unknown>;
+      if (typeof x !== 'object' || x === null || typeof x.deviceId !== 'string' || !DEVICE_ID.test(x.deviceId) || seen.has(x.deviceId)) {
+        throw malformedAnswer(this.server, 'digest list');
+      }
+      if (typeof x.data !== 'string' || !uint(x.updatedAt)) throw malformedAnswer(this.server, 'digest list');
+      let bytes: Uint8Array;
+      try {
+        bytes = b64uDecode(x.data);
+      } catch {
+        throw malformedAnswer(this.server, 'digest list');
+      }
+      if (bytes.length === 0 || bytes.length > MAX_SEALED_RECORD) throw malformedAnswer(this.server, 'digest list');
+      seen.add(x.deviceId);
+      return { deviceId: x.deviceId, bytes, updatedAt: x.updatedAt };
+    });
+  }
+
+  /** The vault's devices: id, name, and whether revoked. */
+  async devices(): Promise<VaultDevice[]> {
+    const d = await this.session.call('GET', '/devices');
+    if (!Array.isArray(d.devices)) throw malformedAnswer(this.server, 'device list');
+    const seen = new Set<string>();
+    return d.devices.map((v: unknown) => {
+      const x = v as Record<string, unknown>;
+      if (
+        typeof x !== 'object' ||
+        x === null ||
+        typeof x.id !== 'string' ||
+        !DEVICE_ID.test(x.id) ||
+        seen.has(x.id) ||
+        typeof x.name !== 'string' ||
+        !(x.revokedAt === null || uint(x.revokedAt))
+      ) {
+        throw malformedAnswer(this.server, 'device list');
+      }
+      seen.add(x.id);
+      return { id: x.id, name: x.name, revokedAt: x.revokedAt };
+    });
+  }
+}
+
+// ---------------------------------------------------------------- what this device remembers
+
+export type PeerStatus = 'same' | 'differs' | 'not_comparable';
+
+export interface PeerResult {
+  deviceId: string;
+  name: string;
+  status: PeerStatus;
+  /** With 'differs': the tables whose digests differ, by name. */
+  tablesDiffer: string[];
+  /** With 'not_comparable': why, in words. */
+  why: string | null;
+  /** The other device's record: its cursor and when it computed it (null: none). */
+  cursor: number | null;
+  at: number | null;
+}
+
+/** The last comparison, as `casa status` shows it. */
+export interface LastComparison {
+  at: number;
+  cursor: number;
+  comparable: boolean;
+  devices: { deviceId: string; name: string; status: PeerStatus; tablesDiffer: string[] }[];
+}
+
+export interface DigestMemory {
+  format: 1;
+  /** What this device last published (a MAC, not the digests), or null. */
+  published: { seq: number; cursor: number; fingerprint: string; mac: string; at: number } | null;
+  /** The highest record seq seen from each other device: a lower one is a rollback. */
+  seen: Record<string, number>;
+  last: LastComparison | null;
+}
+
+const emptyMemory = (): DigestMemory => ({ format: 1, published: null, seen: {}, last: null });
+
+export function digestMemoryPath(home: string, keys: VaultKeys, dbPath: string): string {
+  return syncStatePath(home, keys, dbPath).replace(/\.json$/, '.digest.json');
+}
+
+/** What this device remembers, or null; a damaged file reads as nothing remembered (it only costs a publication). */
+export function readDigestMemory(home: string, keys: VaultKeys, dbPath: string): DigestMemory | null {
+  let m: DigestMemory;
+  try {
+    m = JSON.parse(readFileSync(digestMemoryPath(home, keys, dbPath), 'utf8')) as DigestMemory;
+  } catch {
+    return null;
+  }
+  const p = m?.published;
+  const ok =
+    m?.format === 1 &&
+    (p === null || (typeof p === 'object' && uint(p.seq) && uint(p.cursor) && typeof p.fingerprint === 'string' && typeof p.mac === 'string' && uint(p.at))) &&
+    typeof m.seen === 'object' &&
+    m.seen !== null &&
+    Object.entries(m.seen).every(([id, s]) => DEVICE_ID.test(id) && uint(s)) &&
+    (m.last === null || (typeof m.last === 'object' && uint(m.last.at) && uint(m.last.cursor) && Array.isArray(m.last.devices)));
+  return ok ? m : null;
+}
+
+function writeDigestMemory(env: Pick<SyncEnv, 'home' | 'keys' | 'dbPath'>, m: DigestMemory): void {
+  mkdirSync(syncDir(env.home, env.keys), { recursive: true, mode: 0o700 });
+  writeFileAtomic(digestMemoryPath(env.home, env.keys, env.dbPath), JSON.stringify(m), 0o600);
+}
+
+// ---------------------------------------------------------------- the exchange
+
+export interface DigestReport {
+  deviceId: string;
+  cursor: number;
+  fingerprint: string;
+  /** This device's table digests; null when it is not in a comparable state. */
+  tables: Record<string, string> | null;
+  /** Why this device is not in a comparable state, or null. */
+  why: string | null;
+  /** The digest's cost here: rows read and ms (0 when none was computed). */
+  rows: number;
+  ms: number;
+  /** Whether a new record was uploaded (false: the relay holds an equal one, or none was made). */
+  published: boolean;
+  /** Every other device that is not revoked, by name. */
+  devices: PeerResult[];
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** Why this device's database is not a state to compare, or null (read in the caller's transaction). */
+export function notComparable(db: Database.Database, st: SyncState, deviceId: string): string | null {
+  const local = pendingCount(db);
+  if (local > 0) return `${plural(local, 'local change')} not pushed yet (written while verifying)`;
+  const remote = pendingRemoteCount(db);
+  if (remote > 0) return `${plural(remote, 'received change')} wait for a newer schema here (update the app on this device)`;
+  if (st.pushed.seq > (st.chains[deviceId]?.seq ?? 0)) return 'a changeset this device pushed is not within its cursor yet';
+  return null;
+}
+
+/** The digest of a comparable state, or why there is none: the checks and the digest see one committed state. */
+function measure(db: Database.Database, schema: SyncSchema, st: SyncState, deviceId: string): { why: string | null; digest: SyncDigest | null } {
+  return db.transaction(() => {
+    const why = notComparable(db, st, deviceId);
+    return why !== null ? { why, digest: null } : { why: null, digest: syncDigest(db, schema) };
+  })();
+}
+
+function tampered(server: string, name: string, what: string): IntegrityError {
+  return new IntegrityError(`the digest the relay holds for device ${name} ${what}`, {
+    hints: [`the relay at ${server} served a damaged, altered, moved or older digest; nothing was changed here`],
+  });
+}
+
+/** Opens a slot as its device's, refusing anything the relay could have altered, moved or rolled back. */
+function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number): DigestRecord {
+  let r: DigestRecord;
+  try {
+    r = openRecord(env.keys, slot.deviceId, slot.bytes);
+  } catch (err) {
+    if (err instanceof AuthenticationError || err instanceof ObjectFormatError || err instanceof RecordFormatError) {
+      throw tampered(env.server, name, 'failed its integrity check');
+    }
+    if (err instanceof WrongKeyError) throw tampered(env.server, name, "was sealed with another vault's key");
+    throw err;
+  }
+  if (r.seq < seenSeq) throw tampered(env.server, name, `is older (record ${r.seq}) than one this device saw (${seenSeq})`);
+  return r;
+}
+
+function compare(me: { cursor: number; fingerprint: string; tables: Record<string, string> | null; why: string | null }, other: DigestRecord | null): Pick<PeerResult, 'status' | 'tablesDiffer' | 'why'> {
+  const nc = (why: string) => ({ status: 'not_comparable' as const, tablesDiffer: [], why });
+  if (me.tables === null) return nc(`this device is not in a comparable state: ${me.why}`);
+  if (other === null) return nc('it has not published a digest yet');
+  if (other.fingerprint !== me.fingerprint) return nc('it syncs another schema (another app version?)');
+  if (other.cursor !== me.cursor) return nc(`it is at changeset ${other.cursor}, this device at ${me.cursor}`);
+  const differ = differingTables(me.tables, other.tables);
+  return differ.length === 0 ? { status: 'same', tablesDiffer: [], why: null } : { status: 'differs', tablesDiffer: differ, why: null };
+}
+
+/**
+ * Computes this device's digest (when it is in a comparable state),
+ * publishes it unless the relay already holds an equal record of this
+ * device (`publish: false`: never), reads every other device's record and
+ * compares. Throws IntegrityError for a relay that tampers with a slot.
+ */
+export async function exchangeDigests(
+  env: SyncEnv,
+  db: Database.Database,
+  schema: SyncSchema,
+  opts: { publish: boolean } = { publish: true },
+): Promise<DigestReport> {
+  const api = new DigestApi(env.api.session);
+  const memory = readDigestMemory(env.home, env.keys, env.dbPath) ?? emptyMemory();
+  const st = loadSyncState(env);
+  const { why, digest } = measure(db, schema, st, env.deviceId);
+  env.trace?.(digest ? `digest of ${digest.rows} rows in ${digest.ms} ms` : `not comparable: ${why}`);
+
+  const [devices, slots] = await Promise.all([api.devices(), api.list()]);
+  const names = new Map(devices.map((d) => [d.id, d.name]));
+  const active = new Set(devices.filter((d) => d.revokedAt === null).map((d) => d.id));
+  const records = new Map<string, DigestRecord>();
+  const seen = { ...memory.seen };
+  for (const slot of slots) {
+    // A revoked device's slot, or one of a device the vault does not list, is not compared.
+    if (!active.has(slot.deviceId)) continue;
+    const own = slot.deviceId === env.deviceId;
+    const r = openSlot(env, slot, names.get(slot.deviceId) ?? slot.deviceId, own ? 0 : (seen[slot.deviceId] ?? 0));
+    records.set(slot.deviceId, r);
+    if (!own) seen[slot.deviceId] = Math.max(seen[slot.deviceId] ?? 0, r.seq);
+  }
+
+  let published = false;
+  let pub = memory.published;
+  if (digest && opts.publish) {
+    const mac = recordMac(env.keys, { cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables });
+    const onRelay = records.get(env.deviceId);
+    if (pub === null || pub.mac !== mac || onRelay === undefined || onRelay.seq !== pub.seq) {
+      const seq = Math.max(pub?.seq ?? 0, onRelay?.seq ?? 0) + 1;
+      const at = env.now();
+      const record: DigestRecord = { deviceId: env.deviceId, seq, cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables, at };
+      await api.put(sealRecord(env.keys, record, env.random));
+      pub = { seq, cursor: st.cursor, fingerprint: schema.fingerprint, mac, at };
+      published = true;
+    }
+  }
+
+  const me = { cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest?.tables ?? null, why };
+  const peers: PeerResult[] = devices
+    .filter((d) => d.revokedAt === null && d.id !== env.deviceId)
+    .sort((a, b) => (a.name === b.name ? (a.id < b.id ? -1 : 1) : a.name < b.name ? -1 : 1))
+    .map((d) => {
+      const r = records.get(d.id) ?? null;
+      return { deviceId: d.id, name: d.name, ...compare(me, r), cursor: r?.cursor ?? null, at: r?.at ?? null };
+    });
+
+  writeDigestMemory(env, {
+    format: 1,
+    published: pub,
+    seen,
+    last: {
+      at: env.now(),
+      cursor: st.cursor,
+      comparable: digest !== null,
+      devices: peers.map((p) => ({ deviceId: p.deviceId, name: p.name, status: p.status, tablesDiffer: p.tablesDiffer })),
+    },
+  });
+  return {
+    deviceId: env.deviceId,
+    cursor: st.cursor,
+    fingerprint: schema.fingerprint,
+    tables: digest?.tables ?? null,
+    why,
+    rows: digest?.rows ?? 0,
+    ms: digest?.ms ?? 0,
+    published,
+    devices: peers,
+  };
+}
