@@ -1,7 +1,7 @@
 import * as zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { _zstdBackends, Codec, CodecError, compress, compressStream, compressTransient, decompress, decompressReader, frameShape, zstdBackendName } from '../../src/codec.js';
+import { _zstdBackends, Codec, CodecError, compress, compressStream, compressTransient, decompress, decompressReader, frameShape, zstdBackendName, type DecompressReader } from '../../src/codec.js';
 
 const hasZlibZstd = typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
 
@@ -113,19 +113,7 @@ describe('compressStream and compressTransient', () => {
 });
 
 describe('decompressReader', () => {
-  /** Reads everything through windows of the given sizes (cycled), then end(). */
-  const readAll = (codec: Codec, frame: Uint8Array, max: number, windows: number[]) => {
-    const r = decompressReader(codec, frame, max);
-    const pieces: Uint8Array[] = [];
-    for (let k = 0; ; k++) {
-      const win = new Uint8Array(windows[k % windows.length]!);
-      const n = r.read(win);
-      pieces.push(win.slice(0, n));
-      if (n < win.length) break;
-    }
-    r.end();
-    return Buffer.concat(pieces);
-  };
+  const readAll = (codec: Codec, frame: Uint8Array, max: number, windows: number[]) => drain(decompressReader(codec, frame, max), windows);
 
   it('hands out exactly the frame\'s output, whatever the windows (fast-check)', () => {
     const data = sample(300_000);
@@ -222,19 +210,7 @@ describe('both zstd implementations: one outcome for the same frame (fast-check)
       return { kind: err.reason };
     }
   };
-  const viaReader = (b: Backend, frame: Uint8Array, max: number, windows: number[]) =>
-    classify(() => {
-      const r = b.decompressReader(frame, max);
-      const pieces: Uint8Array[] = [];
-      for (let k = 0; ; k++) {
-        const win = new Uint8Array(windows[k % windows.length]!);
-        const n = r.read(win);
-        pieces.push(win.slice(0, n));
-        if (n < win.length) break;
-      }
-      r.end();
-      return Buffer.concat(pieces);
-    });
+  const viaReader = (b: Backend, frame: Uint8Array, max: number, windows: number[]) => classify(() => drain(b.decompressReader(frame, max), windows));
 
   const kinds = ['valid', 'over', 'cut', 'flip', 'trailing', 'garbage'] as const;
   const arb = fc.record({
@@ -299,6 +275,19 @@ describe('both zstd implementations: one outcome for the same frame (fast-check)
     expect(compared > 0).toBe(hasZlibZstd);
   });
 });
+
+/** Reads a reader's whole output through windows of the given sizes (cycled), then end(). */
+function drain(r: DecompressReader, windows: number[]): Buffer {
+  const pieces: Uint8Array[] = [];
+  for (let k = 0; ; k++) {
+    const win = new Uint8Array(windows[k % windows.length]!);
+    const n = r.read(win);
+    pieces.push(win.slice(0, n));
+    if (n < win.length) break;
+  }
+  r.end();
+  return Buffer.concat(pieces);
+}
 
 /** The zstd implementations this runtime has: zstd-napi always, node:zlib's from Node 22.15. */
 function backends() {
