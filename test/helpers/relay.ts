@@ -8,7 +8,8 @@
  * on the client's crypto module).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import { afterAll, beforeAll } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -326,3 +327,26 @@ export function chunked(bytes: Uint8Array, pieces = 4): ReadableStream<Uint8Arra
   });
 }
 
+
+/**
+ * A relay that lies, for client tests: on 127.0.0.1, it hands out a token to
+ * anyone and answers every other request with `answer` (set it per test).
+ * Started in beforeAll, closed in afterAll of the calling describe block.
+ */
+export function lyingRelay(): { url: () => string; answer: Record<string, unknown> } {
+  const liar = { url: () => base, answer: {} as Record<string, unknown> };
+  let server: Server;
+  let base = '';
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      res.setHeader('content-type', 'application/json');
+      if (req.url?.endsWith('/auth/challenge')) return res.end(JSON.stringify({ challenge: randomBytes(32).toString('base64url'), expiresAt: Date.now() + 60_000 }));
+      if (req.url?.endsWith('/auth/token')) return res.end(JSON.stringify({ token: 'a.b.c', expiresAt: Date.now() + 300_000 }));
+      res.end(JSON.stringify(liar.answer));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  });
+  afterAll(() => new Promise<void>((r) => server.close(() => r())));
+  return liar;
+}

@@ -4,7 +4,6 @@
 // the client (src/sync/changeset-api.ts) against it and against a relay that
 // lies.
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
 import { WebSocket } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
@@ -31,6 +30,7 @@ import {
   chunked,
   refusedEarly,
   type TestRelay,
+  lyingRelay,
 } from '../helpers/relay.js';
 
 const KEEP = 2;
@@ -476,28 +476,15 @@ describe('the client (src/sync/changeset-api.ts)', () => {
   });
 
   describe('against a relay that lies', () => {
-    let server: Server;
-    let url: string;
-    let answer: Record<string, unknown> = {};
-    beforeAll(async () => {
-      server = createServer((req, res) => {
-        res.setHeader('content-type', 'application/json');
-        if (req.url?.endsWith('/auth/challenge')) return res.end(JSON.stringify({ challenge: b64u(randomBytes(32)), expiresAt: Date.now() + 60_000 }));
-        if (req.url?.endsWith('/auth/token')) return res.end(JSON.stringify({ token: 'a.b.c', expiresAt: Date.now() + 300_000 }));
-        res.end(JSON.stringify(answer));
-      });
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-    });
-    afterAll(() => new Promise<void>((r) => server.close(() => r())));
+    const liar = lyingRelay();
 
-    const api = () => new ChangesetApi(new DeviceSession(new RelayClient(url), randomHex(16), randomHex(8), new Uint8Array(32).fill(1)));
+    const api = () => new ChangesetApi(new DeviceSession(new RelayClient(liar.url()), randomHex(16), randomHex(8), new Uint8Array(32).fill(1)));
     const item = (cursor: number, data = opaque(40)) => ({ cursor, deviceId: randomHex(8), seq: 1, sha256: sha256Hex(data), data: b64u(data) });
 
     it('accepts a well-formed answer', async () => {
-      answer = { changesets: [item(3), item(4)], head: 5, prunedThrough: 0, more: true };
+      liar.answer = { changesets: [item(3), item(4)], head: 5, prunedThrough: 0, more: true };
       expect((await api().pull(2)).changesets.map((c) => c.cursor)).toEqual([3, 4]);
-      answer = { changesets: [item(5)], head: 5, prunedThrough: 4, more: false };
+      liar.answer = { changesets: [item(5)], head: 5, prunedThrough: 4, more: false };
       expect((await api().pull(2)).prunedThrough).toBe(4); // starts after what was pruned
     });
 
@@ -519,13 +506,13 @@ describe('the client (src/sync/changeset-api.ts)', () => {
         { changesets: [], head: '2', prunedThrough: 0, more: false },
         { changesets: {}, head: 2, prunedThrough: 0, more: false },
       ]) {
-        answer = bad;
+        liar.answer = bad;
         const err = await api().pull(2).catch((e: unknown) => e);
         expect(err, JSON.stringify(bad).slice(0, 200)).toBeInstanceOf(IntegrityError);
       }
-      answer = { head: 3, prunedThrough: 0, devices: [{ deviceId: randomHex(8), seq: 1, cursor: 4 }] };
+      liar.answer = { head: 3, prunedThrough: 0, devices: [{ deviceId: randomHex(8), seq: 1, cursor: 4 }] };
       expect(await api().heads().catch((e: unknown) => e)).toBeInstanceOf(IntegrityError);
-      answer = { cursor: 0, seq: 1 };
+      liar.answer = { cursor: 0, seq: 1 };
       expect(await api().push(1, opaque()).catch((e: unknown) => e)).toBeInstanceOf(IntegrityError);
     });
   });

@@ -6,7 +6,6 @@
 // alters, moves, replays or garbles a slot (IntegrityError, exit 6).
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -38,6 +37,7 @@ import {
   type TestDevice,
   type TestRelay,
   type TestVault,
+  lyingRelay,
 } from '../helpers/relay.js';
 
 const KiB = 1024;
@@ -331,26 +331,13 @@ describe('the client (src/sync/digest-api.ts)', () => {
   });
 
   describe('against a relay that lies', () => {
-    let server: Server;
-    let url: string;
-    let answer: Record<string, unknown> = {};
-    beforeAll(async () => {
-      server = createServer((req, res) => {
-        res.setHeader('content-type', 'application/json');
-        if (req.url?.endsWith('/auth/challenge')) return res.end(JSON.stringify({ challenge: b64u(randomBytes(32)), expiresAt: Date.now() + 60_000 }));
-        if (req.url?.endsWith('/auth/token')) return res.end(JSON.stringify({ token: 'a.b.c', expiresAt: Date.now() + 300_000 }));
-        res.end(JSON.stringify(answer));
-      });
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-    });
-    afterAll(() => new Promise<void>((r) => server.close(() => r())));
+    const liar = lyingRelay();
 
-    const api = () => new DigestApi(new DeviceSession(new RelayClient(url), randomHex(16), randomHex(8), new Uint8Array(32).fill(1)));
+    const api = () => new DigestApi(new DeviceSession(new RelayClient(liar.url()), randomHex(16), randomHex(8), new Uint8Array(32).fill(1)));
     const slot = (data = opaque(1088)) => ({ deviceId: randomHex(8), data: b64u(data), updatedAt: Date.now() });
 
     it('accepts well-formed answers and refuses malformed ones', async () => {
-      answer = { digests: [slot(), slot()] };
+      liar.answer = { digests: [slot(), slot()] };
       expect(await api().list()).toHaveLength(2);
       const s = slot();
       for (const bad of [
@@ -362,12 +349,12 @@ describe('the client (src/sync/digest-api.ts)', () => {
         { digests: [slot(opaque(16 * KiB + 1))] },
         { digests: [{ ...slot(), updatedAt: -1 }] },
       ]) {
-        answer = bad;
+        liar.answer = bad;
         expect(await api().list().catch((e: unknown) => e), JSON.stringify(bad).slice(0, 120)).toBeInstanceOf(IntegrityError);
       }
-      answer = { devices: [{ id: 'nope', name: 'x', revokedAt: null }] };
+      liar.answer = { devices: [{ id: 'nope', name: 'x', revokedAt: null }] };
       expect(await api().devices().catch((e: unknown) => e)).toBeInstanceOf(IntegrityError);
-      answer = { deviceId: randomHex(8), bytes: 10, updatedAt: 1 }; // another device's slot acknowledged
+      liar.answer = { deviceId: randomHex(8), bytes: 10, updatedAt: 1 }; // another device's slot acknowledged
       expect(await api().put(opaque(10)).catch((e: unknown) => e)).toBeInstanceOf(IntegrityError);
     });
   });
