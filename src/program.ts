@@ -177,6 +177,8 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--watch', 'stay connected: apply remote changes as they arrive, push local ones as they happen')
       .option('--conflicts', 'list the conflicts merging decided (field, both values, winner, rule)')
       .option('--limit <n>', 'with --conflicts: how many, newest first (default 50)')
+      .option('--detach', 'before an app update that drops or rebuilds a synced column: copy the synced tables, remove the triggers')
+      .option('--attach', 'after it: triggers back, every write made meanwhile caught up (any `casa sync` does this too)')
       .addHelpText(
         'after',
         '\nTables sync by the rules in CASA_HOME/sync-tables.json (default: every table with a non-integer\n' +

@@ -15,6 +15,7 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { ChangesetApi } from '../sync/changeset-api.js';
 import { readSyncState } from '../sync/sync-state.js';
 import { readDigestMemory } from '../sync/digest-api.js';
+import { detachedSince } from '../sync/capture.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -37,6 +38,8 @@ export interface StatusReport {
   /** Changeset sync: local changes not pushed yet, and how far this device has applied the vault's changesets. */
   changesets: {
     pending_local: number | null;
+    /** When capture was detached (`casa sync --detach`), ISO time; null when attached (or not set up). */
+    detached_since: string | null;
     cursor: number | null;
     relay_head: number | null;
     last_sync_at: number | null;
@@ -136,7 +139,14 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
 
 /** The change log's length (read-only: status installs nothing) and the sync state's cursor. */
 function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: boolean): NonNullable<StatusReport['changesets']> {
-  const out: NonNullable<StatusReport['changesets']> = { pending_local: null, cursor: null, relay_head: null, last_sync_at: null, last_comparison: null };
+  const out: NonNullable<StatusReport['changesets']> = {
+    pending_local: null,
+    detached_since: null,
+    cursor: null,
+    relay_head: null,
+    last_sync_at: null,
+    last_comparison: null,
+  };
   try {
     const st = readSyncState(home, keys, dbPath);
     if (st) {
@@ -164,6 +174,8 @@ function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: bo
       try {
         const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'casa_changes'").get();
         out.pending_local = has ? Number((db.prepare('SELECT count(*) AS n FROM casa_changes').get() as { n: number }).n) : null;
+        const d = has ? detachedSince(db) : null;
+        out.detached_since = d === null ? null : new Date(d.at).toISOString();
       } finally {
         db.close();
       }
@@ -217,6 +229,7 @@ export function formatStatus(r: StatusReport): string {
       const at = c.cursor === null ? 'never synced' : `at changeset ${c.cursor}${c.relay_head === null ? '' : ` of ${c.relay_head}`}`;
       const pend = c.pending_local === null ? 'capture not set up (run `casa sync`)' : `${c.pending_local} local change${c.pending_local === 1 ? '' : 's'} to push`;
       row('sync', `${at}, ${pend}`);
+      if (c.detached_since !== null) row('capture', `DETACHED since ${c.detached_since}: \`casa sync --attach\` catches up what the app wrote meanwhile`);
     }
     const cmp = r.changesets?.last_comparison;
     if (cmp) {

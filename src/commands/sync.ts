@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
 import { acquireLock, type Lock } from '../lock.js';
-import { pendingCount } from '../sync/capture.js';
+import { readState } from '../state.js';
+import { detachCapture, detachedSince, pendingCount } from '../sync/capture.js';
 import { ChangesetApi } from '../sync/changeset-api.js';
 import { listConflicts } from '../sync/merge.js';
 import { refreshCapture, schemaVersion, type Refreshed } from '../sync/refresh.js';
@@ -30,6 +31,8 @@ export interface SyncOptions {
   watch?: boolean;
   conflicts?: boolean;
   limit?: string;
+  detach?: boolean;
+  attach?: boolean;
 }
 
 /** Where a user declares which tables sync and how (rules.ts reads the declarations). */
@@ -106,8 +109,9 @@ export function refreshSynced(ctx: Context, db: Database.Database, deviceId: str
   }
   const { out } = ctx;
   for (const c of r.refresh.caughtUp) {
-    const what = c.what === 'rows' ? 'its rows (a table new to sync)' : "values of the columns the app added";
-    out.note(`the database's schema changed: caught up ${c.rows} row${c.rows === 1 ? '' : 's'} of ${c.tbl}, ${what}`);
+    const rows = `${c.rows} row${c.rows === 1 ? '' : 's'} of ${c.tbl}`;
+    if (c.what === 'writes') out.note(`capture attached again: caught up ${rows} written while it was detached`);
+    else out.note(`the database's schema changed: caught up ${rows}, ${c.what === 'rows' ? 'its rows (a table new to sync)' : 'values of the columns the app added'}`);
   }
   for (const t of r.refresh.rebuilt) {
     out.warn(
@@ -170,6 +174,7 @@ function refreshDoc(r: Refreshed): Record<string, unknown> {
     caught_up: r.refresh.caughtUp.map((c) => ({ table: c.tbl, rows: c.rows, what: c.what })),
     rebuilt: r.refresh.rebuilt,
     dropped: r.refresh.dropped,
+    attached: r.refresh.attached,
     applied_pending: r.applied,
   };
 }
@@ -182,7 +187,10 @@ function roundLine(r: SyncRound): string {
 }
 
 export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
-  if (opts.watch && opts.conflicts) throw new UsageError('--watch and --conflicts cannot be used together');
+  const modes = (['watch', 'conflicts', 'detach', 'attach'] as const).filter((m) => opts[m]);
+  if (modes.length > 1) throw new UsageError(`--${modes[0]} and --${modes[1]} cannot be used together`);
+  if (opts.detach) return runDetach(ctx);
+  if (opts.attach) return runAttach(ctx);
   if (opts.conflicts) return runConflicts(ctx, opts);
   if (opts.limit !== undefined) throw new UsageError('--limit goes with --conflicts');
   const env = await syncEnv(ctx);
@@ -196,6 +204,57 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
   } finally {
     db.close();
     lock.release();
+  }
+}
+
+// ---------------------------------------------------------------- --detach, --attach
+
+/**
+ * `casa sync --detach` (docs/MERGE.md §8): capture steps aside so an app
+ * update can drop or change a synced column, which SQLite refuses while a
+ * trigger reads it. Local only: no relay, no lock (a running --watch pauses
+ * while capture is detached). Capture is refreshed first (a detach while
+ * detached attaches and catches up before copying again), so the copies hold
+ * exactly what the change log does not.
+ */
+async function runDetach(ctx: Context): Promise<void> {
+  const { db, schema, refreshed } = openSynced(ctx, localDeviceId(ctx));
+  try {
+    const d = detachCapture(db, schema, ctx.deps.now());
+    const rows = d.tables.reduce((n, t) => n + t.rows, 0);
+    ctx.out.print(
+      `capture detached: copied ${rows} row${rows === 1 ? '' : 's'} of ${d.tables.length} synced table${d.tables.length === 1 ? '' : 's'}`,
+    );
+    ctx.out.note('let the app update now; then `casa sync --attach` (or any `casa sync`) catches up every write made meanwhile');
+    ctx.out.result({
+      message_type: 'sync_detach',
+      detached_at: new Date(d.at).toISOString(),
+      tables: d.tables.map((t) => ({ table: t.tbl, rows: t.rows })),
+      schema: refreshDoc(refreshed),
+    });
+  } finally {
+    db.close();
+  }
+}
+
+/** This device's id when paired (received changes waiting for the new schema then apply at the refresh), else null; no keystore, no relay. */
+function localDeviceId(ctx: Context): string | null {
+  return readState(ctx.globals.home)?.vault?.deviceId ?? null;
+}
+
+/** `casa sync --attach`: capture back, every write made while detached caught up; nothing is sent (the next `casa sync` does). */
+async function runAttach(ctx: Context): Promise<void> {
+  const { db, refreshed } = openSynced(ctx, localDeviceId(ctx));
+  try {
+    const writes = refreshed.refresh.caughtUp.reduce((n, c) => n + c.rows, 0);
+    ctx.out.print(
+      refreshed.refresh.attached
+        ? `capture attached: caught up ${writes} row write${writes === 1 ? '' : 's'}; \`casa sync\` sends them`
+        : 'capture is attached',
+    );
+    ctx.out.result({ message_type: 'sync_attach', schema: refreshDoc(refreshed) });
+  } finally {
+    db.close();
   }
 }
 
@@ -254,6 +313,15 @@ async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: 
   let schema = opened.schema;
   let seenSchema = opened.schemaVersion;
   /** The app changed the schema (a migration): capture is refreshed before anything reads the log again. */
+  let pausedSince: number | null = null;
+  /** Capture detached (`casa sync --detach`): no round until it is attached again, which is the user's to do (the app may be mid-update). */
+  const detached = (): boolean => {
+    const d = detachedSince(db);
+    if (d !== null && pausedSince !== d.at) out.note('capture is detached (`casa sync --detach`): paused until `casa sync --attach`');
+    if (d === null && pausedSince !== null) out.note('capture is attached again: resuming');
+    pausedSince = d?.at ?? null;
+    return d !== null;
+  };
   const schemaMoved = (): boolean => {
     const v = schemaVersion(db);
     if (v === seenSchema) return false;
@@ -293,6 +361,7 @@ async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: 
       do {
         again = false;
         try {
+          if (detached()) return;
           schemaMoved();
           const r = await syncRound({ ...env, signal: new AbortController().signal }, db, schema);
           failures = 0;
@@ -363,7 +432,7 @@ async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: 
     let moved: boolean;
     try {
       v = Number(db.pragma('data_version', { simple: true }));
-      moved = v !== lastVersion && schemaMoved();
+      moved = v !== lastVersion && !detached() && schemaMoved();
     } catch (err) {
       // A schema that cannot sync any more (a new table keyed by the rowid): stop, as `casa sync` would refuse.
       if (err instanceof CasaError) stop(err);

@@ -239,7 +239,13 @@ export interface CaptureRefresh {
   /** The triggers were (re)made: the synced schema, or casa's trigger SQL, changed since the last install. */
   changed: boolean;
   /** Writes logged because capture did not cover them yet: per table, the rows of a table new to sync, or added columns' values. */
-  caughtUp: { tbl: string; rows: number; what: 'rows' | 'columns' }[];
+  caughtUp: { tbl: string; rows: number; what: 'rows' | 'columns' | 'writes' }[];
+  /**
+   * Capture was detached (`casa sync --detach`, detachCapture) and this
+   * install attached it again: every write made meanwhile was caught up from
+   * the copy taken at the detach (`what: 'writes'`).
+   */
+  attached: boolean;
   /**
    * Tables captured before whose triggers were gone: the app dropped and
    * created them again (SQLite's 12-step ALTER). Their new rows and added
@@ -355,6 +361,157 @@ function catchUp(db: Db, t: SyncTable, before: Captured | undefined, now: number
   return rows > 0 ? { tbl: t.name, rows, what: before ? 'columns' : 'rows' } : null;
 }
 
+// ---------------------------------------------------------------- detached capture
+
+/**
+ * SQLite refuses `ALTER TABLE ... DROP COLUMN` while a trigger reads the
+ * column, so an app update that drops a synced column fails while capture is
+ * attached. `casa sync --detach` (detachCapture) takes a copy of every synced
+ * table (`casa_was_<table>`, columns c0, c1, ...: the key columns, then the
+ * columns, values as stored) and drops the triggers; the next install
+ * attaches again and logs, against the copy, every write made meanwhile
+ * (catchUpDetached): rows that are new, fields that differ, rows that are
+ * gone. casa_meta 'detached' records the time and each copy's columns.
+ */
+const COPY_PREFIX = 'casa_was_';
+
+/** Capture detached by detachCapture: since when (ms), and per table the key columns and columns its copy holds. */
+export interface Detached {
+  at: number;
+  tables: Record<string, Captured>;
+}
+
+function detachedState(db: Db): Detached | null {
+  const v = meta(db, 'detached');
+  return typeof v === 'string' && v !== '' ? (JSON.parse(v) as Detached) : null;
+}
+
+/** When capture was detached (`casa sync --detach`), or null; read-only, for any connection. */
+export function detachedSince(db: Db): Detached | null {
+  return hasCapture(db) ? detachedState(db) : null;
+}
+
+function dropDetachedCopies(db: Db): void {
+  const copies = db
+    .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'casa\\_was\\_%' ESCAPE '\\'")
+    .pluck()
+    .all() as string[];
+  for (const name of copies) db.exec(`DROP TABLE ${quoteId(name)}`);
+  db.prepare("DELETE FROM casa_meta WHERE key = 'detached'").run();
+}
+
+/**
+ * Detaches capture (docs/MERGE.md §8 "Detached capture"): copies every synced
+ * table as it is now, drops casa's triggers, and records the detach, in one
+ * transaction. Capture must be installed and current (refreshCapture first):
+ * the copies then hold exactly what the log does not. The next installCapture
+ * attaches again. Returns the tables copied and their rows.
+ */
+export function detachCapture(db: Db, schema: SyncSchema, now: number): { at: number; tables: { tbl: string; rows: number }[] } {
+  const at = Math.trunc(now);
+  return db
+    .transaction(() => {
+      if (!hasCapture(db) || detachedState(db) !== null) throw new Error('capture is not attached');
+      dropDetachedCopies(db);
+      const tables: { tbl: string; rows: number }[] = [];
+      const record: Record<string, Captured> = {};
+      for (const t of schema.tables) {
+        const all = [...t.pk, ...t.columns];
+        const copy = quoteId(COPY_PREFIX + t.name);
+        const cs = all.map((_, i) => `c${i}`);
+        db.exec(`CREATE TABLE ${copy} (k INTEGER PRIMARY KEY, ${cs.join(', ')})`);
+        const n = db.prepare(`INSERT INTO ${copy} (${cs.join(', ')}) SELECT ${all.map(quoteId).join(', ')} FROM ${quoteId(t.name)}`).run().changes;
+        db.exec(`CREATE INDEX ${quoteId(`${COPY_PREFIX}${t.name}_key`)} ON ${copy} (${cs.slice(0, t.pk.length).join(', ')})`);
+        record[t.name] = { pk: t.pk, cols: t.columns };
+        tables.push({ tbl: t.name, rows: n });
+      }
+      const triggers = db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'casa\\_%' ESCAPE '\\'").pluck().all() as string[];
+      for (const name of triggers) db.exec(`DROP TRIGGER ${quoteId(name)}`);
+      setMeta(db, 'detached', JSON.stringify({ at, tables: record } satisfies Detached));
+      setMeta(db, 'capture', '');
+      return { at, tables };
+    })
+    .immediate();
+}
+
+/**
+ * Logs every write made to `t` while capture was detached, against the copy
+ * the detach took (`copy`: its key columns and columns then): a row the copy
+ * lacks is an insert (the whole row), a field that `IS NOT` the copy's (in
+ * binary) an update of it, a copy row the table lacks a delete. A column
+ * added meanwhile is caught up as catchUp does (its values other than the
+ * default). Log rows carry the attach's time `now`, as every catch-up does.
+ */
+function catchUpDetached(db: Db, t: SyncTable, copy: Captured, now: number): CaptureRefresh['caughtUp'][number] | null {
+  const table = quoteId(COPY_PREFIX + t.name);
+  const p = t.pk.length;
+  const width = p + t.columns.length;
+  const vs = Array.from({ length: width }, (_, i) => `v${i}`).join(', ');
+  const put = db.prepare(
+    `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs}) VALUES (?, ?, ?, ?, ${FLOOR}, ?, ${Array(width).fill('?').join(', ')})`,
+  );
+  const layout = layoutId(t);
+  const clocks = db.prepare('SELECT col FROM casa_clock WHERE tbl = ? AND pk = ?').pluck();
+  const defaults = columnDefaults(db, t.name);
+  // Per column of the table: its column in the copy (c<i>), or null when the app added it since.
+  const at = (c: string, cols: string[], base: number): number => (cols.indexOf(c) < 0 ? -1 : base + cols.indexOf(c));
+  const inCopy = t.columns.map((c) => at(c, copy.cols, copy.pk.length));
+  const changed = t.columns.map((c, i) =>
+    inCopy[i]! >= 0 ? `w.c${inCopy[i]} IS NOT t.${quoteId(c)} COLLATE BINARY` : `t.${quoteId(c)} IS NOT (${defaults.get(c) ?? 'NULL'})`,
+  );
+  const join = t.pk.map((c, i) => `w.c${i} IS t.${quoteId(c)} COLLATE BINARY`).join(' AND ');
+  const key = t.pk.map((c) => `t.${quoteId(c)}`).join(', ');
+  const select = (after: boolean) =>
+    db
+      .prepare(
+        `SELECT ${[...[...t.pk, ...t.columns].map((c) => `t.${quoteId(c)}`), 'w.k', ...changed.map((c) => `(${c})`)].join(', ')} ` +
+          `FROM ${quoteId(t.name)} AS t LEFT JOIN ${table} AS w ON ${join}` +
+          `${after ? ` WHERE (${key}) > (${t.pk.map(() => '?').join(', ')})` : ''} ORDER BY ${key} LIMIT 1000`,
+      )
+      .raw(true)
+      .safeIntegers(true);
+  const first = select(false);
+  const next = select(true);
+  const seen = db.prepare(`DELETE FROM ${table} WHERE k = ?`);
+  let rows = 0;
+  let got = first.all() as SqlValue[][];
+  while (got.length > 0) {
+    for (const raw of got) {
+      const values = raw.slice(0, width).map(toBytes);
+      const k = raw[width];
+      if (k === null) {
+        put.run(t.name, 'i', null, now, layout, ...values);
+        rows++;
+        continue;
+      }
+      seen.run(k);
+      const have = inCopy.some((i) => i < 0) ? new Set(clocks.all(t.name, encodePk(values.slice(0, p))) as string[]) : new Set<string>();
+      const masks: bigint[] = Array(Math.max(1, Math.ceil(t.columns.length / MASK_BITS))).fill(0n);
+      const out: SqlValue[] = values.map((v, i) => (i < p ? v : null));
+      let any = false;
+      t.columns.forEach((c, i) => {
+        if (!raw[width + 1 + i]) return;
+        // An added column's value that a change wrote is not the app's.
+        if (inCopy[i]! < 0 && have.has(c)) return;
+        out[p + i] = values[p + i]!;
+        masks[Math.floor(i / MASK_BITS)]! |= 1n << BigInt(i % MASK_BITS);
+        any = true;
+      });
+      if (!any) continue;
+      put.run(t.name, 'u', masks.length === 1 ? masks[0]! : masks.join(','), now, layout, ...out);
+      rows++;
+    }
+    got = next.all(...got[got.length - 1]!.slice(0, p)) as SqlValue[][];
+  }
+  // What is left of the copy: rows the app deleted.
+  const gone = db.prepare(`SELECT ${t.pk.map((_, i) => `c${i}`).join(', ')} FROM ${table}`).raw(true).safeIntegers(true).all() as SqlValue[][];
+  for (const k of gone) {
+    put.run(t.name, 'd', null, now, layout, ...k.map(toBytes), ...Array(width - p).fill(null));
+    rows++;
+  }
+  return rows > 0 ? { tbl: t.name, rows, what: 'writes' } : null;
+}
+
 /**
  * Creates casa's tables and the capture triggers of every synced table.
  * Idempotent; when the schema (or casa's trigger SQL) changed since the last
@@ -371,7 +528,7 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
     .slice(0, 32);
   const width = Math.max(1, ...schema.tables.map((t) => t.pk.length + t.columns.length));
   const now = Math.trunc(opts.now ?? Date.now());
-  const refresh: CaptureRefresh = { changed: false, caughtUp: [], rebuilt: [], dropped: [] };
+  const refresh: CaptureRefresh = { changed: false, caughtUp: [], rebuilt: [], dropped: [], attached: false };
   const captured = JSON.stringify(Object.fromEntries(schema.tables.map((t): [string, Captured] => [t.name, { pk: t.pk, cols: t.columns }])));
   db.transaction(() => {
     db.exec(CASA_TABLES);
@@ -408,16 +565,25 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
       if (got.tbl !== row[0] || got.pk !== row[1] || got.cols !== row[2]) throw new IntegrityError(`casa_layout ${id} names another layout`);
       ids.push(id);
     }
+    const detached = detachedState(db);
     if (before !== null) {
       for (const t of schema.tables) {
         const was = before.get(t.name);
         // A table whose key changed is another table to sync: its rows are caught up whole.
         const same = was !== undefined && JSON.stringify(was.pk) === JSON.stringify(t.pk) ? was : undefined;
-        if (was !== undefined && !existing.includes(`casa_i_${t.name}`)) refresh.rebuilt.push(t.name);
-        const done = catchUp(db, t, same, now);
+        const copy = detached?.tables[t.name];
+        const done =
+          copy !== undefined && same !== undefined && JSON.stringify(copy.pk) === JSON.stringify(t.pk)
+            ? catchUpDetached(db, t, copy, now)
+            : catchUp(db, t, same, now);
+        if (was !== undefined && copy === undefined && !existing.includes(`casa_i_${t.name}`)) refresh.rebuilt.push(t.name);
         if (done) refresh.caughtUp.push(done);
       }
       refresh.dropped = [...before.keys()].filter((name) => !schema.tables.some((t) => t.name === name)).sort();
+    }
+    if (detached !== null) {
+      dropDetachedCopies(db);
+      refresh.attached = true;
     }
     db.prepare(
       `DELETE FROM casa_layout WHERE id NOT IN (${ids.map(() => '?').join(', ') || 'NULL'}) AND NOT EXISTS (SELECT 1 FROM casa_changes WHERE layout = casa_layout.id)`,
@@ -972,6 +1138,11 @@ export function dropLocalChanges(db: Db, uptoSeq: number): void {
 export function clearLocalLog(db: Db): void {
   db.transaction(() => {
     db.prepare('DELETE FROM casa_changes').run();
+    if (detachedState(db) !== null) {
+      // The copies are another device's: the restored rows are the vault's, nothing to catch up.
+      dropDetachedCopies(db);
+      setMeta(db, 'captured', '');
+    }
     db.prepare("UPDATE casa_meta SET value = 0 WHERE key = 'applying'").run();
   }).immediate();
 }

@@ -10,7 +10,7 @@
  */
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { decodeChanges, encodeChanges, pendingCount, takeLocalChanges, dropLocalChanges, type Change } from '../../src/sync/capture.js';
+import { clearLocalLog, decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from '../../src/sync/capture.js';
 import { parseHlc } from '../../src/sync/hlc.js';
 import { applyRemote, pendingRemoteCount } from '../../src/sync/merge.js';
 import { refreshCapture } from '../../src/sync/refresh.js';
@@ -228,5 +228,110 @@ describe('columns and tables that go away or change', () => {
     expect(r.refresh.dropped).toEqual(['tx']);
     pull(a, fromB);
     expect(pendingRemoteCount(a.db)).toBe(1);
+  });
+});
+
+describe('detached capture: an app update that drops a synced column (casa sync --detach)', () => {
+  const detach = (d: Dev) => detachCapture(d.db, refresh(d).schema, d.now);
+
+  it('SQLite refuses the drop while capture is attached, naming casa\'s trigger', () => {
+    const { a } = twoDevices();
+    expect(() => a.db.exec('ALTER TABLE tx DROP COLUMN memo')).toThrow(/error in trigger casa_\w+_tx after drop column/);
+  });
+
+  it('every write made while detached is caught up at the attach: updates, inserts, deletes; the other device converges', () => {
+    const { a, b } = twoDevices();
+    appWrite(a, "INSERT INTO tx VALUES ('t9', 5, 'gone soon')");
+    pull(b, push(a));
+    const d = detach(a);
+    expect(d.tables).toEqual([{ tbl: 'tx', rows: 3 }]);
+    expect(detachedSince(a.db)?.at).toBe(a.now);
+    expect(a.db.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").pluck().get()).toBe(0);
+    // The app's update, and its writes before casa runs again.
+    a.db.exec(`ALTER TABLE tx DROP COLUMN memo;
+      ALTER TABLE tx ADD COLUMN category TEXT;
+      UPDATE tx SET amount = -1300, category = 'food' WHERE id = 't1';
+      UPDATE tx SET amount = amount WHERE id = 't2';
+      INSERT INTO tx (id, amount, category) VALUES ('t3', -42, 'fun');
+      DELETE FROM tx WHERE id = 't9';`);
+    a.now += 1000;
+    const r = refresh(a);
+    expect(r.refresh.attached).toBe(true);
+    expect(r.refresh.rebuilt).toEqual([]);
+    expect(r.refresh.caughtUp).toEqual([{ tbl: 'tx', rows: 3, what: 'writes' }]);
+    expect(detachedSince(a.db)).toBeNull();
+    expect(a.db.prepare("SELECT count(*) FROM sqlite_master WHERE name LIKE 'casa_was_%'").pluck().get()).toBe(0);
+    const fromA = push(a);
+    // t1: amount and category (no memo: the column is gone here), t3 whole, t9 deleted; t2 untouched.
+    expect(fromA.filter((c) => c.pk.includes('t2'))).toEqual([]);
+    expect(fromA.filter((c) => c.pk.includes('t1')).map((c) => [c.op, c.col, c.val])).toEqual([
+      ['u', 'amount', -1300n],
+      ['u', 'category', 'food'],
+    ]);
+    expect(fromA.filter((c) => c.pk.includes('t9')).map((c) => c.op)).toEqual(['d']);
+    expect(Math.min(...fromA.map((c) => parseHlc(c.hlc).wall))).toBe(a.now);
+    pull(b, fromA);
+    // B has not updated yet: category waits; the rest applies.
+    expect(pendingRemoteCount(b.db)).toBeGreaterThan(0);
+    // B's update: detach, the same migration, attach.
+    detach(b);
+    b.db.exec('ALTER TABLE tx DROP COLUMN memo; ALTER TABLE tx ADD COLUMN category TEXT;');
+    pull(b, []);
+    pull(a, push(b));
+    expect(rows(b, 'tx')).toEqual(rows(a, 'tx'));
+    expect(rows(a, 'tx')).toEqual([
+      { id: 't1', amount: -1300, category: 'food' },
+      { id: 't2', amount: -80000, category: null },
+      { id: 't3', amount: -42, category: 'fun' },
+    ]);
+    expect(pendingCount(a.db) + pendingCount(b.db)).toBe(0);
+  });
+
+  it('a column dropped and added again (as Actual Budget\'s migrations do) travels as the values the app left', () => {
+    const { a, b } = twoDevices();
+    detach(a);
+    a.db.exec('ALTER TABLE tx DROP COLUMN memo; ALTER TABLE tx ADD COLUMN memo TEXT');
+    a.now += 1000;
+    pull(b, push(a));
+    expect(rows(b, 'tx')).toEqual(rows(a, 'tx'));
+    expect(rows(b, 'tx').map((r) => (r as { memo: unknown }).memo)).toEqual([null, null]);
+  });
+
+  it('a detach while detached attaches first: nothing written in between is lost', () => {
+    const { a, b } = twoDevices();
+    detach(a);
+    a.db.exec("UPDATE tx SET memo = 'one' WHERE id = 't1'");
+    detach(a);
+    a.db.exec("UPDATE tx SET memo = 'two' WHERE id = 't2'");
+    pull(b, push(a));
+    expect(rows(b, 'tx').map((r) => (r as { memo: unknown }).memo)).toEqual(['one', 'two']);
+  });
+
+  it('a write undone while detached sends nothing; a concurrent remote write made after the attach wins', () => {
+    const { a, b } = twoDevices();
+    detach(a);
+    a.db.exec("UPDATE tx SET memo = 'x' WHERE id = 't1'; UPDATE tx SET memo = 'REWE' WHERE id = 't1'; UPDATE tx SET amount = 1 WHERE id = 't2'");
+    a.now += 1000;
+    const fromA = push(a);
+    expect(fromA.map((c) => [c.pk, c.col])).toEqual([[expect.stringContaining('t2'), 'amount']]);
+    b.now = a.now + 5000;
+    appWrite(b, "UPDATE tx SET amount = 2 WHERE id = 't2'");
+    const fromB = push(b);
+    pull(a, fromB);
+    pull(b, fromA);
+    expect(rows(a, 'tx')).toEqual(rows(b, 'tx'));
+    expect((rows(a, 'tx')[1] as { amount: number }).amount).toBe(2);
+  });
+
+  it('a restored database drops the copies another device took: the restored rows are the vault\'s', () => {
+    const { a } = twoDevices();
+    detach(a);
+    a.db.exec("UPDATE tx SET memo = 'x' WHERE id = 't1'");
+    clearLocalLog(a.db);
+    const r = refresh(a);
+    expect(r.refresh.caughtUp).toEqual([]);
+    expect(r.refresh.rebuilt).toEqual([]);
+    expect(pendingCount(a.db)).toBe(0);
+    expect(a.db.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").pluck().get()).toBeGreaterThan(0);
   });
 });
