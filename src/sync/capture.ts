@@ -436,79 +436,44 @@ export function detachCapture(db: Db, schema: SyncSchema, now: number): { at: nu
 
 /**
  * Logs every write made to `t` while capture was detached, against the copy
- * the detach took (`copy`: its key columns and columns then): a row the copy
+ * the detach took (`copy`: its key columns and columns then), in three
+ * INSERT ... SELECTs that SQLite runs as joins on the keys: a row the copy
  * lacks is an insert (the whole row), a field that `IS NOT` the copy's (in
- * binary) an update of it, a copy row the table lacks a delete. A column
- * added meanwhile is caught up as catchUp does (its values other than the
- * default). Log rows carry the attach's time `now`, as every catch-up does.
+ * binary) an update of it (the change mask as the update trigger makes it),
+ * a copy row the table lacks a delete. A column added meanwhile counts as
+ * changed where it is not its default (nothing merges while detached, so no
+ * clock can have written it). Log rows carry the attach's time `now`, as
+ * every catch-up does.
  */
 function catchUpDetached(db: Db, t: SyncTable, copy: Captured, now: number): CaptureRefresh['caughtUp'][number] | null {
   const table = quoteId(COPY_PREFIX + t.name);
   const p = t.pk.length;
   const width = p + t.columns.length;
-  const vs = Array.from({ length: width }, (_, i) => `v${i}`).join(', ');
-  const put = db.prepare(
-    `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs}) VALUES (?, ?, ?, ?, ${FLOOR}, ?, ${Array(width).fill('?').join(', ')})`,
-  );
-  const layout = layoutId(t);
-  const clocks = db.prepare('SELECT col FROM casa_clock WHERE tbl = ? AND pk = ?').pluck();
+  const vs = Array.from({ length: width }, (_, i) => `v${i}`);
+  const into = (op: string, val: string, values: string[]) =>
+    `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs.slice(0, values.length).join(', ')}) ` +
+    `SELECT ${quoteStr(t.name)}, '${op}', ${val}, ${Math.trunc(now)}, ${FLOOR}, ${layoutId(t)}, ${values.join(', ')} `;
   const defaults = columnDefaults(db, t.name);
-  // Per column of the table: its column in the copy (c<i>), or null when the app added it since.
-  const at = (c: string, cols: string[], base: number): number => (cols.indexOf(c) < 0 ? -1 : base + cols.indexOf(c));
-  const inCopy = t.columns.map((c) => at(c, copy.cols, copy.pk.length));
-  const changed = t.columns.map((c, i) =>
-    inCopy[i]! >= 0 ? `w.c${inCopy[i]} IS NOT t.${quoteId(c)} COLLATE BINARY` : `t.${quoteId(c)} IS NOT (${defaults.get(c) ?? 'NULL'})`,
-  );
-  const join = t.pk.map((c, i) => `w.c${i} IS t.${quoteId(c)} COLLATE BINARY`).join(' AND ');
-  const key = t.pk.map((c) => `t.${quoteId(c)}`).join(', ');
-  const select = (after: boolean) =>
-    db
-      .prepare(
-        `SELECT ${[...[...t.pk, ...t.columns].map((c) => `t.${quoteId(c)}`), 'w.k', ...changed.map((c) => `(${c})`)].join(', ')} ` +
-          `FROM ${quoteId(t.name)} AS t LEFT JOIN ${table} AS w ON ${join}` +
-          `${after ? ` WHERE (${key}) > (${t.pk.map(() => '?').join(', ')})` : ''} ORDER BY ${key} LIMIT 1000`,
-      )
-      .raw(true)
-      .safeIntegers(true);
-  const first = select(false);
-  const next = select(true);
-  const seen = db.prepare(`DELETE FROM ${table} WHERE k = ?`);
-  let rows = 0;
-  let got = first.all() as SqlValue[][];
-  while (got.length > 0) {
-    for (const raw of got) {
-      const values = raw.slice(0, width).map(toBytes);
-      const k = raw[width];
-      if (k === null) {
-        put.run(t.name, 'i', null, now, layout, ...values);
-        rows++;
-        continue;
-      }
-      seen.run(k);
-      const have = inCopy.some((i) => i < 0) ? new Set(clocks.all(t.name, encodePk(values.slice(0, p))) as string[]) : new Set<string>();
-      const masks: bigint[] = Array(Math.max(1, Math.ceil(t.columns.length / MASK_BITS))).fill(0n);
-      const out: SqlValue[] = values.map((v, i) => (i < p ? v : null));
-      let any = false;
-      t.columns.forEach((c, i) => {
-        if (!raw[width + 1 + i]) return;
-        // An added column's value that a change wrote is not the app's.
-        if (inCopy[i]! < 0 && have.has(c)) return;
-        out[p + i] = values[p + i]!;
-        masks[Math.floor(i / MASK_BITS)]! |= 1n << BigInt(i % MASK_BITS);
-        any = true;
-      });
-      if (!any) continue;
-      put.run(t.name, 'u', masks.length === 1 ? masks[0]! : masks.join(','), now, layout, ...out);
-      rows++;
+  const col = (c: string) => `t.${quoteId(c)}`;
+  const changed = t.columns.map((c) => {
+    const at = copy.cols.indexOf(c);
+    return at >= 0 ? `(w.c${copy.pk.length + at} IS NOT ${col(c)} COLLATE BINARY)` : `(${col(c)} IS NOT (${defaults.get(c) ?? 'NULL'}))`;
+  });
+  const same = t.pk.map((c, i) => `w.c${i} IS ${col(c)} COLLATE BINARY`).join(' AND ');
+  const from = `FROM ${quoteId(t.name)} AS t LEFT JOIN ${table} AS w ON ${same}`;
+  let rows = db.prepare(`${into('i', 'NULL', [...t.pk, ...t.columns].map(col))}${from} WHERE w.k IS NULL`).run().changes;
+  if (t.columns.length > 0) {
+    const masks: string[] = [];
+    for (let at = 0; at < changed.length; at += MASK_BITS) {
+      masks.push(`(${changed.slice(at, at + MASK_BITS).map((c, i) => `(${c} << ${i})`).join(' | ')})`);
     }
-    got = next.all(...got[got.length - 1]!.slice(0, p)) as SqlValue[][];
+    const values = [...t.pk.map(col), ...t.columns.map((c, i) => `CASE WHEN ${changed[i]} THEN ${col(c)} END`)];
+    rows += db.prepare(`${into('u', masks.join(" || ',' || "), values)}${from} WHERE w.k IS NOT NULL AND (${changed.join(' OR ')})`).run().changes;
   }
-  // What is left of the copy: rows the app deleted.
-  const gone = db.prepare(`SELECT ${t.pk.map((_, i) => `c${i}`).join(', ')} FROM ${table}`).raw(true).safeIntegers(true).all() as SqlValue[][];
-  for (const k of gone) {
-    put.run(t.name, 'd', null, now, layout, ...k.map(toBytes), ...Array(width - p).fill(null));
-    rows++;
-  }
+  // Through the table's own key index first (its collation), then exactly.
+  const there = t.pk.map((c, i) => `${col(c)} IS w.c${i} AND ${col(c)} IS w.c${i} COLLATE BINARY`).join(' AND ');
+  const keys = t.pk.map((_, i) => `w.c${i}`);
+  rows += db.prepare(`${into('d', 'NULL', keys)}FROM ${table} AS w WHERE NOT EXISTS (SELECT 1 FROM ${quoteId(t.name)} AS t WHERE ${there})`).run().changes;
   return rows > 0 ? { tbl: t.name, rows, what: 'writes' } : null;
 }
 
