@@ -11,8 +11,9 @@
  * and every reconnect runs a full round so nothing announced meanwhile is
  * missed. SIGINT/SIGTERM finish the round in progress and exit 0.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
 import { acquireLock, type Lock } from '../lock.js';
@@ -112,6 +113,9 @@ export function refreshSynced(ctx: Context, db: Database.Database, deviceId: str
     const rows = `${c.rows} row${c.rows === 1 ? '' : 's'} of ${c.tbl}`;
     if (c.what === 'writes') out.note(`capture attached again: caught up ${rows} written while it was detached`);
     else out.note(`the database's schema changed: caught up ${rows}, ${c.what === 'rows' ? 'its rows (a table new to sync)' : 'values of the columns the app added'}`);
+  }
+  if (r.refresh.lostCopy !== undefined) {
+    out.warn(`the copy \`casa sync --detach\` took is gone (${r.refresh.lostCopy}): writes made while detached to existing fields cannot be told apart`);
   }
   for (const t of r.refresh.rebuilt) {
     out.warn(
@@ -220,7 +224,8 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
 async function runDetach(ctx: Context): Promise<void> {
   const { db, schema, refreshed } = openSynced(ctx, localDeviceId(ctx));
   try {
-    const d = detachCapture(db, schema, ctx.deps.now());
+    const copyPath = detachedCopyPath(ctx);
+    const d = detachCapture(db, schema, { now: ctx.deps.now(), copyPath });
     const rows = d.tables.reduce((n, t) => n + t.rows, 0);
     ctx.out.print(
       `capture detached: copied ${rows} row${rows === 1 ? '' : 's'} of ${d.tables.length} synced table${d.tables.length === 1 ? '' : 's'}`,
@@ -235,6 +240,14 @@ async function runDetach(ctx: Context): Promise<void> {
   } finally {
     db.close();
   }
+}
+
+/** Where `--detach` keeps its copy of the synced tables: CASA_HOME/detached/, one file per database (by its path). */
+function detachedCopyPath(ctx: Context): string {
+  const dir = join(ctx.globals.home, 'detached');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const id = createHash('sha256').update(resolve(ctx.globals.db)).digest('hex').slice(0, 16);
+  return join(dir, `${id}.db`);
 }
 
 /** This device's id when paired (received changes waiting for the new schema then apply at the refresh), else null; no keystore, no relay. */

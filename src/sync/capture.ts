@@ -24,7 +24,8 @@
  * The change encoding (`encodeChanges`) is a batch body (FORMAT.md §7):
  * compact, deterministic, lossless for every SQLite type, strict on decode.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { anumber, bytesToHex, bytesToUtf8, hexToBytes } from '../crypto/bytes.js';
 import { IntegrityError } from '../errors.js';
 import { compareState, formatHlc, isHlc, MAX_WALL, maxState, parseHlc, tick, ZERO_HLC, type HlcState } from './hlc.js';
@@ -246,6 +247,8 @@ export interface CaptureRefresh {
    * the copy taken at the detach (`what: 'writes'`).
    */
   attached: boolean;
+  /** The detach's copy that was missing (or not the detach's) at the attach: the tables are reported as rebuilt. */
+  lostCopy?: string;
   /**
    * Tables captured before whose triggers were gone: the app dropped and
    * created them again (SQLite's 12-step ALTER). Their new rows and added
@@ -366,19 +369,25 @@ function catchUp(db: Db, t: SyncTable, before: Captured | undefined, now: number
 /**
  * SQLite refuses `ALTER TABLE ... DROP COLUMN` while a trigger reads the
  * column, so an app update that drops a synced column fails while capture is
- * attached. `casa sync --detach` (detachCapture) takes a copy of every synced
- * table (`casa_was_<table>`, columns c0, c1, ...: the key columns, then the
- * columns, values as stored) and drops the triggers; the next install
- * attaches again and logs, against the copy, every write made meanwhile
- * (catchUpDetached): rows that are new, fields that differ, rows that are
- * gone. casa_meta 'detached' records the time and each copy's columns.
+ * attached. `casa sync --detach` (detachCapture) copies every synced table
+ * into a database file of its own (`casa_was_<table>`, columns c0, c1, ...:
+ * the key columns, then the columns, values as stored; the synced database
+ * does not grow) and drops the triggers; the next install attaches again and
+ * logs, against the copy, every write made meanwhile (catchUpDetached): rows
+ * that are new, fields that differ, rows that are gone. casa_meta 'detached'
+ * records the time, each copy's columns, the copy's path and a random token
+ * the copy holds too, so that only that copy is ever read or removed.
  */
 const COPY_PREFIX = 'casa_was_';
+/** The schema name the copy is attached under while casa reads or writes it. */
+const COPY_DB = 'casa_detached';
 
-/** Capture detached by detachCapture: since when (ms), and per table the key columns and columns its copy holds. */
+/** Capture detached by detachCapture: since when (ms), per table the key columns and columns its copy holds, and where the copy is. */
 export interface Detached {
   at: number;
   tables: Record<string, Captured>;
+  copy: string;
+  token: string;
 }
 
 function detachedState(db: Db): Detached | null {
@@ -391,68 +400,96 @@ export function detachedSince(db: Db): Detached | null {
   return hasCapture(db) ? detachedState(db) : null;
 }
 
-function dropDetachedCopies(db: Db): void {
-  const copies = db
-    .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'casa\\_was\\_%' ESCAPE '\\'")
-    .pluck()
-    .all() as string[];
-  for (const name of copies) db.exec(`DROP TABLE ${quoteId(name)}`);
-  db.prepare("DELETE FROM casa_meta WHERE key = 'detached'").run();
+/** Attaches the detach's copy when it is there and holds the detach's token; false (nothing attached) otherwise. */
+function attachCopy(db: Db, d: Detached): boolean {
+  if (typeof d.copy !== 'string' || !existsSync(d.copy)) return false;
+  db.prepare(`ATTACH DATABASE ? AS ${COPY_DB}`).run(d.copy);
+  let ours = false;
+  try {
+    ours = db.prepare(`SELECT token FROM ${COPY_DB}.casa_copy`).pluck().get() === d.token;
+  } catch {
+    // Not a copy casa made.
+  }
+  if (!ours) db.exec(`DETACH DATABASE ${COPY_DB}`);
+  return ours;
 }
 
 /**
  * Detaches capture (docs/MERGE.md §8 "Detached capture"): copies every synced
- * table as it is now, drops casa's triggers, and records the detach, in one
- * transaction. Capture must be installed and current (refreshCapture first):
- * the copies then hold exactly what the log does not. The next installCapture
- * attaches again. Returns the tables copied and their rows.
+ * table as it is now into a new database file at `copyPath` (replaced if
+ * there), drops casa's triggers and records the detach, in one transaction
+ * that holds the database's write lock throughout, so no write falls between
+ * the copy and the triggers' going. Capture must be installed and current
+ * (refreshCapture first): the copy then holds exactly what the log does not.
+ * The next installCapture attaches again. Returns the tables copied and their rows.
  */
-export function detachCapture(db: Db, schema: SyncSchema, now: number): { at: number; tables: { tbl: string; rows: number }[] } {
-  const at = Math.trunc(now);
-  return db
-    .transaction(() => {
-      if (!hasCapture(db) || detachedState(db) !== null) throw new Error('capture is not attached');
-      dropDetachedCopies(db);
-      const tables: { tbl: string; rows: number }[] = [];
-      const record: Record<string, Captured> = {};
-      for (const t of schema.tables) {
-        const all = [...t.pk, ...t.columns];
-        const copy = quoteId(COPY_PREFIX + t.name);
-        const cs = all.map((_, i) => `c${i}`);
-        db.exec(`CREATE TABLE ${copy} (k INTEGER PRIMARY KEY, ${cs.join(', ')})`);
-        const n = db.prepare(`INSERT INTO ${copy} (${cs.join(', ')}) SELECT ${all.map(quoteId).join(', ')} FROM ${quoteId(t.name)}`).run().changes;
-        db.exec(`CREATE INDEX ${quoteId(`${COPY_PREFIX}${t.name}_key`)} ON ${copy} (${cs.slice(0, t.pk.length).join(', ')})`);
-        record[t.name] = { pk: t.pk, cols: t.columns };
-        tables.push({ tbl: t.name, rows: n });
-      }
-      const triggers = db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'casa\\_%' ESCAPE '\\'").pluck().all() as string[];
-      for (const name of triggers) db.exec(`DROP TRIGGER ${quoteId(name)}`);
-      setMeta(db, 'detached', JSON.stringify({ at, tables: record } satisfies Detached));
-      setMeta(db, 'capture', '');
-      return { at, tables };
-    })
-    .immediate();
+export function detachCapture(
+  db: Db,
+  schema: SyncSchema,
+  opts: { now: number; copyPath: string },
+): { at: number; tables: { tbl: string; rows: number }[] } {
+  const at = Math.trunc(opts.now);
+  if (!hasCapture(db) || detachedState(db) !== null) throw new Error('capture is not attached');
+  // An empty file is an empty database: ATTACH on a connection opened without SQLITE_OPEN_CREATE cannot make one.
+  writeFileSync(opts.copyPath, '', { mode: 0o600 });
+  db.prepare(`ATTACH DATABASE ? AS ${COPY_DB}`).run(opts.copyPath);
+  let done = false;
+  try {
+    // Written once and read once: no rollback journal; synced to disk at commit.
+    db.pragma(`${COPY_DB}.journal_mode = OFF`);
+    db.pragma(`${COPY_DB}.synchronous = FULL`);
+    const token = randomBytes(16).toString('hex');
+    const out = db
+      .transaction(() => {
+        db.exec(`CREATE TABLE ${COPY_DB}.casa_copy (token TEXT NOT NULL)`);
+        db.prepare(`INSERT INTO ${COPY_DB}.casa_copy (token) VALUES (?)`).run(token);
+        const tables: { tbl: string; rows: number }[] = [];
+        const record: Record<string, Captured> = {};
+        for (const t of schema.tables) {
+          const all = [...t.pk, ...t.columns];
+          const name = quoteId(COPY_PREFIX + t.name);
+          const cs = all.map((_, i) => `c${i}`);
+          db.exec(`CREATE TABLE ${COPY_DB}.${name} (k INTEGER PRIMARY KEY, ${cs.join(', ')})`);
+          const n = db.prepare(`INSERT INTO ${COPY_DB}.${name} (${cs.join(', ')}) SELECT ${all.map(quoteId).join(', ')} FROM main.${quoteId(t.name)}`).run().changes;
+          db.exec(`CREATE INDEX ${COPY_DB}.${quoteId(`${COPY_PREFIX}${t.name}_key`)} ON ${name} (${cs.slice(0, t.pk.length).join(', ')})`);
+          record[t.name] = { pk: t.pk, cols: t.columns };
+          tables.push({ tbl: t.name, rows: n });
+        }
+        const triggers = db.prepare("SELECT name FROM main.sqlite_master WHERE type = 'trigger' AND name LIKE 'casa\\_%' ESCAPE '\\'").pluck().all() as string[];
+        for (const name of triggers) db.exec(`DROP TRIGGER main.${quoteId(name)}`);
+        setMeta(db, 'detached', JSON.stringify({ at, tables: record, copy: opts.copyPath, token } satisfies Detached));
+        setMeta(db, 'capture', '');
+        return { at, tables };
+      })
+      .immediate();
+    done = true;
+    return out;
+  } finally {
+    db.exec(`DETACH DATABASE ${COPY_DB}`);
+    if (!done) rmSync(opts.copyPath, { force: true });
+  }
 }
 
 /**
  * Logs every write made to `t` while capture was detached, against the copy
- * the detach took (`copy`: its key columns and columns then), in three
- * INSERT ... SELECTs that SQLite runs as joins on the keys: a row the copy
- * lacks is an insert (the whole row), a field that `IS NOT` the copy's (in
- * binary) an update of it (the change mask as the update trigger makes it),
- * a copy row the table lacks a delete. A column added meanwhile counts as
+ * the detach took (`copy`: its key columns and columns then), in two
+ * INSERT ... SELECTs that SQLite runs as joins on the keys (one pass over the
+ * table, one over the copy): a row the copy lacks is an insert (the whole
+ * row), a field that `IS NOT` the copy's (in binary) an update of it (the
+ * change mask as the update trigger makes it), a copy row the table lacks a
+ * delete. A column added meanwhile counts as
  * changed where it is not its default (nothing merges while detached, so no
  * clock can have written it). Log rows carry the attach's time `now`, as
  * every catch-up does.
  */
 function catchUpDetached(db: Db, t: SyncTable, copy: Captured, now: number): CaptureRefresh['caughtUp'][number] | null {
-  const table = quoteId(COPY_PREFIX + t.name);
+  const table = `${COPY_DB}.${quoteId(COPY_PREFIX + t.name)}`;
   const p = t.pk.length;
   const width = p + t.columns.length;
   const vs = Array.from({ length: width }, (_, i) => `v${i}`);
   const into = (op: string, val: string, values: string[]) =>
     `INSERT INTO casa_changes (tbl, op, val, wall, floor, layout, ${vs.slice(0, values.length).join(', ')}) ` +
-    `SELECT ${quoteStr(t.name)}, '${op}', ${val}, ${Math.trunc(now)}, ${FLOOR}, ${layoutId(t)}, ${values.join(', ')} `;
+    `SELECT ${quoteStr(t.name)}, ${op}, ${val}, ${Math.trunc(now)}, ${FLOOR}, ${layoutId(t)}, ${values.join(', ')} `;
   const defaults = columnDefaults(db, t.name);
   const col = (c: string) => `t.${quoteId(c)}`;
   const changed = t.columns.map((c) => {
@@ -460,20 +497,21 @@ function catchUpDetached(db: Db, t: SyncTable, copy: Captured, now: number): Cap
     return at >= 0 ? `(w.c${copy.pk.length + at} IS NOT ${col(c)} COLLATE BINARY)` : `(${col(c)} IS NOT (${defaults.get(c) ?? 'NULL'}))`;
   });
   const same = t.pk.map((c, i) => `w.c${i} IS ${col(c)} COLLATE BINARY`).join(' AND ');
-  const from = `FROM ${quoteId(t.name)} AS t LEFT JOIN ${table} AS w ON ${same}`;
-  let rows = db.prepare(`${into('i', 'NULL', [...t.pk, ...t.columns].map(col))}${from} WHERE w.k IS NULL`).run().changes;
-  if (t.columns.length > 0) {
-    const masks: string[] = [];
-    for (let at = 0; at < changed.length; at += MASK_BITS) {
-      masks.push(`(${changed.slice(at, at + MASK_BITS).map((c, i) => `(${c} << ${i})`).join(' | ')})`);
-    }
-    const values = [...t.pk.map(col), ...t.columns.map((c, i) => `CASE WHEN ${changed[i]} THEN ${col(c)} END`)];
-    rows += db.prepare(`${into('u', masks.join(" || ',' || "), values)}${from} WHERE w.k IS NOT NULL AND (${changed.join(' OR ')})`).run().changes;
+  const from = `FROM main.${quoteId(t.name)} AS t LEFT JOIN ${table} AS w ON ${same}`;
+  // Inserts and updates in one pass over the table: a row the copy lacks is an insert, whole.
+  const fresh = 'w.k IS NULL';
+  const masks: string[] = [];
+  for (let at = 0; at < changed.length; at += MASK_BITS) {
+    masks.push(`(${changed.slice(at, at + MASK_BITS).map((c, i) => `(${c} << ${i})`).join(' | ')})`);
   }
+  const mask = masks.length > 0 ? `CASE WHEN ${fresh} THEN NULL ELSE ${masks.join(" || ',' || ")} END` : 'NULL';
+  const values = [...t.pk.map(col), ...t.columns.map((c, i) => `CASE WHEN ${fresh} OR ${changed[i]} THEN ${col(c)} END`)];
+  const which = changed.length > 0 ? `${fresh} OR ${changed.join(' OR ')}` : fresh;
+  let rows = db.prepare(`${into(`CASE WHEN ${fresh} THEN 'i' ELSE 'u' END`, mask, values)}${from} WHERE ${which}`).run().changes;
   // Through the table's own key index first (its collation), then exactly.
   const there = t.pk.map((c, i) => `${col(c)} IS w.c${i} AND ${col(c)} IS w.c${i} COLLATE BINARY`).join(' AND ');
   const keys = t.pk.map((_, i) => `w.c${i}`);
-  rows += db.prepare(`${into('d', 'NULL', keys)}FROM ${table} AS w WHERE NOT EXISTS (SELECT 1 FROM ${quoteId(t.name)} AS t WHERE ${there})`).run().changes;
+  rows += db.prepare(`${into("'d'", 'NULL', keys)}FROM ${table} AS w WHERE NOT EXISTS (SELECT 1 FROM main.${quoteId(t.name)} AS t WHERE ${there})`).run().changes;
   return rows > 0 ? { tbl: t.name, rows, what: 'writes' } : null;
 }
 
@@ -495,7 +533,10 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
   const now = Math.trunc(opts.now ?? Date.now());
   const refresh: CaptureRefresh = { changed: false, caughtUp: [], rebuilt: [], dropped: [], attached: false };
   const captured = JSON.stringify(Object.fromEntries(schema.tables.map((t): [string, Captured] => [t.name, { pk: t.pk, cols: t.columns }])));
-  db.transaction(() => {
+  // A detach's copy is attached around the transaction (SQLite attaches outside one only).
+  const detached = hasCapture(db) ? detachedState(db) : null;
+  const haveCopy = detached !== null && attachCopy(db, detached);
+  const install = db.transaction(() => {
     db.exec(CASA_TABLES);
     const ins = db.prepare('INSERT OR IGNORE INTO casa_meta (key, value) VALUES (?, ?)');
     ins.run('applying', 0);
@@ -530,13 +571,13 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
       if (got.tbl !== row[0] || got.pk !== row[1] || got.cols !== row[2]) throw new IntegrityError(`casa_layout ${id} names another layout`);
       ids.push(id);
     }
-    const detached = detachedState(db);
     if (before !== null) {
       for (const t of schema.tables) {
         const was = before.get(t.name);
         // A table whose key changed is another table to sync: its rows are caught up whole.
         const same = was !== undefined && JSON.stringify(was.pk) === JSON.stringify(t.pk) ? was : undefined;
-        const copy = detached?.tables[t.name];
+        // Without its copy (lost, or not ours), a detached table is as good as rebuilt: reported, never guessed.
+        const copy = haveCopy ? detached!.tables[t.name] : undefined;
         const done =
           copy !== undefined && same !== undefined && JSON.stringify(copy.pk) === JSON.stringify(t.pk)
             ? catchUpDetached(db, t, copy, now)
@@ -547,8 +588,9 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
       refresh.dropped = [...before.keys()].filter((name) => !schema.tables.some((t) => t.name === name)).sort();
     }
     if (detached !== null) {
-      dropDetachedCopies(db);
+      db.prepare("DELETE FROM casa_meta WHERE key = 'detached'").run();
       refresh.attached = true;
+      if (!haveCopy) refresh.lostCopy = detached.copy;
     }
     db.prepare(
       `DELETE FROM casa_layout WHERE id NOT IN (${ids.map(() => '?').join(', ') || 'NULL'}) AND NOT EXISTS (SELECT 1 FROM casa_changes WHERE layout = casa_layout.id)`,
@@ -558,7 +600,14 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
     setMeta(db, 'captured', captured);
     setMeta(db, 'fingerprint', schema.fingerprint);
     setMeta(db, 'applying', 0);
-  }).immediate();
+  });
+  try {
+    install.immediate();
+  } finally {
+    if (haveCopy) db.exec(`DETACH DATABASE ${COPY_DB}`);
+  }
+  // Committed: the copy has served (it is ours: it held the detach's token).
+  if (haveCopy) rmSync(detached.copy, { force: true });
   return refresh;
 }
 
@@ -1104,8 +1153,8 @@ export function clearLocalLog(db: Db): void {
   db.transaction(() => {
     db.prepare('DELETE FROM casa_changes').run();
     if (detachedState(db) !== null) {
-      // The copies are another device's: the restored rows are the vault's, nothing to catch up.
-      dropDetachedCopies(db);
+      // Another device's detach (its copy is not here, and never removed from here): the restored rows are the vault's.
+      db.prepare("DELETE FROM casa_meta WHERE key = 'detached'").run();
       setMeta(db, 'captured', '');
     }
     db.prepare("UPDATE casa_meta SET value = 0 WHERE key = 'applying'").run();

@@ -19,7 +19,10 @@
  */
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // @ts-expect-error -- plain JS module of the bench
 import { SCHEMA } from '../../bench/lib/make-db.mjs';
 import { decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, installCapture, takeLocalChanges, type Change } from '../../src/sync/capture.js';
@@ -45,6 +48,10 @@ const MIGRATIONS = [
 /** Migrations the device runs with capture detached; any refresh attaches again. */
 const DETACHED = new Set([3]);
 const IDS = ['00000000000000a1', '00000000000000b2', '00000000000000c3', '00000000000000d4'];
+
+/** Where detaches keep their copies (each removed by the attach that reads it). */
+const COPIES = mkdtempSync(join(tmpdir(), 'casa-convergence-'));
+afterAll(() => rmSync(COPIES, { recursive: true, force: true }));
 
 let BASE: Buffer;
 let SCHEMA_OF: SyncSchema;
@@ -130,7 +137,7 @@ const caughtUp = { rows: 0, columns: 0, writes: 0 };
 
 /** `casa sync --detach`: copies taken, triggers gone until the next refresh (a no-op while detached). */
 function detach(n: Node, now: number): void {
-  if (detachedSince(n.db) === null) detachCapture(n.db, n.schema, now);
+  if (detachedSince(n.db) === null) detachCapture(n.db, n.schema, { now, copyPath: join(COPIES, `${n.id}-${process.hrtime.bigint()}.db`) });
 }
 
 function migrate(n: Node, now: number): void {

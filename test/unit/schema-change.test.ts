@@ -9,7 +9,10 @@
  * SQLite, the capture and merge code as `casa sync` runs it.
  */
 import Database from 'better-sqlite3';
-import { describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { clearLocalLog, decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from '../../src/sync/capture.js';
 import { parseHlc } from '../../src/sync/hlc.js';
 import { applyRemote, pendingRemoteCount } from '../../src/sync/merge.js';
@@ -232,7 +235,10 @@ describe('columns and tables that go away or change', () => {
 });
 
 describe('detached capture: an app update that drops a synced column (casa sync --detach)', () => {
-  const detach = (d: Dev) => detachCapture(d.db, refresh(d).schema, d.now);
+  const copies = mkdtempSync(join(tmpdir(), 'casa-detached-'));
+  afterAll(() => rmSync(copies, { recursive: true, force: true }));
+  const copyOf = (d: Dev) => join(copies, `${d.id}.db`);
+  const detach = (d: Dev) => detachCapture(d.db, refresh(d).schema, { now: d.now, copyPath: copyOf(d) });
 
   it('SQLite refuses the drop while capture is attached, naming casa\'s trigger', () => {
     const { a } = twoDevices();
@@ -245,6 +251,7 @@ describe('detached capture: an app update that drops a synced column (casa sync 
     pull(b, push(a));
     const d = detach(a);
     expect(d.tables).toEqual([{ tbl: 'tx', rows: 3 }]);
+    expect(existsSync(copyOf(a))).toBe(true);
     expect(detachedSince(a.db)?.at).toBe(a.now);
     expect(a.db.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").pluck().get()).toBe(0);
     // The app's update, and its writes before casa runs again.
@@ -260,7 +267,9 @@ describe('detached capture: an app update that drops a synced column (casa sync 
     expect(r.refresh.rebuilt).toEqual([]);
     expect(r.refresh.caughtUp).toEqual([{ tbl: 'tx', rows: 3, what: 'writes' }]);
     expect(detachedSince(a.db)).toBeNull();
+    // The copy lived in its own file (the database never held it), and is gone once it served.
     expect(a.db.prepare("SELECT count(*) FROM sqlite_master WHERE name LIKE 'casa_was_%'").pluck().get()).toBe(0);
+    expect(existsSync(copyOf(a))).toBe(false);
     const fromA = push(a);
     // t1: amount and category (no memo: the column is gone here), t3 whole, t9 deleted; t2 untouched.
     expect(fromA.filter((c) => c.pk.includes('t2'))).toEqual([]);
@@ -321,6 +330,27 @@ describe('detached capture: an app update that drops a synced column (casa sync 
     pull(b, fromA);
     expect(rows(a, 'tx')).toEqual(rows(b, 'tx'));
     expect((rows(a, 'tx')[1] as { amount: number }).amount).toBe(2);
+  });
+
+  it('a copy that is gone, or is not the detach\'s, is never guessed from: the tables are reported, the warning names the path', () => {
+    for (const how of ['gone', 'another'] as const) {
+      const { a } = twoDevices();
+      detach(a);
+      a.db.exec("UPDATE tx SET memo = 'x' WHERE id = 't1'");
+      if (how === 'gone') rmSync(copyOf(a));
+      else {
+        rmSync(copyOf(a));
+        const other = new Database(copyOf(a));
+        other.exec("CREATE TABLE casa_copy (token TEXT); INSERT INTO casa_copy VALUES ('not-the-token')");
+        other.close();
+      }
+      const r = refresh(a);
+      expect(r.refresh).toMatchObject({ attached: true, lostCopy: copyOf(a), rebuilt: ['tx'], caughtUp: [] });
+      expect(detachedSince(a.db)).toBeNull();
+      // A file that is not the detach's is left alone.
+      expect(existsSync(copyOf(a))).toBe(how === 'another');
+      rmSync(copyOf(a), { force: true });
+    }
   });
 
   it('a restored database drops the copies another device took: the restored rows are the vault\'s', () => {
