@@ -207,8 +207,8 @@ async function benchApply(w, url, changes) {
 }
 
 async function benchTriggers(w) {
-  const { installCapture } = await import(pathToFileURL(path.join(root, 'dist/sync/capture.js')).href);
-  const { deriveSyncSchema } = await import(pathToFileURL(path.join(root, 'dist/sync/rules.js')).href);
+  const { installCapture } = await import(pathToFileURL(path.join(root, 'dist/changesets/capture.js')).href);
+  const { deriveSyncSchema } = await import(pathToFileURL(path.join(root, 'dist/changesets/rules.js')).href);
   const dir = path.join(w, 'trig');
   mkdirSync(dir, { recursive: true });
   const plainPath = path.join(dir, 'plain.db');

@@ -3,7 +3,7 @@
 -- Binary values are stored as base64url text without padding (as on the wire);
 -- times are milliseconds since the Unix epoch.
 -- Applied by `wrangler d1 migrations apply` in production and by the local
--- launcher (src/relay/launcher.ts) with the same d1_migrations bookkeeping.
+-- launcher (src/local-relay/launcher.ts) with the same d1_migrations bookkeeping.
 
 CREATE TABLE vaults (
   id              TEXT PRIMARY KEY CHECK (length(id) = 32),  -- 32 lowercase hex, derived from the phrase

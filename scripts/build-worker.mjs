@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Bundles the relay (worker/index.ts) into dist/worker/index.js, one ESM file
-// that `casa relay` runs in workerd through Miniflare (src/relay/launcher.ts).
+// that `casa relay` runs in workerd through Miniflare (src/local-relay/launcher.ts).
 // wrangler bundles worker/index.ts itself for deploys, with the same esbuild
 // and the same resolution conditions, so both run the same code.
 import { build } from 'esbuild';

@@ -1,6 +1,6 @@
 /**
  * casa's error hierarchy: every user-facing failure is a CasaError carrying
- * the documented exit code (DESIGN §9, casa(1) EXIT STATUS) and optional hint
+ * the documented exit code (docs/ARCHITECTURE.md §6, casa(1) EXIT STATUS) and optional hint
  * lines. src/cli.ts is the one place that turns these into output and an exit
  * status; anything that is not a CasaError is a bug and prints its stack.
  *

@@ -1,5 +1,5 @@
 /**
- * Default locations (DESIGN §9): CASA_HOME in the OS config dir, the
+ * Default locations (docs/ARCHITECTURE.md §6): CASA_HOME in the OS config dir, the
  * Casaconomy database in the OS data dir. Only commands call these, with the
  * environment passed in, so tests control every path.
  */

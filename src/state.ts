@@ -1,5 +1,5 @@
 /**
- * Device-local state in CASA_HOME (DESIGN §7: never in the synced database).
+ * Device-local state in CASA_HOME (docs/ARCHITECTURE.md §4: never in the synced database).
  *
  * `state.json` holds no secret: the phrase and the device's private key live
  * in the keystore under this home's random `homeId`, so two CASA_HOMEs on one
@@ -22,7 +22,7 @@ export interface PairedVault {
   server: string;
   keystore: KeystoreKind;
   pairedAt: number;
-  /** The highest snapshot seq this device has seen on the relay (DESIGN §6.6: a lower head is a rollback). */
+  /** The highest snapshot seq this device has seen on the relay (docs/ARCHITECTURE.md §3: a lower head is a rollback). */
   highestSeq?: number;
 }
 

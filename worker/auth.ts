@@ -1,5 +1,5 @@
 /**
- * Authentication (docs/RELAY-API.md, DESIGN §8 "Auth"):
+ * Authentication (docs/RELAY-API.md, docs/RELAY-API.md):
  * - signed requests: Ed25519 over `signedMessage(purpose, fields)` from
  *   src/protocol/messages.ts (RFC 8032 verification, strict encodings: no
  *   ZIP-215 leniency), with the signed time inside ±SIGNED_TIME_WINDOW_MS;

@@ -9,7 +9,7 @@
  * (uploadKey; kind first so the retention job can sweep each kind's prefix),
  * changeset batches `changesets/<vaultId>/<deviceId>/<seq>/<upload id>`,
  * and D1 names the key that counts; `blobKey` is the fixed-key layout
- * `v/<vaultId>/<kind>/<id>`. Nothing is atomic across D1 and R2 (DESIGN §8):
+ * `v/<vaultId>/<kind>/<id>`. Nothing is atomic across D1 and R2 (docs/RELAY-API.md):
  * write the blob first, then the D1 row; readers trust D1.
  *
  * Uses only the R2Bucket interface, so it runs in the worker and against

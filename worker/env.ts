@@ -1,4 +1,4 @@
-/** The bindings wrangler.jsonc declares (and src/relay/launcher.ts recreates locally). */
+/** The bindings wrangler.jsonc declares (and src/local-relay/launcher.ts recreates locally). */
 export interface Env {
   DB: D1Database;
   BLOBS: R2Bucket;

@@ -1,6 +1,6 @@
 /**
  * What every command receives: the resolved global options (flags win over
- * the environment, which wins over defaults: DESIGN §9), the terminal, and
+ * the environment, which wins over defaults: docs/ARCHITECTURE.md §6), the terminal, and
  * the injectable clock, randomness and cancellation signal. Commands read
  * flags and environment only through here; the crypto and sync cores never do.
  */
@@ -11,12 +11,12 @@ import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } fro
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
 import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
-import { DeviceSession, RelayClient } from '../sync/relay-client.js';
+import { DeviceSession, RelayClient } from '../relay/client.js';
 import { Output, type Terminal } from '../ui/terminal.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { PhraseError } from '../crypto/phrase.js';
-import { ManifestError } from '../sync/manifest.js';
+import { ManifestError } from '../snapshots/manifest.js';
 
 export interface RawGlobals {
   home?: string;

@@ -1,5 +1,5 @@
 /**
- * Pairing by code (DESIGN §8, docs/RELAY-API.md "Pairing by code").
+ * Pairing by code (docs/RELAY-API.md, docs/RELAY-API.md "Pairing by code").
  *
  * `casa pair --offer` on a paired device: a short code — the relay's session
  * number plus three words — and a QR code carrying the relay URL and the
@@ -28,8 +28,8 @@ import {
 } from '../crypto/pairing.js';
 import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { SECRET_PHRASE } from '../state.js';
-import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../sync/pairing-api.js';
-import { normaliseServer, RelayClient, type DeviceSession } from '../sync/relay-client.js';
+import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../relay/pairing.js';
+import { normaliseServer, RelayClient, type DeviceSession } from '../relay/client.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 
 /** How long an offered code stays valid unless --timeout says otherwise (the issue's 10 minutes). */

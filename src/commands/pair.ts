@@ -32,7 +32,7 @@ import {
   writeState,
   type PairedVault,
 } from '../state.js';
-import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../sync/relay-client.js';
+import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../relay/client.js';
 import { secret, select, text } from '../ui/prompts.js';
 import { wordlist as englishWords } from '@scure/bip39/wordlists/english.js';
 import { mapCryptoError, type Context } from './context.js';

@@ -8,10 +8,10 @@
  */
 import { existsSync } from 'node:fs';
 import { ConflictError } from '../errors.js';
-import { readDatabase, scratchDir } from '../sync/db-copy.js';
-import { readIndex, statDatabase, type PageIndex } from '../sync/page-index.js';
-import type { WorkerPool } from '../sync/pool.js';
-import { shortId } from '../sync/restore.js';
+import { readDatabase, scratchDir } from '../snapshots/db-copy.js';
+import { readIndex, statDatabase, type PageIndex } from '../snapshots/page-index.js';
+import type { WorkerPool } from '../snapshots/pool.js';
+import { shortId } from '../snapshots/restore.js';
 import type { Context } from './context.js';
 import { printRestored, restoredFields, restoreInto, type RestoreReport } from './restore.js';
 import { listChecked, openVault, type OpenVault } from './snapshots.js';
@@ -75,7 +75,7 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
  * come back after the snapshot as changesets) and says true; else false.
  */
 async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
-  const { hasCapture } = await import('../sync/capture.js');
+  const { hasCapture } = await import('../changesets/capture.js');
   const Database = (await import('better-sqlite3')).default;
   // Read-write only so that closing it removes the -wal/-shm a read-only connection would leave behind.
   const probe = new Database(ctx.globals.db, { fileMustExist: true });
@@ -87,7 +87,7 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
   }
   if (!captured) return false;
   const { syncEnvOf, openSynced } = await import('./sync.js');
-  const { pushRound } = await import('../sync/sync-run.js');
+  const { pushRound } = await import('../changesets/sync-run.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const { db, schema } = openSynced(ctx, v.p.vault.deviceId);
   try {

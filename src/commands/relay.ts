@@ -28,7 +28,7 @@ export async function runRelay(ctx: Context, opts: RelayOptions): Promise<void> 
   const port = parsePort(opts.port, 8787);
   const host = opts.host ?? '127.0.0.1';
   const dataDir = resolve(opts.data ?? join(ctx.globals.home, 'relay'));
-  const { startRelay } = await import('../relay/launcher.js');
+  const { startRelay } = await import('../local-relay/launcher.js');
   let relay;
   try {
     relay = await startRelay({ host, port, dataDir });

@@ -1,23 +1,23 @@
 /**
- * `casa restore`: the fresh-machine path (DESIGN §6 "Restore/pull", §9) —
+ * `casa restore`: the fresh-machine path (docs/ARCHITECTURE.md §3, casa-restore(1)) —
  * pair with the phrase if this home is not paired yet, then put the newest
  * snapshot (or `--snapshot ID`) in place of the database, keeping any
  * existing file as a backup beside it.
  *
  * Everything that can be refused cheaply is refused before anything is
  * written: a database in the way without a terminal or --yes (exit 2) even
- * before pairing. The replacement itself is src/sync/restore.ts; this file
+ * before pairing. The replacement itself is src/snapshots/restore.ts; this file
  * also holds `restoreInto`, the part `casa pull` shares (lock, temp cleanup,
  * progress, local index, seen seq).
  */
 import { existsSync, rmSync } from 'node:fs';
 import { CancelledError, UnreachableError, UsageError } from '../errors.js';
 import { readState } from '../state.js';
-import { indexPath, writeIndex } from '../sync/page-index.js';
-import { WorkerPool } from '../sync/pool.js';
-import { installDatabase, PULL_CHECK_WORKERS, removeStaleTemps, removeWithSidecars, restoreToTemp, shortId, tempPathBeside } from '../sync/restore.js';
-import type { Manifest } from '../sync/manifest.js';
-import type { SnapshotInfo } from '../sync/snapshot-api.js';
+import { indexPath, writeIndex } from '../snapshots/page-index.js';
+import { WorkerPool } from '../snapshots/pool.js';
+import { installDatabase, PULL_CHECK_WORKERS, removeStaleTemps, removeWithSidecars, restoreToTemp, shortId, tempPathBeside } from '../snapshots/restore.js';
+import type { Manifest } from '../snapshots/manifest.js';
+import type { SnapshotInfo } from '../relay/snapshots.js';
 import { acquireLock } from '../lock.js';
 import { progress } from '../ui/progress.js';
 import { confirm } from '../ui/prompts.js';
@@ -190,7 +190,7 @@ export async function restoreInto(
 }
 
 /**
- * Changesets after the snapshot (DESIGN §7): the restored database holds the
+ * Changesets after the snapshot (docs/ARCHITECTURE.md §4): the restored database holds the
  * vault up to `manifest.changesetWatermark`; apply every changeset after it.
  * The change log the snapshot brought is the snapshotting device's, not this
  * one's: it is cleared (those changes are in the restored file; the device
@@ -200,7 +200,7 @@ export async function restoreInto(
  * changeset fails with exit 6, the restored snapshot staying in place.
  */
 async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest): Promise<void> {
-  const { hasCapture, clearLocalLog } = await import('../sync/capture.js');
+  const { hasCapture, clearLocalLog } = await import('../changesets/capture.js');
   const Database = (await import('better-sqlite3')).default;
   const db = new Database(ctx.globals.db, { fileMustExist: true });
   try {
@@ -210,8 +210,8 @@ async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest)
     db.close();
   }
   const { syncEnvOf, openSynced } = await import('./sync.js');
-  const { loadSyncState, pullRound } = await import('../sync/sync-run.js');
-  const { writeSyncState } = await import('../sync/sync-state.js');
+  const { loadSyncState, pullRound } = await import('../changesets/sync-run.js');
+  const { writeSyncState } = await import('../changesets/sync-state.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const before = loadSyncState(env);
   const w = manifest.changesetWatermark;

@@ -1,18 +1,18 @@
 /**
  * `casa snapshot [--force]`: pushes a snapshot of the database when it
- * changed since the last one this device made (DESIGN §6). Made for cron, a
+ * changed since the last one this device made (docs/ARCHITECTURE.md §3). Made for cron, a
  * systemd timer or launchd: no prompt, nothing on stdout with --quiet, a
  * documented exit code, a progress bar only on a terminal. The work is the
- * engine's (src/sync/snapshot.ts); this file checks the inputs, takes the
+ * engine's (src/snapshots/snapshot.ts); this file checks the inputs, takes the
  * database's lock, and reports.
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { FailureError } from '../errors.js';
 import { acquireLock } from '../lock.js';
-import { WorkerPool } from '../sync/pool.js';
+import { WorkerPool } from '../snapshots/pool.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { readSyncState } from '../sync/sync-state.js';
-import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../sync/snapshot.js';
+import { readSyncState } from '../changesets/sync-state.js';
+import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../snapshots/snapshot.js';
 import { progress, type ProgressBar } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
 import { formatBytes, formatCount, openVault } from './snapshots.js';

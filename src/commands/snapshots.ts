@@ -1,6 +1,6 @@
 /**
  * `casa snapshots`: the vault's snapshots, newest first, the head marked.
- * Also the rollback check (DESIGN §6.6): a head older than the highest seq
+ * Also the rollback check (docs/ARCHITECTURE.md §3): a head older than the highest seq
  * this device has seen (authenticated) is exit 6.
  *
  * Shared with restore, pull and verify: opening the vault's snapshot API,
@@ -9,7 +9,7 @@
 import { FailureError, UsageError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { checkNotRolledBack, SnapshotApi, type SnapshotInfo } from '../sync/snapshot-api.js';
+import { checkNotRolledBack, SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
 
 export interface SnapshotEntry {

@@ -5,17 +5,17 @@
  */
 import { statSync } from 'node:fs';
 import { readState } from '../state.js';
-import { RelayHttpError } from '../sync/relay-client.js';
+import { RelayHttpError } from '../relay/client.js';
 import { CasaError } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
-import { readIndex, sameStat, statDatabase } from '../sync/page-index.js';
-import { SnapshotApi } from '../sync/snapshot-api.js';
+import { readIndex, sameStat, statDatabase } from '../snapshots/page-index.js';
+import { SnapshotApi } from '../relay/snapshots.js';
 import Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { ChangesetApi } from '../sync/changeset-api.js';
-import { readSyncState } from '../sync/sync-state.js';
-import { readDigestMemory } from '../sync/digest-api.js';
-import { detachedSince } from '../sync/capture.js';
+import { ChangesetApi } from '../relay/changesets.js';
+import { readSyncState } from '../changesets/sync-state.js';
+import { readDigestMemory } from '../changesets/digest-exchange.js';
+import { detachedSince } from '../changesets/capture.js';
 
 export interface StatusReport {
   message_type: 'status';

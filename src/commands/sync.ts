@@ -18,14 +18,14 @@ import Database from 'better-sqlite3';
 import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
 import { acquireLock, type Lock } from '../lock.js';
 import { readState } from '../state.js';
-import { detachCapture, detachedSince, pendingCount } from '../sync/capture.js';
-import { ChangesetApi } from '../sync/changeset-api.js';
-import { listConflicts } from '../sync/merge.js';
-import { refreshCapture, schemaVersion, type Refreshed } from '../sync/refresh.js';
-import { SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../sync/rules.js';
-import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../sync/sync-run.js';
+import { detachCapture, detachedSince, pendingCount } from '../changesets/capture.js';
+import { ChangesetApi } from '../relay/changesets.js';
+import { listConflicts } from '../changesets/merge.js';
+import { refreshCapture, schemaVersion, type Refreshed } from '../changesets/refresh.js';
+import { SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../changesets/rules.js';
+import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../changesets/sync-run.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import type { DeviceSession } from '../sync/relay-client.js';
+import type { DeviceSession } from '../relay/client.js';
 import { deviceSession, loadPaired, tracer, vaultKeys, type Context, type Paired } from './context.js';
 
 export interface SyncOptions {

@@ -1,5 +1,5 @@
 /**
- * `casa verify`: the restore drill (DESIGN §6). Restores the newest snapshot
+ * `casa verify`: the restore drill (docs/ARCHITECTURE.md §3). Restores the newest snapshot
  * (`--snapshot ID` another, `--all` every one) into a temp directory with
  * every check a restore runs — manifest identity, each pack's AEAD and id,
  * the whole file's SHA-256, `PRAGMA quick_check` (`integrity_check` with
@@ -20,10 +20,10 @@ import { join } from 'node:path';
 import { AuthError, CasaError, EXIT, IntegrityError, UsageError } from '../errors.js';
 import { acquireLock } from '../lock.js';
 import { readState } from '../state.js';
-import { exchangeDigests, type DigestReport } from '../sync/digest-api.js';
-import { removeWithSidecars, restoreToTemp, shortId } from '../sync/restore.js';
-import { loadSyncState, pullRound, syncRound } from '../sync/sync-run.js';
-import type { SnapshotInfo } from '../sync/snapshot-api.js';
+import { exchangeDigests, type DigestReport } from '../changesets/digest-exchange.js';
+import { removeWithSidecars, restoreToTemp, shortId } from '../snapshots/restore.js';
+import { loadSyncState, pullRound, syncRound } from '../changesets/sync-run.js';
+import type { SnapshotInfo } from '../relay/snapshots.js';
 import { progress } from '../ui/progress.js';
 import type { Context } from './context.js';
 import { formatBytes, listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot } from './snapshots.js';

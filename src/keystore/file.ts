@@ -1,7 +1,7 @@
 /**
  * The file keystore: `<CASA_HOME>/keystore.json`, for machines with no
  * reachable OS keychain (headless cron, CI), used only when the user asks for
- * it (DESIGN §4).
+ * it (docs/ARCHITECTURE.md §5).
  *
  * Format: `{ "version": 1, "entries": { "<name>": "<value>" } }`.
  *

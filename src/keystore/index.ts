@@ -2,7 +2,7 @@
  * Where casa keeps this device's secrets (the recovery phrase, the device
  * key): the OS keychain by default, or — only when the user asks for it with
  * `--keystore file` / `CASA_KEYSTORE=file` — a 0600 JSON file in CASA_HOME
- * (DESIGN §4). There is never a silent fallback from one to the other: a
+ * (docs/ARCHITECTURE.md §5). There is never a silent fallback from one to the other: a
  * keychain that cannot be reached is a `keystore_unavailable` FailureError
  * whose hint names the file keystore.
  *

@@ -8,7 +8,7 @@
  * casa's choices:
  * - On Linux the entry is pinned to the Secret Service. keyring-rs would
  *   otherwise fall back to the kernel keyring (keyutils), which forgets
- *   everything at reboot — a silent fallback DESIGN §4 rules out.
+ *   everything at reboot — a silent fallback docs/ARCHITECTURE.md §5 rules out.
  * - The native module is loaded on first use, so commands that never touch
  *   the keychain do not pay for it at start-up.
  * - AsyncEntry keeps the Secret Service round trips (which may wait on an

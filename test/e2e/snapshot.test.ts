@@ -20,13 +20,13 @@ import { baseEnv, CASA, ROOT, useRelay, type RunResult } from '../helpers/cli.js
 import { consistentCopy } from '../helpers/sqlite.js';
 import { Context, defaultDeps, deviceSession, loadPaired, resolveGlobals, vaultKeys } from '../../src/commands/context.js';
 import { processTerminal } from '../../src/ui/terminal.js';
-import { SnapshotApi } from '../../src/sync/snapshot-api.js';
-import { openManifest, openPack, type Manifest } from '../../src/sync/manifest.js';
-import { digestFile } from '../../src/sync/db-copy.js';
+import { SnapshotApi } from '../../src/relay/snapshots.js';
+import { openManifest, openPack, type Manifest } from '../../src/snapshots/manifest.js';
+import { digestFile } from '../../src/snapshots/db-copy.js';
 import { lockPath } from '../../src/lock.js';
-import { WorkerPool } from '../../src/sync/pool.js';
-import { takeSnapshot } from '../../src/sync/snapshot.js';
-import type { CommitRequest } from '../../src/sync/snapshot-api.js';
+import { WorkerPool } from '../../src/snapshots/pool.js';
+import { takeSnapshot } from '../../src/snapshots/snapshot.js';
+import type { CommitRequest } from '../../src/relay/snapshots.js';
 import type { SnapshotReport } from '../../src/commands/snapshot.js';
 
 const relay = useRelay();

@@ -1,5 +1,5 @@
 /**
- * A real relay (dist/worker/index.js in workerd via src/relay/launcher.ts) on
+ * A real relay (dist/worker/index.js in workerd via src/local-relay/launcher.ts) on
  * 127.0.0.1 and a free port, with a fresh temporary data directory removed
  * on stop. For beforeAll/afterAll in worker and e2e tests.
  *
@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { ed25519 } from '@noble/curves/ed25519.js';
 import type { Miniflare } from 'miniflare';
 import { signedMessage } from '../../src/protocol/messages.js';
-import { startRelay, type StartRelayOptions } from '../../src/relay/launcher.js';
+import { startRelay, type StartRelayOptions } from '../../src/local-relay/launcher.js';
 
 type D1Database = Awaited<ReturnType<Miniflare['getD1Database']>>;
 type R2Bucket = Awaited<ReturnType<Miniflare['getR2Bucket']>>;

@@ -44,7 +44,7 @@ export function editRows(path: string, tag: string, every = 97): void {
 /**
  * The bytes `casa snapshot` would store for the database now, while nothing
  * else writes to it: a WAL-mode database with its WAL folded in, read in
- * place; any other through SQLite's backup API (src/sync/db-copy.ts).
+ * place; any other through SQLite's backup API (src/snapshots/db-copy.ts).
  */
 export async function consistentCopy(path: string): Promise<Buffer> {
   const rw = new Database(path, { fileMustExist: true });

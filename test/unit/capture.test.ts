@@ -1,5 +1,5 @@
 /**
- * Change capture (src/sync/capture.ts) and the sync schema (src/sync/rules.ts)
+ * Change capture (src/changesets/capture.ts) and the sync schema (src/changesets/rules.ts)
  * on the bench's realistic schema: the triggers capture writes made by other
  * programs (a plain better-sqlite3 connection, the sqlite3 shell) while no
  * casa code runs; applied changes do not echo; integer-rowid tables are
@@ -30,10 +30,10 @@ import {
   takeLocalChanges,
   type Change,
   type SqlValue,
-} from '../../src/sync/capture.js';
-import { parseHlc, ZERO_HLC } from '../../src/sync/hlc.js';
-import { applyRemote } from '../../src/sync/merge.js';
-import { deriveSyncSchema, SyncSchemaError } from '../../src/sync/rules.js';
+} from '../../src/changesets/capture.js';
+import { parseHlc, ZERO_HLC } from '../../src/changesets/hlc.js';
+import { applyRemote } from '../../src/changesets/merge.js';
+import { deriveSyncSchema, SyncSchemaError } from '../../src/changesets/rules.js';
 
 const SQLITE3 = '/usr/bin/sqlite3';
 const DEV = '00000000000000a1';

@@ -1,4 +1,4 @@
-// Changeset batches (docs/FORMAT.md §7, src/sync/changeset.ts): the sealed
+// Changeset batches (docs/FORMAT.md §7, src/changesets/batch.ts): the sealed
 // format, what a relay that moves, alters, drops, reorders or replays batches
 // runs into, and the chain rules.
 import { randomBytes } from 'node:crypto';
@@ -16,7 +16,7 @@ import {
   sha256Hex,
   type BatchChainReason,
   type ChainLink,
-} from '../../src/sync/changeset.js';
+} from '../../src/changesets/batch.js';
 
 const keys = vaultKeysFromRoot(new Uint8Array(32).fill(21));
 const other = vaultKeysFromRoot(new Uint8Array(32).fill(22));

@@ -1,5 +1,5 @@
 /**
- * Convergence (DESIGN §7 "Merge": the same changes in any order, any number
+ * Convergence (docs/MERGE.md §5: the same changes in any order, any number
  * of times, give identical tables on every device), as a fast-check property.
  *
  * 3 or 4 devices, each an in-memory copy of one baseline database (the
@@ -25,10 +25,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // @ts-expect-error -- plain JS module of the bench
 import { SCHEMA } from '../../bench/lib/make-db.mjs';
-import { decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, installCapture, takeLocalChanges, type Change } from '../../src/sync/capture.js';
-import { applyRemote, listConflicts, pendingRemoteCount } from '../../src/sync/merge.js';
-import { refreshCapture } from '../../src/sync/refresh.js';
-import { deriveSyncSchema, type SyncSchema } from '../../src/sync/rules.js';
+import { decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, installCapture, takeLocalChanges, type Change } from '../../src/changesets/capture.js';
+import { applyRemote, listConflicts, pendingRemoteCount } from '../../src/changesets/merge.js';
+import { refreshCapture } from '../../src/changesets/refresh.js';
+import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';
 
 const RUNS = process.env.SLOW === '1' ? Number(process.env.CASA_RUNS ?? 10_000) : 200;
 const SEED = process.env.CASA_SEED === undefined ? undefined : Number(process.env.CASA_SEED);

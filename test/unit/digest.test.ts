@@ -1,5 +1,5 @@
 /**
- * The synced tables' digest (src/sync/digest.ts, docs/FORMAT.md §8) on real
+ * The synced tables' digest (src/changesets/digest.ts, docs/FORMAT.md §8) on real
  * SQLite databases: the same rows in any insertion order give the same
  * digest; every SQLite type is its own (1, 1.0, '1', x'01', NULL; 64-bit
  * integers beyond a double); a changed field, an extra row or a missing row
@@ -14,8 +14,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
 import { AuthenticationError } from '../../src/crypto/objects.js';
-import { differingTables, openRecord, recordMac, sealRecord, syncDigest, tableDigest, type DigestRecord } from '../../src/sync/digest.js';
-import { deriveSyncSchema, type SyncSchema } from '../../src/sync/rules.js';
+import { differingTables, openRecord, recordMac, sealRecord, syncDigest, tableDigest, type DigestRecord } from '../../src/changesets/digest.js';
+import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';
 
 const RUNS = process.env.SLOW === '1' ? 300 : 30;
 

@@ -1,5 +1,5 @@
 /**
- * The hybrid logical clock (src/sync/hlc.ts): format, order, and the clock
+ * The hybrid logical clock (src/changesets/hlc.ts): format, order, and the clock
  * cases named after Actual's `timestamp.test.ts` (monotonic, stuttering,
  * regressing, counter overflow, drift). Time is always passed in.
  */
@@ -15,7 +15,7 @@ import {
   tick,
   ZERO_HLC,
   type HlcState,
-} from '../../src/sync/hlc.js';
+} from '../../src/changesets/hlc.js';
 
 const DEV_A = '00000000000000aa';
 const DEV_B = '00000000000000bb';

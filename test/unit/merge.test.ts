@@ -1,5 +1,5 @@
 /**
- * Merge scenarios (src/sync/merge.ts, docs/MERGE.md §4), each named after the
+ * Merge scenarios (src/changesets/merge.ts, docs/MERGE.md §4), each named after the
  * situation it covers. Devices are in-memory copies of one baseline database
  * (the bench's schema, capture installed, as after a restore); the app's
  * writes go through plain SQL so the triggers capture them, and each write's
@@ -17,10 +17,10 @@ import {
   installCapture,
   takeLocalChanges,
   type Change,
-} from '../../src/sync/capture.js';
-import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc, type HlcState } from '../../src/sync/hlc.js';
-import { applyPending, applyRemote, listConflicts, type ApplyResult } from '../../src/sync/merge.js';
-import { deriveSyncSchema, type SyncSchema } from '../../src/sync/rules.js';
+} from '../../src/changesets/capture.js';
+import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc, type HlcState } from '../../src/changesets/hlc.js';
+import { applyPending, applyRemote, listConflicts, type ApplyResult } from '../../src/changesets/merge.js';
+import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';
 
 const T = 1_795_000_000_000;
 const MIN = 60_000;

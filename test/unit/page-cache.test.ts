@@ -1,6 +1,6 @@
 /**
  * Restore's helpers around writing the new file: the page-cache warming
- * (src/sync/page-cache.ts) never changes what the writes put in the file,
+ * (src/snapshots/page-cache.ts) never changes what the writes put in the file,
  * whatever they race with, stops cleanly and survives a bad descriptor; a
  * full disk is a plain failure with what it takes (restore.ts writeFailure);
  * and the main thread's young generation stays small after a worker thread
@@ -13,8 +13,8 @@ import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { warmPageCache, worthWarming } from '../../src/sync/page-cache.js';
-import { writeFailure } from '../../src/sync/restore.js';
+import { warmPageCache, worthWarming } from '../../src/snapshots/page-cache.js';
+import { writeFailure } from '../../src/snapshots/restore.js';
 import { CasaError, FailureError } from '../../src/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'casa-page-cache-'));
@@ -115,7 +115,7 @@ describe('the main thread young generation', () => {
     const script = `
       import { setFlagsFromString, getHeapSpaceStatistics } from 'node:v8';
       setFlagsFromString('--semi-space-growth-factor=1');
-      const { WorkerPool } = await import(${JSON.stringify(join(root, 'dist', 'sync', 'pool.js'))});
+      const { WorkerPool } = await import(${JSON.stringify(join(root, 'dist', 'snapshots', 'pool.js'))});
       const { vaultKeysFromRoot } = await import(${JSON.stringify(join(root, 'dist', 'crypto', 'kdf.js'))});
       const pool = new WorkerPool(vaultKeysFromRoot(new Uint8Array(32).fill(7)), 1);
       const { openSync, writeFileSync } = await import('node:fs');

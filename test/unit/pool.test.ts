@@ -11,9 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
 import { AuthenticationError } from '../../src/crypto/objects.js';
-import { sealPack } from '../../src/sync/manifest.js';
-import { hashPages } from '../../src/sync/page-hash.js';
-import { WorkerPool } from '../../src/sync/pool.js';
+import { sealPack } from '../../src/snapshots/manifest.js';
+import { hashPages } from '../../src/snapshots/page-hash.js';
+import { WorkerPool } from '../../src/snapshots/pool.js';
 
 const keys = vaultKeysFromRoot(new Uint8Array(32).fill(3));
 

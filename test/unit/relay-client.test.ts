@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { RelayClient } from '../../src/sync/relay-client.js';
+import { RelayClient } from '../../src/relay/client.js';
 import { UnreachableError } from '../../src/errors.js';
 
 let server: Server;

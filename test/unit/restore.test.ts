@@ -1,27 +1,27 @@
 /**
- * The restore machinery (src/sync/restore.ts) against an in-process fake of
+ * The restore machinery (src/snapshots/restore.ts) against an in-process fake of
  * the relay's snapshot API, with real SQLite files and the real writer thread:
  * assembly from deduplicated, out-of-order packs; every integrity failure
  * leaves no temp; the install step keeps the old file (its -wal folded in)
  * as the backup and leaves no sidecar beside the new one.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hashPages, pagesDigest } from '../../src/sync/page-hash.js';
+import { hashPages, pagesDigest } from '../../src/snapshots/page-hash.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
-import { sealManifest, sealPack, type Manifest } from '../../src/sync/manifest.js';
+import { sealManifest, sealPack, type Manifest } from '../../src/snapshots/manifest.js';
 import {
   checkDatabaseFile,
   installDatabase,
   removeStaleTemps,
   restoreToTemp,
   tempPathBeside,
-} from '../../src/sync/restore.js';
-import type { SnapshotApi } from '../../src/sync/snapshot-api.js';
+} from '../../src/snapshots/restore.js';
+import type { SnapshotApi } from '../../src/relay/snapshots.js';
 import { CasaError, IntegrityError } from '../../src/errors.js';
 
 const keys: VaultKeys = vaultKeysFromRoot(new Uint8Array(32).fill(7));
@@ -305,7 +305,7 @@ describe('installDatabase', () => {
 });
 
 describe('scratchDir: where the working copy goes', async () => {
-  const { scratchDir } = await import('../../src/sync/db-copy.js');
+  const { scratchDir } = await import('../../src/snapshots/db-copy.js');
   const { chmodSync, mkdirSync: mk, statSync } = await import('node:fs');
   it('uses CASA_TMPDIR when given, else a private tmpfs directory with room, else CASA_HOME/tmp', () => {
     const home = mkdtempSync(join(tmpdir(), 'casa-scratch-'));

@@ -1,7 +1,7 @@
 /**
  * App updates lose nothing (docs/MERGE.md §8): the app migrates its database
  * while casa's triggers predate the migration, writes to the new parts, and
- * only then does casa refresh capture (src/sync/refresh.ts). What the old
+ * only then does casa refresh capture (src/changesets/refresh.ts). What the old
  * triggers missed is caught up — values of added columns that differ from
  * the column's default, rows of a table new to sync — and a device whose
  * schema is behind keeps the changes pending and applies them once it
@@ -13,11 +13,11 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { clearLocalLog, decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from '../../src/sync/capture.js';
-import { parseHlc } from '../../src/sync/hlc.js';
-import { applyRemote, pendingRemoteCount } from '../../src/sync/merge.js';
-import { refreshCapture } from '../../src/sync/refresh.js';
-import type { SyncSchema } from '../../src/sync/rules.js';
+import { clearLocalLog, decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from '../../src/changesets/capture.js';
+import { parseHlc } from '../../src/changesets/hlc.js';
+import { applyRemote, pendingRemoteCount } from '../../src/changesets/merge.js';
+import { refreshCapture } from '../../src/changesets/refresh.js';
+import type { SyncSchema } from '../../src/changesets/rules.js';
 
 const T0 = 1_795_000_000_000;
 

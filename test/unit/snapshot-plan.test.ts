@@ -1,5 +1,5 @@
 /**
- * The pure half of `casa snapshot` (src/sync/snapshot-plan.ts): page diff,
+ * The pure half of `casa snapshot` (src/snapshots/plan.ts): page diff,
  * compaction and pack selection, grouping, and manifest assembly. The
  * property test chains snapshots of a changing "database" through a fake pack
  * store and restores each manifest: it must give back the database exactly,
@@ -10,8 +10,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { createHash } from 'node:crypto';
-import { encodeManifest, expandRuns, liveBytes, validateManifest, type Manifest } from '../../src/sync/manifest.js';
-import { hashPages, PAGE_HASH_BYTES } from '../../src/sync/page-hash.js';
+import { encodeManifest, expandRuns, liveBytes, validateManifest, type Manifest } from '../../src/snapshots/manifest.js';
+import { hashPages, PAGE_HASH_BYTES } from '../../src/snapshots/page-hash.js';
 import {
   assembleManifest,
   changedPages,
@@ -22,7 +22,7 @@ import {
   storedBytes,
   type ManifestHeader,
   type NewPack,
-} from '../../src/sync/snapshot-plan.js';
+} from '../../src/snapshots/plan.js';
 
 const RUNS = process.env.SLOW === '1' ? 2000 : 150;
 

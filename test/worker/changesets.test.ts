@@ -1,16 +1,16 @@
 // Changeset routes (docs/RELAY-API.md "Changesets") against the real worker
 // in workerd: the seq and cursor rules, pulls and their pages, the caps, the
 // 404/403 rules, the live announcement, snapshot watermarks and pruning; and
-// the client (src/sync/changeset-api.ts) against it and against a relay that
+// the client (src/relay/changesets.ts) against it and against a relay that
 // lies.
 import { randomBytes } from 'node:crypto';
 import { WebSocket } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
 import { IntegrityError } from '../../src/errors.js';
-import { ChangesetApi, SeqConflictError } from '../../src/sync/changeset-api.js';
-import { checkChains, openBatch, sealBatch } from '../../src/sync/changeset.js';
-import { DeviceSession, RelayClient } from '../../src/sync/relay-client.js';
+import { ChangesetApi, SeqConflictError } from '../../src/relay/changesets.js';
+import { checkChains, openBatch, sealBatch } from '../../src/changesets/batch.js';
+import { DeviceSession, RelayClient } from '../../src/relay/client.js';
 import {
   b64u,
   bearer,
@@ -427,7 +427,7 @@ describe('snapshot watermarks and pruning', () => {
   });
 });
 
-describe('the client (src/sync/changeset-api.ts)', () => {
+describe('the client (src/relay/changesets.ts)', () => {
   const keys = vaultKeysFromRoot(new Uint8Array(32).fill(9));
   const random = (n: number) => new Uint8Array(randomBytes(n));
 

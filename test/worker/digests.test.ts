@@ -1,7 +1,7 @@
 // Digest routes (docs/RELAY-API.md "Digests") against the real worker in
 // workerd: one slot per device, stored, replaced and listed byte for byte;
 // the 16 KiB cap; the 404/403/401 rules; nothing but ciphertext stored. Then
-// the client (src/sync/digest-api.ts) against it with real SQLite databases:
+// the client (src/changesets/digest-exchange.ts) against it with real SQLite databases:
 // same, differs, not comparable, revoked devices left out; and a relay that
 // alters, moves, replays or garbles a slot (IntegrityError, exit 6).
 import { randomBytes } from 'node:crypto';
@@ -12,13 +12,13 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
 import { IntegrityError } from '../../src/errors.js';
-import { installCapture } from '../../src/sync/capture.js';
-import { ChangesetApi } from '../../src/sync/changeset-api.js';
-import { openRecord, sealRecord, type DigestRecord } from '../../src/sync/digest.js';
-import { DigestApi, exchangeDigests, readDigestMemory } from '../../src/sync/digest-api.js';
-import { DeviceSession, RelayClient } from '../../src/sync/relay-client.js';
-import { deriveSyncSchema } from '../../src/sync/rules.js';
-import type { SyncEnv } from '../../src/sync/sync-run.js';
+import { installCapture } from '../../src/changesets/capture.js';
+import { ChangesetApi } from '../../src/relay/changesets.js';
+import { openRecord, sealRecord, type DigestRecord } from '../../src/changesets/digest.js';
+import { DigestApi, exchangeDigests, readDigestMemory } from '../../src/changesets/digest-exchange.js';
+import { DeviceSession, RelayClient } from '../../src/relay/client.js';
+import { deriveSyncSchema } from '../../src/changesets/rules.js';
+import type { SyncEnv } from '../../src/changesets/sync-run.js';
 import { storageText } from '../helpers/cli.js';
 import {
   b64u,
@@ -202,7 +202,7 @@ interface Dev {
   device: TestDevice;
 }
 
-describe('the client (src/sync/digest-api.ts)', () => {
+describe('the client (src/changesets/digest-exchange.ts)', () => {
   const dirs: string[] = [];
   afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
@@ -273,7 +273,7 @@ describe('the client (src/sync/digest-api.ts)', () => {
     const { vault, a, b, token } = await twoDevices();
     await exchange(b);
     // a is further on: its sync state says so.
-    const { writeSyncState, emptySyncState } = await import('../../src/sync/sync-state.js');
+    const { writeSyncState, emptySyncState } = await import('../../src/changesets/sync-state.js');
     writeSyncState(a.home, a.env.keys, a.env.dbPath, { ...emptySyncState(0), cursor: 7 });
     expect((await exchange(a)).devices[0]).toMatchObject({ status: 'not_comparable', why: 'it is at changeset 0, this device at 7' });
     writeSyncState(a.home, a.env.keys, a.env.dbPath, emptySyncState(0));

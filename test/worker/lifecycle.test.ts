@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobChecksumError, blobKey, deleteBlobs, getBlob, putBlob } from '../../worker/blobs.js';
-import { applyMigrations, splitSql, stripJsonc } from '../../src/relay/launcher.js';
+import { applyMigrations, splitSql, stripJsonc } from '../../src/local-relay/launcher.js';
 import { createBody, getChallenge, newVault, post, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
 
 describe('cron', () => {

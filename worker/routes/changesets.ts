@@ -4,7 +4,7 @@
  * relay stores it in R2 under a fresh key, checked against X-Casa-Sha256 on
  * arrival, then gives it the vault's next cursor in one D1 transaction that
  * also checks the seq (changeset-db.ts pushChangeset). Blob first, then the
- * row (DESIGN §8); a blob whose push was refused is deleted at once, and one
+ * row (docs/RELAY-API.md); a blob whose push was refused is deleted at once, and one
  * left behind by a crash is swept by the retention job.
  */
 import { Hono, type Context } from 'hono';

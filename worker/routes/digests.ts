@@ -16,7 +16,7 @@ import { readUpload, SHA256_HEADER } from './snapshots.js';
 
 export const digestRoutes = new Hono<AppEnv>();
 
-/** The largest slot (the client's MAX_SEALED_RECORD, src/sync/digest.ts): 413 beyond. */
+/** The largest slot (the client's MAX_SEALED_RECORD, src/changesets/digest.ts): 413 beyond. */
 export const DIGEST_MAX_BYTES = 16 * 1024;
 
 interface DigestRow {

@@ -1,5 +1,5 @@
 /**
- * Pairing by code (docs/RELAY-API.md "Pairing by code", DESIGN §8): the relay
+ * Pairing by code (docs/RELAY-API.md "Pairing by code", docs/RELAY-API.md): the relay
  * is a mailbox. A paired device (the offer side, authenticated) opens a
  * session under a short number, the nameplate, with the first PAKE message;
  * a new device (the join side, no credentials) reads it, answers once, and

@@ -2,7 +2,7 @@
  * Snapshot routes (docs/RELAY-API.md "Snapshots: packs, manifests, the
  * head"), all authenticated: packs and manifests are opaque encrypted blobs
  * streamed into R2 under a fresh key per upload, checked against the
- * client's X-Casa-Sha256 on arrival, then named by a D1 row (DESIGN §8: blob
+ * client's X-Casa-Sha256 on arrival, then named by a D1 row (docs/RELAY-API.md: blob
  * first, then the row; readers trust D1). The commit is a compare-and-swap
  * on the vault's head (snapshot-db.ts commitSnapshot).
  */

@@ -1,10 +1,10 @@
 /**
- * Merge (DESIGN §7 "Merge", docs/MERGE.md §4): applies remote changes to the
+ * Merge (docs/MERGE.md §4-§5): applies remote changes to the
  * database in one SQLite transaction, deterministically, so that the same
  * set of changes in any order, any number of times, gives identical synced
  * tables on every device (the state is a function of the set of changes).
  *
- * Rules (HLC order is the total order of src/sync/hlc.ts; a missing clock is
+ * Rules (HLC order is the total order of src/changesets/hlc.ts; a missing clock is
  * the baseline, older than any change):
  * - Fields: last writer wins per field by HLC. A write is kept iff its HLC is
  *   above the field's clock and above the row's newest delete.

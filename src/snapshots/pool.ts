@@ -1,6 +1,6 @@
 /**
  * A small pool of worker threads (one per core, at most 4) for the CPU-heavy
- * work of snapshots and restores (src/sync/pool-worker.ts), so compression,
+ * work of snapshots and restores (src/snapshots/pool-worker.ts), so compression,
  * encryption and hashing use every core while the main thread does I/O.
  * Jobs are queued; results come back with their buffers transferred.
  * Errors keep their class name and `reason`, so integrity failures in a
@@ -45,7 +45,7 @@ const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2 };
 function workerFile(): string {
   const here = fileURLToPath(import.meta.url);
   // Under the test runner this module is TypeScript source; workers always run the compiled file.
-  if (here.endsWith('.ts')) return join(dirname(here), '..', '..', 'dist', 'sync', 'pool-worker.js');
+  if (here.endsWith('.ts')) return join(dirname(here), '..', '..', 'dist', 'snapshots', 'pool-worker.js');
   return join(dirname(here), 'pool-worker.js');
 }
 

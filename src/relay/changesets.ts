@@ -3,15 +3,15 @@
  * every answer checked: the relay is not trusted, so a malformed answer, or
  * one that breaks the cursor rules (cursors after `after`, consecutive from
  * the first one not pruned, none past the head), is an integrity failure
- * here. What a batch *says* is checked by src/sync/changeset.ts (openBatch,
+ * here. What a batch *says* is checked by src/changesets/batch.ts (openBatch,
  * checkChain), which is what catches a relay that moves, drops, reorders or
  * replays batches of one device.
  */
 import { b64uDecode } from '../crypto/bytes.js';
 import { ConflictError, IntegrityError } from '../errors.js';
 import { CHANGESET_MAX_BYTES } from '../protocol/messages.js';
-import { sha256Hex } from './changeset.js';
-import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
+import { sha256Hex } from '../changesets/batch.js';
+import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './client.js';
 
 /** The most batches one pull returns (the relay's cap on `limit`). */
 export const PULL_MAX_LIMIT = 500;

@@ -10,7 +10,7 @@
  */
 import { b64uDecode, b64uEncode, bytesToHex, hexToBytes } from '../crypto/bytes.js';
 import { UnreachableError } from '../errors.js';
-import { mapRelayError, RelayHttpError, type DeviceSession, type RelayClient } from './relay-client.js';
+import { mapRelayError, RelayHttpError, type DeviceSession, type RelayClient } from './client.js';
 
 export type PairingState = 'open' | 'joined' | 'confirmed' | 'failed' | 'done' | 'cancelled' | 'expired';
 const STATES: readonly PairingState[] = ['open', 'joined', 'confirmed', 'failed', 'done', 'cancelled', 'expired'];

@@ -1,5 +1,5 @@
 /**
- * The CPU-heavy jobs of snapshots and restores (src/sync/pool.ts): hashing
+ * The CPU-heavy jobs of snapshots and restores (src/snapshots/pool.ts): hashing
  * pages, sealing packs (read pages → compress → encrypt), opening packs
  * (decrypt → decompress → verify).
  * Pages are read here with pread, so multi-MiB buffers never cross threads

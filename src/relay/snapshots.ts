@@ -2,11 +2,11 @@
  * The relay's snapshot routes (docs/RELAY-API.md "Snapshots"), typed, with
  * every answer's shape checked: a relay that answers nonsense is reported,
  * never trusted. Interpreting *content* (manifests, packs) is the caller's
- * job, through src/sync/manifest.ts.
+ * job, through src/snapshots/manifest.ts.
  */
 import { IntegrityError } from '../errors.js';
 import type { SnapshotView } from '../protocol/messages.js';
-import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './relay-client.js';
+import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './client.js';
 
 /** A snapshot as the relay lists it (shape-checked on arrival). */
 export type SnapshotInfo = SnapshotView;
@@ -164,7 +164,7 @@ export class SnapshotApi {
   }
 }
 
-/** DESIGN §6.6: a head older than the highest seq this device has seen is a rollback. */
+/** docs/ARCHITECTURE.md §3: a head older than the highest seq this device has seen is a rollback. */
 export function checkNotRolledBack(head: SnapshotInfo | null, highestSeen: number, server: string): void {
   const seq = head?.seq ?? 0;
   if (seq < highestSeen) {

@@ -1,7 +1,7 @@
 /**
  * The relay client: every call to the relay goes through here, over
  * node:http(s) with one keep-alive Agent per protocol and bounded
- * connections. (DESIGN §3 names undici; measured here, importing it costs
+ * connections. (docs/ARCHITECTURE.md §7 names undici; measured here, importing it costs
  * every command ~16 MB of RSS and ~80 ms, a seventh of the snapshot memory
  * budget, for nothing node:http lacks. undici stays for the WebSocket of
  * `casa sync --watch`.)

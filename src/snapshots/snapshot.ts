@@ -1,10 +1,10 @@
 /**
- * The snapshot engine (DESIGN §6, docs/FORMAT.md §5, docs/RELAY-API.md
- * "Snapshots"): a consistent view (src/sync/db-copy.ts) → page diff against the local index → seal
+ * The snapshot engine (docs/ARCHITECTURE.md §3, docs/FORMAT.md §5, docs/RELAY-API.md
+ * "Snapshots"): a consistent view (src/snapshots/db-copy.ts) → page diff against the local index → seal
  * changed pages into packs on the worker pool, pipelined with uploads →
  * manifest → compare-and-swap commit on the vault's head → new local index.
  * All I/O comes in through SnapshotEnv, so tests drive it with a real relay
- * or a stand-in; the decisions live in src/sync/snapshot-plan.ts.
+ * or a stand-in; the decisions live in src/snapshots/plan.ts.
  *
  * Invariants:
  * - memory stays bounded: at most `pool.size + 1` packs are between "sealing"
@@ -38,8 +38,8 @@ import {
   storedBytes,
   type NewPack,
   type PagePlan,
-} from './snapshot-plan.js';
-import { checkNotRolledBack, type SnapshotApi, type SnapshotInfo } from './snapshot-api.js';
+} from './plan.js';
+import { checkNotRolledBack, type SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
 
 /** Commit attempts before giving up on a head that keeps moving. */
 export const COMMIT_ATTEMPTS = 10;

@@ -1,5 +1,5 @@
 /**
- * Hybrid logical clock (DESIGN §7 "Clock", docs/MERGE.md §1), pure: the wall
+ * Hybrid logical clock (docs/MERGE.md §1), pure: the wall
  * time always comes in as a parameter (after Evolu's `Timestamp.ts`; no
  * module-level clock, unlike Actual's).
  *
@@ -16,7 +16,7 @@
  */
 import { FailureError } from '../errors.js';
 
-/** A remote time this far ahead of ours is refused (DESIGN §7). */
+/** A remote time this far ahead of ours is refused (docs/ARCHITECTURE.md §4). */
 export const MAX_SKEW_MS = 5 * 60_000;
 export const HLC_LENGTH = 32;
 export const MAX_WALL = 2 ** 48 - 1;

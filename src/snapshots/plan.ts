@@ -1,7 +1,7 @@
 /**
- * The planning half of `casa snapshot` (DESIGN §6, docs/FORMAT.md §5): which
+ * The planning half of `casa snapshot` (docs/ARCHITECTURE.md §3, docs/FORMAT.md §5): which
  * pages go into new packs, how they are grouped, and the manifest that
- * results. Pure: no fs, network or clock; the engine (src/sync/snapshot.ts)
+ * results. Pure: no fs, network or clock; the engine (src/snapshots/snapshot.ts)
  * feeds in page hashes, the previous manifest and the packs it sealed.
  *
  * A page goes into a new pack when

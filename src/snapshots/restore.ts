@@ -1,5 +1,5 @@
 /**
- * Restoring a snapshot (DESIGN §6 "Restore/pull", docs/FORMAT.md §5): the
+ * Restoring a snapshot (docs/ARCHITECTURE.md §3, docs/FORMAT.md §5): the
  * machinery shared by `casa restore`, `casa pull` and `casa verify`.
  *
  * 1. fetch and open the manifest, authenticated against the snapshot id and
@@ -51,7 +51,7 @@ import { ManifestError, openManifest, openPackReader, type Manifest } from './ma
 import { hashPagesInto, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
 import { warmPageCache, worthWarming, type Warmer } from './page-cache.js';
 import { collectYoung } from '../gc.js';
-import type { SnapshotApi } from './snapshot-api.js';
+import type { SnapshotApi } from '../relay/snapshots.js';
 
 /**
  * Packs between "download started" and "written": one is opened and written

@@ -1,5 +1,5 @@
 /**
- * A worker thread of src/sync/pool.ts: runs the jobs of pool-jobs.ts it is
+ * A worker thread of src/snapshots/pool.ts: runs the jobs of pool-jobs.ts it is
  * sent, and collects garbage after each that allocated large buffers.
  */
 import { parentPort, workerData } from 'node:worker_threads';

@@ -1,5 +1,5 @@
 /**
- * Which tables sync and how each column merges (DESIGN §7 "Capture",
+ * Which tables sync and how each column merges (docs/MERGE.md §2,
  * docs/MERGE.md §2): THE one place this is decided. Everything else (the
  * capture triggers, the merge) reads the SyncSchema derived here.
  *

@@ -1,5 +1,5 @@
 /**
- * Changeset batches (docs/FORMAT.md §7, DESIGN §7 "Push"): a device's field
+ * Changeset batches (docs/FORMAT.md §7, docs/FORMAT.md §7, docs/ARCHITECTURE.md §4): a device's field
  * changes, pushed in batches that are compressed, encrypted, numbered per
  * device (seq 1, 2, 3, …) and hash-chained (each batch names the SHA-256 of
  * the device's previous sealed batch).

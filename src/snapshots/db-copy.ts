@@ -1,5 +1,5 @@
 /**
- * A consistent view of the live database's pages (DESIGN §6.1), read with
+ * A consistent view of the live database's pages (docs/ARCHITECTURE.md §7), read with
  * pread by any thread of the pool:
  *
  * - WAL mode (Casaconomy's): the database file itself, under a read
@@ -38,7 +38,7 @@ import { hashPages, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
 import type { WorkerPool } from './pool.js';
 import { statDatabase, type DbStat } from './page-index.js';
 
-/** Pages per backup step: 64 MiB at 4 KiB pages (DESIGN §6.1: large steps, 450 MiB/s vs 265 at the default). */
+/** Pages per backup step: 64 MiB at 4 KiB pages (docs/ARCHITECTURE.md §7: large steps, 450 MiB/s vs 265 at the default). */
 const BACKUP_STEP_PAGES = 16_384;
 
 /** Bytes of pages one hash job reads at once (several jobs run at a time, one per worker). */

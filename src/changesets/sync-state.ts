@@ -1,5 +1,5 @@
 /**
- * Device-local changeset state (DESIGN §7: never in the synced database):
+ * Device-local changeset state (docs/ARCHITECTURE.md §4: never in the synced database):
  * where this device's pushes stand (its last batch seq and hash, for the
  * chain), how far it has pulled the vault (the cursor), the last batch seen
  * from each other device (their chains), and its hybrid logical clock.

@@ -1,5 +1,5 @@
 /**
- * Change capture (DESIGN §7 "Capture", docs/MERGE.md §3-§5): plain-SQL
+ * Change capture (docs/MERGE.md §3-§5): plain-SQL
  * triggers on the synced tables log every row write (an insert's row, an
  * update's changed fields, a delete's key) as one row of `casa_changes`,
  * whatever program writes (the Casaconomy app, the sqlite3 shell) and whether

@@ -1,5 +1,5 @@
 /**
- * One round of changeset sync (DESIGN §7): pull every batch after this
+ * One round of changeset sync (docs/ARCHITECTURE.md §4): pull every batch after this
  * device's cursor, check each (AEAD, identity, per-device hash chain) and
  * apply them all in one SQLite transaction; then push the local change log
  * as sealed, numbered, chained batches. The relay is distrusted throughout:
@@ -17,8 +17,8 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { ConflictError, FailureError, IntegrityError, CancelledError } from '../errors.js';
 import { decodeChanges, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from './capture.js';
-import { BatchChainError, checkChain, openBatch, sealBatch } from './changeset.js';
-import { ChangesetApi, SeqConflictError } from './changeset-api.js';
+import { BatchChainError, checkChain, openBatch, sealBatch } from './batch.js';
+import { ChangesetApi, SeqConflictError } from '../relay/changesets.js';
 import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc } from './hlc.js';
 import { applyRemote } from './merge.js';
 import type { SyncSchema } from './rules.js';

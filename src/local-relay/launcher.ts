@@ -1,7 +1,7 @@
 /**
  * Runs the relay (dist/worker/index.js, bundled by scripts/build-worker.mjs)
  * locally in workerd through Miniflare: `casa relay`, `npm start` and the
- * worker/e2e tests all start it here (DESIGN §8, §11).
+ * worker/e2e tests all start it here (docs/ARCHITECTURE.md §7, docs/RELAY-API.md).
  *
  * - Bindings and the compatibility date come from wrangler.jsonc (top level),
  *   so the config has one source.
@@ -65,8 +65,8 @@ export interface RunningRelay {
 
 export type D1 = Awaited<ReturnType<Miniflare['getD1Database']>>;
 
-/** The package root: this file is src/relay/launcher.ts or dist/relay/launcher.js. */
-export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** The package root: this file is src/local-relay/launcher.ts or dist/local-relay/launcher.js. */
+export const PACKAGE_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const WORKER_BUNDLE = join(PACKAGE_ROOT, 'dist', 'worker', 'index.js');
 const MIGRATIONS_DIR = join(PACKAGE_ROOT, 'migrations');
 const WRANGLER_CONFIG = join(PACKAGE_ROOT, 'wrangler.jsonc');

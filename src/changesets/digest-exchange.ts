@@ -11,7 +11,7 @@
  *   every batch it pushed applied within its cursor. Two records compare only
  *   if their cursor and schema fingerprint are equal: such devices applied
  *   the same changesets onto the same baseline, so their tables must be equal.
- * - The relay is distrusted: every answer is checked as changeset-api.ts
+ * - The relay is distrusted: every answer is checked as src/relay/changesets.ts
  *   does (a malformed one is an IntegrityError); a slot that does not open
  *   under its device's identity, names another device, or goes back to an
  *   older record than this device saw from it is tampering (IntegrityError).
@@ -40,7 +40,7 @@ import {
   type SyncDigest,
 } from './digest.js';
 import { pendingRemoteCount } from './merge.js';
-import { malformedAnswer, mapRelayError, type DeviceSession } from './relay-client.js';
+import { malformedAnswer, mapRelayError, type DeviceSession } from '../relay/client.js';
 import type { SyncSchema } from './rules.js';
 import { loadSyncState, type SyncEnv } from './sync-run.js';
 import { syncDir, syncStatePath, type SyncState } from './sync-state.js';
