@@ -3,6 +3,8 @@
  * the documented exit code (docs/ARCHITECTURE.md §6, casa(1) EXIT STATUS) and optional hint
  * lines. src/cli.ts is the one place that turns these into output and an exit
  * status; anything that is not a CasaError is a bug and prints its stack.
+ * Which engine failure becomes which of these is decided once, in
+ * src/failures.ts; this module imports nothing.
  *
  * Messages are lowercase, without a final period, and never contain a secret
  * (phrase, key, token) or ciphertext.
@@ -46,16 +48,29 @@ export type ErrorCode =
   | 'wrong_code'
   | 'pairing_closed';
 
+/** A relay's error answer, kept as data on the CasaError it became (whether to retry is read from it). */
+export interface RelayAnswer {
+  /** The HTTP status. */
+  status: number;
+  /** The relay's error code (docs/RELAY-API.md). */
+  code: string;
+  /** Seconds, from Retry-After, when the relay sent one. */
+  retryAfter: number | null;
+}
+
 export interface CasaErrorOptions {
   hints?: string[];
   code?: ErrorCode;
   cause?: unknown;
+  relay?: RelayAnswer;
 }
 
 export class CasaError extends Error {
   readonly exitCode: ExitCode;
   readonly hints: string[];
   readonly code: ErrorCode;
+  /** Set when this error is a relay's error answer (src/failures.ts mapRelayError). */
+  readonly relay: RelayAnswer | undefined;
 
   constructor(exitCode: ExitCode, message: string, opts: CasaErrorOptions = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
@@ -63,6 +78,7 @@ export class CasaError extends Error {
     this.exitCode = exitCode;
     this.hints = opts.hints ?? [];
     this.code = opts.code ?? 'failure';
+    this.relay = opts.relay;
   }
 }
 
@@ -87,7 +103,7 @@ export class ConflictError extends CasaError {
   }
 }
 
-/** Exit 4: wrong phrase, unknown vault, revoked device, failed authentication. */
+/** Exit 4: wrong phrase, unknown vault, revoked device, failed authentication, an object sealed under another key. */
 export class AuthError extends CasaError {
   constructor(message: string, opts: CasaErrorOptions = {}) {
     super(EXIT.auth, message, { code: 'auth_failed', ...opts });
@@ -101,7 +117,7 @@ export class UnreachableError extends CasaError {
   }
 }
 
-/** Exit 6: tampering, corruption, a wrong key id on an object, or a rollback. */
+/** Exit 6: tampering, corruption, or a rollback (an object sealed under another key is exit 4: src/failures.ts). */
 export class IntegrityError extends CasaError {
   constructor(message: string, opts: CasaErrorOptions = {}) {
     super(EXIT.integrity, message, { code: 'integrity', ...opts });

@@ -13,6 +13,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rm
 import { dirname, join } from 'node:path';
 import { FailureError } from './errors.js';
 import type { KeystoreKind } from './keystore/index.js';
+import { isLowerHex } from './protocol/ids.js';
 
 export interface PairedVault {
   vaultId: string;
@@ -79,7 +80,7 @@ function corrupt(home: string): FailureError {
 function isState(d: unknown): d is HomeState {
   if (typeof d !== 'object' || d === null) return false;
   const s = d as Record<string, unknown>;
-  if (s.version !== 1 || typeof s.homeId !== 'string' || !/^[0-9a-f]{16}$/.test(s.homeId)) return false;
+  if (s.version !== 1 || !isLowerHex(s.homeId, 16)) return false;
   if (s.vault === undefined) return true;
   const v = s.vault as Record<string, unknown>;
   return (

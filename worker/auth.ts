@@ -14,10 +14,11 @@
  */
 import { ed25519 } from '@noble/curves/ed25519.js';
 import type { Context, MiddlewareHandler } from 'hono';
+import { isDeviceId, isVaultId } from '../src/protocol/ids.js';
 import { SIGNED_TIME_WINDOW_MS, signedMessage, type SignedPurpose } from '../src/protocol/messages.js';
 import { getDevice } from './db.js';
 import type { AppEnv } from './env.js';
-import { b64uDecode, b64uEncode, badRequest, isDeviceId, isVaultId, notFound, randomBytes, revoked, unauthorized } from './http.js';
+import { b64uDecode, b64uEncode, badRequest, notFound, randomBytes, revoked, unauthorized } from './http.js';
 import { limit } from './limits.js';
 
 export const TOKEN_TTL_MS = 5 * 60 * 1000;
@@ -115,7 +116,7 @@ function parsePart(part: string): Record<string, unknown> | null {
 }
 
 /** The token's claims, or null for any defect (all map to the same 401, no oracle). */
-export async function verifyToken(secret: string, token: string, now: number): Promise<TokenClaims | null> {
+async function verifyToken(secret: string, token: string, now: number): Promise<TokenClaims | null> {
   const parts = token.split('.');
   if (parts.length !== 3) return null;
   const [h, p, s] = parts as [string, string, string];

@@ -15,6 +15,8 @@
  * Uses only the R2Bucket interface, so it runs in the worker and against
  * Miniflare's R2 proxy in tests.
  */
+import { isDeviceId, isSha256Hex, isVaultId } from '../src/protocol/ids.js';
+import { hex, randomBytes, sha256 } from './http.js';
 
 export class BlobChecksumError extends Error {
   constructor() {
@@ -23,12 +25,11 @@ export class BlobChecksumError extends Error {
   }
 }
 
-const HEX64 = /^[0-9a-f]{64}$/;
 const KIND = /^[a-z][a-z0-9-]{0,31}$/;
 const ID = /^[A-Za-z0-9_-]{1,128}$/;
 
 export function blobKey(vaultId: string, kind: string, id: string): string {
-  if (!/^[0-9a-f]{32}$/.test(vaultId) || !KIND.test(kind) || !ID.test(id)) throw new RangeError('bad blob key part');
+  if (!isVaultId(vaultId) || !KIND.test(kind) || !ID.test(id)) throw new RangeError('bad blob key part');
   return `v/${vaultId}/${kind}/${id}`;
 }
 
@@ -38,7 +39,7 @@ export type UploadKind = (typeof UPLOAD_KINDS)[number];
 
 /** A fresh key for one upload of blob `id`: deleting it never touches another upload of the same id. */
 export function uploadKey(kind: Exclude<UploadKind, 'changesets'>, vaultId: string, id: string): string {
-  if (!/^[0-9a-f]{32}$/.test(vaultId) || !ID.test(id)) throw new RangeError('bad blob key part');
+  if (!isVaultId(vaultId) || !ID.test(id)) throw new RangeError('bad blob key part');
   return `${kind}/${vaultId}/${id}/${uploadId()}`;
 }
 
@@ -48,18 +49,14 @@ export function uploadKey(kind: Exclude<UploadKind, 'changesets'>, vaultId: stri
  * own copy, and dropping the surplus one never touches the copy that counts.
  */
 export function changesetUploadKey(vaultId: string, deviceId: string, seq: number): string {
-  if (!/^[0-9a-f]{32}$/.test(vaultId) || !/^[0-9a-f]{16}$/.test(deviceId) || !Number.isSafeInteger(seq) || seq < 1) {
+  if (!isVaultId(vaultId) || !isDeviceId(deviceId) || !Number.isSafeInteger(seq) || seq < 1) {
     throw new RangeError('bad blob key part');
   }
   return `changesets/${vaultId}/${deviceId}/${seq}/${uploadId()}`;
 }
 
 function uploadId(): string {
-  return toHex(crypto.getRandomValues(new Uint8Array(16)).buffer);
-}
-
-function toHex(buf: ArrayBuffer): string {
-  return [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('');
+  return hex(randomBytes(16));
 }
 
 /**
@@ -72,10 +69,10 @@ export async function putBlob(
   body: ReadableStream | ArrayBuffer | Uint8Array,
   sha256Hex: string,
 ): Promise<R2Object> {
-  if (!HEX64.test(sha256Hex)) throw new RangeError('sha256 must be 64 lowercase hex characters');
+  if (!isSha256Hex(sha256Hex)) throw new RangeError('sha256 must be 64 lowercase hex characters');
   if (!(body instanceof ReadableStream)) {
     const bytes = body instanceof Uint8Array ? body : new Uint8Array(body);
-    if (toHex(await crypto.subtle.digest('SHA-256', bytes)) !== sha256Hex) throw new BlobChecksumError();
+    if (hex(await sha256(bytes)) !== sha256Hex) throw new BlobChecksumError();
   }
   let obj: R2Object | null;
   try {

@@ -62,7 +62,7 @@ function numberVar(text: string | undefined, fallback: number, min: number): num
   return Number.isSafeInteger(n) ? Math.max(n, min) : fallback;
 }
 
-export function retentionSettings(env: Env): { keep: number; graceMs: number } {
+function retentionSettings(env: Env): { keep: number; graceMs: number } {
   return {
     // At least 1: the head is never deleted (the commit's compare-and-swap reads it).
     keep: numberVar(env.RETENTION_KEEP, DEFAULT_RETENTION_KEEP, 1),

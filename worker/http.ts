@@ -8,6 +8,7 @@ import type { Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { isDeviceId, isVaultId } from '../src/protocol/ids.js';
 import type { RelayErrorCode } from '../src/protocol/messages.js';
 
 /**
@@ -83,17 +84,19 @@ export async function readJson(c: Context): Promise<Record<string, unknown>> {
   return body as Record<string, unknown>;
 }
 
-const HEX32 = /^[0-9a-f]{32}$/;
-const HEX16 = /^[0-9a-f]{16}$/;
 const B64U = /^[A-Za-z0-9_-]*$/;
-
-export const isVaultId = (v: unknown): v is string => typeof v === 'string' && HEX32.test(v);
-export const isDeviceId = (v: unknown): v is string => typeof v === 'string' && HEX16.test(v);
 
 export function vaultIdParam(c: Context): string {
   const id = c.req.param('vaultId');
   if (!isVaultId(id)) throw badRequest('vaultId must be 32 lowercase hex characters');
   return id;
+}
+
+/** The body's device id field (16 lowercase hex characters); 400 otherwise. */
+export function deviceIdField(body: Record<string, unknown>, field = 'deviceId'): string {
+  const v = body[field];
+  if (!isDeviceId(v)) throw badRequest(`${field} must be 16 lowercase hex characters`);
+  return v;
 }
 
 export function str(body: Record<string, unknown>, field: string): string {

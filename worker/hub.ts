@@ -13,6 +13,7 @@
  *   POST /disconnect   {"deviceId"} → closes that device's sockets
  */
 import { DurableObject } from 'cloudflare:workers';
+import { WS_CLOSE_DEVICE_REVOKED, WS_CLOSE_DEVICE_REVOKED_REASON } from '../src/protocol/messages.js';
 import type { Env } from './env.js';
 
 const HUB_ORIGIN = 'https://hub.internal';
@@ -60,7 +61,7 @@ export class VaultHub extends DurableObject<Env> {
       let closed = 0;
       for (const ws of this.ctx.getWebSockets(deviceId)) {
         try {
-          ws.close(4003, 'device_revoked');
+          ws.close(WS_CLOSE_DEVICE_REVOKED, WS_CLOSE_DEVICE_REVOKED_REASON);
           closed++;
         } catch {
           // already closing

@@ -1,5 +1,5 @@
 /**
- * Changeset batches (docs/FORMAT.md §7, docs/FORMAT.md §7, docs/ARCHITECTURE.md §4): a device's field
+ * Changeset batches (docs/FORMAT.md §7, docs/ARCHITECTURE.md §4): a device's field
  * changes, pushed in batches that are compressed, encrypted, numbered per
  * device (seq 1, 2, 3, …) and hash-chained (each batch names the SHA-256 of
  * the device's previous sealed batch).
@@ -15,11 +15,12 @@
  * The body is opaque here (the change-log encoding is the caller's). The
  * module is pure apart from hashing: randomness comes from the caller.
  */
-import { createHash } from 'node:crypto';
+import { isDeviceId, isSha256Hex, isVaultId } from '../protocol/ids.js';
 import { CHANGESET_MAX_BYTES } from '../protocol/messages.js';
 import { bytesToUtf8, concatBytes, u32be, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { Codec, ObjectType, openObject, SALT_BYTES, sealObject } from '../crypto/objects.js';
+import { sha256Hex } from '../crypto/sha256.js';
 
 export const BATCH_FORMAT = 1;
 /** The largest body a batch carries (plaintext, before compression). */
@@ -100,9 +101,6 @@ export class BatchChainError extends Error {
   }
 }
 
-const HEX64 = /^[0-9a-f]{64}$/;
-const DEVICE_ID = /^[0-9a-f]{16}$/;
-const VAULT_ID = /^[0-9a-f]{32}$/;
 const HEADER_KEYS = ['format', 'vaultId', 'deviceId', 'seq', 'prev', 'schema', 'count', 'time'] as const;
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -110,11 +108,11 @@ const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSa
 /** Why `h` is not a valid header, or null. Shared by sealing (RangeError) and opening (BatchFormatError). */
 function headerProblem(h: Record<string, unknown>): string | null {
   if (h.format !== BATCH_FORMAT) return 'unsupported format';
-  if (typeof h.vaultId !== 'string' || !VAULT_ID.test(h.vaultId)) return 'vaultId must be 32 lowercase hex characters';
-  if (typeof h.deviceId !== 'string' || !DEVICE_ID.test(h.deviceId)) return 'deviceId must be 16 lowercase hex characters';
+  if (!isVaultId(h.vaultId)) return 'vaultId must be 32 lowercase hex characters';
+  if (!isDeviceId(h.deviceId)) return 'deviceId must be 16 lowercase hex characters';
   if (!isUint(h.seq) || h.seq < 1) return 'seq must be a positive integer';
   // The chain starts at seq 1 with nothing before it; every later batch names its predecessor.
-  if (h.seq === 1 ? h.prev !== '' : typeof h.prev !== 'string' || !HEX64.test(h.prev)) {
+  if (h.seq === 1 ? h.prev !== '' : !isSha256Hex(h.prev)) {
     return "prev must be '' for seq 1 and 64 lowercase hex characters after";
   }
   if (typeof h.schema !== 'string' || [...h.schema].length > MAX_SCHEMA_CHARS) return `schema must be a string of at most ${MAX_SCHEMA_CHARS} characters`;
@@ -124,10 +122,6 @@ function headerProblem(h: Record<string, unknown>): string | null {
 }
 
 const identity = (deviceId: string, seq: number): string => `changeset:${deviceId}:${seq}`;
-
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 /**
  * Seals one batch. Throws RangeError for a bad header, a body over
@@ -186,7 +180,7 @@ export function openBatch(
   bytes: Uint8Array,
   expectedPrev: string | null,
 ): OpenedBatch {
-  if (!DEVICE_ID.test(meta.deviceId) || !isUint(meta.seq) || meta.seq < 1) throw new RangeError('meta must name a device id and a seq ≥ 1');
+  if (!isDeviceId(meta.deviceId) || !isUint(meta.seq) || meta.seq < 1) throw new RangeError('meta must name a device id and a seq ≥ 1');
   const plaintext = openObject({
     type: ObjectType.changeset,
     keyId: keys.keyId,

@@ -131,7 +131,7 @@ interface Layout {
 }
 
 /** A table's layout id: a hash of the layout, so that the trigger SQL is a function of the schema alone. */
-export function layoutId(t: SyncTable): number {
+function layoutId(t: SyncTable): number {
   const h = createHash('sha256').update(JSON.stringify([t.name, t.pk, t.columns])).digest('hex');
   return parseInt(h.slice(0, 12), 16);
 }
@@ -178,7 +178,7 @@ function logUpdate(t: SyncTable): string {
 }
 
 /** The capture triggers of one table: name → CREATE TRIGGER statement (docs/MERGE.md §3). */
-export function triggerSql(t: SyncTable): Map<string, string> {
+function triggerSql(t: SyncTable): Map<string, string> {
   const out = new Map<string, string>();
   const head = (kind: string, event: string, when = QUIET) =>
     `CREATE TRIGGER ${quoteId(`casa_${kind}_${t.name}`)} AFTER ${event} ON ${quoteId(t.name)} WHEN ${when} BEGIN `;
@@ -612,8 +612,6 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
 }
 
 // ---------------------------------------------------------------- pk text
-
-const HEX_LOWER = /^(?:[0-9a-f]{2})*$/;
 
 function realText(n: number): string {
   if (Number.isNaN(n)) throw new RangeError('a real must not be NaN');

@@ -26,6 +26,8 @@ import type { VaultKeys } from '../crypto/kdf.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { b64uDecode } from '../crypto/bytes.js';
 import { IntegrityError } from '../errors.js';
+import { objectFailure } from '../failures.js';
+import { isDeviceId } from '../protocol/ids.js';
 import { writeFileAtomic } from '../state.js';
 import { pendingCount } from './capture.js';
 import {
@@ -45,7 +47,6 @@ import type { SyncSchema } from './rules.js';
 import { loadSyncState, type SyncEnv } from './sync-run.js';
 import { syncDir, syncStatePath, type SyncState } from './sync-state.js';
 
-const DEVICE_ID = /^[0-9a-f]{16}$/;
 const uint = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 
 export interface DigestSlot {
@@ -92,7 +93,7 @@ export class DigestApi {
     const seen = new Set<string>();
     return d.digests.map((v: unknown) => {
       const x = v as Record<string, unknown>;
-      if (typeof x !== 'object' || x === null || typeof x.deviceId !== 'string' || !DEVICE_ID.test(x.deviceId) || seen.has(x.deviceId)) {
+      if (typeof x !== 'object' || x === null || !isDeviceId(x.deviceId) || seen.has(x.deviceId)) {
         throw malformedAnswer(this.server, 'digest list');
       }
       if (typeof x.data !== 'string' || !uint(x.updatedAt)) throw malformedAnswer(this.server, 'digest list');
@@ -118,8 +119,7 @@ export class DigestApi {
       if (
         typeof x !== 'object' ||
         x === null ||
-        typeof x.id !== 'string' ||
-        !DEVICE_ID.test(x.id) ||
+        !isDeviceId(x.id) ||
         seen.has(x.id) ||
         typeof x.name !== 'string' ||
         !(x.revokedAt === null || uint(x.revokedAt))
@@ -168,7 +168,7 @@ export interface DigestMemory {
 
 const emptyMemory = (): DigestMemory => ({ format: 1, published: null, seen: {}, last: null });
 
-export function digestMemoryPath(home: string, keys: VaultKeys, dbPath: string): string {
+function digestMemoryPath(home: string, keys: VaultKeys, dbPath: string): string {
   return syncStatePath(home, keys, dbPath).replace(/\.json$/, '.digest.json');
 }
 
@@ -186,7 +186,7 @@ export function readDigestMemory(home: string, keys: VaultKeys, dbPath: string):
     (p === null || (typeof p === 'object' && uint(p.seq) && uint(p.cursor) && typeof p.fingerprint === 'string' && typeof p.mac === 'string' && uint(p.at))) &&
     typeof m.seen === 'object' &&
     m.seen !== null &&
-    Object.entries(m.seen).every(([id, s]) => DEVICE_ID.test(id) && uint(s)) &&
+    Object.entries(m.seen).every(([id, s]) => isDeviceId(id) && uint(s)) &&
     (m.last === null || (typeof m.last === 'object' && uint(m.last.at) && uint(m.last.cursor) && Array.isArray(m.last.devices)));
   return ok ? m : null;
 }
@@ -218,7 +218,7 @@ export interface DigestReport {
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 /** Why this device's database is not a state to compare, or null (read in the caller's transaction). */
-export function notComparable(db: Database.Database, st: SyncState, deviceId: string): string | null {
+function notComparable(db: Database.Database, st: SyncState, deviceId: string): string | null {
   const local = pendingCount(db);
   if (local > 0) return `${plural(local, 'local change')} not pushed yet (written while verifying)`;
   const remote = pendingRemoteCount(db);
@@ -250,7 +250,8 @@ function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number)
     if (err instanceof AuthenticationError || err instanceof ObjectFormatError || err instanceof RecordFormatError) {
       throw tampered(env.server, name, 'failed its integrity check');
     }
-    if (err instanceof WrongKeyError) throw tampered(env.server, name, "was sealed with another vault's key");
+    // Exit 4 like every wrong key (casa-verify(1)), not 6: the phrase or the relay's vault is not this one.
+    if (err instanceof WrongKeyError) throw objectFailure('wrong_key', `the digest the relay holds for device ${name}`, { server: env.server });
     throw err;
   }
   if (r.seq < seenSeq) throw tampered(env.server, name, `is older (record ${r.seq}) than one this device saw (${seenSeq})`);

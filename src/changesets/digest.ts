@@ -29,6 +29,8 @@ import type Database from 'better-sqlite3';
 import { bytesToUtf8, concatBytes, u32be, utf8ToBytes } from '../crypto/bytes.js';
 import { hkdfSha256, type VaultKeys } from '../crypto/kdf.js';
 import { Codec, ObjectType, openObject, SALT_BYTES, sealObject } from '../crypto/objects.js';
+import { isDeviceId, isLowerHex, isVaultId } from '../protocol/ids.js';
+import { DIGEST_MAX_BYTES } from '../protocol/messages.js';
 import { quoteId, type SyncSchema, type SyncTable } from './rules.js';
 
 /** Hex characters of a table digest (the first 128 bits of its SHA-256). */
@@ -148,7 +150,7 @@ class Writer {
 }
 
 /** The table's columns in digest order: the key (key order), then the others sorted as the fingerprint sorts them. */
-export function digestColumns(t: SyncTable): { pk: string[]; columns: string[] } {
+function digestColumns(t: SyncTable): { pk: string[]; columns: string[] } {
   return { pk: [...t.pk], columns: [...t.columns].sort() };
 }
 
@@ -237,7 +239,7 @@ export function syncDigest(db: Database.Database, schema: SyncSchema, now: () =>
 /** The record format (the plaintext's JSON `format`). */
 export const RECORD_FORMAT = 1;
 /** The largest sealed record: the relay's cap on `PUT /digest` (413 beyond). */
-export const MAX_SEALED_RECORD = 16 * 1024;
+export const MAX_SEALED_RECORD = DIGEST_MAX_BYTES;
 /** Plaintexts are padded with zero bytes to a multiple of this: the size says little about the tables. */
 export const RECORD_PAD = 1024;
 /** The largest plaintext a sealed record can hold (header 48, one tag 16). */
@@ -245,8 +247,6 @@ const MAX_RECORD_PLAINTEXT = Math.floor((MAX_SEALED_RECORD - 48 - 16) / RECORD_P
 export const DIGEST_KEY_LABEL = 'casa/v1/digest-key';
 export const DIGEST_MAC_LABEL = 'casa/v1/digest-local-mac';
 
-const DEVICE_ID = /^[0-9a-f]{16}$/;
-const DIGEST_HEX = /^[0-9a-f]{32}$/;
 const RECORD_KEYS = ['format', 'vaultId', 'deviceId', 'seq', 'cursor', 'fingerprint', 'tables', 'at'] as const;
 
 /** What a device publishes: its state (cursor, schema) and its digests there. */
@@ -264,7 +264,7 @@ export interface DigestRecord {
 }
 
 /** The record's key (AEAD) and the local MAC key, both from the changeset key (FORMAT.md §2). */
-export function digestKeys(keys: VaultKeys): { sealKey: Uint8Array; macKey: Uint8Array } {
+function digestKeys(keys: VaultKeys): { sealKey: Uint8Array; macKey: Uint8Array } {
   const empty = new Uint8Array(0);
   return {
     sealKey: hkdfSha256(keys.changesetKey, empty, utf8ToBytes(DIGEST_KEY_LABEL), 32),
@@ -272,7 +272,7 @@ export function digestKeys(keys: VaultKeys): { sealKey: Uint8Array; macKey: Uint
   };
 }
 
-export const recordIdentity = (deviceId: string): string => `digest:v${RECORD_FORMAT}:${deviceId}`;
+const recordIdentity = (deviceId: string): string => `digest:v${RECORD_FORMAT}:${deviceId}`;
 
 /** An authenticated record that breaks the record format (only a device holding the vault keys can make one). */
 export class RecordFormatError extends Error {
@@ -286,15 +286,15 @@ const uint = (v: unknown): v is number => typeof v === 'number' && Number.isSafe
 
 function recordProblem(r: Record<string, unknown>): string | null {
   if (r.format !== RECORD_FORMAT) return 'unsupported format';
-  if (typeof r.vaultId !== 'string' || !/^[0-9a-f]{32}$/.test(r.vaultId)) return 'vaultId must be 32 lowercase hex characters';
-  if (typeof r.deviceId !== 'string' || !DEVICE_ID.test(r.deviceId)) return 'deviceId must be 16 lowercase hex characters';
+  if (!isVaultId(r.vaultId)) return 'vaultId must be 32 lowercase hex characters';
+  if (!isDeviceId(r.deviceId)) return 'deviceId must be 16 lowercase hex characters';
   if (!uint(r.seq) || r.seq < 1) return 'seq must be a positive integer';
   if (!uint(r.cursor)) return 'cursor must be a non-negative integer';
   if (typeof r.fingerprint !== 'string' || r.fingerprint.length === 0 || r.fingerprint.length > 128) return 'fingerprint must be 1 to 128 characters';
   const t = r.tables;
   if (typeof t !== 'object' || t === null || Array.isArray(t)) return 'tables must be an object';
   for (const [name, d] of Object.entries(t)) {
-    if (name.length === 0 || typeof d !== 'string' || !DIGEST_HEX.test(d)) return 'tables must map names to 32 lowercase hex characters';
+    if (name.length === 0 || !isLowerHex(d, TABLE_DIGEST_HEX)) return 'tables must map names to 32 lowercase hex characters';
   }
   if (!uint(r.at)) return 'at must be a non-negative integer';
   if (Object.keys(r).some((k) => !(RECORD_KEYS as readonly string[]).includes(k))) return 'unknown field';
@@ -341,7 +341,7 @@ export function sealRecord(keys: VaultKeys, r: DigestRecord, random: (n: number)
  * malformed or names another vault or device is RecordFormatError.
  */
 export function openRecord(keys: VaultKeys, deviceId: string, bytes: Uint8Array): DigestRecord {
-  if (!DEVICE_ID.test(deviceId)) throw new RangeError('deviceId must be 16 lowercase hex characters');
+  if (!isDeviceId(deviceId)) throw new RangeError('deviceId must be 16 lowercase hex characters');
   const plaintext = openObject({
     type: ObjectType.digest,
     keyId: keys.keyId,

@@ -15,6 +15,7 @@
  * `receive` refuses a remote wall more than `maxSkewMs` ahead of `now`.
  */
 import { FailureError } from '../errors.js';
+import { isDeviceId, isLowerHex } from '../protocol/ids.js';
 
 /** A remote time this far ahead of ours is refused (docs/ARCHITECTURE.md §4). */
 export const MAX_SKEW_MS = 5 * 60_000;
@@ -23,9 +24,6 @@ export const MAX_WALL = 2 ** 48 - 1;
 export const MAX_COUNTER = 0xffff;
 /** Older than any change: the clock of a field nobody changed since the baseline. */
 export const ZERO_HLC = '0'.repeat(HLC_LENGTH);
-
-const HLC_RE = /^[0-9a-f]{32}$/;
-const DEVICE_RE = /^[0-9a-f]{16}$/;
 
 export interface Hlc {
   wall: number;
@@ -38,8 +36,6 @@ export interface HlcState {
   wall: number;
   counter: number;
 }
-
-export const ZERO_STATE: HlcState = { wall: 0, counter: 0 };
 
 /** A remote timestamp too far ahead of this device's clock. */
 export class ClockSkewError extends FailureError {
@@ -56,12 +52,11 @@ export class ClockSkewError extends FailureError {
   }
 }
 
-export function isDeviceId(value: unknown): value is string {
-  return typeof value === 'string' && DEVICE_RE.test(value);
-}
+/** The device id check, from src/protocol/ids.ts (merge.ts takes it from here). */
 
+/** True if `value` is an HLC: 32 lowercase hex characters. */
 export function isHlc(value: unknown): value is string {
-  return typeof value === 'string' && HLC_RE.test(value);
+  return isLowerHex(value, HLC_LENGTH);
 }
 
 export function parseHlc(hlc: string): Hlc {
@@ -84,7 +79,7 @@ function checkState(s: HlcState, name: string): void {
 
 export function formatHlc(h: Hlc): string {
   checkState(h, 'hlc');
-  if (!DEVICE_RE.test(h.deviceId)) throw new RangeError('hlc.deviceId must be 16 lowercase hex characters');
+  if (!isDeviceId(h.deviceId)) throw new RangeError('hlc.deviceId must be 16 lowercase hex characters');
   return h.wall.toString(16).padStart(12, '0') + h.counter.toString(16).padStart(4, '0') + h.deviceId;
 }
 

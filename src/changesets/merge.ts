@@ -26,7 +26,8 @@
  * Every decision where two devices' different values met is written to
  * casa_conflicts (rules 'lww', 'delete-wins', 'set-lww', 'reinsert'); the
  * winner is the same everywhere, the list of decisions a device saw depends
- * on the order changes reached it.
+ * on the order changes reached it. ("Rule N" in the comments below is
+ * item N of docs/MERGE.md §5.)
  *
  * Foreign keys are off while applying (PRAGMA foreign_keys cannot change
  * inside a transaction, so it is switched around it and restored): the
@@ -47,7 +48,8 @@ import {
   type Change,
   type SqlValue,
 } from './capture.js';
-import { ClockSkewError, isDeviceId, MAX_SKEW_MS, parseHlc } from './hlc.js';
+import { isDeviceId } from '../protocol/ids.js';
+import { ClockSkewError, MAX_SKEW_MS, parseHlc } from './hlc.js';
 import { quoteId, type SyncSchema, type SyncTable } from './rules.js';
 
 export interface ApplyOptions {
@@ -154,11 +156,12 @@ function prepare(db: Database, schema: SyncSchema): Prepared {
   return p;
 }
 
-function updateStmt(db: Database, ops: TableOps, ks: number[]): Statement {
-  const key = ks.join(',');
+/** `UPDATE ... SET` the columns at indexes `cols` (then the key), prepared once per column list. */
+function updateStmt(db: Database, ops: TableOps, cols: number[]): Statement {
+  const key = cols.join(',');
   let s = ops.updates.get(key);
   if (!s) {
-    const set = ks.map((k) => `${quoteId(ops.t.columns[k]!)} = ?`).join(', ');
+    const set = cols.map((k) => `${quoteId(ops.t.columns[k]!)} = ?`).join(', ');
     const where = ops.t.pk.map((c) => `${quoteId(c)} = ?`).join(' AND ');
     s = db.prepare(`UPDATE ${quoteId(ops.t.name)} SET ${set} WHERE ${where}`);
     ops.updates.set(key, s);
@@ -166,11 +169,12 @@ function updateStmt(db: Database, ops: TableOps, ks: number[]): Statement {
   return s;
 }
 
-function insertStmt(db: Database, ops: TableOps, ks: number[]): Statement {
-  const key = ks.join(',');
+/** `INSERT` of the key and the columns at indexes `cols` (the rest take their default), prepared once per column list. */
+function insertStmt(db: Database, ops: TableOps, cols: number[]): Statement {
+  const key = cols.join(',');
   let s = ops.inserts.get(key);
   if (!s) {
-    const names = [...ops.t.pk, ...ks.map((k) => ops.t.columns[k]!)];
+    const names = [...ops.t.pk, ...cols.map((k) => ops.t.columns[k]!)];
     s = db.prepare(
       `INSERT INTO ${quoteId(ops.t.name)} (${names.map(quoteId).join(', ')}) VALUES (${names.map(() => '?').join(', ')})`,
     );
@@ -180,6 +184,82 @@ function insertStmt(db: Database, ops: TableOps, ks: number[]): Statement {
 }
 
 // ---------------------------------------------------------------- the merge
+
+/** A casa_clock entry of a row: a column, or the '+' / '-' marker, its HLC and its held value. */
+type ClockPut = [col: string, hlc: string, val: SqlValue];
+
+/** A change of the row's markers rather than of one field: a delete, a row insert, or any insert into a set. */
+function isMarkerChange(c: Change, t: SyncTable): boolean {
+  return c.op === 'd' || (c.op === 'i' && c.col === null) || (c.op === 'i' && t.kind === 'set');
+}
+
+/**
+ * One row (or set element) while its changes merge: what the table and
+ * casa_clock held before, and where this call's changes have moved it. ''
+ * is the baseline HLC, older than every change (docs/MERGE.md §5). Columns
+ * are by index in the table's synced columns.
+ */
+class RowMerge {
+  /** Whether the table had the row before this call. */
+  readonly wasPresent: boolean;
+  /** The row's values as the table held them (when it was present). */
+  readonly stored: SqlValue[] | undefined;
+  /** Per column: the value casa_clock holds for a field written while the row was gone (else null). */
+  readonly heldValue: SqlValue[];
+  /** The newest insert ('+') and delete ('-') HLCs: as loaded, then as the changes move them. */
+  insertHlc = '';
+  deleteHlc = '';
+  readonly insertHlcBefore: string;
+  readonly deleteHlcBefore: string;
+  /** Per column: the field's clock, as the changes move it; and as loaded. */
+  readonly fieldHlc: string[];
+  readonly fieldHlcBefore: string[];
+  /** Per column: whether a change of this call won the field, and with which value. */
+  readonly won: boolean[];
+  readonly wonValue: SqlValue[];
+
+  constructor(ops: TableOps, stored: SqlValue[] | undefined, clocks: ClockPut[]) {
+    const n = ops.t.columns.length;
+    this.stored = stored;
+    this.wasPresent = stored !== undefined;
+    this.fieldHlc = new Array<string>(n).fill('');
+    this.heldValue = new Array<SqlValue>(n).fill(null);
+    for (const [col, hlc, val] of clocks) {
+      if (col === INSERT_MARKER) this.insertHlc = hlc;
+      else if (col === DELETE_MARKER) this.deleteHlc = hlc;
+      else {
+        const k = ops.index.get(col);
+        if (k !== undefined) {
+          this.fieldHlc[k] = hlc;
+          this.heldValue[k] = val;
+        }
+      }
+    }
+    this.insertHlcBefore = this.insertHlc;
+    this.deleteHlcBefore = this.deleteHlc;
+    this.fieldHlcBefore = this.fieldHlc.slice();
+    this.won = new Array<boolean>(n).fill(false);
+    this.wonValue = new Array<SqlValue>(n).fill(null);
+  }
+
+  /** Present iff the newest insert is above the newest delete; with neither marker, as the table has it (rule 2). */
+  isPresent(): boolean {
+    return this.insertHlc === '' && this.deleteHlc === '' ? this.wasPresent : this.insertHlc > this.deleteHlc;
+  }
+
+  /** The field's current value, as far as this device knows it: won in this call, stored, or held. */
+  valueOf(k: number): SqlValue {
+    return this.won[k] ? this.wonValue[k]! : this.wasPresent ? this.stored![k]! : this.heldValue[k]!;
+  }
+
+  /** casa_clock entries for the markers the changes moved. */
+  markerPuts(): ClockPut[] {
+    const puts: ClockPut[] = [];
+    if (this.insertHlc !== this.insertHlcBefore) puts.push([INSERT_MARKER, this.insertHlc, null]);
+    if (this.deleteHlc !== this.deleteHlcBefore) puts.push([DELETE_MARKER, this.deleteHlc, null]);
+    return puts;
+  }
+}
 
 class Applier {
   readonly result: ApplyResult = { applied: 0, ignored: 0, conflicts: 0, pending: 0 };
@@ -230,152 +310,172 @@ class Applier {
     }
   }
 
+  /**
+   * Merges the changes [from, to) of one row (docs/MERGE.md §5): the row and
+   * its clocks loaded, each change applied to them in memory, the
+   * delete-vs-update decisions audited, then the table and casa_clock
+   * written once. A row of a table or key width this schema does not have
+   * waits in casa_pending.
+   */
   private row(changes: Change[], from: number, to: number): void {
-    const first = changes[from]!;
-    const { tbl, pk } = first;
+    const { tbl, pk } = changes[from]!;
     const ops = this.p.tables.get(tbl);
     const key = decodePk(pk);
     if (!ops || key.length !== ops.t.pk.length) {
       for (let i = from; i < to; i++) this.toPending(changes[i]!);
       return;
     }
-    const t = ops.t;
-    const n = t.columns.length;
-
-    // Load: the row's clocks, and the row (presence, values).
-    const clocks = this.p.clockLoad.all(tbl, pk) as [string, string, SqlValue][];
+    const clocks = this.p.clockLoad.all(tbl, pk) as ClockPut[];
     if (clocks.length === 0 && this.firstUpdates(ops, changes, from, to, key)) return;
-    const cur = ops.select.get(...key) as SqlValue[] | undefined;
-    const p0 = cur !== undefined;
-    const clk: string[] = new Array<string>(n).fill('');
-    const held: SqlValue[] = new Array<SqlValue>(n).fill(null);
-    let maxI = '';
-    let maxD = '';
-    for (const [col, hlc, val] of clocks) {
-      if (col === INSERT_MARKER) maxI = hlc;
-      else if (col === DELETE_MARKER) maxD = hlc;
-      else {
-        const k = ops.index.get(col);
-        if (k !== undefined) {
-          clk[k] = hlc;
-          held[k] = val;
-        }
-      }
-    }
-    const maxI0 = maxI;
-    const maxD0 = maxD;
-    const clk0 = clk.slice();
-    const isPresent = () => (maxI === '' && maxD === '' ? p0 : maxI > maxD);
-    /** The field's current value, as far as this device knows it. */
-    const valueOf = (k: number): SqlValue => (dirty[k] ? fresh[k]! : p0 ? cur![k]! : held[k]!);
-    const dirty: boolean[] = new Array<boolean>(n).fill(false);
-    const fresh: SqlValue[] = new Array<SqlValue>(n).fill(null);
+    const row = new RowMerge(ops, ops.select.get(...key) as SqlValue[] | undefined, clocks);
 
     for (let i = from; i < to; i++) {
       const c = changes[i]!;
-      if (c.op === 'd' || (c.op === 'i' && c.col === null) || (c.op === 'i' && t.kind === 'set')) {
-        if (c.col !== null) {
-          this.toPending(c);
-          continue;
-        }
-        if (t.kind === 'set') this.setDecision(t, pk, c, isPresent(), maxI, maxD);
-        const marker = c.op === 'd' ? maxD : maxI;
-        if (c.hlc > marker) {
-          if (c.op === 'd') maxD = c.hlc;
-          else maxI = c.hlc;
-          this.result.applied++;
-        } else this.result.ignored++;
-        continue;
-      }
-      // A field write ('u', or one column of an insert).
-      let moved = false;
-      if (c.op === 'i' && c.hlc > maxI) {
-        maxI = c.hlc;
-        moved = true;
-      }
-      const k = c.col === null ? undefined : ops.index.get(c.col);
-      if (k === undefined) {
-        this.toPending(c);
-        continue;
-      }
-      const local = clk[k]!;
-      const wins = c.hlc > local && c.hlc > maxD;
-      if (local !== '' && local !== c.hlc && device(local) !== device(c.hlc) && local > maxD) {
-        const lv = valueOf(k);
-        if (!sameValue(lv, c.val)) this.conflict(tbl, pk, c.col, lv, local, c.val, c.hlc, wins ? 'remote' : 'local', 'lww');
-      }
-      if (wins) {
-        clk[k] = c.hlc;
-        fresh[k] = c.val;
-        dirty[k] = true;
-      }
-      if (wins || moved) this.result.applied++;
-      else this.result.ignored++;
+      if (isMarkerChange(c, ops.t)) this.applyMarker(ops.t, pk, row, c);
+      else this.applyField(ops, pk, row, c);
     }
 
-    const p1 = isPresent();
-    const puts: [string, string, SqlValue][] = [];
-    if (maxI !== maxI0) puts.push([INSERT_MARKER, maxI, null]);
-    if (maxD !== maxD0) puts.push([DELETE_MARKER, maxD, null]);
-    const bind = (vals: SqlValue[]) => [...vals, ...key];
-
-    if (t.kind === 'lww') {
-      // Delete vs update decisions (docs/MERGE.md §4.3).
-      if (p0 && !p1 && maxD !== maxD0) {
-        for (let k = 0; k < n; k++) {
-          const h = clk0[k]!;
-          if (h > maxD && device(h) !== device(maxD)) this.conflict(tbl, pk, t.columns[k]!, cur![k]!, h, null, maxD, 'remote', 'delete-wins');
-        }
-      }
-      if (!p1 && maxD !== '') {
-        for (let k = 0; k < n; k++) {
-          if (dirty[k] && clk[k]! > maxD && device(clk[k]!) !== device(maxD)) {
-            this.conflict(tbl, pk, t.columns[k]!, null, maxD, fresh[k]!, clk[k]!, 'local', 'delete-wins');
-          }
-        }
-      }
-      if (!p0 && p1 && maxD0 !== '' && device(maxD) !== device(maxI)) {
-        this.conflict(tbl, pk, null, null, maxD, null, maxI, 'remote', 'reinsert');
-      }
-
-      if (p1 && p0 && maxD === maxD0) {
-        // An update in place: the fields that won.
-        const ks: number[] = [];
-        for (let k = 0; k < n; k++) {
-          if (dirty[k]) {
-            ks.push(k);
-            puts.push([t.columns[k]!, clk[k]!, null]);
-          }
-        }
-        if (ks.length > 0) updateStmt(this.db, ops, ks).run(...bind(ks.map((k) => fresh[k]!)));
-      } else if (p1) {
-        // (Re)materialise: every field newer than the newest delete, the rest default.
-        const ks: number[] = [];
-        for (let k = 0; k < n; k++) {
-          if (clk[k]! > maxD) {
-            ks.push(k);
-            if (dirty[k] || held[k] !== null) puts.push([t.columns[k]!, clk[k]!, null]);
-          } else if (maxD !== '' && clk[k] !== maxD) {
-            clk[k] = maxD;
-            puts.push([t.columns[k]!, maxD, null]);
-          }
-        }
-        const vals = ks.map((k) => valueOf(k));
-        if (p0) ops.del.run(...key);
-        insertStmt(this.db, ops, ks).run(...key, ...vals);
-      } else {
-        // Absent: keep the fields newer than the delete (a re-insert may need them).
-        for (let k = 0; k < n; k++) {
-          if (clk[k]! > maxD && (dirty[k] || p0)) puts.push([t.columns[k]!, clk[k]!, valueOf(k)]);
-          else if (dirty[k]) puts.push([t.columns[k]!, clk[k]!, null]);
-        }
-        if (p0) ops.del.run(...key);
-      }
-    } else if (p1 !== p0) {
-      if (p1) insertStmt(this.db, ops, []).run(...key);
+    const present = row.isPresent();
+    const puts = row.markerPuts();
+    if (ops.t.kind === 'lww') {
+      this.auditDeleteVsUpdate(ops.t, pk, row, present);
+      if (present && row.wasPresent && row.deleteHlc === row.deleteHlcBefore) this.updateInPlace(ops, key, row, puts);
+      else if (present) this.materialise(ops, key, row, puts);
+      else this.keepWhileAbsent(ops, key, row, puts);
+    } else if (present !== row.wasPresent) {
+      // A set element: the row itself is the element (docs/MERGE.md §5, rule 5).
+      if (present) insertStmt(this.db, ops, []).run(...key);
       else ops.del.run(...key);
     }
     this.putClocks(tbl, pk, puts);
+  }
+
+  /**
+   * A change of the row's '+' or '-' marker: a delete, a row insert, or a
+   * set element's add (rules 2 and 5). The newest HLC wins; a set element's
+   * add or remove meeting the other from another device is audited first.
+   */
+  private applyMarker(t: SyncTable, pk: string, row: RowMerge, c: Change): void {
+    if (c.col !== null) {
+      this.toPending(c);
+      return;
+    }
+    if (t.kind === 'set') this.setDecision(t, pk, c, row);
+    const marker = c.op === 'd' ? row.deleteHlc : row.insertHlc;
+    if (c.hlc > marker) {
+      if (c.op === 'd') row.deleteHlc = c.hlc;
+      else row.insertHlc = c.hlc;
+      this.result.applied++;
+    } else this.result.ignored++;
+  }
+
+  /**
+   * A field write ('u', or one column of an insert, which also moves the '+'
+   * marker): kept iff its HLC is above the field's clock and the row's '-'
+   * marker (rule 1). Meeting another device's different value is audited
+   * ('lww'), whichever wins.
+   */
+  private applyField(ops: TableOps, pk: string, row: RowMerge, c: Change): void {
+    let movedInsert = false;
+    if (c.op === 'i' && c.hlc > row.insertHlc) {
+      row.insertHlc = c.hlc;
+      movedInsert = true;
+    }
+    const k = c.col === null ? undefined : ops.index.get(c.col);
+    if (k === undefined) {
+      this.toPending(c);
+      return;
+    }
+    const localHlc = row.fieldHlc[k]!;
+    const wins = c.hlc > localHlc && c.hlc > row.deleteHlc;
+    if (localHlc !== '' && localHlc !== c.hlc && device(localHlc) !== device(c.hlc) && localHlc > row.deleteHlc) {
+      const localVal = row.valueOf(k);
+      if (!sameValue(localVal, c.val)) this.conflict(ops.t.name, pk, c.col, localVal, localHlc, c.val, c.hlc, wins ? 'remote' : 'local', 'lww');
+    }
+    if (wins) {
+      row.fieldHlc[k] = c.hlc;
+      row.wonValue[k] = c.val;
+      row.won[k] = true;
+    }
+    if (wins || movedInsert) this.result.applied++;
+    else this.result.ignored++;
+  }
+
+  /**
+   * The delete-vs-update and re-insert decisions of rule 3, audited: a
+   * delete from this call removed a row with a newer field update (winner
+   * remote); an update from this call newer than the row's delete stays
+   * deleted (winner local); an insert newer than another device's delete
+   * brought the row back.
+   */
+  private auditDeleteVsUpdate(t: SyncTable, pk: string, row: RowMerge, present: boolean): void {
+    const del = row.deleteHlc;
+    if (row.wasPresent && !present && del !== row.deleteHlcBefore) {
+      for (let k = 0; k < t.columns.length; k++) {
+        const h = row.fieldHlcBefore[k]!;
+        if (h > del && device(h) !== device(del)) this.conflict(t.name, pk, t.columns[k]!, row.stored![k]!, h, null, del, 'remote', 'delete-wins');
+      }
+    }
+    if (!present && del !== '') {
+      for (let k = 0; k < t.columns.length; k++) {
+        const h = row.fieldHlc[k]!;
+        if (row.won[k] && h > del && device(h) !== device(del)) {
+          this.conflict(t.name, pk, t.columns[k]!, null, del, row.wonValue[k]!, h, 'local', 'delete-wins');
+        }
+      }
+    }
+    if (!row.wasPresent && present && row.deleteHlcBefore !== '' && device(del) !== device(row.insertHlc)) {
+      this.conflict(t.name, pk, null, null, del, null, row.insertHlc, 'remote', 'reinsert');
+    }
+  }
+
+  /** A row that stays present with no new delete: the fields that won, in one UPDATE. */
+  private updateInPlace(ops: TableOps, key: SqlValue[], row: RowMerge, puts: ClockPut[]): void {
+    const wonCols: number[] = [];
+    for (let k = 0; k < ops.t.columns.length; k++) {
+      if (row.won[k]) {
+        wonCols.push(k);
+        puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null]);
+      }
+    }
+    if (wonCols.length > 0) updateStmt(this.db, ops, wonCols).run(...wonCols.map((k) => row.wonValue[k]!), ...key);
+  }
+
+  /**
+   * A row (re)inserted, or present across a delete it outlived: written
+   * whole, with every field newer than the newest delete (a held value wins
+   * over an older re-insert's) and the rest at their default, clocked at the
+   * delete (rule 3).
+   */
+  private materialise(ops: TableOps, key: SqlValue[], row: RowMerge, puts: ClockPut[]): void {
+    const del = row.deleteHlc;
+    const carried: number[] = [];
+    for (let k = 0; k < ops.t.columns.length; k++) {
+      if (row.fieldHlc[k]! > del) {
+        carried.push(k);
+        if (row.won[k] || row.heldValue[k] !== null) puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null]);
+      } else if (del !== '' && row.fieldHlc[k] !== del) {
+        row.fieldHlc[k] = del;
+        puts.push([ops.t.columns[k]!, del, null]);
+      }
+    }
+    const vals = carried.map((k) => row.valueOf(k));
+    if (row.wasPresent) ops.del.run(...key);
+    insertStmt(this.db, ops, carried).run(...key, ...vals);
+  }
+
+  /**
+   * A row absent after the merge: removed if it was there, and the fields
+   * newer than the delete kept with their values in casa_clock, for a
+   * re-insert that may need them (rule 3).
+   */
+  private keepWhileAbsent(ops: TableOps, key: SqlValue[], row: RowMerge, puts: ClockPut[]): void {
+    for (let k = 0; k < ops.t.columns.length; k++) {
+      const h = row.fieldHlc[k]!;
+      if (h > row.deleteHlc && (row.won[k] || row.wasPresent)) puts.push([ops.t.columns[k]!, h, row.valueOf(k)]);
+      else if (row.won[k]) puts.push([ops.t.columns[k]!, h, null]);
+    }
+    if (row.wasPresent) ops.del.run(...key);
   }
 
   /**
@@ -385,17 +485,17 @@ class Applier {
    * is not there or the changes are anything else.
    */
   private firstUpdates(ops: TableOps, changes: Change[], from: number, to: number, key: SqlValue[]): boolean {
-    const ks: number[] = [];
+    const cols: number[] = [];
     for (let i = from; i < to; i++) {
       const c = changes[i]!;
       const k = c.op === 'u' && c.col !== null ? ops.index.get(c.col) : undefined;
-      if (k === undefined || ks.includes(k)) return false;
-      ks.push(k);
+      if (k === undefined || cols.includes(k)) return false;
+      cols.push(k);
     }
     const vals = [];
     for (let i = from; i < to; i++) vals.push(changes[i]!.val);
-    if (updateStmt(this.db, ops, ks).run(...vals, ...key).changes !== 1) return false;
-    const puts: [string, string, SqlValue][] = [];
+    if (updateStmt(this.db, ops, cols).run(...vals, ...key).changes !== 1) return false;
+    const puts: ClockPut[] = [];
     for (let i = from; i < to; i++) puts.push([changes[i]!.col!, changes[i]!.hlc, null]);
     this.putClocks(changes[from]!.tbl, changes[from]!.pk, puts);
     this.result.applied += to - from;
@@ -403,7 +503,7 @@ class Applier {
   }
 
   /** Upserts a row's clock entries: one statement for up to 16. */
-  private putClocks(tbl: string, pk: string, puts: [string, string, SqlValue][]): void {
+  private putClocks(tbl: string, pk: string, puts: ClockPut[]): void {
     for (let i = 0; i < puts.length; i += 16) {
       const part = puts.slice(i, i + 16);
       let stmt = this.p.clockPuts[part.length];
@@ -421,8 +521,10 @@ class Applier {
   }
 
   /** Set rule audit: a remote add meets a local remove, or the reverse, from another device. */
-  private setDecision(t: SyncTable, pk: string, c: Change, present: boolean, maxI: string, maxD: string): void {
-    const local = c.op === 'i' ? (present ? '' : maxD) : present ? maxI : '';
+  private setDecision(t: SyncTable, pk: string, c: Change, row: RowMerge): void {
+    const present = row.isPresent();
+    // The local side: an add meets the element's remove while it is absent; a remove meets its add while present.
+    const local = c.op === 'i' ? (present ? '' : row.deleteHlc) : present ? row.insertHlc : '';
     if (local === '' || local === c.hlc || device(local) === device(c.hlc)) return;
     this.conflict(t.name, pk, null, null, local, null, c.hlc, c.hlc > local ? 'remote' : 'local', 'set-lww');
   }

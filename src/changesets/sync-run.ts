@@ -5,7 +5,8 @@
  * as sealed, numbered, chained batches. The relay is distrusted throughout:
  * a dropped, reordered, replayed or altered batch is an IntegrityError and
  * nothing of that round is applied; a relay whose head goes back behind the
- * cursor is a rollback.
+ * cursor is a rollback. A batch that does not open becomes its exit code
+ * through src/failures.ts (changesetFailure), as a snapshot's objects do.
  *
  * State moves only after what it describes is durable: the database commit
  * before the cursor; the relay's acknowledgement before the pushed seq; the
@@ -14,10 +15,10 @@
  */
 import type Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
 import { ConflictError, FailureError, IntegrityError, CancelledError } from '../errors.js';
+import { mapCryptoError, objectFailure } from '../failures.js';
 import { decodeChanges, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from './capture.js';
-import { BatchChainError, checkChain, openBatch, sealBatch } from './batch.js';
+import { BatchChainError, BatchFormatError, checkChain, openBatch, sealBatch } from './batch.js';
 import { ChangesetApi, SeqConflictError } from '../relay/changesets.js';
 import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc } from './hlc.js';
 import { applyRemote } from './merge.js';
@@ -90,29 +91,23 @@ export function checkClock(env: SyncEnv): void {
   }
 }
 
-function integrity(err: unknown, what: string, server: string): unknown {
-  if (err instanceof BatchChainError) {
-    return new IntegrityError(`${what}: ${err.message}`, {
-      hints: [`the relay at ${server} dropped, reordered or replayed changesets; nothing was applied`],
-    });
-  }
-  if (err instanceof AuthenticationError || err instanceof ObjectFormatError) {
-    return new IntegrityError(`${what} failed its integrity check`, {
-      hints: [`the relay at ${server} served a damaged or altered changeset; nothing was applied`],
-    });
-  }
-  if (err instanceof WrongKeyError) {
-    return new IntegrityError(`${what} was sealed with another vault's key`, {
-      hints: [`the relay at ${server} served another vault's data; nothing was applied`],
-    });
-  }
+/**
+ * A pulled changeset that did not open or apply, as src/failures.ts maps it
+ * (the same codes as a snapshot's objects): a broken chain or a malformed
+ * or altered batch exit 6, sealed under another key exit 4; a time too far
+ * ahead is clock skew (exit 1). Other errors pass through.
+ */
+function changesetFailure(err: unknown, what: string, server: string): unknown {
+  const source = { server, untouched: 'nothing was applied' };
+  if (err instanceof BatchChainError) return objectFailure('broken_chain', what, source, err.message);
+  if (err instanceof BatchFormatError) return objectFailure('malformed', what, source);
   if (err instanceof ClockSkewError) {
     return new FailureError(`${what} carries a time ${Math.round(err.skewMs / 1000)} s ahead of this clock`, {
       code: 'clock_skew',
       hints: ["the other device's clock (or this one's) is wrong: fix it, then sync again; nothing was applied"],
     });
   }
-  return err;
+  return mapCryptoError(err, what, source);
 }
 
 /** Pulls and applies every changeset after the cursor; returns what it did. */
@@ -156,7 +151,7 @@ export async function pullRound(env: SyncEnv, db: Database.Database, schema: Syn
         for (const c of decoded) changes.push(c);
         out.pulledBatches++;
       } catch (err) {
-        throw integrity(err, what, env.server);
+        throw changesetFailure(err, what, env.server);
       }
       if (changes.length >= APPLY_LIMIT) break;
     }
@@ -172,7 +167,7 @@ export async function pullRound(env: SyncEnv, db: Database.Database, schema: Syn
         out.conflicts += r.conflicts;
         out.pending += r.pending;
       } catch (err) {
-        throw integrity(err, `a changeset from ${changes.length} changes`, env.server);
+        throw changesetFailure(err, `a changeset from ${changes.length} changes`, env.server);
       }
       for (const c of changes) {
         const h = parseHlc(c.hlc);

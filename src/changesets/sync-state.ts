@@ -14,6 +14,7 @@ import { createHmac } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VaultKeys } from '../crypto/kdf.js';
+import { isDeviceId, isSha256Hex } from '../protocol/ids.js';
 import { writeFileAtomic } from '../state.js';
 
 export interface ChainHead {
@@ -54,16 +55,15 @@ export function syncStatePath(home: string, keys: VaultKeys, dbPath: string): st
   return join(syncDir(home, keys), `${dbKey(keys, dbPath)}.json`);
 }
 
-export function outboxPath(home: string, keys: VaultKeys, dbPath: string): string {
+function outboxPath(home: string, keys: VaultKeys, dbPath: string): string {
   return join(syncDir(home, keys), `${dbKey(keys, dbPath)}.outbox`);
 }
 
-const HEX64 = /^[0-9a-f]{64}$/;
 const nat = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
 function validHead(v: unknown): v is ChainHead {
   const h = v as ChainHead;
-  return typeof h === 'object' && h !== null && nat(h.seq) && typeof h.hash === 'string' && (h.seq === 0 ? h.hash === '' : HEX64.test(h.hash));
+  return typeof h === 'object' && h !== null && nat(h.seq) && typeof h.hash === 'string' && (h.seq === 0 ? h.hash === '' : isSha256Hex(h.hash));
 }
 
 /** The state, or null if there is none. A damaged file is an error: guessing could re-apply or skip batches. */
@@ -83,7 +83,7 @@ export function readSyncState(home: string, keys: VaultKeys, dbPath: string): Sy
     nat(s.baseCursor) &&
     typeof s.chains === 'object' &&
     s.chains !== null &&
-    Object.entries(s.chains).every(([id, h]) => /^[0-9a-f]{16}$/.test(id) && validHead(h)) &&
+    Object.entries(s.chains).every(([id, h]) => isDeviceId(id) && validHead(h)) &&
     nat(s.hlc?.wall) &&
     nat(s.hlc?.counter);
   if (!ok) throw new Error(`${syncStatePath(home, keys, dbPath)} is damaged`);

@@ -1,12 +1,12 @@
 /**
  * What every command receives: the resolved global options (flags win over
- * the environment, which wins over defaults: docs/ARCHITECTURE.md §6), the terminal, and
+ * the environment, which wins over defaults: casa(1) GLOBAL OPTIONS), the terminal, and
  * the injectable clock, randomness and cancellation signal. Commands read
  * flags and environment only through here; the crypto and sync cores never do.
  */
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
-import { AuthError, FailureError, IntegrityError, NotPairedError } from '../errors.js';
+import { FailureError, NotPairedError } from '../errors.js';
 import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
@@ -14,9 +14,7 @@ import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js'
 import { DeviceSession, RelayClient } from '../relay/client.js';
 import { Output, type Terminal } from '../ui/terminal.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
-import { AuthenticationError, ObjectFormatError, WrongKeyError } from '../crypto/objects.js';
-import { PhraseError } from '../crypto/phrase.js';
-import { ManifestError } from '../snapshots/manifest.js';
+import { failure, mapCryptoError } from '../failures.js';
 
 export interface RawGlobals {
   home?: string;
@@ -146,8 +144,7 @@ export async function vaultKeys(p: Paired): Promise<VaultKeys> {
     throw mapCryptoError(err, 'the stored phrase');
   }
   if (!matches(keys)) {
-    throw new AuthError('the phrase in the keystore belongs to another vault', {
-      code: 'wrong_key',
+    throw failure('wrong_key', 'the phrase in the keystore belongs to another vault', {
       hints: ['the keystore entry was replaced; join the vault again with `casa pair --join`'],
     });
   }
@@ -183,32 +180,8 @@ export function tracer(ctx: Context): ((label: string) => void) | undefined {
   return (label) => ctx.deps.term.stderr.write(line(label));
 }
 
-/** Maps the crypto core's typed errors onto casa's exit codes, with hints (age's pattern). */
-export function mapCryptoError(err: unknown, what: string): unknown {
-  if (err instanceof PhraseError) {
-    const hints = ['a recovery phrase is 24 words; the first four letters of each word are enough'];
-    switch (err.kind) {
-      case 'unknown_word':
-        return new AuthError(`word ${err.position} of the phrase is not in the BIP-39 English word list`, { code: 'wrong_phrase', hints });
-      case 'word_count':
-        return new AuthError(`the phrase has ${err.count} words, not 24`, { code: 'wrong_phrase', hints });
-      case 'checksum':
-        return new AuthError('the phrase\'s checksum does not match: a word is wrong, or two are swapped', {
-          code: 'wrong_phrase',
-          hints: ['check each word against where you wrote the phrase down'],
-        });
-    }
-  }
-  if (err instanceof WrongKeyError) {
-    return new AuthError(`${what} was encrypted with another key`, {
-      code: 'wrong_key',
-      hints: ['the phrase in this keystore does not belong to this vault'],
-    });
-  }
-  if (err instanceof AuthenticationError || err instanceof ObjectFormatError || err instanceof ManifestError) {
-    return new IntegrityError(`${what} failed its integrity check`, {
-      hints: ['the relay served damaged or tampered data; nothing was changed here'],
-    });
-  }
-  return err;
-}
+/**
+ * The crypto core's errors as exit codes and hints: src/failures.ts, the one
+ * mapping. Re-exported for the command files that still import it from here
+ * (src/commands/pair.ts); new code imports it from src/failures.ts.
+ */

@@ -84,7 +84,7 @@ function parseDevices(doc: Record<string, unknown>, currentId: string, server: s
   });
 }
 
-export function formatDevices(devices: DeviceInfo[]): string {
+function formatDevices(devices: DeviceInfo[]): string {
   const iso = (t: number | null) => (t === null ? '-' : new Date(t).toISOString().replace(/\.\d+Z$/, 'Z'));
   const rows = [['', 'ID', 'NAME', 'ENROLLED', 'LAST SEEN', 'STATUS']];
   for (const d of devices) {

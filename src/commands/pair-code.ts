@@ -30,6 +30,7 @@ import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityErro
 import { SECRET_PHRASE } from '../state.js';
 import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../relay/pairing.js';
 import { normaliseServer, RelayClient, type DeviceSession } from '../relay/client.js';
+import { renderQr } from '../ui/qr.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 
 /** How long an offered code stays valid unless --timeout says otherwise (the issue's 10 minutes). */
@@ -133,11 +134,6 @@ function countdown(ctx: Context, until: number, label: string): { stop(): void }
       out.term.stderr.write('\r\x1b[2K');
     },
   };
-}
-
-async function renderQr(data: string): Promise<string> {
-  const qrcode = (await import('qrcode-terminal')).default;
-  return new Promise((res) => qrcode.generate(data, { small: true }, res));
 }
 
 /** Polls until the session leaves `since` or `deadline` passes (then 'expired'). */

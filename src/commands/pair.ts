@@ -10,8 +10,11 @@
  * removes what this run wrote (keystore entries, the --phrase-out file), so
  * the home is exactly as it was. The phrase is never on argv, never logged,
  * and shown only on a terminal.
+ *
+ * `pairDevice` does the pairing and prints nothing but prompts and warnings;
+ * `runPair` is it plus the report (`casa restore` uses the first and reports
+ * on its own).
  */
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -30,12 +33,18 @@ import {
   SECRET_ROOT_KEY,
   writeNewSecretFile,
   writeState,
+  type HomeState,
   type PairedVault,
 } from '../state.js';
 import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../relay/client.js';
+import { formatPhraseGrid } from '../ui/format.js';
 import { secret, select, text } from '../ui/prompts.js';
+import { renderQr } from '../ui/qr.js';
 import { wordlist as englishWords } from '@scure/bip39/wordlists/english.js';
-import { mapCryptoError, type Context } from './context.js';
+import type { Context } from './context.js';
+import { isDeviceId } from '../protocol/ids.js';
+import { sha256Hex } from '../crypto/sha256.js';
+import { mapCryptoError } from '../failures.js';
 import type { PairingCode, Received } from './pair-code.js';
 
 export interface PairOptions {
@@ -59,6 +68,10 @@ export interface PairResult {
   mode: 'new' | 'join' | 'code';
   vault: PairedVault;
   phraseFile?: string;
+  /** With a pairing code: the device that offered it. */
+  offeredBy?: string;
+  /** With a pairing code: the words both devices show (src/commands/pair-code.ts). */
+  confirmation?: string;
 }
 
 const MAX_PHRASE_INPUT = 4096;
@@ -79,21 +92,123 @@ export async function runPairCommand(ctx: Context, opts: PairOptions): Promise<v
   await runPair(ctx, opts);
 }
 
+/** Pairs this home (`casa pair --new | --join | --code`), then says so. */
+export async function runPair(ctx: Context, opts: PairOptions): Promise<PairResult> {
+  const paired = await pairDevice(ctx, opts);
+  reportPaired(ctx, paired);
+  return paired;
+}
+
 /**
- * Pairs this home. `report: false` leaves the output to the caller (`casa
- * restore` pairs a fresh machine first and prints one result of its own).
+ * Pairs this home and prints nothing but prompts and warnings: what to
+ * report is the caller's (`casa restore` pairs a fresh machine first and
+ * prints one result of its own). The steps: what was asked → a home and a
+ * relay that answer → the phrase → the vault's keys → create the vault
+ * (`--new`) → enroll this device → keep the secrets → record the vault in
+ * state.json, last. A failure or Ctrl-C once something is written undoes it
+ * (the module header).
  */
-export async function runPair(ctx: Context, opts: PairOptions, report = true): Promise<PairResult> {
-  const { out } = ctx;
+export async function pairDevice(ctx: Context, opts: PairOptions): Promise<PairResult> {
+  const req = await pairingRequest(ctx, opts);
+  // Everything that can fail cheaply fails before anything is created.
+  const home = await openHome(ctx, req.code);
+  const undo: Undo[] = [];
+  try {
+    const seed = newDeviceSeed(ctx.deps.random);
+    const { phrase, received } = await obtainPhrase(ctx, opts, req, home.client, seed, undo);
+    const { root, keys } = vaultKeysOf(phrase, received);
+    if (req.mode === 'new') await createVault(ctx, home.client, keys);
+    const enrolled = await enroll(ctx, home.client, keys, req.deviceName, req.mode === 'new' ? 'new' : 'join', seed);
+    await keepSecrets(home.keystore, phrase, root, enrolled.seed, undo);
+    ctx.deps.signal.throwIfAborted();
+
+    const vault = recordVault(ctx, home, keys, enrolled.deviceId, req.deviceName);
+    undo.length = 0;
+    if (received) {
+      // The offering side waits for this to name the device; this device is paired either way.
+      await received.done(vault.deviceId).catch(() => ctx.out.warn('could not tell the other device that this one enrolled; `casa devices` there shows it'));
+    }
+    return {
+      created: req.mode === 'new',
+      mode: req.mode,
+      vault,
+      ...(req.phraseOut ? { phraseFile: req.phraseOut } : {}),
+      ...(received ? { offeredBy: received.offer.deviceName, confirmation: received.confirmation } : {}),
+    };
+  } catch (err) {
+    await undoAll(undo);
+    if (ctx.deps.signal.aborted && !(err instanceof CasaError && err.exitCode === EXIT.cancelled)) {
+      throw new CancelledError();
+    }
+    throw err;
+  }
+}
+
+/** Prints a pairing's outcome: lines for people, and the `paired` result for --json. */
+function reportPaired(ctx: Context, r: PairResult): void {
+  const { vault } = r;
+  ctx.out.print(
+    [
+      r.created
+        ? `created vault ${vault.vaultId} on ${vault.server}`
+        : `joined vault ${vault.vaultId} on ${vault.server}${r.offeredBy !== undefined ? ` with a pairing code from "${r.offeredBy}"` : ''}`,
+      `this device: ${vault.deviceName} (${vault.deviceId})`,
+      ...(r.confirmation !== undefined ? [`confirmation: ${r.confirmation} (the other device shows the same)`] : []),
+      `secrets kept in the ${vault.keystore} keystore`,
+      ...(r.phraseFile ? [`recovery phrase written to ${r.phraseFile}: store it offline, then delete the file`] : []),
+    ].join('\n'),
+  );
+  ctx.out.result({
+    message_type: 'paired',
+    created: r.created,
+    vault_id: vault.vaultId,
+    device_id: vault.deviceId,
+    device_name: vault.deviceName,
+    server: vault.server,
+    keystore: vault.keystore,
+    ...(r.phraseFile ? { phrase_file: r.phraseFile } : {}),
+    ...(r.offeredBy !== undefined ? { via: 'code', offered_by: r.offeredBy, confirmation: r.confirmation } : {}),
+  });
+}
+
+// ---------------------------------------------------------------- the steps
+
+/** What this run was asked to do, checked before anything is touched. */
+interface PairingRequest {
+  mode: 'new' | 'join' | 'code';
+  deviceName: string;
+  /** --phrase-out, resolved: a path that did not exist. */
+  phraseOut?: string;
+  /** With mode 'code': the code (its QR text may name the relay). */
+  code?: PairingCode;
+}
+
+/**
+ * The options checked, the device name, --phrase-out, the mode (asked on a
+ * terminal when no option gives it) and, for 'code', the code itself: it
+ * comes first, as a QR code's text names the relay to use.
+ */
+async function pairingRequest(ctx: Context, opts: PairOptions): Promise<PairingRequest> {
   validate(opts);
   const deviceName = checkDeviceName(opts.deviceName ?? hostname());
   const phraseOut = opts.phraseOut === undefined ? undefined : resolve(opts.phraseOut);
-  if (phraseOut !== undefined && existsSync(phraseOut)) {
-    throw new UsageError(`${phraseOut} already exists; casa never overwrites a file with the phrase`, {
-      hints: ['give --phrase-out a path that does not exist yet'],
+  if (phraseOut !== undefined && existsSync(phraseOut)) throw phraseFileExists(phraseOut);
+  refuseIfPaired(ctx);
+  const mode = await chooseMode(ctx, opts);
+  let code: PairingCode | undefined;
+  if (mode === 'code') {
+    const pc = await import('./pair-code.js');
+    code = typeof opts.code === 'string' ? pc.parseCode(opts.code) : await pc.promptCode(ctx);
+  }
+  if (mode === 'new' && phraseOut === undefined && !ctx.out.interactive) {
+    throw new UsageError('without a terminal, `casa pair --new` needs --phrase-out FILE', {
+      hints: ['the phrase is shown once on a terminal, or written (0600) to the file you name'],
     });
   }
+  return { mode, deviceName, ...(phraseOut !== undefined ? { phraseOut } : {}), ...(code ? { code } : {}) };
+}
 
+function refuseIfPaired(ctx: Context): void {
   const before = readState(ctx.globals.home);
   if (before?.vault) {
     throw new FailureError(`this device is already paired with vault ${before.vault.vaultId}`, {
@@ -103,144 +218,134 @@ export async function runPair(ctx: Context, opts: PairOptions, report = true): P
       ],
     });
   }
+}
 
-  let mode: 'new' | 'join' | 'code';
-  if (opts.new) mode = 'new';
-  else if (opts.join) mode = 'join';
-  else if (opts.code !== undefined) mode = 'code';
-  else {
-    mode = await select(
-      out,
-      'This device is not paired yet. What do you want to do?',
-      [
-        { value: 'new', label: 'Create a new vault', hint: 'first machine: you get a 24-word recovery phrase' },
-        { value: 'join', label: 'Join a vault with its recovery phrase', hint: 'another machine already has it' },
-        { value: 'code', label: 'Join a vault with a pairing code', hint: 'run `casa pair` on a paired machine to get one' },
-      ],
-      'use `casa pair --new --phrase-out FILE`, `casa pair --join --phrase-stdin` or `casa pair --code CODE`',
-    );
-  }
-  // The code comes first: a QR code's text names the relay to use.
-  let code: PairingCode | undefined;
-  if (mode === 'code') {
-    const pc = await import('./pair-code.js');
-    code = typeof opts.code === 'string' ? pc.parseCode(opts.code) : await pc.promptCode(ctx);
-  }
-  if (mode === 'new' && phraseOut === undefined && !out.interactive) {
-    throw new UsageError('without a terminal, `casa pair --new` needs --phrase-out FILE', {
-      hints: ['the phrase is shown once on a terminal, or written (0600) to the file you name'],
-    });
-  }
+/** The mode the options name, or the one picked from a menu on a terminal. */
+async function chooseMode(ctx: Context, opts: PairOptions): Promise<PairingRequest['mode']> {
+  if (opts.new) return 'new';
+  if (opts.join) return 'join';
+  if (opts.code !== undefined) return 'code';
+  return select(
+    ctx.out,
+    'This device is not paired yet. What do you want to do?',
+    [
+      { value: 'new', label: 'Create a new vault', hint: 'first machine: you get a 24-word recovery phrase' },
+      { value: 'join', label: 'Join a vault with its recovery phrase', hint: 'another machine already has it' },
+      { value: 'code', label: 'Join a vault with a pairing code', hint: 'run `casa pair` on a paired machine to get one' },
+    ],
+    'use `casa pair --new --phrase-out FILE`, `casa pair --join --phrase-stdin` or `casa pair --code CODE`',
+  );
+}
 
-  // Everything that can fail cheaply fails before anything is created.
+/** The home and the relay this pairing uses, each shown to work: state.json, a keystore that answers, a relay that does. */
+interface PairingHome {
+  state: HomeState;
+  keystore: Keystore;
+  server: string;
+  client: RelayClient;
+}
+
+async function openHome(ctx: Context, code: PairingCode | undefined): Promise<PairingHome> {
   const state = ensureState(ctx.globals.home);
-  const keystoreKind = ctx.globals.keystore ?? 'keychain';
-  const keystore = openKeystore(keystoreKind, { home: ctx.globals.home, namespace: state.homeId });
+  const keystore = openKeystore(ctx.globals.keystore ?? 'keychain', { home: ctx.globals.home, namespace: state.homeId });
   await keystore.probe();
   const server = code?.relay !== undefined && ctx.globals.serverOverride === undefined ? code.relay : ctx.server(state);
   const client = ctx.client(server);
   await client.health();
+  return { state, keystore, server, client };
+}
 
-  const cleanup: (() => void | Promise<void>)[] = [];
-  try {
-    let phrase: string;
-    const seed = newDeviceSeed(ctx.deps.random);
-    let received: Received | undefined;
-    if (mode === 'code') {
-      const { receivePhrase } = await import('./pair-code.js');
-      received = await receivePhrase(ctx, client, code!, publicKeyFromSeed(seed), deviceName);
-      phrase = received.phrase;
-    } else if (mode === 'new') {
-      phrase = generatePhrase(ctx.deps.random);
-      if (phraseOut !== undefined) {
-        writePhraseFile(phraseOut, phrase);
-        cleanup.push(() => rmSync(phraseOut, { force: true }));
-      } else {
-        await showAndConfirm(ctx, phrase);
-      }
-    } else {
-      phrase = await readPhrase(ctx, opts);
-    }
-    let root: Uint8Array;
+/** Something this run wrote, and how to remove it if the pairing fails. */
+type Undo = () => void | Promise<void>;
+
+/** Runs the undos, newest first, each best effort: the original error is what the user needs to see. */
+async function undoAll(undo: Undo[]): Promise<void> {
+  for (const u of undo.reverse()) {
     try {
-      root = deriveRoot(phrase);
-    } catch (err) {
-      if (received) throw new IntegrityError('the phrase received by pairing is not a valid recovery phrase');
-      throw err;
+      await u();
+    } catch {
+      // Best effort.
     }
-    const keys = vaultKeysFromRoot(root);
-    if (received && keys.vaultId !== received.offer.vaultId) {
-      throw new IntegrityError(`the phrase received by pairing is not the phrase of vault ${received.offer.vaultId}`);
-    }
-    if (mode === 'new') await createVault(ctx, client, keys);
-    const enrolled = await enroll(ctx, client, keys, deviceName, mode === 'new' ? 'new' : 'join', seed);
-
-    cleanup.push(
-      () => keystore.delete(SECRET_PHRASE),
-      () => keystore.delete(SECRET_ROOT_KEY),
-      () => keystore.delete(SECRET_DEVICE_KEY),
-    );
-    await keystore.set(SECRET_PHRASE, phrase);
-    await keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
-    await keystore.set(SECRET_DEVICE_KEY, b64uEncode(enrolled.seed));
-    ctx.deps.signal.throwIfAborted();
-
-    const vault: PairedVault = {
-      vaultId: keys.vaultId,
-      keyIdHex: keys.keyIdHex,
-      deviceId: enrolled.deviceId,
-      deviceName,
-      server,
-      keystore: keystoreKind,
-      pairedAt: ctx.deps.now(),
-    };
-    writeState(ctx.globals.home, { ...state, vault });
-    cleanup.length = 0;
-    if (received) {
-      // The offering side waits for this to name the device; this device is paired either way.
-      await received.done(vault.deviceId).catch(() => out.warn('could not tell the other device that this one enrolled; `casa devices` there shows it'));
-    }
-
-    const created = mode === 'new';
-    if (!report) return { created, mode, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
-    out.print(
-      [
-        created
-          ? `created vault ${vault.vaultId} on ${server}`
-          : `joined vault ${vault.vaultId} on ${server}${received ? ` with a pairing code from "${received.offer.deviceName}"` : ''}`,
-        `this device: ${deviceName} (${vault.deviceId})`,
-        ...(received ? [`confirmation: ${received.confirmation} (the other device shows the same)`] : []),
-        `secrets kept in the ${keystoreKind} keystore`,
-        ...(phraseOut ? [`recovery phrase written to ${phraseOut}: store it offline, then delete the file`] : []),
-      ].join('\n'),
-    );
-    out.result({
-      message_type: 'paired',
-      created,
-      vault_id: vault.vaultId,
-      device_id: vault.deviceId,
-      device_name: deviceName,
-      server,
-      keystore: keystoreKind,
-      ...(phraseOut ? { phrase_file: phraseOut } : {}),
-      ...(received ? { via: 'code', offered_by: received.offer.deviceName, confirmation: received.confirmation } : {}),
-    });
-    return { created, mode, vault, ...(phraseOut ? { phraseFile: phraseOut } : {}) };
-  } catch (err) {
-    for (const undo of cleanup.reverse()) {
-      try {
-        await undo();
-      } catch {
-        // Best effort: the original error is what the user needs to see.
-      }
-    }
-    if (ctx.deps.signal.aborted && !(err instanceof CasaError && err.exitCode === EXIT.cancelled)) {
-      throw new CancelledError();
-    }
-    throw err;
   }
 }
 
+/**
+ * The vault's recovery phrase: a new one (`--new`: written to --phrase-out,
+ * or shown and confirmed on the terminal), typed or read (`--join`), or
+ * received from the offering device (`--code`, which proves this device's
+ * key to it).
+ */
+async function obtainPhrase(
+  ctx: Context,
+  opts: PairOptions,
+  req: PairingRequest,
+  client: RelayClient,
+  seed: Uint8Array,
+  undo: Undo[],
+): Promise<{ phrase: string; received?: Received }> {
+  if (req.mode === 'code') {
+    const { receivePhrase } = await import('./pair-code.js');
+    const received = await receivePhrase(ctx, client, req.code!, publicKeyFromSeed(seed), req.deviceName);
+    return { phrase: received.phrase, received };
+  }
+  if (req.mode === 'join') return { phrase: await readPhrase(ctx, opts) };
+  const phrase = generatePhrase(ctx.deps.random);
+  const file = req.phraseOut;
+  if (file !== undefined) {
+    writePhraseFile(file, phrase);
+    undo.push(() => rmSync(file, { force: true }));
+  } else {
+    await showAndConfirm(ctx, phrase);
+  }
+  return { phrase };
+}
+
+/** The root and vault keys of a phrase; a phrase received by pairing must be valid and be the offered vault's. */
+function vaultKeysOf(phrase: string, received: Received | undefined): { root: Uint8Array; keys: VaultKeys } {
+  let root: Uint8Array;
+  try {
+    root = deriveRoot(phrase);
+  } catch (err) {
+    if (received) throw new IntegrityError('the phrase received by pairing is not a valid recovery phrase');
+    throw err;
+  }
+  const keys = vaultKeysFromRoot(root);
+  if (received && keys.vaultId !== received.offer.vaultId) {
+    throw new IntegrityError(`the phrase received by pairing is not the phrase of vault ${received.offer.vaultId}`);
+  }
+  return { root, keys };
+}
+
+/** The phrase, the root key and the device key into the keystore, each removed again if the pairing fails. */
+async function keepSecrets(keystore: Keystore, phrase: string, root: Uint8Array, deviceSeed: Uint8Array, undo: Undo[]): Promise<void> {
+  undo.push(
+    () => keystore.delete(SECRET_PHRASE),
+    () => keystore.delete(SECRET_ROOT_KEY),
+    () => keystore.delete(SECRET_DEVICE_KEY),
+  );
+  await keystore.set(SECRET_PHRASE, phrase);
+  await keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
+  await keystore.set(SECRET_DEVICE_KEY, b64uEncode(deviceSeed));
+}
+
+/** Writes the vault into state.json: from here on the device is paired. */
+function recordVault(ctx: Context, home: PairingHome, keys: VaultKeys, deviceId: string, deviceName: string): PairedVault {
+  const vault: PairedVault = {
+    vaultId: keys.vaultId,
+    keyIdHex: keys.keyIdHex,
+    deviceId,
+    deviceName,
+    server: home.server,
+    keystore: home.keystore.kind,
+    pairedAt: ctx.deps.now(),
+  };
+  writeState(ctx.globals.home, { ...home.state, vault });
+  return vault;
+}
+
+// ---------------------------------------------------------------- options and the phrase
+
+/** Refuses options that do not go together (before anything is asked or touched). */
 function validate(o: PairOptions): void {
   const modes = [o.new && '--new', o.join && '--join', o.code !== undefined && '--code', o.offer && '--offer'].filter(Boolean);
   if (modes.length > 1) throw new UsageError(`${modes.join(' and ')} cannot be used together`);
@@ -256,6 +361,7 @@ function validate(o: PairOptions): void {
   }
 }
 
+/** A device name as the relay keeps it: trimmed, 1 to 64 characters, no control characters. */
 export function checkDeviceName(name: string): string {
   const n = name.trim();
   // eslint-disable-next-line no-control-regex
@@ -265,22 +371,26 @@ export function checkDeviceName(name: string): string {
   return n;
 }
 
+function phraseFileExists(path: string): UsageError {
+  return new UsageError(`${path} already exists; casa never overwrites a file with the phrase`, {
+    hints: ['give --phrase-out a path that does not exist yet'],
+  });
+}
+
+/** Writes the new phrase to --phrase-out: a new 0600 file, never over an existing one. */
 function writePhraseFile(path: string, phrase: string): void {
   try {
     writeNewSecretFile(path, phrase + '\n');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') {
-      throw new UsageError(`${path} already exists; casa never overwrites a file with the phrase`, {
-        hints: ['give --phrase-out a path that does not exist yet'],
-      });
-    }
+    if (code === 'EEXIST') throw phraseFileExists(path);
     throw new FailureError(`cannot write the phrase to ${path} (${code ?? 'error'})`, {
       hints: ['give --phrase-out a writable path'],
     });
   }
 }
 
+/** The phrase for `--join`: from stdin, a file (at most MAX_PHRASE_INPUT bytes) or a hidden prompt. */
 async function readPhrase(ctx: Context, opts: PairOptions): Promise<string> {
   let raw: string;
   if (opts.phraseStdin) {
@@ -357,26 +467,6 @@ function normaliseWord(v: string): string {
 }
 
 
-export function formatPhraseGrid(words: string[]): string {
-  const rows: string[] = [];
-  const cols = 4;
-  const per = Math.ceil(words.length / cols);
-  for (let r = 0; r < per; r++) {
-    const cells: string[] = [];
-    for (let c = 0; c < cols; c++) {
-      const i = c * per + r;
-      if (i < words.length) cells.push(`${String(i + 1).padStart(2)}. ${words[i]!.padEnd(9)}`);
-    }
-    rows.push('  ' + cells.join('  '));
-  }
-  return rows.join('\n');
-}
-
-async function renderQr(data: string): Promise<string> {
-  const qrcode = (await import('qrcode-terminal')).default;
-  return new Promise((res) => qrcode.generate(data, { small: true }, res));
-}
-
 function pickTwo(random: (n: number) => Uint8Array, n: number): [number, number] {
   const r = random(4);
   const a = ((r[0]! << 8) | r[1]!) % n;
@@ -389,7 +479,7 @@ async function createVault(ctx: Context, client: RelayClient, keys: VaultKeys): 
   const canary = sealCanary(keys, ctx.deps.random(32));
   const authPublicKey = b64uEncode(keys.authPublicKey);
   const time = relayTime(ctx, client);
-  const digest = createHash('sha256').update(canary).digest('hex');
+  const digest = sha256Hex(canary);
   const signature = b64uEncode(signPurpose(keys.authSeed, 'create-vault', [keys.vaultId, authPublicKey, digest, time]));
   try {
     await client.request('POST', '/v1/vaults', {
@@ -443,7 +533,7 @@ async function enroll(
     }
     throw mapRelayError(client.server, err);
   }
-  if (typeof res.deviceId !== 'string' || !/^[0-9a-f]{16}$/.test(res.deviceId) || typeof res.canary !== 'string') {
+  if (typeof res.deviceId !== 'string' || !isDeviceId(res.deviceId) || typeof res.canary !== 'string') {
     throw new IntegrityError(`the relay at ${client.server} sent a malformed enrollment answer`);
   }
   const deviceId = res.deviceId;

@@ -13,8 +13,8 @@ import { readIndex, statDatabase, type PageIndex } from '../snapshots/page-index
 import type { WorkerPool } from '../snapshots/pool.js';
 import { shortId } from '../snapshots/restore.js';
 import type { Context } from './context.js';
-import { printRestored, restoredFields, restoreInto, type RestoreReport } from './restore.js';
-import { listChecked, openVault, type OpenVault } from './snapshots.js';
+import { printRestored, restoredFields, restoreInto, type RestoreReport } from './install.js';
+import { listChecked, openVault, type OpenVault } from './vault.js';
 
 export interface PullOptions {
   force?: boolean;
@@ -86,7 +86,7 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
     probe.close();
   }
   if (!captured) return false;
-  const { syncEnvOf, openSynced } = await import('./sync.js');
+  const { syncEnvOf, openSynced } = await import('./synced.js');
   const { pushRound } = await import('../changesets/sync-run.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const { db, schema } = openSynced(ctx, v.p.vault.deviceId);

@@ -14,7 +14,7 @@ export interface RelayOptions {
   data?: string;
 }
 
-export function parsePort(v: string | undefined, fallback: number): number {
+function parsePort(v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;
   if (!/^\d{1,5}$/.test(v) || Number(v) > 65535) {
     throw new UsageError(`--port takes a number from 0 to 65535, not ${JSON.stringify(v)}`, {

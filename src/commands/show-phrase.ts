@@ -5,9 +5,9 @@
  */
 import { FailureError, UsageError } from '../errors.js';
 import { SECRET_PHRASE } from '../state.js';
+import { formatPhraseGrid } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import { loadPaired, type Context } from './context.js';
-import { formatPhraseGrid } from './pair.js';
 import { CancelledError } from '../errors.js';
 
 export async function runShowPhrase(ctx: Context): Promise<void> {

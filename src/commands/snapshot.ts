@@ -15,7 +15,8 @@ import { readSyncState } from '../changesets/sync-state.js';
 import { takeSnapshot, type SnapshotPhase, type SnapshotResult } from '../snapshots/snapshot.js';
 import { progress, type ProgressBar } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
-import { formatBytes, formatCount, openVault } from './snapshots.js';
+import { formatBytes, formatCount } from '../ui/format.js';
+import { openVault } from './vault.js';
 
 /**
  * Threads that hash and seal (zstd, AES-GCM). An incremental snapshot hashes
@@ -60,7 +61,7 @@ function changesetCursor(ctx: Context, keys: VaultKeys, dbPath: string): number 
 export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): Promise<SnapshotReport> {
   const dbPath = ctx.globals.db;
   const v = await openVault(ctx);
-  checkDatabaseFile(dbPath);
+  requireSqliteFile(dbPath);
   const lock = acquireLock(ctx.globals.home, dbPath, 'snapshot');
   const pool = new WorkerPool(v.keys, 0, { mainLane: true });
   let bar: ProgressBar | undefined;
@@ -134,8 +135,8 @@ export function formatSnapshot(r: SnapshotResult): string {
 
 const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');
 
-/** A clear exit 1 for the usual mistakes: no file at --db, a directory, or a file that is not SQLite. */
-function checkDatabaseFile(dbPath: string): void {
+/** That --db names a readable SQLite file (by its header, nothing more); a clear exit 1 for the usual mistakes: no file, a directory, or a file that is not SQLite. */
+function requireSqliteFile(dbPath: string): void {
   const hints = ['point --db (or CASA_DB) at the Casaconomy database file'];
   let size: number;
   try {

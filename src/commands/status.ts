@@ -16,6 +16,7 @@ import { ChangesetApi } from '../relay/changesets.js';
 import { readSyncState } from '../changesets/sync-state.js';
 import { readDigestMemory } from '../changesets/digest-exchange.js';
 import { detachedSince } from '../changesets/capture.js';
+import { plural } from '../ui/format.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -195,7 +196,7 @@ function databaseInfo(path: string): StatusReport['database'] {
   }
 }
 
-export function formatStatus(r: StatusReport): string {
+function formatStatus(r: StatusReport): string {
   const lines: string[] = [];
   const row = (k: string, v: string) => lines.push(`${(k + ':').padEnd(10)} ${v}`);
   if (!r.paired) {
@@ -227,7 +228,7 @@ export function formatStatus(r: StatusReport): string {
     if (r.changesets && (r.changesets.cursor !== null || r.changesets.pending_local !== null)) {
       const c = r.changesets;
       const at = c.cursor === null ? 'never synced' : `at changeset ${c.cursor}${c.relay_head === null ? '' : ` of ${c.relay_head}`}`;
-      const pend = c.pending_local === null ? 'capture not set up (run `casa sync`)' : `${c.pending_local} local change${c.pending_local === 1 ? '' : 's'} to push`;
+      const pend = c.pending_local === null ? 'capture not set up (run `casa sync`)' : `${plural(c.pending_local, 'local change')} to push`;
       row('sync', `${at}, ${pend}`);
       if (c.detached_since !== null) row('capture', `DETACHED since ${c.detached_since}: \`casa sync --attach\` catches up what the app wrote meanwhile`);
     }

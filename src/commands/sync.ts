@@ -12,21 +12,22 @@
  * missed. SIGINT/SIGTERM finish the round in progress and exit 0.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import { AuthError, CasaError, FailureError, UnreachableError, UsageError } from '../errors.js';
+import type { WebSocket as UndiciWebSocket } from 'undici';
+import { CasaError, UsageError } from '../errors.js';
+import { deviceRevoked, isTransient } from '../failures.js';
 import { acquireLock, type Lock } from '../lock.js';
 import { readState } from '../state.js';
 import { detachCapture, detachedSince, pendingCount } from '../changesets/capture.js';
-import { ChangesetApi } from '../relay/changesets.js';
 import { listConflicts } from '../changesets/merge.js';
-import { refreshCapture, schemaVersion, type Refreshed } from '../changesets/refresh.js';
-import { SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../changesets/rules.js';
+import { schemaVersion, type Refreshed } from '../changesets/refresh.js';
+import type { SyncSchema } from '../changesets/rules.js';
 import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../changesets/sync-run.js';
-import type { VaultKeys } from '../crypto/kdf.js';
-import type { DeviceSession } from '../relay/client.js';
-import { deviceSession, loadPaired, tracer, vaultKeys, type Context, type Paired } from './context.js';
+import { WS_CLOSE_DEVICE_REVOKED } from '../protocol/messages.js';
+import { loadPaired, type Context } from './context.js';
+import { openSynced, refreshSynced, syncEnv } from './synced.js';
 
 export interface SyncOptions {
   watch?: boolean;
@@ -34,121 +35,6 @@ export interface SyncOptions {
   limit?: string;
   detach?: boolean;
   attach?: boolean;
-}
-
-/** Where a user declares which tables sync and how (rules.ts reads the declarations). */
-export function declarationsPath(home: string): string {
-  return join(home, 'sync-tables.json');
-}
-
-export function readDeclarations(home: string): SyncDeclarations {
-  const path = declarationsPath(home);
-  if (!existsSync(path)) return {};
-  try {
-    const d = JSON.parse(readFileSync(path, 'utf8')) as SyncDeclarations;
-    if (typeof d !== 'object' || d === null || Array.isArray(d)) throw new Error('not a JSON object');
-    return d;
-  } catch (err) {
-    throw new FailureError(`cannot read ${path} (${(err as Error).message})`, {
-      hints: ['it holds {"tables": {"NAME": "lww" | "set" | "snapshot-only"}}; see casa-sync(1)'],
-    });
-  }
-}
-
-/** The database open for sync, its capture refreshed (refreshSynced). */
-export interface Synced {
-  db: Database.Database;
-  schema: SyncSchema;
-  /** What the refresh at open found: a schema change the app made, and what was caught up. */
-  refreshed: Refreshed;
-}
-
-/**
- * Opens the database and refreshes capture before anything else reads or
- * writes the change log: the schema sync works with, and the app's writes
- * made since a migration caught up. `deviceId` (when paired) lets received
- * changes waiting for the new schema be applied at once.
- */
-export function openSynced(ctx: Context, deviceId: string | null = null): Synced {
-  const dbPath = ctx.globals.db;
-  if (!existsSync(dbPath)) {
-    throw new FailureError(`no database at ${dbPath}`, {
-      hints: ['check --db (or CASA_DB), or `casa restore` the newest snapshot first'],
-    });
-  }
-  let db: Database.Database;
-  try {
-    db = new Database(dbPath, { fileMustExist: true });
-    db.pragma('busy_timeout = 10000');
-    db.pragma('journal_mode = WAL');
-  } catch (err) {
-    throw new FailureError(`cannot open the database ${dbPath} (${(err as Error).message})`);
-  }
-  try {
-    const refreshed = refreshSynced(ctx, db, deviceId);
-    return { db, schema: refreshed.schema, refreshed };
-  } catch (err) {
-    db.close();
-    throw err;
-  }
-}
-
-/** refreshCapture with the user's declarations, saying what a schema change led to; a schema that cannot sync is exit 2 with the way out. */
-export function refreshSynced(ctx: Context, db: Database.Database, deviceId: string | null): Refreshed {
-  const decl = readDeclarations(ctx.globals.home);
-  let r: Refreshed;
-  try {
-    r = refreshCapture(db, decl, { now: ctx.deps.now(), deviceId });
-  } catch (err) {
-    if (err instanceof SyncSchemaError) {
-      throw new FailureError(err.message, {
-        code: 'usage',
-        hints: [`declare it in ${declarationsPath(ctx.globals.home)}, e.g. {"tables": {"${err.table ?? 'NAME'}": "snapshot-only"}}`],
-      });
-    }
-    throw err;
-  }
-  const { out } = ctx;
-  for (const c of r.refresh.caughtUp) {
-    const rows = `${c.rows} row${c.rows === 1 ? '' : 's'} of ${c.tbl}`;
-    if (c.what === 'writes') out.note(`capture attached again: caught up ${rows} written while it was detached`);
-    else out.note(`the database's schema changed: caught up ${rows}, ${c.what === 'rows' ? 'its rows (a table new to sync)' : 'values of the columns the app added'}`);
-  }
-  if (r.refresh.lostCopy !== undefined) {
-    out.warn(`the copy \`casa sync --detach\` took is gone (${r.refresh.lostCopy}): writes made while detached to existing fields cannot be told apart`);
-  }
-  for (const t of r.refresh.rebuilt) {
-    out.warn(
-      `table ${t} was rebuilt by the app (dropped and created again): its capture is back, its new columns caught up; ` +
-        'an edit of an existing field made before now cannot be told from the synced value (`casa verify --sync` compares)',
-    );
-  }
-  for (const t of r.refresh.dropped) out.note(`table ${t} no longer syncs (dropped, or declared snapshot-only); changes to it are kept pending`);
-  if (r.applied > 0) out.note(`applied ${r.applied} received change${r.applied === 1 ? '' : 's'} that waited for the new schema`);
-  return r;
-}
-
-export async function syncEnv(ctx: Context): Promise<SyncEnv> {
-  const p = loadPaired(ctx);
-  return syncEnvOf(ctx, p, await deviceSession(p), await vaultKeys(p));
-}
-
-/** The sync environment of a vault a command has already opened (restore, pull): no second token. */
-export function syncEnvOf(ctx: Context, p: Paired, session: DeviceSession, keys: VaultKeys): SyncEnv {
-  return {
-    home: ctx.globals.home,
-    dbPath: ctx.globals.db,
-    keys,
-    deviceId: p.vault.deviceId,
-    api: new ChangesetApi(session),
-    token: () => session.getToken(),
-    clockOffsetMs: () => p.client.clockOffsetMs,
-    now: ctx.deps.now,
-    random: ctx.deps.random,
-    signal: ctx.deps.signal,
-    server: p.client.server,
-    trace: tracer(ctx),
-  };
 }
 
 function syncLock(ctx: Context): Lock {
@@ -314,169 +200,257 @@ const SAFETY_ROUND_MS = 30_000;
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 30_000;
 
-/** Errors a watcher keeps going through (the relay or the network is away for a while). */
-function transient(err: unknown): boolean {
-  if (err instanceof UnreachableError) return err.code !== 'relay_protocol';
-  if (err instanceof CasaError) return err.code === 'rate_limited' || /relay failed \(5\d\d/.test(err.message);
-  return false;
+/** undici's WebSocket, imported when --watch starts (not every command pays for it). */
+type WebSocketClass = typeof UndiciWebSocket;
+type WebSocketInstance = InstanceType<WebSocketClass>;
+
+/**
+ * `casa sync --watch`, as its steps (the Watcher below): the first round,
+ * then the live socket; the local poll and a safety round every 30 s start
+ * rounds too; it runs until a signal (then finishes the round in progress)
+ * or a failure that is not transient (src/failures.ts isTransient), which
+ * it throws once everything is closed.
+ */
+async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: Refreshed): Promise<void> {
+  const { WebSocket } = await import('undici');
+  await new Watcher(ctx, env, db, opened, WebSocket).run();
 }
 
-async function watch(ctx: Context, env: SyncEnv, db: Database.Database, opened: Refreshed): Promise<void> {
-  const { out } = ctx;
-  let schema = opened.schema;
-  let seenSchema = opened.schemaVersion;
-  /** The app changed the schema (a migration): capture is refreshed before anything reads the log again. */
-  let pausedSince: number | null = null;
-  /** Capture detached (`casa sync --detach`): no round until it is attached again, which is the user's to do (the app may be mid-update). */
-  const detached = (): boolean => {
-    const d = detachedSince(db);
-    if (d !== null && pausedSince !== d.at) out.note('capture is detached (`casa sync --detach`): paused until `casa sync --attach`');
-    if (d === null && pausedSince !== null) out.note('capture is attached again: resuming');
-    pausedSince = d?.at ?? null;
-    return d !== null;
-  };
-  const schemaMoved = (): boolean => {
-    const v = schemaVersion(db);
-    if (v === seenSchema) return false;
-    const r = refreshSynced(ctx, db, env.deviceId);
-    schema = r.schema;
-    seenSchema = r.schemaVersion;
-    return true;
-  };
-  const signal = ctx.deps.signal;
-  const { WebSocket } = await import('undici');
-  let stopped = false;
-  let running: Promise<void> | null = null;
-  let again = false;
-  let fatal: unknown = null;
-  let failures = 0;
-  let lastVersion = Number(db.pragma('data_version', { simple: true }));
-  let ws: InstanceType<typeof WebSocket> | null = null;
-  let wsTimer: NodeJS.Timeout | null = null;
-  let wakeStop: () => void = () => {};
-  const stoppedPromise = new Promise<void>((r) => (wakeStop = r));
+/**
+ * The state of one `--watch`. Rounds run one at a time: a trigger during a
+ * round asks for one more after it. Failures of rounds and of the socket
+ * share one count for the backoff; a success (a round, an open socket)
+ * resets it.
+ */
+class Watcher {
+  /** The synced schema, and the schema_version it was derived at. */
+  private schema: SyncSchema;
+  private seenSchema: number;
+  /** When capture was detached, as last seen (null while attached): each change is noted once. */
+  private pausedSince: number | null = null;
+  /** SQLite's data_version at the last poll: a write by another connection moves it. */
+  private lastVersion: number;
+  /** The round in progress, and whether another was asked for meanwhile. */
+  private running: Promise<void> | null = null;
+  private again = false;
+  private failures = 0;
+  private ws: WebSocketInstance | null = null;
+  private wsTimer: NodeJS.Timeout | null = null;
+  /** Set once, by a signal or a failure; `fatal` is the first failure, thrown when the watch ends. */
+  private stopped = false;
+  private fatal: unknown = null;
+  private wakeStop: () => void = () => {};
+  private readonly stoppedPromise = new Promise<void>((r) => (this.wakeStop = r));
 
-  const stop = (err?: unknown) => {
-    if (err !== undefined && fatal === null) fatal = err;
-    if (stopped) return;
-    stopped = true;
-    wakeStop();
-  };
-  signal.addEventListener('abort', () => stop(), { once: true });
+  constructor(
+    private readonly ctx: Context,
+    private readonly env: SyncEnv,
+    private readonly db: Database.Database,
+    opened: Refreshed,
+    private readonly WebSocket: WebSocketClass,
+  ) {
+    this.schema = opened.schema;
+    this.seenSchema = opened.schemaVersion;
+    this.lastVersion = Number(db.pragma('data_version', { simple: true }));
+  }
 
-  const round = (why: string): Promise<void> => {
-    if (stopped) return Promise.resolve();
-    if (running) {
-      again = true;
-      return running;
+  /** Start, wait for the stop, close everything, wait for the round in progress; throws the failure that stopped it. */
+  async run(): Promise<void> {
+    const { out } = this.ctx;
+    this.ctx.deps.signal.addEventListener('abort', () => this.stop(), { once: true });
+    const poll = setInterval(() => this.pollLocal(), POLL_MS);
+    const safety = setInterval(() => void this.round('timer'), SAFETY_ROUND_MS);
+
+    out.note(`watching ${this.env.dbPath}; Ctrl-C stops`);
+    out.note(`at changeset ${loadSyncState(this.env).cursor}`);
+    await this.round('start');
+    await this.connect();
+    await this.stoppedPromise;
+
+    clearInterval(poll);
+    clearInterval(safety);
+    if (this.wsTimer) clearTimeout(this.wsTimer);
+    this.ws?.close(1000, 'bye');
+    await this.running;
+    if (this.fatal !== null) throw this.fatal;
+    out.note('stopped');
+  }
+
+  private stop(err?: unknown): void {
+    if (err !== undefined && this.fatal === null) this.fatal = err;
+    if (this.stopped) return;
+    this.stopped = true;
+    this.wakeStop();
+  }
+
+  // ---- rounds
+
+  /** A round now, or one more after the round in progress; resolves when no round is left to run. */
+  private round(why: string): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (this.running) {
+      this.again = true;
+      return this.running;
     }
-    running = (async () => {
-      do {
-        again = false;
-        try {
-          if (detached()) return;
-          schemaMoved();
-          const r = await syncRound({ ...env, signal: new AbortController().signal }, db, schema);
-          failures = 0;
-          if (r.pushedChanges || r.pulledChanges) {
-            out.print(`${new Date(ctx.deps.now()).toISOString()} ${roundLine(r)}`);
-            out.result({ message_type: 'sync', trigger: why, ...roundDoc(r) });
-          }
-        } catch (err) {
-          if (!transient(err)) {
-            stop(err);
-            return;
-          }
-          failures++;
-          out.warn(`${(err as Error).message}; retrying`);
-          await sleep(backoff(failures), stoppedPromise);
-          again = !stopped;
-        }
-      } while (again && !stopped);
-    })().finally(() => {
-      running = null;
+    this.running = this.rounds(why).finally(() => {
+      this.running = null;
     });
-    return running;
-  };
+    return this.running;
+  }
 
-  const connect = async (): Promise<void> => {
-    if (stopped) return;
+  /** Rounds while more are asked for; a transient failure waits out the backoff and tries again, any other stops the watch. */
+  private async rounds(why: string): Promise<void> {
+    do {
+      this.again = false;
+      try {
+        if (!(await this.syncOnce(why))) return;
+      } catch (err) {
+        if (!isTransient(err)) {
+          this.stop(err);
+          return;
+        }
+        this.failures++;
+        this.ctx.out.warn(`${(err as Error).message}; retrying`);
+        await sleep(this.backoff(), this.stoppedPromise);
+        this.again = !this.stopped;
+      }
+    } while (this.again && !this.stopped);
+  }
+
+  /** One round, reported when it moved anything; false (no round) while capture is detached. */
+  private async syncOnce(why: string): Promise<boolean> {
+    if (this.detached()) return false;
+    this.schemaMoved();
+    // Not cancelled by the signal: a round in progress finishes.
+    const r = await syncRound({ ...this.env, signal: new AbortController().signal }, this.db, this.schema);
+    this.failures = 0;
+    if (r.pushedChanges || r.pulledChanges) {
+      this.ctx.out.print(`${new Date(this.ctx.deps.now()).toISOString()} ${roundLine(r)}`);
+      this.ctx.out.result({ message_type: 'sync', trigger: why, ...roundDoc(r) });
+    }
+    return true;
+  }
+
+  /** The wait before the next try, from the failures so far and the injected randomness. */
+  private backoff(): number {
+    return backoff(this.failures, this.ctx.deps.random);
+  }
+
+  // ---- the live socket
+
+  /** Opens the vault's live WebSocket with a fresh token; a failure to get one is retried after the backoff. */
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
     let token: string;
     try {
-      token = await env.token();
+      token = await this.env.token();
     } catch (err) {
-      if (!transient(err)) return stop(err);
-      failures++;
-      wsTimer = setTimeout(() => void connect(), backoff(failures));
+      if (!isTransient(err)) return this.stop(err);
+      this.failures++;
+      this.reconnectLater();
       return;
     }
-    const url = `${env.server.replace(/^http/, 'ws')}/v1/vaults/${env.keys.vaultId}/live?token=${encodeURIComponent(token)}`;
-    const sock = new WebSocket(url);
-    ws = sock;
+    const url = `${this.env.server.replace(/^http/, 'ws')}/v1/vaults/${this.env.keys.vaultId}/live?token=${encodeURIComponent(token)}`;
+    const sock = new this.WebSocket(url);
+    this.ws = sock;
     sock.addEventListener('open', () => {
-      failures = 0;
+      this.failures = 0;
       // Anything announced while we were away: a full round.
-      void round('connect');
+      void this.round('connect');
     });
-    sock.addEventListener('message', (ev) => {
-      let m: Record<string, unknown>;
-      try {
-        m = JSON.parse(String(ev.data)) as Record<string, unknown>;
-      } catch {
-        return;
-      }
-      if (m.type === 'announce' && m.kind === 'changeset' && m.deviceId !== env.deviceId) void round('announce');
-    });
-    sock.addEventListener('close', (ev) => {
-      if (ws !== sock || stopped) return;
-      ws = null;
-      if (ev.code === 4003) return stop(new AuthError('this device was revoked from the vault', { code: 'device_revoked' }));
-      failures++;
-      if (failures === 1) out.warn(`lost the live connection to ${env.server}; retrying`);
-      wsTimer = setTimeout(() => void connect(), backoff(failures));
-    });
+    sock.addEventListener('message', (ev) => this.announced(ev.data));
+    sock.addEventListener('close', (ev) => this.closed(sock, ev.code));
     sock.addEventListener('error', () => {
       // A close event follows.
     });
-  };
+  }
 
-  const poll = setInterval(() => {
+  /** Another device's changeset announced: a round. Anything else on the socket is ignored. */
+  private announced(data: unknown): void {
+    let m: Record<string, unknown>;
+    try {
+      m = JSON.parse(String(data)) as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    if (m.type === 'announce' && m.kind === 'changeset' && m.deviceId !== this.env.deviceId) void this.round('announce');
+  }
+
+  /** The socket closed: revoked stops the watch; anything else reconnects after the backoff (warned once per outage). */
+  private closed(sock: WebSocketInstance, code: number): void {
+    if (this.ws !== sock || this.stopped) return;
+    this.ws = null;
+    if (code === WS_CLOSE_DEVICE_REVOKED) return this.stop(deviceRevoked());
+    this.failures++;
+    if (this.failures === 1) this.ctx.out.warn(`lost the live connection to ${this.env.server}; retrying`);
+    this.reconnectLater();
+  }
+
+  private reconnectLater(): void {
+    this.wsTimer = setTimeout(() => void this.connect(), this.backoff());
+  }
+
+  // ---- the local poll
+
+  /**
+   * Every POLL_MS: a write by another connection (data_version) starts a
+   * round when it left something to send or came with a migration
+   * (schema_version; capture is refreshed first). A schema that cannot sync
+   * any more (a new table keyed by the rowid) stops the watch, as `casa
+   * sync` would refuse it.
+   */
+  private pollLocal(): void {
     let v: number;
     let moved: boolean;
     try {
-      v = Number(db.pragma('data_version', { simple: true }));
-      moved = v !== lastVersion && !detached() && schemaMoved();
+      v = Number(this.db.pragma('data_version', { simple: true }));
+      moved = v !== this.lastVersion && !this.detached() && this.schemaMoved();
     } catch (err) {
-      // A schema that cannot sync any more (a new table keyed by the rowid): stop, as `casa sync` would refuse.
-      if (err instanceof CasaError) stop(err);
+      if (err instanceof CasaError) this.stop(err);
       return;
     }
-    if (v !== lastVersion) {
-      lastVersion = v;
-      if (moved || pendingCount(db) > 0) void round(moved ? 'schema' : 'local');
+    if (v !== this.lastVersion) {
+      this.lastVersion = v;
+      if (moved || pendingCount(this.db) > 0) void this.round(moved ? 'schema' : 'local');
     }
-  }, POLL_MS);
-  const safety = setInterval(() => void round('timer'), SAFETY_ROUND_MS);
+  }
 
-  out.note(`watching ${env.dbPath}; Ctrl-C stops`);
-  const first = loadSyncState(env);
-  out.note(`at changeset ${first.cursor}`);
-  await round('start');
-  await connect();
-  await stoppedPromise;
+  /** The app changed the schema (a migration): capture is refreshed before anything reads the log again. */
+  private schemaMoved(): boolean {
+    const v = schemaVersion(this.db);
+    if (v === this.seenSchema) return false;
+    const r = refreshSynced(this.ctx, this.db, this.env.deviceId);
+    this.schema = r.schema;
+    this.seenSchema = r.schemaVersion;
+    return true;
+  }
 
-  clearInterval(poll);
-  clearInterval(safety);
-  if (wsTimer) clearTimeout(wsTimer);
-  (ws as InstanceType<typeof WebSocket> | null)?.close(1000, 'bye');
-  await running;
-  if (fatal !== null) throw fatal;
-  out.note('stopped');
+  // ---- the detached-capture pause
+
+  /**
+   * Whether capture is detached (`casa sync --detach`): no round until it is
+   * attached again, which is the user's to do (the app may be mid-update).
+   * The pause and the resume are each noted once.
+   */
+  private detached(): boolean {
+    const d = detachedSince(this.db);
+    if (d !== null && this.pausedSince !== d.at) this.ctx.out.note('capture is detached (`casa sync --detach`): paused until `casa sync --attach`');
+    if (d === null && this.pausedSince !== null) this.ctx.out.note('capture is attached again: resuming');
+    this.pausedSince = d?.at ?? null;
+    return d !== null;
+  }
 }
 
-function backoff(failures: number): number {
+/** Doubling from BACKOFF_MIN_MS up to BACKOFF_MAX_MS, with jitter (half to all of it) drawn from `random`. */
+function backoff(failures: number, random: (n: number) => Uint8Array): number {
   const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures, 10));
-  return Math.round(base * (0.5 + Math.random() / 2));
+  return Math.round(base * (0.5 + unitInterval(random) / 2));
+}
+
+/** A number in [0, 1) from four random bytes. */
+function unitInterval(random: (n: number) => Uint8Array): number {
+  const b = random(4);
+  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0) / 2 ** 32;
 }
 
 function sleep(ms: number, cut: Promise<void>): Promise<void> {
@@ -488,4 +462,3 @@ function sleep(ms: number, cut: Promise<void>): Promise<void> {
     });
   });
 }
-

@@ -26,8 +26,9 @@ import { loadSyncState, pullRound, syncRound } from '../changesets/sync-run.js';
 import type { SnapshotInfo } from '../relay/snapshots.js';
 import { progress } from '../ui/progress.js';
 import type { Context } from './context.js';
-import { formatBytes, listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot } from './snapshots.js';
-import { openSynced, syncEnv } from './sync.js';
+import { formatBytes, plural } from '../ui/format.js';
+import { listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot } from './vault.js';
+import { openSynced, syncEnv } from './synced.js';
 
 export interface VerifyOptions {
   all?: boolean;
@@ -129,7 +130,7 @@ async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
       const round = await syncRound(env, db, schema);
       if (round.pushedChanges > 0 || round.pulledChanges > 0) {
         const n = round.pushedChanges;
-        ctx.out.note(`synced first: pushed ${n} change${n === 1 ? '' : 's'}, applied ${round.applied} of ${round.pulledChanges} pulled`);
+        ctx.out.note(`synced first: pushed ${plural(n, 'change')}, applied ${round.applied} of ${round.pulledChanges} pulled`);
       }
       // A batch pushed while another device pushed lands after the cursor: one more pull takes it in.
       const st = loadSyncState(env);
@@ -181,7 +182,7 @@ function divergenceError(differ: DigestReport['devices']): IntegrityError {
 
 const STATUS_WORD = { same: 'same', differs: 'DIFFERS', not_comparable: 'not comparable' } as const;
 
-export function formatVerifySync(name: string, r: DigestReport): string {
+function formatVerifySync(name: string, r: DigestReport): string {
   const lines: string[] = [];
   const self =
     r.tables === null

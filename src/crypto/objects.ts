@@ -22,6 +22,7 @@ import { Codec, CodecError, compressTransient, decompress, decompressReader, isC
 import { abytes, anumber, astring, concatBytes, equalBytes, u32be, utf8ToBytes } from './bytes.js';
 import { hkdfSha256, KEY_BYTES, KEY_ID_BYTES, type VaultKeys } from './kdf.js';
 import { collectYoung } from '../gc.js';
+import { isVaultId } from '../protocol/ids.js';
 
 export { Codec };
 
@@ -109,10 +110,8 @@ function aobjectType(value: unknown, name: string): ObjectType {
   return value;
 }
 
-const VAULT_ID = /^[0-9a-f]{32}$/;
-
 function avaultId(value: unknown): string {
-  if (!VAULT_ID.test(astring(value, 'vaultId'))) throw new RangeError('vaultId must be 32 lowercase hex characters');
+  if (!isVaultId(astring(value, 'vaultId'))) throw new RangeError('vaultId must be 32 lowercase hex characters');
   return value as string;
 }
 
@@ -172,6 +171,33 @@ function chunkNonce(i: number, last: boolean): Uint8Array {
   return nonce;
 }
 
+/**
+ * The body (FORMAT.md §3 "Body"): chunks 0 … `chunks`−1, each from
+ * `chunkAt(i)` (called in order, at most CHUNK_BYTES), sealed with
+ * AES-256-GCM under `key` with nonce i and the last flag on the final one,
+ * handed to `write` as ciphertext then tag. The one seal loop: sealEncoded
+ * and sealObjectParts differ only in where chunks come from and go to.
+ */
+function sealChunks(
+  key: Uint8Array,
+  ad: Uint8Array,
+  chunks: number,
+  chunkAt: (i: number) => Uint8Array,
+  write: (bytes: Uint8Array) => void,
+): void {
+  for (let i = 0; i < chunks; i++) {
+    const cipher = createCipheriv('aes-256-gcm', key, chunkNonce(i, i === chunks - 1), { authTagLength: TAG_BYTES });
+    cipher.setAAD(ad);
+    const ct = cipher.update(chunkAt(i));
+    const tail = cipher.final();
+    write(ct);
+    if (tail.length > 0) write(tail);
+    write(cipher.getAuthTag());
+    // Each chunk's ciphertext is a new 64 KiB buffer, garbage once written (see CHUNK_GC_MASK).
+    if ((i & CHUNK_GC_MASK) === CHUNK_GC_MASK) collectYoung();
+  }
+}
+
 export interface SealParams {
   type: ObjectType;
   codec: Codec;
@@ -216,19 +242,16 @@ export function sealEncoded(params: Omit<SealParams, 'plaintext'> & { encoded: U
   const ad = associatedData(header, vaultId, identity);
   let at = HEADER_BYTES;
   try {
-    for (let i = 0; i < chunks; i++) {
-      const chunk = data.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES);
-      const cipher = createCipheriv('aes-256-gcm', key, chunkNonce(i, i === chunks - 1), { authTagLength: TAG_BYTES });
-      cipher.setAAD(ad);
-      const ct = cipher.update(chunk);
-      const tail = cipher.final();
-      if ((i & CHUNK_GC_MASK) === CHUNK_GC_MASK) collectYoung();
-      out.set(ct, at);
-      out.set(tail, at + ct.length);
-      at += ct.length + tail.length;
-      out.set(cipher.getAuthTag(), at);
-      at += TAG_BYTES;
-    }
+    sealChunks(
+      key,
+      ad,
+      chunks,
+      (i) => data.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES),
+      (bytes) => {
+        out.set(bytes, at);
+        at += bytes.length;
+      },
+    );
   } finally {
     key.fill(0);
   }
@@ -257,44 +280,38 @@ export function sealObjectParts(params: Omit<SealParams, 'plaintext' | 'codec'> 
   const staging = new Uint8Array(CHUNK_BYTES);
   let part = 0;
   let offset = 0; // in params.parts[part]
+  /** Chunk i of the concatenation (called in order): a view of one part, or the pieces copied into `staging`. */
+  const chunkAt = (i: number): Uint8Array => {
+    const want = Math.min(CHUNK_BYTES, total - i * CHUNK_BYTES);
+    let chunk: Uint8Array;
+    const cur = params.parts[part];
+    if (cur !== undefined && cur.length - offset >= want) {
+      chunk = cur.subarray(offset, offset + want); // within one part: no copy
+      offset += want;
+    } else {
+      let got = 0;
+      while (got < want) {
+        const p = params.parts[part]!;
+        const n = Math.min(want - got, p.length - offset);
+        staging.set(p.subarray(offset, offset + n), got);
+        got += n;
+        offset += n;
+        if (offset === p.length) {
+          part++;
+          offset = 0;
+        }
+      }
+      chunk = staging.subarray(0, want);
+    }
+    while (part < params.parts.length && offset === params.parts[part]!.length) {
+      part++;
+      offset = 0;
+    }
+    return chunk;
+  };
   try {
     write(header);
-    for (let i = 0; i < chunks; i++) {
-      const want = Math.min(CHUNK_BYTES, total - i * CHUNK_BYTES);
-      let chunk: Uint8Array;
-      const cur = params.parts[part];
-      if (cur !== undefined && cur.length - offset >= want) {
-        chunk = cur.subarray(offset, offset + want); // within one part: no copy
-        offset += want;
-      } else {
-        let got = 0;
-        while (got < want) {
-          const p = params.parts[part]!;
-          const n = Math.min(want - got, p.length - offset);
-          staging.set(p.subarray(offset, offset + n), got);
-          got += n;
-          offset += n;
-          if (offset === p.length) {
-            part++;
-            offset = 0;
-          }
-        }
-        chunk = staging.subarray(0, want);
-      }
-      while (part < params.parts.length && offset === params.parts[part]!.length) {
-        part++;
-        offset = 0;
-      }
-      const cipher = createCipheriv('aes-256-gcm', key, chunkNonce(i, i === chunks - 1), { authTagLength: TAG_BYTES });
-      cipher.setAAD(ad);
-      const ct = cipher.update(chunk);
-      const tail = cipher.final();
-      write(ct);
-      if (tail.length > 0) write(tail);
-      write(cipher.getAuthTag());
-      // Each chunk's ciphertext is a new 64 KiB buffer, garbage once written (see CHUNK_GC_MASK).
-      if ((i & CHUNK_GC_MASK) === CHUNK_GC_MASK) collectYoung();
-    }
+    sealChunks(key, ad, chunks, chunkAt, write);
   } finally {
     key.fill(0);
     staging.fill(0);

@@ -48,6 +48,7 @@ import {
   WrongKeyError,
 } from './objects.js';
 import { cpaceShare, deriveIsk, lvCat, lvSplit, PakeError, POINT_BYTES, scalarMultVfy } from './pake.js';
+import { isDeviceId, isVaultId } from '../protocol/ids.js';
 
 export const PAIR_WORDS = 3;
 export const PAIR_SID_BYTES = 16;
@@ -174,8 +175,6 @@ export interface JoinIdentity {
   deviceName: string;
 }
 
-const VAULT_ID = /^[0-9a-f]{32}$/;
-const DEVICE_ID = /^[0-9a-f]{16}$/;
 const CONTROL = /\p{Cc}/u;
 
 function isDeviceName(name: unknown): name is string {
@@ -197,8 +196,8 @@ function isEd25519PublicKey(key: Uint8Array): boolean {
 
 function aofferIdentity(id: OfferIdentity): OfferIdentity {
   if (typeof id !== 'object' || id === null) throw new TypeError('identity must be an object');
-  if (!VAULT_ID.test(astring(id.vaultId, 'identity.vaultId'))) throw new RangeError('identity.vaultId must be 32 lowercase hex characters');
-  if (!DEVICE_ID.test(astring(id.deviceId, 'identity.deviceId'))) throw new RangeError('identity.deviceId must be 16 lowercase hex characters');
+  if (!isVaultId(astring(id.vaultId, 'identity.vaultId'))) throw new RangeError('identity.vaultId must be 32 lowercase hex characters');
+  if (!isDeviceId(astring(id.deviceId, 'identity.deviceId'))) throw new RangeError('identity.deviceId must be 16 lowercase hex characters');
   if (!isDeviceName(astring(id.deviceName, 'identity.deviceName'))) {
     throw new RangeError(`identity.deviceName must be 1 to ${PAIR_MAX_NAME_CHARS} characters without control characters`);
   }
@@ -236,8 +235,8 @@ function parseOfferAd(ad: Uint8Array): OfferIdentity | undefined {
   const f = lvSplit(ad);
   if (f === undefined || f.length !== 4 || utf8OrUndefined(f[0]!) !== PAIR_LABELS.offerAd) return undefined;
   const [vaultId, deviceId, deviceName] = [utf8OrUndefined(f[1]!), utf8OrUndefined(f[2]!), utf8OrUndefined(f[3]!)];
-  if (vaultId === undefined || !VAULT_ID.test(vaultId)) return undefined;
-  if (deviceId === undefined || !DEVICE_ID.test(deviceId)) return undefined;
+  if (!isVaultId(vaultId)) return undefined;
+  if (!isDeviceId(deviceId)) return undefined;
   if (!isDeviceName(deviceName)) return undefined;
   return { vaultId, deviceId, deviceName };
 }

@@ -42,7 +42,6 @@ export const POINT_BYTES = 32;
 export const SCALAR_BYTES = 32;
 /** Random bytes sample_scalar reduces modulo ℓ (64, so the bias is below 2^-250). */
 export const SCALAR_RANDOM_BYTES = 64;
-export const ISK_BYTES = 64;
 
 export type PakeErrorReason = 'invalid_point';
 

@@ -120,7 +120,7 @@ function unavailable(err: unknown, reason?: string, secret?: string): FailureErr
  * Turns keyring-rs/D-Bus error text into a short reason. Known shapes get a
  * plain-words reason; anything else passes through, trimmed to one short line.
  */
-export function describeKeychainFailure(err: unknown): string {
+function describeKeychainFailure(err: unknown): string {
   const text = errorText(err);
   const rules: [RegExp, string][] = [
     [/autolaunch|DBUS_SESSION_BUS_ADDRESS/i, 'no D-Bus session bus: DBUS_SESSION_BUS_ADDRESS is not set'],

@@ -116,7 +116,7 @@ export function stripJsonc(text: string): string {
   return out;
 }
 
-export async function readWranglerConfig(path = WRANGLER_CONFIG): Promise<WranglerConfig> {
+async function readWranglerConfig(path = WRANGLER_CONFIG): Promise<WranglerConfig> {
   // Twice: the first pass removes comments, the second the commas they hid.
   return JSON.parse(stripJsonc(stripJsonc(await readFile(path, 'utf8')))) as WranglerConfig;
 }

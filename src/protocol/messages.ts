@@ -1,8 +1,9 @@
 /**
  * Wire-level pieces shared by the CLI and the relay (worker/ bundles this
  * file too, so it imports nothing from Node): the byte strings that Ed25519
- * signatures cover (docs/FORMAT.md §4, docs/RELAY-API.md) and the error
- * codes the relay answers with.
+ * signatures cover (docs/FORMAT.md §4, docs/RELAY-API.md), the error
+ * codes the relay answers with, its headers, caps and close codes. The ids
+ * both sides check live beside this, in ids.ts.
  */
 
 export type SignedPurpose = 'create-vault' | 'enroll' | 'token';
@@ -38,6 +39,25 @@ export type RelayErrorCode =
 
 /** The largest sealed changeset batch the relay takes (413 beyond) and a client seals. */
 export const CHANGESET_MAX_BYTES = 8 * 1024 * 1024;
+/** The most batches one changeset pull returns: the relay's cap on `limit` (docs/RELAY-API.md "Changesets"). */
+export const CHANGESET_PULL_MAX_LIMIT = 500;
+/** The most pack ids one `packs/check` or commit lists (docs/RELAY-API.md "Snapshots"). */
+export const MAX_PACK_IDS = 10_000;
+/** The largest sealed digest record: the relay's cap on a device's slot (413 beyond) and a client's on what it seals. */
+export const DIGEST_MAX_BYTES = 16 * 1024;
+
+/** The request header naming an upload's lowercase hex SHA-256, which the relay checks on arrival; answers carry it too. */
+export const SHA256_HEADER = 'X-Casa-Sha256';
+/** The request header naming a changeset push's seq (docs/RELAY-API.md "Changesets"). */
+export const SEQ_HEADER = 'X-Casa-Seq';
+
+/**
+ * The close code (and reason) with which the vault's live WebSocket drops a
+ * revoked device (docs/RELAY-API.md "Authenticated routes"): the client stops, it does
+ * not reconnect.
+ */
+export const WS_CLOSE_DEVICE_REVOKED = 4003;
+export const WS_CLOSE_DEVICE_REVOKED_REASON = 'device_revoked';
 
 export const RELAY_SERVICE = 'casa-relay';
 export const TIME_HEADER = 'X-Casa-Time';

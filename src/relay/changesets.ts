@@ -8,13 +8,11 @@
  * replays batches of one device.
  */
 import { b64uDecode } from '../crypto/bytes.js';
+import { sha256Hex } from '../crypto/sha256.js';
 import { ConflictError, IntegrityError } from '../errors.js';
-import { CHANGESET_MAX_BYTES } from '../protocol/messages.js';
-import { sha256Hex } from '../changesets/batch.js';
+import { isDeviceId, isSha256Hex } from '../protocol/ids.js';
+import { CHANGESET_MAX_BYTES, CHANGESET_PULL_MAX_LIMIT, SEQ_HEADER } from '../protocol/messages.js';
 import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './client.js';
-
-/** The most batches one pull returns (the relay's cap on `limit`). */
-export const PULL_MAX_LIMIT = 500;
 
 export interface PulledChangeset {
   cursor: number;
@@ -63,8 +61,6 @@ export class SeqConflictError extends ConflictError {
   }
 }
 
-const HEX64 = /^[0-9a-f]{64}$/;
-const DEVICE_ID = /^[0-9a-f]{16}$/;
 const uint = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 const positive = (x: unknown): x is number => uint(x) && x >= 1;
 
@@ -89,7 +85,7 @@ export class ChangesetApi {
     if (bytes.length === 0 || bytes.length > CHANGESET_MAX_BYTES) throw new RangeError(`a batch is 1 to ${CHANGESET_MAX_BYTES} bytes`);
     let res: { status: number; doc: Record<string, unknown> };
     try {
-      res = await this.session.uploadBytes('POST', '/changesets', bytes, { 'x-casa-seq': String(seq) });
+      res = await this.session.uploadBytes('POST', '/changesets', bytes, { [SEQ_HEADER.toLowerCase()]: String(seq) });
     } catch (err) {
       if (err instanceof RelayHttpError && err.status === 409 && err.code === 'seq_conflict') {
         const expected = err.doc.expectedSeq;
@@ -110,13 +106,13 @@ export class ChangesetApi {
   async pull(after: number, opts: { limit?: number } = {}): Promise<PullResult> {
     if (!uint(after)) throw new RangeError('after must be a non-negative integer');
     const limit = opts.limit;
-    if (limit !== undefined && (!positive(limit) || limit > PULL_MAX_LIMIT)) throw new RangeError(`limit must be 1 to ${PULL_MAX_LIMIT}`);
+    if (limit !== undefined && (!positive(limit) || limit > CHANGESET_PULL_MAX_LIMIT)) throw new RangeError(`limit must be 1 to ${CHANGESET_PULL_MAX_LIMIT}`);
     const d = await this.session.call('GET', `/changesets?after=${after}${limit === undefined ? '' : `&limit=${limit}`}`);
     const { head, prunedThrough, more, changesets: list } = d;
     if (!uint(head) || !uint(prunedThrough) || prunedThrough > head || typeof more !== 'boolean' || !Array.isArray(list)) {
       throw this.malformed('changeset list');
     }
-    if (list.length > (limit ?? PULL_MAX_LIMIT)) throw this.malformed('changeset list');
+    if (list.length > (limit ?? CHANGESET_PULL_MAX_LIMIT)) throw this.malformed('changeset list');
     const changesets: PulledChangeset[] = [];
     // Cursors are given consecutively and pruned from the oldest, so the
     // batches after `after` that the relay still has are exactly
@@ -138,11 +134,9 @@ export class ChangesetApi {
       c === null ||
       c.cursor !== cursor ||
       cursor > head ||
-      typeof c.deviceId !== 'string' ||
-      !DEVICE_ID.test(c.deviceId) ||
+      !isDeviceId(c.deviceId) ||
       !positive(c.seq) ||
-      typeof c.sha256 !== 'string' ||
-      !HEX64.test(c.sha256) ||
+      !isSha256Hex(c.sha256) ||
       typeof c.data !== 'string'
     ) {
       throw this.malformed('changeset record');
@@ -168,8 +162,7 @@ export class ChangesetApi {
       if (
         typeof x !== 'object' ||
         x === null ||
-        typeof x.deviceId !== 'string' ||
-        !DEVICE_ID.test(x.deviceId) ||
+        !isDeviceId(x.deviceId) ||
         seen.has(x.deviceId) ||
         !positive(x.seq) ||
         !positive(x.cursor) ||

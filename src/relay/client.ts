@@ -9,16 +9,19 @@
  * Every response is distrusted: a body that is not the JSON casa expects is a
  * protocol error (exit 5, "not a casa relay"), never a crash; the relay's
  * clock (`X-Casa-Time`) is recorded on every answer so commands can show the
- * offset. HTTP errors map onto casa's error classes here, once; callers add
- * the context-specific message for 404/401 where it means "wrong phrase" or
- * "unknown vault".
+ * offset. An error answer becomes a RelayHttpError (its status and code as
+ * data); its meaning to the user (exit code, reason, hints) is src/failures.ts
+ * mapRelayError, the one mapping, re-exported here for the capability modules;
+ * callers add the context-specific message for 404/401 where it means "wrong
+ * phrase" or "unknown vault".
  */
+import { sha256Hex } from '../crypto/sha256.js';
 import { collectGarbage, collectYoung } from '../gc.js';
-import { createHash } from 'node:crypto';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { AuthError, CancelledError, FailureError, IntegrityError, UnreachableError } from '../errors.js';
-import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../protocol/messages.js';
+import { CancelledError, FailureError } from '../errors.js';
+import { mapRelayError, notARelay, RelayHttpError, unreachable } from '../failures.js';
+import { RELAY_SERVICE, SHA256_HEADER, TIME_HEADER } from '../protocol/messages.js';
 import { b64uEncode } from '../crypto/bytes.js';
 import { signPurpose } from '../crypto/sign.js';
 
@@ -32,19 +35,8 @@ export interface RelayClientOptions {
 /** The most casa reads of one answer: a pack or manifest is at most 16 MiB on the relay. */
 const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
-/** An error answer from the relay, before it is given a user-facing meaning. */
-export class RelayHttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: RelayErrorCode | string,
-    message: string,
-    readonly retryAfter: number | null,
-    /** The relay's whole error document (a 409 carries the head or the missing packs). */
-    readonly doc: Record<string, unknown> = {},
-  ) {
-    super(message);
-  }
-}
+/** The relay's errors as data, and their one meaning to the user (src/failures.ts), for the capability modules. */
+export { malformedAnswer, mapRelayError, RelayHttpError } from '../failures.js';
 
 function parseJsonObject(server: string, status: number, body: Uint8Array): Record<string, unknown> {
   let doc: unknown;
@@ -276,54 +268,6 @@ export function normaliseServer(server: string): string {
   return u.origin + u.pathname.replace(/\/+$/, '');
 }
 
-function unreachable(server: string, err: unknown): UnreachableError {
-  const cause = err as { cause?: { code?: string }; code?: string; name?: string };
-  const code = cause?.cause?.code ?? cause?.code ?? (cause?.name === 'TimeoutError' ? 'timed out' : undefined);
-  return new UnreachableError(`cannot reach the relay at ${server}${code ? ` (${code})` : ''}`, {
-    hints: [
-      'check that the relay is running (`casa relay` starts a local one) and that --server (or CASA_SERVER) is right',
-    ],
-  });
-}
-
-function notARelay(server: string, what: string): UnreachableError {
-  return new UnreachableError(`the server at ${server} ${what}`, {
-    code: 'relay_protocol',
-    hints: ['check that --server (or CASA_SERVER) points at a casa relay'],
-  });
-}
-
-/** Generic meaning of a relay error; commands catch RelayHttpError first where a status means more. */
-export function mapRelayError(server: string, err: unknown): unknown {
-  if (!(err instanceof RelayHttpError)) return err;
-  switch (err.code) {
-    case 'device_revoked':
-      return new AuthError('this device was revoked from the vault', {
-        code: 'device_revoked',
-        hints: ['join the vault again with `casa pair --join` (it gets a new device id)'],
-      });
-    case 'unauthorized':
-      return new AuthError('the relay refused this device\'s credentials', {
-        hints: ['the keys in the keystore may not belong to this vault; run `casa status`'],
-      });
-    case 'not_found':
-      return new AuthError('the relay does not know this vault or device', {
-        code: 'unknown_vault',
-        hints: [`check that ${server} is the relay this vault was created on`],
-      });
-    case 'rate_limited':
-      return new FailureError(`the relay is rate limiting requests${err.retryAfter ? `; retry in ${err.retryAfter} s` : ''}`, {
-        code: 'rate_limited',
-        hints: ['wait a little and run the command again'],
-      });
-    case 'too_large':
-      return new FailureError('the relay refused a request as too large');
-    default:
-      if (err.status >= 500) return new FailureError(`the relay failed (${err.status} ${err.code})`, { hints: ['try again later'] });
-      return new FailureError(`the relay refused the request (${err.status} ${err.code}: ${err.message})`);
-  }
-}
-
 /**
  * A device's authenticated session: challenge → signed → short-lived token,
  * fetched lazily and renewed before it expires.
@@ -389,11 +333,11 @@ export class DeviceSession {
     headers: Record<string, string> = {},
   ): Promise<{ status: number; doc: Record<string, unknown> }> {
     const token = await this.getToken();
-    const sha = createHash('sha256').update(bytes).digest('hex');
+    const sha = sha256Hex(bytes);
     const res = await this.client.send(method, `${this.base}${path}`, {
       bytes,
       token,
-      headers: { ...headers, 'x-casa-sha256': sha },
+      headers: { ...headers, [SHA256_HEADER.toLowerCase()]: sha },
       timeoutMs: 120_000,
     });
     return { status: res.status, doc: parseJsonObject(this.client.server, res.status, res.body) };
@@ -410,11 +354,4 @@ export class DeviceSession {
     const res = await this.client.send('GET', `${this.base}${path}`, { token, timeoutMs: 120_000, ...(into ? { into } : {}) });
     return res.body;
   }
-}
-
-/** A relay answer that does not have the shape the protocol says: treated as tampering (exit 6). */
-export function malformedAnswer(server: string, what: string): IntegrityError {
-  return new IntegrityError(`the relay at ${server} sent a malformed ${what}`, {
-    hints: ['the relay may be damaged or tampered with; nothing was changed here'],
-  });
 }

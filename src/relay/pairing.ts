@@ -10,6 +10,7 @@
  */
 import { b64uDecode, b64uEncode, bytesToHex, hexToBytes } from '../crypto/bytes.js';
 import { UnreachableError } from '../errors.js';
+import { isDeviceId, isPairingSessionId } from '../protocol/ids.js';
 import { mapRelayError, RelayHttpError, type DeviceSession, type RelayClient } from './client.js';
 
 export type PairingState = 'open' | 'joined' | 'confirmed' | 'failed' | 'done' | 'cancelled' | 'expired';
@@ -85,7 +86,7 @@ export class OfferMailbox {
     const out: OfferStatus = { state: state(this.server, d.state), expiresAt: time(this.server, d.expiresAt) };
     if (d.msgB !== undefined) out.msgB = message(this.server, d.msgB, 'msgB');
     if (d.deviceId !== undefined) {
-      if (typeof d.deviceId !== 'string' || !/^[0-9a-f]{16}$/.test(d.deviceId)) throw malformed(this.server, 'deviceId');
+      if (!isDeviceId(d.deviceId)) throw malformed(this.server, 'deviceId');
       out.deviceId = d.deviceId;
     }
     return out;
@@ -128,7 +129,7 @@ export class JoinMailbox {
       if (err instanceof RelayHttpError && err.code === 'not_found') return null;
       throw this.mapped(err);
     }
-    if (typeof d.sid !== 'string' || !/^[0-9a-f]{32}$/.test(d.sid)) throw malformed(this.server, 'sid');
+    if (!isPairingSessionId(d.sid)) throw malformed(this.server, 'sid');
     return { sid: hexToBytes(d.sid), msgA: message(this.server, d.msgA, 'msgA'), expiresAt: time(this.server, d.expiresAt) };
   }
 

@@ -5,7 +5,8 @@
  * job, through src/snapshots/manifest.ts.
  */
 import { IntegrityError } from '../errors.js';
-import type { SnapshotView } from '../protocol/messages.js';
+import { isSnapshotId } from '../protocol/ids.js';
+import { MAX_PACK_IDS, type SnapshotView } from '../protocol/messages.js';
 import { malformedAnswer, mapRelayError, RelayHttpError, type DeviceSession } from './client.js';
 
 /** A snapshot as the relay lists it (shape-checked on arrival). */
@@ -30,7 +31,8 @@ export type CommitResult =
   /** The relay has no manifest for the snapshot (an upload lost, or expired): upload again and retry. */
   | { ok: false; reason: 'missing_manifest' };
 
-const CHECK_BATCH = 10_000;
+/** packs/check takes at most this many ids at a time. */
+const CHECK_BATCH = MAX_PACK_IDS;
 
 export class SnapshotApi {
   constructor(readonly session: DeviceSession) {}
@@ -140,8 +142,7 @@ export class SnapshotApi {
     if (
       typeof s !== 'object' ||
       s === null ||
-      typeof s.id !== 'string' ||
-      !/^[0-9a-f]{32}$/.test(s.id) ||
+      !isSnapshotId(s.id) ||
       !uint(s.seq) ||
       typeof s.deviceId !== 'string' ||
       !uint(s.time)

@@ -72,7 +72,7 @@ export interface DbCopy extends DbSource {
   hashes: Uint8Array;
 }
 
-export function openDatabaseReadonly(dbPath: string): Database.Database {
+function openDatabaseReadonly(dbPath: string): Database.Database {
   try {
     return new Database(dbPath, { readonly: true, fileMustExist: true });
   } catch (err) {
@@ -300,7 +300,7 @@ export async function readDatabase(dbPath: string, tmpDir: () => string, pool: W
  * Removes copies left in `tmpDir` by casa processes that no longer run (a
  * SIGKILL or a power cut skips every cleanup); copies of live processes stay.
  */
-export function sweepStaleCopies(tmpDir: string): void {
+function sweepStaleCopies(tmpDir: string): void {
   let names: string[];
   try {
     names = readdirSync(tmpDir);

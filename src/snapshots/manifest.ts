@@ -14,6 +14,7 @@ import { bytesToUtf8, concatBytes, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { ObjectType, openObject, openObjectReader, sealEncoded, type OpenParams } from '../crypto/objects.js';
 import { Codec, compress, compressStream, type DecompressReader } from '../codec.js';
+import { isDeviceId, isPackId, isSha256Hex, isSnapshotId, isVaultId } from '../protocol/ids.js';
 import { hashPages, PAGE_HASH_BYTES } from './page-hash.js';
 
 export const MANIFEST_FORMAT = 1;
@@ -65,15 +66,11 @@ export class ManifestError extends Error {
   }
 }
 
-const HEX32 = /^[0-9a-f]{32}$/;
-const HEX16 = /^[0-9a-f]{16}$/;
-const HEX64 = /^[0-9a-f]{64}$/;
-
-export function manifestIdentity(m: ManifestIdentity): string {
+function manifestIdentity(m: ManifestIdentity): string {
   return `manifest:${m.snapshotId}:${m.seq}`;
 }
 
-export function packIdentity(packId: string): string {
+function packIdentity(packId: string): string {
   return `pack:${packId}`;
 }
 
@@ -84,7 +81,7 @@ export function packIdentity(packId: string): string {
  * ~0.9 s per GiB here). Binds every byte of every page, their order and the
  * page size, like a MAC of the plaintext.
  */
-export function packIdFromHashes(idMacKey: Uint8Array, pageSize: number, pageHashes: Uint8Array): string {
+function packIdFromHashes(idMacKey: Uint8Array, pageSize: number, pageHashes: Uint8Array): string {
   const size = Buffer.alloc(4);
   size.writeUInt32BE(pageSize, 0);
   return createHmac('sha256', idMacKey).update('casa/v1/pack-pages\0').update(size).update(pageHashes).digest('hex');
@@ -120,7 +117,7 @@ function manifestParts(m: Manifest): string[] {
   return parts;
 }
 
-export function decodeManifest(bytes: Uint8Array, expected: ManifestIdentity): Manifest {
+function decodeManifest(bytes: Uint8Array, expected: ManifestIdentity): Manifest {
   let doc: unknown;
   try {
     doc = JSON.parse(bytesToUtf8(bytes));
@@ -143,22 +140,22 @@ export function validateManifest(m: Manifest): void {
   };
   if (typeof m !== 'object' || m === null) fail('not an object');
   if (m.format !== MANIFEST_FORMAT) fail(`unsupported format ${String(m.format)}`);
-  if (typeof m.vaultId !== 'string' || !HEX32.test(m.vaultId)) fail('bad vaultId');
-  if (typeof m.snapshotId !== 'string' || !HEX32.test(m.snapshotId)) fail('bad snapshotId');
+  if (!isVaultId(m.vaultId)) fail('bad vaultId');
+  if (!isSnapshotId(m.snapshotId)) fail('bad snapshotId');
   if (!isUint(m.seq) || m.seq < 1) fail('bad seq');
   if (!isUint(m.parentSeq) || m.parentSeq !== m.seq - 1) fail('seq is not parentSeq + 1');
-  if (m.parentId !== null && (typeof m.parentId !== 'string' || !HEX32.test(m.parentId))) fail('bad parentId');
+  if (m.parentId !== null && !isSnapshotId(m.parentId)) fail('bad parentId');
   if ((m.parentId === null) !== (m.parentSeq === 0)) fail('parentId and parentSeq disagree');
-  if (typeof m.deviceId !== 'string' || !HEX16.test(m.deviceId)) fail('bad deviceId');
+  if (!isDeviceId(m.deviceId)) fail('bad deviceId');
   for (const k of ['time', 'pageCount', 'dbBytes', 'schemaVersion', 'userVersion', 'changesetWatermark'] as const) {
     if (!isUint(m[k])) fail(`bad ${k}`);
   }
   if (!isUint(m.pageSize) || m.pageSize < 512 || m.pageSize > 65536 || (m.pageSize & (m.pageSize - 1)) !== 0) fail('bad pageSize');
   if (m.dbBytes !== m.pageCount * m.pageSize) fail('dbBytes is not pageCount × pageSize');
-  if (typeof m.pagesSha256 !== 'string' || !HEX64.test(m.pagesSha256)) fail('bad pagesSha256');
+  if (!isSha256Hex(m.pagesSha256)) fail('bad pagesSha256');
   if (!Array.isArray(m.packs)) fail('bad packs');
   for (const p of m.packs) {
-    if (typeof p !== 'object' || p === null || typeof p.id !== 'string' || !HEX64.test(p.id)) fail('bad pack id');
+    if (typeof p !== 'object' || p === null || !isPackId(p.id)) fail('bad pack id');
     if (!isUint(p.bytes) || p.bytes === 0 || p.bytes > PACK_MAX_BYTES || p.bytes % m.pageSize !== 0) fail('bad pack size');
   }
   if (new Set(m.packs.map((p) => p.id)).size !== m.packs.length) fail('duplicate pack');

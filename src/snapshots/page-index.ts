@@ -20,6 +20,7 @@ import { collectGarbage } from '../gc.js';
 import { validateManifest, type Manifest } from './manifest.js';
 import { PAGE_HASH_BYTES } from './page-hash.js';
 import { ObjectType, openObject, sealObjectParts } from '../crypto/objects.js';
+import { isPackId } from '../protocol/ids.js';
 
 /** The most a sealed index may decrypt to: a 64 GiB database of 4 KiB pages, plus its manifest. */
 const MAX_INDEX_BYTES = 1 << 30;
@@ -143,7 +144,7 @@ function validPackSizes(v: unknown): Record<string, number> | undefined {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
   const out: Record<string, number> = {};
   for (const [id, n] of Object.entries(v)) {
-    if (/^[0-9a-f]{64}$/.test(id) && typeof n === 'number' && Number.isSafeInteger(n) && n > 0) out[id] = n;
+    if (isPackId(id) && typeof n === 'number' && Number.isSafeInteger(n) && n > 0) out[id] = n;
   }
   return out;
 }

@@ -43,8 +43,8 @@ import { fsync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { mapCryptoError } from '../commands/context.js';
 import { CancelledError, FailureError, IntegrityError } from '../errors.js';
+import { mapCryptoError, objectFailure } from '../failures.js';
 import { fsyncDir } from '../state.js';
 import { digestFile } from './db-copy.js';
 import { ManifestError, openManifest, openPackReader, type Manifest } from './manifest.js';
@@ -88,13 +88,22 @@ export interface SnapshotRef {
 
 export const shortId = (id: string): string => id.slice(0, 12);
 
+/**
+ * A manifest or pack that did not open, as src/failures.ts maps it: sealed
+ * under another key exit 4, anything else (authentication, format, a
+ * ManifestError) exit 6; other errors pass through.
+ */
+function openFailure(err: unknown, what: string): unknown {
+  return err instanceof ManifestError ? objectFailure('malformed', what) : mapCryptoError(err, what);
+}
+
 /** Fetches and opens a snapshot's manifest; any crypto or format failure is an integrity failure (exit 6) or wrong key (exit 4). */
 export async function fetchManifest(api: SnapshotApi, keys: VaultKeys, ref: SnapshotRef): Promise<{ manifest: Manifest; bytes: number }> {
   const object = await api.getManifest(ref.id);
   try {
     return { manifest: openManifest(keys, object, { vaultId: keys.vaultId, snapshotId: ref.id, seq: ref.seq }), bytes: object.length };
   } catch (err) {
-    throw mapCryptoError(err, `the manifest of snapshot ${shortId(ref.id)}`);
+    throw openFailure(err, `the manifest of snapshot ${shortId(ref.id)}`);
   }
 }
 
@@ -131,7 +140,7 @@ export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
     // The checks read the file from the page cache while the kernel writes it out: neither waits for the other.
     try {
       p.signal.throwIfAborted();
-      await checkDatabaseFile(p.tmpPath, manifest, p.thorough, hashes);
+      await checkRestoredDatabase(p.tmpPath, manifest, p.thorough, hashes);
       p.trace?.(p.thorough ? 'digest and integrity_check ok' : 'digest and quick_check ok');
     } finally {
       await synced;
@@ -189,7 +198,7 @@ async function assemble(
         try {
           writePack(p.keys, pack.id, object, pack.bytes, m.pageSize, writes, fd, window, hashes);
         } catch (err) {
-          throw mapCryptoError(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
+          throw openFailure(err, `pack ${shortId(pack.id)} of snapshot ${shortId(m.snapshotId)}`);
         }
         for (const [, length] of writes) onBytes(length);
       }
@@ -278,7 +287,7 @@ const formatMiB = (bytes: number): string => `${Math.ceil(bytes / (1024 * 1024))
  * written, or of the file as it is on disk when none are given), then
  * SQLite's own check. Read-only: the file's bytes never change.
  */
-export async function checkDatabaseFile(path: string, m: Manifest, thorough: boolean, hashes?: Uint8Array): Promise<void> {
+export async function checkRestoredDatabase(path: string, m: Manifest, thorough: boolean, hashes?: Uint8Array): Promise<void> {
   const what = `snapshot ${shortId(m.snapshotId)} (seq ${m.seq})`;
   const digest = hashes ? pagesDigest(hashes) : digestFile(path, m.pageSize);
   if (digest !== m.pagesSha256) {

@@ -22,10 +22,10 @@ import { bytesToHex } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { CancelledError, FailureError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
-import { hashDatabase, openDatabaseView, scratchDir, type DbCopy } from './db-copy.js';
+import { hashDatabase, openDatabaseView, scratchDir, type DbCopy, type DbSource } from './db-copy.js';
 import { PAGE_HASH_BYTES, pagesDigest } from './page-hash.js';
 import { equalBytes } from '../crypto/bytes.js';
-import { sealManifest } from './manifest.js';
+import { sealManifest, type Manifest } from './manifest.js';
 import { collectGarbage } from '../gc.js';
 import { readIndex, statDatabase, writeIndex, type PageIndex } from './page-index.js';
 import type { WorkerPool } from './pool.js';
@@ -36,10 +36,11 @@ import {
   groupPages,
   planPages,
   storedBytes,
+  type ManifestHeader,
   type NewPack,
   type PagePlan,
 } from './plan.js';
-import { checkNotRolledBack, type SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
+import { checkNotRolledBack, type CommitResult, type SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
 
 /** Commit attempts before giving up on a head that keeps moving. */
 export const COMMIT_ATTEMPTS = 10;
@@ -108,30 +109,92 @@ export interface SnapshotResult {
   durationMs: number;
 }
 
-/** Takes a snapshot of `env.dbPath`, or reports that the newest one this device made still holds it. */
+/**
+ * Takes a snapshot of `env.dbPath`, or reports that the newest one this
+ * device made still holds it. The steps of docs/ARCHITECTURE.md §3: open a
+ * view → diff against the index → up to date? → upload plan → commit with
+ * rebase → record.
+ */
 export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Promise<SnapshotResult> {
   const started = env.now();
-  const checkAbort = () => {
-    if (env.signal.aborted) throw new CancelledError();
-  };
-  let highest = env.highestSeq;
-  const seen = (head: SnapshotInfo | null) => {
-    checkNotRolledBack(head, highest, env.server);
-    if (head && head.seq > highest) {
-      highest = head.seq;
-      noteSeenSeq(env.home, head.seq);
-    }
-  };
-
+  const seqs = new SeenSeqs(env);
   // Ask the relay first: a revoked device, a wrong relay or a rollback fails before the copy.
   const listed = await env.api.list();
-  seen(listed.head);
-  checkAbort();
+  seqs.check(listed.head);
+  checkAbort(env);
   env.trace?.('listed snapshots');
 
+  const view = await openView(env);
+  let sealPool: WorkerPool | undefined;
+  try {
+    checkAbort(env);
+    const diff = await diffAgainstIndex(env, view);
+    checkAbort(env);
+    if (!opts.force && isUpToDate(diff, listed.snapshots)) return keepUpToDate(env, diff, started);
+    const { copy, sizes, nChanged } = diff;
+    const oldManifest = keepOnlyManifest(diff);
+
+    const plan = await planUpload(env, oldManifest, diff.changed, copy.pageSize);
+    // Every page to seal (no index): a pool of its own, when the caller gives one.
+    if (oldManifest === null && env.fullUploadPool) sealPool = env.fullUploadPool();
+    const up = await uploadPlanned(env, plan, copy, sizes, sealPool ?? env.pool);
+    const { manifest, stored, rebases } = await commitWithRebase(env, seqs, copy, sizes, plan, up);
+    record(env, seqs, manifest, copy, sizes);
+    return snapshotResult('committed', manifest, copy, {
+      changedPages: nChanged,
+      compactedPages: plan.pages.compacted,
+      uploads: up,
+      storedBytes: stored,
+      rebases,
+      durationMs: env.now() - started,
+    });
+  } finally {
+    // Every lane of the uploader has settled (packPages waits for all): nothing reads the view any more.
+    await sealPool?.close();
+    view.close();
+  }
+}
+
+// ---------------------------------------------------------------- the steps
+// "Step N" is step N of the path of a snapshot, docs/ARCHITECTURE.md §3.
+
+/** Ctrl-C (or SIGTERM) stops the run at the next step: CancelledError, exit 130. */
+function checkAbort(env: Pick<SnapshotEnv, 'signal'>): void {
+  if (env.signal.aborted) throw new CancelledError();
+}
+
+/**
+ * The highest snapshot seq this device has seen (state.json): every head the
+ * relay answers with is checked against it (an older one is a rollback,
+ * IntegrityError, exit 6), and a newer seq is noted.
+ */
+class SeenSeqs {
+  private highest: number;
+
+  constructor(private readonly env: SnapshotEnv) {
+    this.highest = env.highestSeq;
+  }
+
+  /** Checks a head the relay answered with, and notes its seq. */
+  check(head: SnapshotInfo | null): void {
+    checkNotRolledBack(head, this.highest, this.env.server);
+    if (head) this.note(head.seq);
+  }
+
+  /** Notes a seq this device saw (a head, or the snapshot it committed) if it is the highest yet. */
+  note(seq: number): void {
+    if (seq > this.highest) {
+      this.highest = seq;
+      noteSeenSeq(this.env.home, seq);
+    }
+  }
+}
+
+/** Step 1: a consistent view of the live database (src/snapshots/db-copy.ts); a copy, when one is needed, goes to scratchDir. */
+async function openView(env: SnapshotEnv): Promise<DbSource> {
   const before = statDatabase(env.dbPath);
   const dbSize = before.size + before.walSize;
-  const view = await openDatabaseView(
+  return openDatabaseView(
     env.dbPath,
     () => {
       env.onPhase?.('copy', dbSize);
@@ -140,196 +203,297 @@ export async function takeSnapshot(env: SnapshotEnv, opts: SnapshotOptions): Pro
     (b) => env.onProgress?.(b),
     env.trace,
   );
-  let sealPool: WorkerPool | undefined;
-  try {
-    checkAbort();
-    // The local index, if it describes pages of this size.
-    let old = readIndex(env.home, env.keys, env.dbPath);
-    env.trace?.('read the index');
-    if (old && old.manifest.pageSize !== view.pageSize) old = null;
-    const dbStat = view.stat;
-    // Without an index every page goes into a new pack, and sealing hashes each page: no pass of its own.
-    let copy: DbCopy;
-    if (old) {
-      env.onPhase?.('read', view.dbBytes);
-      copy = { ...view, ...(await hashDatabase(view, env.pool, (b) => env.onProgress?.(b))) };
-      env.trace?.('hashed');
-    } else {
-      copy = { ...view, hashes: new Uint8Array(view.pageCount * PAGE_HASH_BYTES), pagesSha256: '' };
+}
+
+/** The view against the last snapshot's local index: which pages changed. */
+interface IndexDiff {
+  /** The view with its page hashes (all zero, to be filled by sealing, without an index). */
+  copy: DbCopy;
+  /** The local index, if it describes pages of this size; null once only its manifest is needed. */
+  old: PageIndex | null;
+  /** One byte a page: 1 where the page changed (every page, without an index). */
+  changed: Uint8Array;
+  nChanged: number;
+  /** Stored sizes of packs, by id: the index's, then every pack this run seals. */
+  sizes: Map<string, number>;
+}
+
+/**
+ * Step 2: the local index read, the view's pages hashed on the pool and
+ * compared with it. Without an index every page goes into a new pack, and
+ * sealing hashes each page: no pass of its own.
+ */
+async function diffAgainstIndex(env: SnapshotEnv, view: DbSource): Promise<IndexDiff> {
+  let old = readIndex(env.home, env.keys, env.dbPath);
+  env.trace?.('read the index');
+  if (old && old.manifest.pageSize !== view.pageSize) old = null;
+  let copy: DbCopy;
+  if (old) {
+    env.onPhase?.('read', view.dbBytes);
+    copy = { ...view, ...(await hashDatabase(view, env.pool, (b) => env.onProgress?.(b))) };
+    env.trace?.('hashed');
+  } else {
+    copy = { ...view, hashes: new Uint8Array(view.pageCount * PAGE_HASH_BYTES), pagesSha256: '' };
+  }
+  const changed = old ? changedPages(old.hashes, copy.hashes) : new Uint8Array(copy.pageCount).fill(1);
+  return { copy, old, changed, nChanged: countChanged(changed), sizes: new Map(Object.entries(old?.packSizes ?? {})) };
+}
+
+/**
+ * Step 3: nothing changed since the snapshot the index describes, and the
+ * relay still lists that snapshot: nothing to send.
+ */
+function isUpToDate(diff: IndexDiff, listed: SnapshotInfo[]): diff is IndexDiff & { old: PageIndex } {
+  const { old, copy } = diff;
+  return (
+    old !== null &&
+    diff.nChanged === 0 &&
+    old.manifest.pageCount === copy.pageCount &&
+    old.manifest.pagesSha256 === copy.pagesSha256 &&
+    listed.some((s) => s.id === old.manifest.snapshotId && s.seq === old.manifest.seq)
+  );
+}
+
+/**
+ * Up to date: the index's file stat refreshed, so `casa status` sees the
+ * database as unchanged since; nothing sent.
+ */
+function keepUpToDate(env: SnapshotEnv, diff: IndexDiff & { old: PageIndex }, started: number): SnapshotResult {
+  const { old, copy } = diff;
+  writeIndex(env.home, env.keys, env.dbPath, { ...old, updatedAt: env.now(), dbStat: copy.stat });
+  return snapshotResult('up_to_date', old.manifest, copy, {
+    changedPages: 0,
+    compactedPages: 0,
+    uploads: NOTHING_UPLOADED,
+    storedBytes: storedBytes(old.manifest, diff.sizes),
+    rebases: 0,
+    durationMs: env.now() - started,
+  });
+}
+
+/**
+ * Only the old manifest is needed from here: the old page hashes (8 MiB per
+ * GiB of database, a view of the whole index file's buffer) go before the
+ * packs are sealed, and the hashing pass's garbage with them.
+ */
+function keepOnlyManifest(diff: IndexDiff): Manifest | null {
+  const manifest = diff.old?.manifest ?? null;
+  diff.old = null;
+  collectGarbage();
+  return manifest;
+}
+
+/**
+ * Step 4: which pages go into new packs (src/snapshots/plan.ts) and the
+ * packs sealed for them; the commit amends both when the relay lost packs.
+ */
+class UploadPlan {
+  pages: PagePlan;
+  /** The packs this run sealed (uploaded, unless the relay had them). */
+  newPacks: NewPack[] = [];
+  /** Old packs the relay does not have: their pages are re-packed. */
+  private readonly unavailable = new Set<string>();
+
+  constructor(
+    readonly oldManifest: Manifest | null,
+    private readonly changed: Uint8Array,
+    private readonly pageSize: number,
+  ) {
+    this.pages = planPages(oldManifest, changed);
+  }
+
+  /** Asks the relay which old packs the plan keeps are still there (the check also restarts their retention grace period). */
+  async checkKeptPacks(env: SnapshotEnv): Promise<void> {
+    if (this.pages.keptPacks.length === 0) return;
+    for (const id of await env.api.missingPacks(this.pages.keptPacks)) this.unavailable.add(id);
+    if (this.unavailable.size > 0) this.pages = planPages(this.oldManifest!, this.changed, { unavailable: this.unavailable });
+  }
+
+  /** Seals and uploads the planned packs. */
+  async upload(env: SnapshotEnv, up: Uploader): Promise<void> {
+    env.onPhase?.('upload', this.pages.repack.length * this.pageSize);
+    this.newPacks = await up.packPages(this.pages.repack);
+  }
+
+  /**
+   * After a `missing_packs` answer (the relay lost packs between our check
+   * and the commit): this run's lost packs uploaded again, the pages of lost
+   * old packs re-packed. A FailureError when the snapshot uses none of them.
+   */
+  async replaceLost(env: SnapshotEnv, up: Uploader, missing: Set<string>): Promise<void> {
+    const lostNew = this.newPacks.filter((p) => missing.has(p.id));
+    for (const p of lostNew) await up.reupload(p);
+    const lostOld = this.pages.keptPacks.filter((id) => missing.has(id));
+    if (lostOld.length > 0) {
+      for (const id of lostOld) this.unavailable.add(id);
+      const before = this.pages;
+      this.pages = planPages(this.oldManifest!, this.changed, { unavailable: this.unavailable });
+      const extra = newlyRepacked(before, this.pages);
+      env.onPhase?.('upload', extra.length * this.pageSize);
+      this.newPacks.push(...(await up.packPages(extra)));
     }
-    checkAbort();
-    const changed = old ? changedPages(old.hashes, copy.hashes) : new Uint8Array(copy.pageCount).fill(1);
-    const nChanged = countChanged(changed);
-    const sizes = new Map<string, number>(Object.entries(old?.packSizes ?? {}));
-
-    if (
-      !opts.force &&
-      old !== null &&
-      nChanged === 0 &&
-      old.manifest.pageCount === copy.pageCount &&
-      old.manifest.pagesSha256 === copy.pagesSha256 &&
-      listed.snapshots.some((s) => s.id === old!.manifest.snapshotId && s.seq === old!.manifest.seq)
-    ) {
-      // Refresh the index's file stat, so `casa status` sees the database as unchanged since.
-      writeIndex(env.home, env.keys, env.dbPath, { ...old, updatedAt: env.now(), dbStat });
-      return {
-        status: 'up_to_date',
-        snapshotId: old.manifest.snapshotId,
-        seq: old.manifest.seq,
-        dbBytes: copy.dbBytes,
-        changedPages: 0,
-        compactedPages: 0,
-        totalPages: copy.pageCount,
-        uploadedBytes: 0,
-        uploadedObjects: 0,
-        reusedPacks: old.manifest.packs.length,
-        packCount: old.manifest.packs.length,
-        storedBytes: storedBytes(old.manifest, sizes),
-        rebases: 0,
-        durationMs: env.now() - started,
-      };
-    }
-
-    // Only the old manifest is needed from here: the old page hashes (8 MiB per GiB of database, a view of
-    // the whole index file's buffer) go before the packs are sealed, and the hashing pass's garbage with them.
-    const oldManifest = old?.manifest ?? null;
-    old = null;
-    collectGarbage();
-
-    // Which old packs are still on the relay (the check also restarts their retention grace period).
-    let plan = planPages(oldManifest, changed);
-    const unavailable = new Set<string>();
-    if (plan.keptPacks.length > 0) {
-      for (const id of await env.api.missingPacks(plan.keptPacks)) unavailable.add(id);
-      if (unavailable.size > 0) plan = planPages(oldManifest!, changed, { unavailable });
-    }
-    checkAbort();
-
-    env.trace?.('planned; kept packs checked');
-    // Every page to seal: a worker thread compresses and encrypts while the main thread keeps the uploads going.
-    if (oldManifest === null && env.fullUploadPool) sealPool = env.fullUploadPool();
-    const up = new Uploader({ ...env, pool: sealPool ?? env.pool }, copy, sizes, oldManifest === null);
-    env.onPhase?.('upload', plan.repack.length * copy.pageSize);
-    const newPacks = await up.packPages(plan.repack);
-    if (oldManifest === null) copy.pagesSha256 = pagesDigest(copy.hashes);
-    // The uploads' garbage goes before the manifest is built, so the two do not add up (milliseconds).
-    collectGarbage();
-
-    // Commit, rebasing onto a head that moved and re-packing what the relay lost meanwhile.
-    env.trace?.('packs sealed and uploaded');
-    let head = await env.api.head();
-    seen(head);
-    let rebases = 0;
-    for (let attempt = 1; ; attempt++) {
-      checkAbort();
-      const manifest = assembleManifest(
-        {
-          format: 1,
-          vaultId: env.keys.vaultId,
-          snapshotId: bytesToHex(env.random(16)),
-          seq: (head?.seq ?? 0) + 1,
-          parentId: head?.id ?? null,
-          parentSeq: head?.seq ?? 0,
-          deviceId: env.deviceId,
-          time: env.now(),
-          pageSize: copy.pageSize,
-          pageCount: copy.pageCount,
-          dbBytes: copy.dbBytes,
-          pagesSha256: copy.pagesSha256,
-          schemaVersion: copy.schemaVersion,
-          userVersion: copy.userVersion,
-          changesetWatermark: env.changesetWatermark ?? 0,
-        },
-        oldManifest,
-        plan,
-        newPacks,
-      );
-      const stored = storedBytes(manifest, sizes);
-      // assembleManifest's per-page arrays (12 bytes a page) go before the manifest is encoded (milliseconds).
-      collectGarbage();
-      const sealedManifest = sealManifest(env.keys, manifest, env.random(SALT_BYTES));
-      env.trace?.(`manifest sealed (${sealedManifest.length} bytes)`);
-      await env.api.putManifest(manifest.snapshotId, sealedManifest);
-      const res = await env.api.commit({
-        snapshotId: manifest.snapshotId,
-        seq: manifest.seq,
-        parentSeq: manifest.parentSeq,
-        packs: manifest.packs.map((p) => p.id),
-        dbBytes: manifest.dbBytes,
-        storedBytes: stored,
-        newBytes: up.uploadedBytes,
-        ...(manifest.changesetWatermark > 0 ? { changesetWatermark: manifest.changesetWatermark } : {}),
+    if (lostNew.length === 0 && lostOld.length === 0) {
+      throw new FailureError('the relay reports packs missing that this snapshot does not use', {
+        hints: ['the relay may be misbehaving; run `casa status`'],
       });
-      env.trace?.('commit answered');
-      if (res.ok) {
-        if (manifest.seq > highest) {
-          highest = manifest.seq;
-          noteSeenSeq(env.home, manifest.seq);
-        }
-        const packSizes: Record<string, number> = {};
-        for (const p of manifest.packs) {
-          const n = sizes.get(p.id);
-          if (n !== undefined) packSizes[p.id] = n;
-        }
-        const idx: PageIndex = { manifest, hashes: copy.hashes, source: 'snapshot', updatedAt: env.now(), dbStat, packSizes };
-        writeIndex(env.home, env.keys, env.dbPath, idx);
-        env.trace?.('index written');
-        return {
-          status: 'committed',
-          snapshotId: manifest.snapshotId,
-          seq: manifest.seq,
-          dbBytes: copy.dbBytes,
-          changedPages: nChanged,
-          compactedPages: plan.compacted,
-          totalPages: copy.pageCount,
-          uploadedBytes: up.uploadedBytes,
-          uploadedObjects: up.uploadedObjects,
-          reusedPacks: manifest.packs.filter((p) => !up.uploaded.has(p.id)).length,
-          packCount: manifest.packs.length,
-          storedBytes: stored,
-          rebases,
-          durationMs: env.now() - started,
-        };
-      }
-      if (attempt >= COMMIT_ATTEMPTS) {
-        throw new FailureError(`could not commit the snapshot after ${attempt} attempts (${res.reason})`, {
-          hints: ['other devices may be snapshotting at the same time; run the command again'],
-        });
-      }
-      if (res.reason === 'conflict') {
-        // Another device committed first: go after it, with the same packs.
-        head = res.head;
-        seen(head);
-        rebases++;
-        await (env.sleep ?? sleep)(jitter(attempt, env.random));
-        continue;
-      }
-      if (res.reason === 'missing_manifest') continue; // the next attempt uploads a manifest again
-      // missing_packs: the relay lost packs between our check and the commit.
-      const missing = new Set(res.missing);
-      const lostNew = newPacks.filter((p) => missing.has(p.id));
-      for (const p of lostNew) await up.reupload(p);
-      const lostOld = plan.keptPacks.filter((id) => missing.has(id));
-      if (lostOld.length > 0) {
-        for (const id of lostOld) unavailable.add(id);
-        const before = plan;
-        plan = planPages(oldManifest!, changed, { unavailable });
-        const extra = newlyRepacked(before, plan);
-        env.onPhase?.('upload', extra.length * copy.pageSize);
-        newPacks.push(...(await up.packPages(extra)));
-      }
-      if (lostNew.length === 0 && lostOld.length === 0) {
-        throw new FailureError('the relay reports packs missing that this snapshot does not use', {
-          hints: ['the relay may be misbehaving; run `casa status`'],
-        });
-      }
     }
-  } finally {
-    // Every lane of the uploader has settled (packPages waits for all): nothing reads the view any more.
-    await sealPool?.close();
-    view.close();
   }
 }
+
+/** The upload plan, with the kept packs checked on the relay. */
+async function planUpload(env: SnapshotEnv, oldManifest: Manifest | null, changed: Uint8Array, pageSize: number): Promise<UploadPlan> {
+  const plan = new UploadPlan(oldManifest, changed, pageSize);
+  await plan.checkKeptPacks(env);
+  checkAbort(env);
+  env.trace?.('planned; kept packs checked');
+  return plan;
+}
+
+/**
+ * Seals the planned packs on `pool` and uploads them: a worker thread
+ * compresses and encrypts while the main thread keeps the uploads going.
+ * Without an index, sealing hashed every page: the pages' digest follows.
+ */
+async function uploadPlanned(env: SnapshotEnv, plan: UploadPlan, copy: DbCopy, sizes: Map<string, number>, pool: WorkerPool): Promise<Uploader> {
+  const fillHashes = plan.oldManifest === null;
+  const up = new Uploader({ ...env, pool }, copy, sizes, fillHashes);
+  await plan.upload(env, up);
+  if (fillHashes) copy.pagesSha256 = pagesDigest(copy.hashes);
+  // The uploads' garbage goes before the manifest is built, so the two do not add up (milliseconds).
+  collectGarbage();
+  env.trace?.('packs sealed and uploaded');
+  return up;
+}
+
+/**
+ * Step 5: the manifest built on the vault's head, sealed, uploaded and
+ * committed with compare-and-swap. A head that moved (`conflict`) is followed
+ * with the same packs after a short wait; a manifest the relay lost is
+ * uploaded again; packs it lost are replaced. At most COMMIT_ATTEMPTS tries.
+ */
+async function commitWithRebase(
+  env: SnapshotEnv,
+  seqs: SeenSeqs,
+  copy: DbCopy,
+  sizes: Map<string, number>,
+  plan: UploadPlan,
+  up: Uploader,
+): Promise<{ manifest: Manifest; stored: number; rebases: number }> {
+  let head = await env.api.head();
+  seqs.check(head);
+  let rebases = 0;
+  for (let attempt = 1; ; attempt++) {
+    checkAbort(env);
+    const manifest = assembleManifest(manifestHeader(env, copy, head), plan.oldManifest, plan.pages, plan.newPacks);
+    const stored = storedBytes(manifest, sizes);
+    // assembleManifest's per-page arrays (12 bytes a page) go before the manifest is encoded (milliseconds).
+    collectGarbage();
+    const res = await uploadAndCommit(env, manifest, stored, up.uploadedBytes);
+    if (res.ok) return { manifest, stored, rebases };
+    if (attempt >= COMMIT_ATTEMPTS) {
+      throw new FailureError(`could not commit the snapshot after ${attempt} attempts (${res.reason})`, {
+        hints: ['other devices may be snapshotting at the same time; run the command again'],
+      });
+    }
+    if (res.reason === 'conflict') {
+      // Another device committed first: go after it, with the same packs.
+      head = res.head;
+      seqs.check(head);
+      rebases++;
+      await (env.sleep ?? sleep)(jitter(attempt, env.random));
+    } else if (res.reason === 'missing_packs') {
+      await plan.replaceLost(env, up, new Set(res.missing));
+    }
+    // missing_manifest: the next attempt uploads a manifest again.
+  }
+}
+
+/** The new manifest's header: the next seq after `head`, with it as the parent. */
+function manifestHeader(env: SnapshotEnv, copy: DbCopy, head: SnapshotInfo | null): ManifestHeader {
+  return {
+    format: 1,
+    vaultId: env.keys.vaultId,
+    snapshotId: bytesToHex(env.random(16)),
+    seq: (head?.seq ?? 0) + 1,
+    parentId: head?.id ?? null,
+    parentSeq: head?.seq ?? 0,
+    deviceId: env.deviceId,
+    time: env.now(),
+    pageSize: copy.pageSize,
+    pageCount: copy.pageCount,
+    dbBytes: copy.dbBytes,
+    pagesSha256: copy.pagesSha256,
+    schemaVersion: copy.schemaVersion,
+    userVersion: copy.userVersion,
+    changesetWatermark: env.changesetWatermark ?? 0,
+  };
+}
+
+/** Seals and uploads the manifest, then asks the relay to commit it (docs/RELAY-API.md "Snapshots"). */
+async function uploadAndCommit(env: SnapshotEnv, manifest: Manifest, stored: number, newBytes: number): Promise<CommitResult> {
+  const sealed = sealManifest(env.keys, manifest, env.random(SALT_BYTES));
+  env.trace?.(`manifest sealed (${sealed.length} bytes)`);
+  await env.api.putManifest(manifest.snapshotId, sealed);
+  const res = await env.api.commit({
+    snapshotId: manifest.snapshotId,
+    seq: manifest.seq,
+    parentSeq: manifest.parentSeq,
+    packs: manifest.packs.map((p) => p.id),
+    dbBytes: manifest.dbBytes,
+    storedBytes: stored,
+    newBytes,
+    ...(manifest.changesetWatermark > 0 ? { changesetWatermark: manifest.changesetWatermark } : {}),
+  });
+  env.trace?.('commit answered');
+  return res;
+}
+
+/** Step 6: the committed seq noted as seen, and the new page index written. */
+function record(env: SnapshotEnv, seqs: SeenSeqs, manifest: Manifest, copy: DbCopy, sizes: Map<string, number>): void {
+  seqs.note(manifest.seq);
+  const packSizes: Record<string, number> = {};
+  for (const p of manifest.packs) {
+    const n = sizes.get(p.id);
+    if (n !== undefined) packSizes[p.id] = n;
+  }
+  writeIndex(env.home, env.keys, env.dbPath, { manifest, hashes: copy.hashes, source: 'snapshot', updatedAt: env.now(), dbStat: copy.stat, packSizes });
+  env.trace?.('index written');
+}
+
+/** What this run uploaded (the Uploader's counters). */
+interface Uploads {
+  readonly uploadedBytes: number;
+  readonly uploadedObjects: number;
+  readonly uploaded: ReadonlySet<string>;
+}
+
+const NOTHING_UPLOADED: Uploads = { uploadedBytes: 0, uploadedObjects: 0, uploaded: new Set() };
+
+/** The result of a run that ends at `manifest`: the one place a SnapshotResult is built. */
+function snapshotResult(
+  status: SnapshotResult['status'],
+  manifest: Manifest,
+  copy: DbCopy,
+  work: { changedPages: number; compactedPages: number; uploads: Uploads; storedBytes: number; rebases: number; durationMs: number },
+): SnapshotResult {
+  return {
+    status,
+    snapshotId: manifest.snapshotId,
+    seq: manifest.seq,
+    dbBytes: copy.dbBytes,
+    changedPages: work.changedPages,
+    compactedPages: work.compactedPages,
+    totalPages: copy.pageCount,
+    uploadedBytes: work.uploads.uploadedBytes,
+    uploadedObjects: work.uploads.uploadedObjects,
+    reusedPacks: manifest.packs.filter((p) => !work.uploads.uploaded.has(p.id)).length,
+    packCount: manifest.packs.length,
+    storedBytes: work.storedBytes,
+    rebases: work.rebases,
+    durationMs: work.durationMs,
+  };
+}
+
 
 /** Pages `after` re-packs that `before` did not. */
 function newlyRepacked(before: PagePlan, after: PagePlan): Uint32Array {
@@ -409,7 +573,7 @@ class Uploader {
 
   private async one(pages: Uint32Array, force = false): Promise<NewPack> {
     const env = this.env;
-    if (env.signal.aborted) throw new CancelledError();
+    checkAbort(env);
     const { pageSize } = this.copy;
     const into = this.spare.pop();
     const sealed = await env.pool.run(
@@ -425,7 +589,7 @@ class Uploader {
   /** Checks the sealed pages' hashes, then uploads the pack unless the relay has it (or `force`). */
   private async upload(sealed: { id: string; object: Uint8Array; bytes: number; hashes: Uint8Array }, pages: Uint32Array, force: boolean): Promise<NewPack> {
     const env = this.env;
-    if (env.signal.aborted) throw new CancelledError();
+    checkAbort(env);
     pages.forEach((page, k) => {
       const h = sealed.hashes.subarray(k * PAGE_HASH_BYTES, (k + 1) * PAGE_HASH_BYTES);
       const at = page * PAGE_HASH_BYTES;

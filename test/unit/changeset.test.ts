@@ -13,10 +13,10 @@ import {
   MAX_BATCH_BODY,
   openBatch,
   sealBatch,
-  sha256Hex,
   type BatchChainReason,
   type ChainLink,
 } from '../../src/changesets/batch.js';
+import { sha256Hex } from '../../src/crypto/sha256.js';
 
 const keys = vaultKeysFromRoot(new Uint8Array(32).fill(21));
 const other = vaultKeysFromRoot(new Uint8Array(32).fill(22));

@@ -1,7 +1,7 @@
-/** The CLI's number formatting (src/commands/snapshots.ts): the same text Intl gives, without loading ICU. */
+/** The CLI's number formatting (src/ui/format.ts): the same text Intl gives, without loading ICU. */
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { formatBytes, formatCount } from '../../src/commands/snapshots.js';
+import { formatBytes, formatCount } from '../../src/ui/format.js';
 
 describe('formatCount', () => {
   it('writes any safe integer as en-US does', () => {

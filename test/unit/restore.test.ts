@@ -15,7 +15,7 @@ import Database from 'better-sqlite3';
 import { vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
 import { sealManifest, sealPack, type Manifest } from '../../src/snapshots/manifest.js';
 import {
-  checkDatabaseFile,
+  checkRestoredDatabase,
   installDatabase,
   removeStaleTemps,
   restoreToTemp,
@@ -288,7 +288,7 @@ describe('installDatabase', () => {
     expect(readdirSync(d).sort()).toEqual(['.b.db.casa-restore-22', 'a.db', 'a.db.casa-backup-1']);
   });
 
-  it('checkDatabaseFile accepts a sound file read-only and leaves no sidecar', async () => {
+  it('checkRestoredDatabase accepts a sound file read-only and leaves no sidecar', async () => {
     const d = mkdtempSync(join(dir, 'check-'));
     const p = join(d, 'x.db');
     const file = makeDb(p, 100);
@@ -297,7 +297,7 @@ describe('installDatabase', () => {
     db.close();
     const bytes = readFileSync(p);
     const m = { ...snapshotOf(new Uint8Array(bytes), 10).manifest };
-    await checkDatabaseFile(p, m, false);
+    await checkRestoredDatabase(p, m, false);
     expect(readFileSync(p).equals(bytes)).toBe(true);
     expect(readdirSync(d)).toEqual(['x.db']);
     expect(file.length).toBe(bytes.length);

@@ -8,20 +8,18 @@
  * left behind by a crash is swept by the retention job.
  */
 import { Hono, type Context } from 'hono';
-import { CHANGESET_MAX_BYTES } from '../../src/protocol/messages.js';
+import { CHANGESET_MAX_BYTES, CHANGESET_PULL_MAX_LIMIT, SEQ_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
 import { changesetUploadKey, deleteBlobs, getBlob } from '../blobs.js';
 import { changesetHeads, getChangesetState, listChangesets, pushChangeset, type ChangesetRow } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
 import { ApiError, b64uEncode, badRequest } from '../http.js';
 import { announce } from '../hub.js';
-import { readUpload, storeUpload } from './snapshots.js';
+import { readUpload, storeUpload } from '../uploads.js';
 
 export const changesetRoutes = new Hono<AppEnv>();
 
-export const SEQ_HEADER = 'X-Casa-Seq';
 export const PULL_DEFAULT_LIMIT = 200;
-export const PULL_MAX_LIMIT = 500;
 /** A pull stops adding batches once their bytes would pass this (it always carries at least one). */
 export const PULL_MAX_BYTES = 8 * 1024 * 1024;
 /** R2 reads in flight per pull. */
@@ -100,7 +98,7 @@ async function readBlobs(c: Context<AppEnv>, rows: ChangesetRow[]): Promise<(Uin
 changesetRoutes.get('/:vaultId/changesets', requireDevice(), async (c) => {
   const vaultId = c.var.vaultId;
   const after = intQuery(c, 'after', 0, Number.MAX_SAFE_INTEGER, 0);
-  const limit = intQuery(c, 'limit', 1, PULL_MAX_LIMIT, PULL_DEFAULT_LIMIT);
+  const limit = intQuery(c, 'limit', 1, CHANGESET_PULL_MAX_LIMIT, PULL_DEFAULT_LIMIT);
   // Twice at most: a blob can vanish between the D1 read and the R2 read only
   // if the retention job pruned its batch meanwhile (it deletes rows first);
   // the second read then starts past the pruned batches.

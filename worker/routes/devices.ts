@@ -3,11 +3,12 @@
  * routes"): the device list, revocation, and the live WebSocket.
  */
 import { Hono } from 'hono';
+import { isDeviceId } from '../../src/protocol/ids.js';
 import { TIME_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
 import { listDevices, revokeDevice } from '../db.js';
 import type { AppEnv } from '../env.js';
-import { badRequest, isDeviceId, notFound } from '../http.js';
+import { badRequest, notFound } from '../http.js';
 import { connectHub, disconnectDevice } from '../hub.js';
 
 export const deviceRoutes = new Hono<AppEnv>();

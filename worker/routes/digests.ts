@@ -11,13 +11,11 @@
 import { Hono, type Context } from 'hono';
 import { requireDevice } from '../auth.js';
 import type { AppEnv } from '../env.js';
+import { DIGEST_MAX_BYTES } from '../../src/protocol/messages.js';
 import { badRequest, b64uEncode, hex, sha256 } from '../http.js';
-import { readUpload, SHA256_HEADER } from './snapshots.js';
+import { checksumMismatch, readUpload } from '../uploads.js';
 
 export const digestRoutes = new Hono<AppEnv>();
-
-/** The largest slot (the client's MAX_SEALED_RECORD, src/changesets/digest.ts): 413 beyond. */
-export const DIGEST_MAX_BYTES = 16 * 1024;
 
 interface DigestRow {
   device_id: string;
@@ -31,7 +29,7 @@ async function readDigest(c: Context<AppEnv>): Promise<Uint8Array> {
   // A declared length is enforced by the runtime, so reading the stream stays under the cap.
   const bytes = upload.body instanceof Uint8Array ? upload.body : new Uint8Array(await new Response(upload.body).arrayBuffer());
   if (bytes.length === 0) throw badRequest('body must not be empty');
-  if (hex(await sha256(bytes)) !== upload.sha256) throw badRequest(`body does not match ${SHA256_HEADER}`);
+  if (hex(await sha256(bytes)) !== upload.sha256) throw checksumMismatch();
   return bytes;
 }
 

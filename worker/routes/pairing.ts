@@ -16,6 +16,7 @@
  *   every POLL_INTERVAL_MS) or `?wait` ms pass.
  */
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
+import { isPairingSessionId } from '../../src/protocol/ids.js';
 import { requireDevice } from '../auth.js';
 import type { AppEnv } from '../env.js';
 import {
@@ -24,8 +25,8 @@ import {
   b64uEncode,
   b64uField,
   badRequest,
+  deviceIdField,
   hex,
-  isDeviceId,
   jsonBodyLimit,
   notFound,
   randomBytes,
@@ -72,7 +73,6 @@ type ViewState = PairingState | 'expired';
 const VIEW_STATES: readonly ViewState[] = ['open', 'joined', 'confirmed', 'failed', 'done', 'cancelled', 'expired'];
 const LIVE_STATES: readonly PairingState[] = ['open', 'joined', 'confirmed'];
 const NAMEPLATE = /^[1-9][0-9]{0,8}$/;
-const HEX32 = /^[0-9a-f]{32}$/;
 
 /** The state as the API shows it: a live session past its expiry is "expired". */
 function viewState(row: PairingRow, now: number): ViewState {
@@ -162,7 +162,7 @@ const limitPairByDevice: MiddlewareHandler<AppEnv> = async (c, next) => {
 pairingVaultRoutes.post('/:vaultId/pairings', requireDevice(), limitPairByDevice, jsonBodyLimit, async (c) => {
   const body = await readJson(c);
   const sid = str(body, 'sid');
-  if (!HEX32.test(sid)) throw badRequest('sid must be 32 lowercase hex characters');
+  if (!isPairingSessionId(sid)) throw badRequest('sid must be 32 lowercase hex characters');
   const msgA = message(body, 'msgA', MIN_PAKE_MESSAGE, MAX_PAKE_MESSAGE);
   let ttl = DEFAULT_TTL_SECONDS;
   if (body.ttlSeconds !== undefined) {
@@ -298,8 +298,7 @@ pairingRoutes.get('/:nameplate/result', limitByIp('API_LIMITER'), async (c) => {
 pairingRoutes.post('/:nameplate/done', limitByIp('PAIR_JOIN_LIMITER'), jsonBodyLimit, async (c) => {
   const nameplate = nameplateParam(c);
   const tokenHash = await joinTokenHash(c);
-  const deviceId = (await readJson(c)).deviceId;
-  if (!isDeviceId(deviceId)) throw badRequest('deviceId must be 16 lowercase hex characters');
+  const deviceId = deviceIdField(await readJson(c));
   const now = Date.now();
   if (await completePairing(c.env.DB, nameplate, tokenHash, deviceId, now)) return c.json({ state: 'done' });
   const row = tokenSession(await getPairing(c.env.DB, nameplate), tokenHash);

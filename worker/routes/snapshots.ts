@@ -7,13 +7,14 @@
  * on the vault's head (snapshot-db.ts commitSnapshot).
  */
 import { Hono, type Context } from 'hono';
+import { isPackId, isSnapshotId } from '../../src/protocol/ids.js';
+import { MAX_PACK_IDS, SHA256_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
-import { BlobChecksumError, deleteBlobs, getBlob, putBlob, uploadKey } from '../blobs.js';
+import { deleteBlobs, getBlob, uploadKey } from '../blobs.js';
 import { getChangesetState } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
 import {
   ApiError,
-  BLOB_BODY_LIMIT,
   LARGE_JSON_BODY_LIMIT,
   badRequest,
   hex,
@@ -21,9 +22,7 @@ import {
   jsonBodyLimitOf,
   notFound,
   readJson,
-  sha256,
   str,
-  tooLarge,
 } from '../http.js';
 import {
   checkPacks,
@@ -37,25 +36,19 @@ import {
   touchPack,
   upsertPack,
 } from '../snapshot-db.js';
+import { checkDiscarded, readUpload, storeUpload } from '../uploads.js';
 
 export const snapshotRoutes = new Hono<AppEnv>();
 
-/** The most pack ids one packs/check or commit may list. */
-export const MAX_PACK_IDS = 10_000;
-export const SHA256_HEADER = 'X-Casa-Sha256';
-
-const HEX64 = /^[0-9a-f]{64}$/;
-const HEX32 = /^[0-9a-f]{32}$/;
-
 function packIdParam(c: Context<AppEnv>): string {
   const id = c.req.param('packId');
-  if (id === undefined || !HEX64.test(id)) throw badRequest('packId must be 64 lowercase hex characters');
+  if (!isPackId(id)) throw badRequest('packId must be 64 lowercase hex characters');
   return id;
 }
 
 function snapshotIdParam(c: Context<AppEnv>): string {
   const id = c.req.param('snapshotId');
-  if (id === undefined || !HEX32.test(id)) throw badRequest('snapshotId must be 32 lowercase hex characters');
+  if (!isSnapshotId(id)) throw badRequest('snapshotId must be 32 lowercase hex characters');
   return id;
 }
 
@@ -63,78 +56,8 @@ function snapshotIdParam(c: Context<AppEnv>): string {
 function packIds(body: Record<string, unknown>, field: string): string[] {
   const v = body[field];
   if (!Array.isArray(v) || v.length > MAX_PACK_IDS) throw badRequest(`${field} must be an array of at most ${MAX_PACK_IDS} pack ids`);
-  for (const id of v) if (typeof id !== 'string' || !HEX64.test(id)) throw badRequest(`${field} must hold 64 lowercase hex characters each`);
+  for (const id of v) if (!isPackId(id)) throw badRequest(`${field} must hold 64 lowercase hex characters each`);
   return [...new Set(v as string[])];
-}
-
-export interface Upload {
-  sha256: string;
-  /** Streamed when the length was declared, else read (under the cap) into memory. */
-  body: ReadableStream | Uint8Array;
-}
-
-/**
- * X-Casa-Sha256 and the body: 413 past `maxBytes` (BLOB_BODY_LIMIT; the
- * changeset route passes its own cap), 400 if empty or the header is malformed.
- */
-export async function readUpload(c: Context<AppEnv>, maxBytes = BLOB_BODY_LIMIT): Promise<Upload> {
-  const declared = c.req.header('Content-Length');
-  if (declared !== undefined) {
-    if (!/^\d{1,16}$/.test(declared)) throw badRequest('Content-Length must be a number');
-    if (Number(declared) > maxBytes) throw tooLarge(maxBytes);
-  }
-  const sha = c.req.header(SHA256_HEADER)?.toLowerCase();
-  if (sha === undefined || !HEX64.test(sha)) throw badRequest(`${SHA256_HEADER} must be 64 hex characters`);
-  const raw = c.req.raw.body;
-  if (raw === null || declared === '0') throw badRequest('body must not be empty');
-  // A declared length is enforced by the runtime, so R2 can take the stream as it is.
-  if (declared !== undefined) return { sha256: sha, body: raw };
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  const reader = raw.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > maxBytes) {
-      await reader.cancel().catch(() => undefined);
-      throw tooLarge(maxBytes);
-    }
-    chunks.push(value);
-  }
-  if (size === 0) throw badRequest('body must not be empty');
-  const bytes = new Uint8Array(size);
-  let at = 0;
-  for (const ch of chunks) {
-    bytes.set(ch, at);
-    at += ch.byteLength;
-  }
-  return { sha256: sha, body: bytes };
-}
-
-/** Checks a body we are not going to store (its pack is already there): same 400 on mismatch. */
-async function checkDiscarded(u: Upload): Promise<void> {
-  let digest: Uint8Array;
-  if (u.body instanceof Uint8Array) {
-    digest = await sha256(u.body);
-  } else {
-    const ds = new crypto.DigestStream('SHA-256');
-    await u.body.pipeTo(ds);
-    digest = new Uint8Array(await ds.digest);
-  }
-  if (hex(digest) !== u.sha256) throw checksumMismatch();
-}
-
-const checksumMismatch = (): ApiError => badRequest(`body does not match ${SHA256_HEADER}`);
-
-/** Stores the upload under `key`; 400 (and nothing stored) if it does not hash to X-Casa-Sha256. */
-export async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): Promise<number> {
-  try {
-    return (await putBlob(c.env.BLOBS, key, u.body, u.sha256)).size;
-  } catch (err) {
-    if (err instanceof BlobChecksumError) throw checksumMismatch();
-    throw err;
-  }
 }
 
 async function blobResponse(c: Context<AppEnv>, key: string | null): Promise<Response> {
@@ -209,7 +132,7 @@ snapshotRoutes.get('/:vaultId/snapshots/:snapshotId/manifest', requireDevice(), 
 snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARGE_JSON_BODY_LIMIT), async (c) => {
   const body = await readJson(c);
   const snapshotId = str(body, 'snapshotId');
-  if (!HEX32.test(snapshotId)) throw badRequest('snapshotId must be 32 lowercase hex characters');
+  if (!isSnapshotId(snapshotId)) throw badRequest('snapshotId must be 32 lowercase hex characters');
   const seq = int(body, 'seq');
   const parentSeq = int(body, 'parentSeq');
   if (seq !== parentSeq + 1) throw badRequest('seq must be parentSeq + 1');

@@ -4,6 +4,7 @@
  * challenge → token exchange (signed by the device key).
  */
 import { Hono } from 'hono';
+import { isVaultId } from '../../src/protocol/ids.js';
 import { CHALLENGE_TTL_MS, checkPublicKey, checkSignedTime, signToken, verifySigned } from '../auth.js';
 import {
   consumeChallenge,
@@ -22,10 +23,9 @@ import {
   b64uEncode,
   b64uField,
   badRequest,
+  deviceIdField,
   hex,
   int,
-  isDeviceId,
-  isVaultId,
   jsonBodyLimit,
   notFound,
   randomBytes,
@@ -128,8 +128,7 @@ vaultRoutes.post('/:vaultId/auth/challenge', jsonBodyLimit, async (c) => {
   const now = Date.now();
   const vaultId = vaultIdParam(c);
   const body = await readJson(c);
-  const deviceId = body.deviceId;
-  if (!isDeviceId(deviceId)) throw badRequest('deviceId must be 16 lowercase hex characters');
+  const deviceId = deviceIdField(body);
   await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);
   const device = await getDevice(c.env.DB, vaultId, deviceId);
   if (device === null) throw notFound();
@@ -144,8 +143,7 @@ vaultRoutes.post('/:vaultId/auth/token', jsonBodyLimit, async (c) => {
   const now = Date.now();
   const vaultId = vaultIdParam(c);
   const body = await readJson(c);
-  const deviceId = body.deviceId;
-  if (!isDeviceId(deviceId)) throw badRequest('deviceId must be 16 lowercase hex characters');
+  const deviceId = deviceIdField(body);
   const challenge = str(body, 'challenge');
   const signature = b64uField(body, 'signature', 64);
   await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);

@@ -1,0 +1,90 @@
+/**
+ * Binary uploads shared by the routes that take them (packs, manifests,
+ * changeset batches, digests): the body read under the route's cap with the
+ * client's X-Casa-Sha256 (docs/RELAY-API.md "Every response": 413 past the
+ * cap, 400 if empty or the header is malformed), and stored in R2 only if
+ * it hashes to that digest.
+ *
+ * Invariant: nothing is stored unless its bytes hash to what the client
+ * declared; a mismatch is the same 400 whether the body is stored or
+ * discarded.
+ */
+import type { Context } from 'hono';
+import { isSha256Hex } from '../src/protocol/ids.js';
+import { SHA256_HEADER } from '../src/protocol/messages.js';
+import { BlobChecksumError, putBlob } from './blobs.js';
+import type { AppEnv } from './env.js';
+import { ApiError, BLOB_BODY_LIMIT, badRequest, hex, sha256, tooLarge } from './http.js';
+
+export interface Upload {
+  sha256: string;
+  /** Streamed when the length was declared, else read (under the cap) into memory. */
+  body: ReadableStream | Uint8Array;
+}
+
+/**
+ * X-Casa-Sha256 and the body: 413 past `maxBytes` (BLOB_BODY_LIMIT; the
+ * changeset and digest routes pass their own caps), 400 if empty or the
+ * header is malformed.
+ */
+export async function readUpload(c: Context<AppEnv>, maxBytes = BLOB_BODY_LIMIT): Promise<Upload> {
+  const declared = c.req.header('Content-Length');
+  if (declared !== undefined) {
+    if (!/^\d{1,16}$/.test(declared)) throw badRequest('Content-Length must be a number');
+    if (Number(declared) > maxBytes) throw tooLarge(maxBytes);
+  }
+  const sha = c.req.header(SHA256_HEADER)?.toLowerCase();
+  if (!isSha256Hex(sha)) throw badRequest(`${SHA256_HEADER} must be 64 hex characters`);
+  const raw = c.req.raw.body;
+  if (raw === null || declared === '0') throw badRequest('body must not be empty');
+  // A declared length is enforced by the runtime, so R2 can take the stream as it is.
+  if (declared !== undefined) return { sha256: sha, body: raw };
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = raw.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge(maxBytes);
+    }
+    chunks.push(value);
+  }
+  if (size === 0) throw badRequest('body must not be empty');
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const ch of chunks) {
+    bytes.set(ch, at);
+    at += ch.byteLength;
+  }
+  return { sha256: sha, body: bytes };
+}
+
+
+/** The 400 for a body that does not hash to its X-Casa-Sha256. */
+export const checksumMismatch = (): ApiError => badRequest(`body does not match ${SHA256_HEADER}`);
+
+/** Checks a body we are not going to store (its pack is already there): same 400 on mismatch. */
+export async function checkDiscarded(u: Upload): Promise<void> {
+  let digest: Uint8Array;
+  if (u.body instanceof Uint8Array) {
+    digest = await sha256(u.body);
+  } else {
+    const ds = new crypto.DigestStream('SHA-256');
+    await u.body.pipeTo(ds);
+    digest = new Uint8Array(await ds.digest);
+  }
+  if (hex(digest) !== u.sha256) throw checksumMismatch();
+}
+
+/** Stores the upload under `key`; 400 (and nothing stored) if it does not hash to X-Casa-Sha256. */
+export async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): Promise<number> {
+  try {
+    return (await putBlob(c.env.BLOBS, key, u.body, u.sha256)).size;
+  } catch (err) {
+    if (err instanceof BlobChecksumError) throw checksumMismatch();
+    throw err;
+  }
+}
