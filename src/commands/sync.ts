@@ -16,7 +16,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { WebSocket as UndiciWebSocket } from 'undici';
-import { CasaError, UsageError } from '../errors.js';
+import { CancelledError, CasaError, UsageError } from '../errors.js';
 import { deviceRevoked, isTransient } from '../failures.js';
 import { acquireLock, type Lock } from '../lock.js';
 import { readState } from '../state.js';
@@ -26,7 +26,7 @@ import { schemaVersion, type Refreshed } from '../changesets/refresh.js';
 import type { SyncSchema } from '../changesets/rules.js';
 import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../changesets/sync-run.js';
 import { WS_CLOSE_DEVICE_REVOKED } from '../protocol/messages.js';
-import { loadPaired, type Context } from './context.js';
+import { Context, loadPaired } from './context.js';
 import { openSynced, refreshSynced, syncEnv } from './synced.js';
 
 export interface SyncOptions {
@@ -83,7 +83,10 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
   if (opts.attach) return runAttach(ctx);
   if (opts.conflicts) return runConflicts(ctx, opts);
   if (opts.limit !== undefined) throw new UsageError('--limit goes with --conflicts');
-  const env = await syncEnv(ctx);
+  // A watch's rounds talk to the relay without the signal: SIGINT/SIGTERM
+  // stop the watch, and the round in progress finishes (a second signal
+  // exits at once; every request has its timeout).
+  const env = await syncEnv(opts.watch ? new Context(ctx.globals, { ...ctx.deps, signal: new AbortController().signal }) : ctx);
   const lock = syncLock(ctx);
   const { db, schema, refreshed } = openSynced(ctx, env.deviceId);
   try {
@@ -257,7 +260,9 @@ class Watcher {
   /** Start, wait for the stop, close everything, wait for the round in progress; throws the failure that stopped it. */
   async run(): Promise<void> {
     const { out } = this.ctx;
-    this.ctx.deps.signal.addEventListener('abort', () => this.stop(), { once: true });
+    const signal = this.ctx.deps.signal;
+    if (signal.aborted) return;
+    signal.addEventListener('abort', () => this.stop(), { once: true });
     const poll = setInterval(() => this.pollLocal(), POLL_MS);
     const safety = setInterval(() => void this.round('timer'), SAFETY_ROUND_MS);
 
@@ -277,6 +282,8 @@ class Watcher {
   }
 
   private stop(err?: unknown): void {
+    // After a signal, a cancelled request is the stop itself, not a failure.
+    if (err instanceof CancelledError && this.ctx.deps.signal.aborted) err = undefined;
     if (err !== undefined && this.fatal === null) this.fatal = err;
     if (this.stopped) return;
     this.stopped = true;
