@@ -477,10 +477,10 @@ function pickTwo(random: (n: number) => Uint8Array, n: number): [number, number]
 
 async function createVault(ctx: Context, client: RelayClient, keys: VaultKeys): Promise<void> {
   const canary = sealCanary(keys, ctx.deps.random(32));
-  const authPublicKey = b64uEncode(keys.authPublicKey);
+  const authPublicKey = b64uEncode(keys.authPublicKey!);
   const time = relayTime(ctx, client);
   const digest = sha256Hex(canary);
-  const signature = b64uEncode(signPurpose(keys.authSeed, 'create-vault', [keys.vaultId, authPublicKey, digest, time]));
+  const signature = b64uEncode(signPurpose(keys.authSeed!, 'create-vault', [keys.vaultId, authPublicKey, digest, time]));
   try {
     await client.request('POST', '/v1/vaults', {
       vaultId: keys.vaultId,
@@ -514,7 +514,7 @@ async function enroll(
 ): Promise<{ deviceId: string; seed: Uint8Array }> {
   const devicePublicKey = b64uEncode(publicKeyFromSeed(seed));
   const time = relayTime(ctx, client);
-  const signature = b64uEncode(signPurpose(keys.authSeed, 'enroll', [keys.vaultId, devicePublicKey, name, time]));
+  const signature = b64uEncode(signPurpose(keys.authSeed!, 'enroll', [keys.vaultId, devicePublicKey, name, time]));
   let res: Record<string, unknown>;
   try {
     res = await client.request('POST', `/v1/vaults/${keys.vaultId}/devices`, { devicePublicKey, name, time, signature });

@@ -40,9 +40,26 @@ export interface VaultKeys {
   /** 8-byte key id carried in every object header. */
   keyId: Uint8Array;
   keyIdHex: string;
-  /** Ed25519 seed of the vault auth key. */
-  authSeed: Uint8Array;
-  authPublicKey: Uint8Array;
+  /** Ed25519 seed of the vault auth key (the paper's recovery signing key): only when derived from a phrase. */
+  authSeed?: Uint8Array;
+  authPublicKey?: Uint8Array;
+  /** The epoch of these keys (docs/FORMAT.md §9); 1 for a format-1 vault's phrase-derived keys. */
+  epoch?: number;
+  /** Every epoch's keys by key id hex, for opening what older epochs sealed (src/crypto/keyring.ts keysFor). */
+  epochs?: Record<
+    string,
+    {
+      epoch: number;
+      keyId: Uint8Array;
+      keyIdHex: string;
+      canaryKey: Uint8Array;
+      snapshotKey: Uint8Array;
+      changesetKey: Uint8Array;
+      idMacKey: Uint8Array;
+      /** Where this epoch stopped being current: objects it sealed after this place are refused. */
+      until?: { cursor: number; seq: number };
+    }
+  >;
   canaryKey: Uint8Array;
   snapshotKey: Uint8Array;
   changesetKey: Uint8Array;

@@ -26,7 +26,7 @@ import { isVaultId } from '../protocol/ids.js';
 
 export { Codec };
 
-export const ObjectType = { canary: 1, pack: 2, manifest: 3, changeset: 4, pairing: 5, localIndex: 6, digest: 7 } as const;
+export const ObjectType = { canary: 1, pack: 2, manifest: 3, changeset: 4, pairing: 5, localIndex: 6, digest: 7, keyring: 8 } as const;
 export type ObjectType = (typeof ObjectType)[keyof typeof ObjectType];
 
 export const MAGIC = Uint8Array.of(0x43, 0x41, 0x53, 0x41); // "CASA"
@@ -59,7 +59,8 @@ export type ObjectFormatReason =
   | 'truncated_body'
   | 'too_large'
   | 'bad_compression'
-  | 'bad_canary';
+  | 'bad_canary'
+  | 'bad_keyring';
 
 const FORMAT_MESSAGES: Record<ObjectFormatReason, string> = {
   truncated_header: 'truncated header',
@@ -73,6 +74,7 @@ const FORMAT_MESSAGES: Record<ObjectFormatReason, string> = {
   too_large: 'plaintext is over the size limit',
   bad_compression: 'compressed plaintext is corrupt',
   bad_canary: 'canary plaintext is not the expected one',
+  bad_keyring: 'keyring is malformed or not the one its record names',
 };
 
 /** The object is malformed (before or after authentication); `reason` says how. */
@@ -102,7 +104,7 @@ export class AuthenticationError extends Error {
 }
 
 function isObjectType(value: number): value is ObjectType {
-  return Number.isInteger(value) && value >= ObjectType.canary && value <= ObjectType.digest;
+  return Number.isInteger(value) && value >= ObjectType.canary && value <= ObjectType.keyring;
 }
 
 function aobjectType(value: unknown, name: string): ObjectType {

@@ -6,7 +6,18 @@
  * both sides check live beside this, in ids.ts.
  */
 
-export type SignedPurpose = 'create-vault' | 'enroll' | 'token';
+export type SignedPurpose =
+  | 'create-vault'
+  | 'enroll'
+  | 'token'
+  /** A device certificate (docs/FORMAT.md §9): signed by the paper's recovery key or a member device. */
+  | 'device-cert'
+  /** A revocation statement (§9). */
+  | 'revoke'
+  /** An epoch record (§9): new keys, the members they were sealed to, the mark. */
+  | 'epoch'
+  /** A new paper replacing the old one (§9): signed by both. */
+  | 'recovery';
 
 /** UTF-8("casa/v1/<purpose>\n" + JSON.stringify(fields)): the exact bytes a signature covers. */
 export function signedMessage(purpose: SignedPurpose, fields: ReadonlyArray<string | number>): Uint8Array {
@@ -35,6 +46,8 @@ export type RelayErrorCode =
   | 'seq_conflict'
   /** 503: a D1 row names a blob R2 no longer holds (the relay's own inconsistency; retry later). */
   | 'storage_inconsistent'
+  /** 409: an upload sealed under an epoch that is no longer the vault's current one (docs/SECURITY.md §3). */
+  | 'stale_epoch'
   | 'internal';
 
 /** The largest sealed changeset batch the relay takes (413 beyond) and a client seals. */

@@ -1,0 +1,169 @@
+/**
+ * Who is a device of the vault, from signed records only (docs/SECURITY.md
+ * §3, docs/FORMAT.md §9). The relay's word counts for nothing here: a
+ * certificate counts when the paper signed it, or a member that is not
+ * revoked; a revocation when the paper or a certified device signed it; the
+ * paper's key is the one this device learnt when it joined, followed through
+ * replacement records each signed by the old paper and the new.
+ */
+import { b64uDecode } from '../crypto/bytes.js';
+import { verifyPurpose } from '../crypto/sign.js';
+import {
+  certFields,
+  epochFields,
+  parseRecipients,
+  RECOVERY,
+  recoveryFields,
+  revocationFields,
+  type DeviceCert,
+  type EpochRecord,
+  type RecoveryRecord,
+  type Revocation,
+} from '../protocol/membership.js';
+
+export class MembershipError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MembershipError';
+  }
+}
+
+function key(b64u: string): Uint8Array | null {
+  try {
+    const k = b64uDecode(b64u);
+    return k.length === 32 ? k : null;
+  } catch {
+    return null;
+  }
+}
+
+function sig(b64u: string): Uint8Array {
+  try {
+    return b64uDecode(b64u);
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
+/** One paper in the chain: its keys, and (for a replaced paper) the members its certificates still count for. */
+export interface Paper {
+  authKey: string;
+  exchangeKey: string;
+  recoveryId?: string;
+  /** Set once this paper was replaced: the device ids the replacement kept. */
+  keptMembers?: Set<string>;
+}
+
+/**
+ * The chain of papers from the one this device trusts, through each
+ * replacement in order; a replacement not signed by the paper before it and
+ * by its own key is refused (MembershipError).
+ */
+export function paperChain(vaultId: string, first: { authKey: string; exchangeKey: string }, records: RecoveryRecord[]): Paper[] {
+  const chain: Paper[] = [{ ...first }];
+  for (const r of [...records].sort((a, b) => a.n - b.n)) {
+    const prev = chain[chain.length - 1]!;
+    if (r.vaultId !== vaultId || r.n !== chain.length) throw new MembershipError(`paper replacement ${r.n} is out of order`);
+    const fields = recoveryFields(r);
+    const oldKey = key(prev.authKey);
+    const newKey = key(r.authKey);
+    if (!oldKey || !newKey || !verifyPurpose(oldKey, 'recovery', fields, sig(r.signatureOld)) || !verifyPurpose(newKey, 'recovery', fields, sig(r.signatureNew))) {
+      throw new MembershipError(`paper replacement ${r.n} is not signed by the paper it replaces`);
+    }
+    prev.keptMembers = new Set(r.members === '' ? [] : r.members.split(','));
+    chain.push({ authKey: r.authKey, exchangeKey: r.exchangeKey, recoveryId: r.recoveryId });
+  }
+  return chain;
+}
+
+/** True when a paper of the chain signed `fields`; an old paper's certificate counts only for members its replacement kept. */
+function paperSigned(chain: Paper[], purpose: 'device-cert' | 'revoke' | 'epoch', fields: (string | number)[], signature: string, deviceId?: string): boolean {
+  return chain.some((p, i) => {
+    const k = key(p.authKey);
+    if (!k || !verifyPurpose(k, purpose, fields, sig(signature))) return false;
+    if (purpose !== 'device-cert' || deviceId === undefined) return true;
+    return chain.slice(i, -1).every((q) => q.keptMembers?.has(deviceId));
+  });
+}
+
+export interface Membership {
+  /** Certificates that verify, by device id. */
+  certified: Map<string, DeviceCert>;
+  /** Revocations that verify, by device id. */
+  revoked: Map<string, Revocation>;
+  /** Certified and not revoked. */
+  members: Set<string>;
+}
+
+/**
+ * The members of a vault from its certificates and revocations. A
+ * certificate counts when the paper signed it, or a member (itself
+ * certified and not revoked) other than the device; a revocation when the
+ * paper or a certified device signed it. `knownRevoked` (ids this device
+ * verified revoked before) stay revoked whatever the relay shows now.
+ */
+export function membership(vaultId: string, chain: Paper[], certs: DeviceCert[], revocations: Revocation[], knownRevoked: Iterable<string> = []): Membership {
+  const byId = new Map(certs.filter((c) => c.vaultId === vaultId).map((c) => [c.deviceId, c]));
+  const certified = new Map<string, DeviceCert>();
+  // Paper-signed certificates first, then vouches by members, until nothing changes.
+  for (const c of byId.values()) {
+    if (c.issuer === RECOVERY && key(c.signingKey) && key(c.exchangeKey) && paperSigned(chain, 'device-cert', certFields(c), c.signature, c.deviceId)) {
+      certified.set(c.deviceId, c);
+    }
+  }
+  const revoked = new Map<string, Revocation>();
+  const revokedIds = new Set(knownRevoked);
+  const verifyRevocations = () => {
+    for (const r of revocations) {
+      if (r.vaultId !== vaultId || revoked.has(r.deviceId)) continue;
+      const fields = revocationFields(r);
+      const ok =
+        r.issuer === RECOVERY
+          ? paperSigned(chain, 'revoke', fields, r.signature)
+          : certified.has(r.issuer) && verifyPurpose(key(certified.get(r.issuer)!.signingKey)!, 'revoke', fields, sig(r.signature));
+      if (ok) {
+        revoked.set(r.deviceId, r);
+        revokedIds.add(r.deviceId);
+      }
+    }
+  };
+  for (let changed = true; changed; ) {
+    changed = false;
+    verifyRevocations();
+    for (const c of byId.values()) {
+      if (certified.has(c.deviceId) || c.issuer === RECOVERY || c.issuer === c.deviceId) continue;
+      const issuer = certified.get(c.issuer);
+      if (!issuer || revokedIds.has(c.issuer) || !key(c.signingKey) || !key(c.exchangeKey)) continue;
+      if (verifyPurpose(key(issuer.signingKey)!, 'device-cert', certFields(c), sig(c.signature))) {
+        certified.set(c.deviceId, c);
+        changed = true;
+      }
+    }
+  }
+  verifyRevocations();
+  const members = new Set([...certified.keys()].filter((id) => !revokedIds.has(id)));
+  return { certified, revoked, members };
+}
+
+/**
+ * Checks an epoch record's signature and place: signed by a paper of the
+ * chain or by a member; it follows `prev` (epoch number and key id). The
+ * wrap this device opens is checked by openWrap (src/crypto/keyring.ts),
+ * and its keyring must extend the one this device holds — what keeps a
+ * revoked device from making an epoch the others accept.
+ */
+export function checkEpochRecord(r: EpochRecord, vaultId: string, chain: Paper[], m: Membership, prev: { epoch: number; keyIdHex: string } | null): Map<string, string> {
+  if (r.vaultId !== vaultId) throw new MembershipError(`epoch ${r.epoch} names another vault`);
+  if (prev ? r.epoch !== prev.epoch + 1 || r.prevKeyId !== prev.keyIdHex : r.epoch !== 1 || r.prevKeyId !== '') {
+    throw new MembershipError(`epoch ${r.epoch} does not follow epoch ${prev?.epoch ?? 0}`);
+  }
+  const recipients = parseRecipients(r.recipients);
+  if (!recipients) throw new MembershipError(`epoch ${r.epoch} has a malformed recipient list`);
+  const fields = epochFields(r);
+  const signed =
+    r.issuer === RECOVERY
+      ? paperSigned(chain, 'epoch', fields, r.signature)
+      : m.members.has(r.issuer) && verifyPurpose(key(m.certified.get(r.issuer)!.signingKey)!, 'epoch', fields, sig(r.signature));
+  if (!signed) throw new MembershipError(`epoch ${r.epoch} is not signed by the paper or a member device`);
+  return recipients;
+}
