@@ -21,6 +21,7 @@
  *
  * Messages never carry a secret or ciphertext.
  */
+import { EpochMarkError } from './crypto/keyring.js';
 import { CodecError } from './codec.js';
 import { AuthenticationError, ObjectFormatError, WrongKeyError } from './crypto/objects.js';
 import { PhraseError } from './crypto/phrase.js';
@@ -161,6 +162,11 @@ export function mapCryptoError(err: unknown, what: string, source: Source = {}):
     }
   }
   if (err instanceof WrongKeyError) return objectFailure('wrong_key', what, source);
+  if (err instanceof EpochMarkError) {
+    return failure('tampered', `${what}: ${err.message}`, {
+      hints: [`only a revoked device's keys could have made it, and ${source.server ? `the relay at ${source.server}` : 'the relay'} placed it; ${source.untouched ?? 'nothing was changed here'}`],
+    });
+  }
   if (err instanceof AuthenticationError) return objectFailure('tampered', what, source);
   if (err instanceof ObjectFormatError || err instanceof CodecError) return objectFailure('malformed', what, source);
   return err;

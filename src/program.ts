@@ -81,6 +81,7 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--phrase-stdin', 'with --join: read the phrase from standard input')
       .option('--phrase-file <file>', 'with --join: read the phrase from FILE')
       .option('--device-name <name>', 'name of this device (default the host name)')
+      .option('--keep-phrase', 'with --new or --join: keep the recovery phrase in this device\'s keystore (it then is the paper: see casa-pair(1))')
       .addHelpText(
         'after',
         '\nUnpaired, without --new, --join or --code, casa asks (on a terminal); paired, `casa pair` offers a code.\n' +
@@ -100,21 +101,49 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
   );
 
   wire(
-    program.command('show-phrase').description('reveal the recovery phrase (asks first; --yes without a terminal)'),
-    async (ctx) => (await import('./commands/show-phrase.js')).runShowPhrase(ctx),
+    program
+      .command('show-phrase')
+      .description('reveal the recovery phrase, where this device keeps it (asks first; --yes without a terminal)')
+      .option('--forget', 'remove the recovery phrase from this device (the paper is then the only copy)'),
+    async (ctx, _args, o) => (await import('./commands/show-phrase.js')).runShowPhrase(ctx, o),
   );
 
   const devices = program
     .command('devices')
     .description("list the vault's devices, or revoke one")
-    .addHelpText('after', '\nSubcommand:\n  revoke ID   revoke a device (its id or a unique prefix of 4+ characters)');
-  wire(devices, async (ctx) => {
-    await (await import('./commands/devices.js')).runDevicesList(ctx);
+    .option('--log', "the vault's audit trail: enrolments, revocations, key epochs, paper replacements")
+    .option('--limit <n>', 'with --log: how many events, newest first (default 50, at most 500)')
+    .addHelpText('after', '\nSubcommand:\n  revoke ID   revoke a device (its id or a unique prefix of 4+ characters) and start a key epoch without it');
+  wire(devices, async (ctx, _args, o) => {
+    const d = await import('./commands/devices.js');
+    if (o.log) await d.runDevicesLog(ctx, o);
+    else await d.runDevicesList(ctx);
   });
   wire(
-    devices.command('revoke').description('revoke a device: it is refused from its next request on').argument('<id>', 'device id or unique prefix'),
+    devices
+      .command('revoke')
+      .description('revoke a device: refused by the relay at once, and new keys (a key epoch) it never sees')
+      .argument('<id>', 'device id or unique prefix'),
     async (ctx, args) => {
       await (await import('./commands/devices.js')).runDevicesRevoke(ctx, String(args[0]));
+    },
+  );
+
+  wire(
+    program
+      .command('rotate')
+      .description('start a new key epoch (new data keys for every member); --phrase: replace the recovery phrase')
+      .option('--phrase', 'replace the recovery phrase: asks for the current one, shows the new one once')
+      .option('--phrase-stdin', 'with --phrase: read the current phrase from standard input')
+      .option('--phrase-file <file>', 'with --phrase: read the current phrase from FILE')
+      .option('--phrase-out <file>', 'with --phrase: write the new phrase to FILE (0600, never overwritten); needed without a terminal')
+      .addHelpText(
+        'after',
+        '\nA revocation starts an epoch by itself. After --phrase the old phrase opens nothing on the relay\n' +
+          '(a vault made by casa 0.1 keeps its first epoch readable by it until retention removes it).',
+      ),
+    async (ctx, _args, o) => {
+      await (await import('./commands/rotate.js')).runRotate(ctx, o);
     },
   );
 

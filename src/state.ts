@@ -25,6 +25,19 @@ export interface PairedVault {
   pairedAt: number;
   /** The highest snapshot seq this device has seen on the relay (docs/ARCHITECTURE.md §3: a lower head is a rollback). */
   highestSeq?: number;
+  /** The paper's public keys this device trusts (docs/SECURITY.md §3); absent on a format-1 device before its upgrade. */
+  paper?: PairedPaper;
+  /** The newest epoch this device verified (a lower one from the relay is a rollback). */
+  epoch?: number;
+  /** Device ids this device verified revoked: they stay revoked whatever the relay shows later. */
+  revoked?: string[];
+}
+
+/** The recovery phrase's public keys (b64u), and how many times the paper was replaced before them. */
+export interface PairedPaper {
+  authKey: string;
+  exchangeKey: string;
+  n: number;
 }
 
 export interface HomeState {
@@ -45,6 +58,8 @@ export const SECRET_DEVICE_KEY = 'device-key';
  * (~140 ms) each time.
  */
 export const SECRET_ROOT_KEY = 'root-key';
+/** The vault's keyring (docs/FORMAT.md §9 "What a device keeps"). */
+export const SECRET_KEYRING = 'keyring';
 
 export function statePath(home: string): string {
   return join(home, STATE_FILE);

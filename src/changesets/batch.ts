@@ -19,6 +19,7 @@ import { isDeviceId, isSha256Hex, isVaultId } from '../protocol/ids.js';
 import { CHANGESET_MAX_BYTES } from '../protocol/messages.js';
 import { bytesToUtf8, concatBytes, u32be, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
+import { keysFor } from '../crypto/keyring.js';
 import { Codec, ObjectType, openObject, SALT_BYTES, sealObject } from '../crypto/objects.js';
 import { sha256Hex } from '../crypto/sha256.js';
 
@@ -175,12 +176,13 @@ export function sealBatch(
  * (the caller runs checkChain itself).
  */
 export function openBatch(
-  keys: VaultKeys,
+  vaultKeys: VaultKeys,
   meta: { deviceId: string; seq: number },
   bytes: Uint8Array,
   expectedPrev: string | null,
 ): OpenedBatch {
   if (!isDeviceId(meta.deviceId) || !isUint(meta.seq) || meta.seq < 1) throw new RangeError('meta must name a device id and a seq ≥ 1');
+  const keys = keysFor(vaultKeys, bytes);
   const plaintext = openObject({
     type: ObjectType.changeset,
     keyId: keys.keyId,

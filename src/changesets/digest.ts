@@ -28,6 +28,7 @@ import { createHash, createHmac } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { bytesToUtf8, concatBytes, u32be, utf8ToBytes } from '../crypto/bytes.js';
 import { hkdfSha256, type VaultKeys } from '../crypto/kdf.js';
+import { keysFor } from '../crypto/keyring.js';
 import { Codec, ObjectType, openObject, SALT_BYTES, sealObject } from '../crypto/objects.js';
 import { isDeviceId, isLowerHex, isVaultId } from '../protocol/ids.js';
 import { DIGEST_MAX_BYTES } from '../protocol/messages.js';
@@ -340,8 +341,9 @@ export function sealRecord(keys: VaultKeys, r: DigestRecord, random: (n: number)
  * another device fails authentication); an authenticated record that is
  * malformed or names another vault or device is RecordFormatError.
  */
-export function openRecord(keys: VaultKeys, deviceId: string, bytes: Uint8Array): DigestRecord {
+export function openRecord(vaultKeys: VaultKeys, deviceId: string, bytes: Uint8Array): DigestRecord {
   if (!isDeviceId(deviceId)) throw new RangeError('deviceId must be 16 lowercase hex characters');
+  const keys = keysFor(vaultKeys, bytes);
   const plaintext = openObject({
     type: ObjectType.digest,
     keyId: keys.keyId,

@@ -15,9 +15,11 @@
  */
 import type Database from 'better-sqlite3';
 import type { VaultKeys } from '../crypto/kdf.js';
+import { EpochMarkError, markOf } from '../crypto/keyring.js';
 import { ConflictError, FailureError, IntegrityError, CancelledError } from '../errors.js';
 import { mapCryptoError, objectFailure } from '../failures.js';
 import { decodeChanges, dropLocalChanges, encodeChanges, pendingCount, takeLocalChanges, type Change } from './capture.js';
+import { StaleEpochError } from '../relay/changesets.js';
 import { BatchChainError, BatchFormatError, checkChain, openBatch, sealBatch } from './batch.js';
 import { ChangesetApi, SeqConflictError } from '../relay/changesets.js';
 import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc } from './hlc.js';
@@ -42,6 +44,8 @@ export interface SyncEnv {
   home: string;
   dbPath: string;
   keys: VaultKeys;
+  /** The vault's keys again, after the relay said a new epoch began (src/keys/open.ts); the push seals again under them. */
+  refreshKeys?: () => Promise<VaultKeys>;
   deviceId: string;
   api: ChangesetApi;
   /** A device token (the live WebSocket takes it as ?token=). */
@@ -142,6 +146,8 @@ export async function pullRound(env: SyncEnv, db: Database.Database, schema: Syn
       const what = `changeset ${cs.deviceId}/${cs.seq}`;
       try {
         const last = chains[cs.deviceId] ?? null;
+        const mark = markOf(env.keys, cs.bytes);
+        if (mark && cs.cursor > mark.cursor) throw new EpochMarkError(`it is sealed under an epoch that ended at changeset ${mark.cursor}`);
         const opened = openBatch(env.keys, { deviceId: cs.deviceId, seq: cs.seq }, cs.bytes, null);
         const verdict = checkChain(last, { deviceId: cs.deviceId, seq: cs.seq, prev: opened.header.prev, hash: opened.hash }, { startAnywhere: st.baseCursor > 0 });
         cursor = cs.cursor;
@@ -202,10 +208,19 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
     dropLocalChanges(db, o.uptoSeq);
     clearOutbox(env.home, env.keys, env.dbPath);
   };
-  const send = async (seq: number, bytes: Uint8Array): Promise<number> => {
+  const send = async (seq: number, bytes: Uint8Array, hash: string): Promise<{ cursor: number; hash: string }> => {
     try {
-      return (await env.api.push(seq, bytes)).cursor;
+      return { cursor: (await env.api.push(seq, bytes)).cursor, hash };
     } catch (err) {
+      if (err instanceof StaleEpochError && env.refreshKeys) {
+        // A new epoch began: the same batch sealed again under its keys (docs/SECURITY.md §3), once.
+        const old = openBatch(env.keys, { deviceId: env.deviceId, seq }, bytes, null);
+        env.keys = await env.refreshKeys();
+        const again = sealBatch(env.keys, old.header, old.body, env.random);
+        const o = readOutbox(env.home, env.keys, env.dbPath);
+        if (o && o.seq === seq) writeOutbox(env.home, env.keys, env.dbPath, { ...o, hash: again.hash, bytes: again.bytes });
+        return { cursor: (await env.api.push(seq, again.bytes)).cursor, hash: again.hash };
+      }
       if (err instanceof SeqConflictError) {
         throw new FailureError(`the relay expects batch ${err.expectedSeq} from this device, not ${seq}`, {
           hints: [
@@ -221,11 +236,14 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
   const left = readOutbox(env.home, env.keys, env.dbPath);
   if (left) {
     let cursor: number | null = null;
+    let sent = left;
     if (left.seq > st.pushed.seq) {
-      cursor = await send(left.seq, left.bytes);
+      const r = await send(left.seq, left.bytes, left.hash);
+      cursor = r.cursor;
+      sent = { ...left, hash: r.hash };
       pushedBatches++;
     }
-    finalize(left, cursor);
+    finalize(sent, cursor);
   }
   for (;;) {
     if (env.signal.aborted) throw new CancelledError();
@@ -241,7 +259,8 @@ export async function pushRound(env: SyncEnv, db: Database.Database, schema: Syn
     );
     const o = { seq, hash: sealed.hash, uptoSeq: taken.uptoSeq, hlc: taken.state, bytes: sealed.bytes };
     writeOutbox(env.home, env.keys, env.dbPath, o);
-    finalize(o, await send(seq, sealed.bytes));
+    const r = await send(seq, sealed.bytes, sealed.hash);
+    finalize({ ...o, hash: r.hash }, r.cursor);
     pushedBatches++;
     pushedChanges += taken.changes.length;
     env.trace?.(`pushed batch ${seq} (${taken.changes.length} changes)`);

@@ -116,39 +116,35 @@ export async function deviceSession(p: Paired): Promise<DeviceSession> {
   return new DeviceSession(p.client, p.vault.vaultId, p.vault.deviceId, b64uDecode(seed));
 }
 
-/** The vault's keys, derived from the phrase in the keystore (and checked against the paired key id). */
+/**
+ * The vault's keys as this device holds them, without asking the relay
+ * (`casa status`, which also runs offline): the keyring's current epoch, or
+ * a format-1 device's phrase-derived keys. Commands that talk to the relay
+ * use openVaultKeys (src/keys/open.ts), which brings the keyring up to date.
+ */
 export async function vaultKeys(p: Paired): Promise<VaultKeys> {
-  const matches = (k: VaultKeys) => k.vaultId === p.vault.vaultId && k.keyIdHex === p.vault.keyIdHex;
-  const cached = await p.keystore.get(SECRET_ROOT_KEY);
-  if (cached) {
-    try {
-      const keys = vaultKeysFromRoot(b64uDecode(cached));
-      if (matches(keys)) return keys;
-    } catch {
-      // A damaged entry: derive again from the phrase below, and replace it.
-    }
-  }
+  const { loadRing, keysOf } = await import('../keys/epochs.js');
+  const stored = await loadRing(p.keystore);
+  if (stored) return keysOf(stored);
   const phrase = await p.keystore.get(SECRET_PHRASE);
   if (!phrase) {
     await p.keystore.probe();
-    throw new FailureError(`the recovery phrase is not in the ${p.keystore.kind} keystore`, {
-      hints: ['join the vault again with `casa pair --join` to store it'],
+    throw new FailureError(`the vault's keyring is not in the ${p.keystore.kind} keystore`, {
+      hints: ['join the vault again with `casa pair --join` (or a pairing code) to store it'],
     });
   }
   let keys: VaultKeys;
-  let root: Uint8Array;
   try {
-    root = deriveRoot(phrase);
-    keys = vaultKeysFromRoot(root);
+    const cached = await p.keystore.get(SECRET_ROOT_KEY);
+    keys = vaultKeysFromRoot(cached ? b64uDecode(cached) : deriveRoot(phrase));
   } catch (err) {
     throw mapCryptoError(err, 'the stored phrase');
   }
-  if (!matches(keys)) {
+  if (keys.vaultId !== p.vault.vaultId) {
     throw failure('wrong_key', 'the phrase in the keystore belongs to another vault', {
       hints: ['the keystore entry was replaced; join the vault again with `casa pair --join`'],
     });
   }
-  await p.keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
   return keys;
 }
 

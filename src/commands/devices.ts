@@ -1,10 +1,17 @@
 /**
- * `casa devices` lists the vault's devices (this one marked `*`);
- * `casa devices revoke ID` revokes one (an id or a unique prefix of 4+ chars).
- * The relay checks revocation on every request, so a revoked device is
- * refused from its next request on.
+ * `casa devices` lists the vault's devices (this one marked `*`, and who
+ * added each); `casa devices revoke ID` revokes one (an id or a unique
+ * prefix of 4+ chars) with a signed revocation, and starts a key epoch
+ * sealed to every other member and the paper (docs/SECURITY.md §4.2): the
+ * relay refuses the device at once, and nothing written after opens with
+ * what it holds. `casa devices --log` prints the vault's audit trail.
  */
 import { FailureError, UsageError, CancelledError } from '../errors.js';
+import { RECOVERY } from '../protocol/membership.js';
+import { loadRing, revokeAndRotate } from '../keys/epochs.js';
+import { keyEnv, openVaultKeys } from '../keys/open.js';
+import { readState } from '../state.js';
+import { printable } from '../ui/printable.js';
 import { confirm } from '../ui/prompts.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 
@@ -15,6 +22,8 @@ export interface DeviceInfo {
   last_seen_at: number | null;
   revoked_at: number | null;
   current: boolean;
+  /** Who certified it: `recovery` (the phrase), another device's id, or null (a device of casa 0.1 not yet upgraded). */
+  added_by: string | null;
 }
 
 export async function runDevicesList(ctx: Context): Promise<DeviceInfo[]> {
@@ -29,27 +38,79 @@ export async function runDevicesList(ctx: Context): Promise<DeviceInfo[]> {
 export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promise<DeviceInfo> {
   const p = loadPaired(ctx);
   const session = await deviceSession(p);
+  // The keyring up to date first: the new epoch follows the newest one.
+  await openVaultKeys(ctx, p, session);
   const devices = parseDevices(await session.call('GET', '/devices'), p.vault.deviceId, p.client.server);
   const target = findDevice(devices, idOrPrefix);
   const self = target.current;
-  if (!ctx.globals.yes && ctx.out.interactive) {
-    const ok = await confirm(
-      ctx.out,
-      self
-        ? `Revoke THIS device (${target.name}, ${target.id})? It will no longer reach the vault.`
-        : `Revoke ${target.name} (${target.id})? It will no longer reach the vault.`,
-      'pass --yes',
-    );
+  if (self) {
+    throw new UsageError('a device cannot revoke itself', { hints: ['revoke it from another device of the vault, or from a fresh machine paired with the recovery phrase'] });
+  }
+  if (!ctx.globals.yes) {
+    if (!ctx.out.interactive) throw new UsageError('revoking a device needs confirmation', { hints: ['run it in a terminal, or pass --yes'] });
+    const ok = await confirm(ctx.out, `Revoke ${printable(target.name)} (${target.id})? It will no longer reach the vault, and the vault gets new keys it never sees.`, 'pass --yes');
     if (!ok) throw new CancelledError('not revoked');
   }
-  if (target.revoked_at === null) {
-    const res = await session.call('POST', `/devices/${target.id}/revoke`);
-    target.revoked_at = typeof res.revokedAt === 'number' ? res.revokedAt : ctx.deps.now();
+  const env = await keyEnv(ctx, p, session);
+  const held = await loadRing(p.keystore);
+  const paper = readState(ctx.globals.home)?.vault?.paper;
+  if (!held || !paper) throw new FailureError('this device has no keyring yet', { hints: ['run `casa status` once, then try again'] });
+  const r = await revokeAndRotate(env, held, paper, target.id);
+  target.revoked_at = r.revokedAt;
+  const vouched = devices.filter((d) => d.added_by === target.id && d.revoked_at === null);
+  ctx.out.print(`revoked ${printable(target.name)} (${target.id}); new keys (epoch ${r.epoch}) sealed to ${r.sealedTo.map(printable).join(', ')}`);
+  if (vouched.length > 0) {
+    ctx.out.warn(`${printable(target.name)} added ${vouched.map((d) => `${printable(d.name)} (${d.id})`).join(', ')}: if you do not know ${vouched.length === 1 ? 'it' : 'them'}, revoke ${vouched.length === 1 ? 'it' : 'them'} too`);
   }
-  ctx.out.print(`revoked ${target.name} (${target.id})`);
-  if (self) ctx.out.warn('this device is revoked: join the vault again with `casa pair --join` to use it');
-  ctx.out.result({ message_type: 'device_revoked', vault_id: p.vault.vaultId, device: target });
+  ctx.out.result({ message_type: 'device_revoked', vault_id: p.vault.vaultId, device: target, epoch: r.epoch, sealed_to: r.sealedTo });
   return target;
+}
+
+export interface LogEvent {
+  at: number;
+  event: string;
+  device_id: string | null;
+  actor_id: string | null;
+}
+
+/** `casa devices --log`: the relay's audit trail of the vault, newest first, with device names. */
+export async function runDevicesLog(ctx: Context, o: { limit?: string }): Promise<LogEvent[]> {
+  const limit = o.limit === undefined ? 50 : Number(o.limit);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 500) throw new UsageError('--limit is a whole number from 1 to 500');
+  const p = loadPaired(ctx);
+  const session = await deviceSession(p);
+  const [doc, devs] = await Promise.all([session.call('GET', `/log?limit=${limit}`), session.call('GET', '/devices')]);
+  const names = new Map(parseDevices(devs, p.vault.deviceId, p.client.server).map((d) => [d.id, d.name]));
+  const list = Array.isArray(doc.events) ? (doc.events as Record<string, unknown>[]) : null;
+  if (!list) throw new FailureError(`the relay at ${p.client.server} sent a malformed audit log`);
+  const events: LogEvent[] = list
+    .filter((e) => typeof e.at === 'number' && typeof e.event === 'string')
+    .map((e) => ({ at: e.at as number, event: e.event as string, device_id: typeof e.deviceId === 'string' ? e.deviceId : null, actor_id: typeof e.actorId === 'string' ? e.actorId : null }));
+  const who = (id: string | null) => (id === null ? '' : id === RECOVERY ? 'the recovery phrase' : `${printable(names.get(id) ?? '?')} (${id})`);
+  const lines = events.map((e) => `${new Date(e.at).toISOString().replace(/\.\d+Z$/, 'Z')}  ${describe(e, who)}`);
+  ctx.out.print(lines.length ? lines.join('\n') : 'no events');
+  ctx.out.result({ message_type: 'device_log', vault_id: p.vault.vaultId, events });
+  return events;
+}
+
+function describe(e: LogEvent, who: (id: string | null) => string): string {
+  const by = e.actor_id ? ` by ${who(e.actor_id)}` : '';
+  switch (e.event) {
+    case 'device_enrolled':
+      return `${who(e.device_id)} joined${e.actor_id ? `, added${by}` : ' with the recovery phrase'}`;
+    case 'device_revoked':
+      return `${who(e.device_id)} revoked${by}`;
+    case 'device_certified':
+      return `${who(e.device_id)} certified${by || ' by the recovery phrase'}`;
+    case 'epoch_created':
+      return `new keys (key epoch)${by}`;
+    case 'paper_replaced':
+      return `recovery phrase replaced${by}`;
+    case 'vault_created':
+      return 'vault created';
+    default:
+      return `${e.event.replace(/_/g, ' ')}${e.device_id ? ` ${who(e.device_id)}` : ''}${by}`;
+  }
 }
 
 function findDevice(devices: DeviceInfo[], q: string): DeviceInfo {
@@ -80,15 +141,18 @@ function parseDevices(doc: Record<string, unknown>, currentId: string, server: s
       last_seen_at: typeof d.lastSeenAt === 'number' ? d.lastSeenAt : null,
       revoked_at: typeof d.revokedAt === 'number' ? d.revokedAt : null,
       current: d.id === currentId,
+      added_by: typeof (d.cert as Record<string, unknown> | null)?.issuer === 'string' ? ((d.cert as Record<string, unknown>).issuer as string) : null,
     };
   });
 }
 
 function formatDevices(devices: DeviceInfo[]): string {
   const iso = (t: number | null) => (t === null ? '-' : new Date(t).toISOString().replace(/\.\d+Z$/, 'Z'));
-  const rows = [['', 'ID', 'NAME', 'ENROLLED', 'LAST SEEN', 'STATUS']];
+  const rows = [['', 'ID', 'NAME', 'ENROLLED', 'ADDED BY', 'LAST SEEN', 'STATUS']];
+  const names = new Map(devices.map((d) => [d.id, d.name]));
+  const by = (d: DeviceInfo) => (d.added_by === null ? '-' : d.added_by === RECOVERY ? 'phrase' : printable(names.get(d.added_by) ?? d.added_by));
   for (const d of devices) {
-    rows.push([d.current ? '*' : '', d.id, d.name, iso(d.created_at), iso(d.last_seen_at), d.revoked_at === null ? 'active' : `revoked ${iso(d.revoked_at)}`]);
+    rows.push([d.current ? '*' : '', d.id, printable(d.name), iso(d.created_at), by(d), iso(d.last_seen_at), d.revoked_at === null ? 'active' : `revoked ${iso(d.revoked_at)}`]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');

@@ -20,8 +20,12 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
-import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
-import { openCanary, sealCanary } from '../crypto/objects.js';
+import { deriveRoot, type VaultKeys } from '../crypto/kdf.js';
+import { currentEpoch, deviceExchangeKey, legacyKeyring, newKeyring, recoveryKeys, vaultKeysOf, type RecoveryKeys } from '../crypto/keyring.js';
+import { sealCanary } from '../crypto/objects.js';
+import { deviceIdOf, RECOVERY, type DeviceCert } from '../protocol/membership.js';
+import { makeCert, saveRing, type KeyEnv, type StoredRing } from '../keys/epochs.js';
+import { joinWithPaper, postFirstEpoch } from '../keys/open.js';
 import { generatePhrase, parsePhrase } from '../crypto/phrase.js';
 import { newDeviceSeed, publicKeyFromSeed, signPurpose } from '../crypto/sign.js';
 import { openKeystore, type Keystore } from '../keystore/index.js';
@@ -29,11 +33,12 @@ import {
   ensureState,
   readState,
   SECRET_DEVICE_KEY,
+  SECRET_KEYRING,
   SECRET_PHRASE,
-  SECRET_ROOT_KEY,
   writeNewSecretFile,
   writeState,
   type HomeState,
+  type PairedPaper,
   type PairedVault,
 } from '../state.js';
 import { DeviceSession, RelayClient, RelayHttpError, mapRelayError } from '../relay/client.js';
@@ -60,6 +65,10 @@ export interface PairOptions {
   offer?: boolean;
   /** With --offer: how long the code stays valid. */
   timeout?: string;
+  /** With --offer: add the joining device without asking (no terminal). */
+  yes?: boolean;
+  /** Keep the recovery phrase in this device's keystore (docs/SECURITY.md §2: a device that keeps it is the paper). */
+  keepPhrase?: boolean;
 }
 
 export interface PairResult {
@@ -72,6 +81,8 @@ export interface PairResult {
   offeredBy?: string;
   /** With a pairing code: the words both devices show (src/commands/pair-code.ts). */
   confirmation?: string;
+  /** Whether this device keeps the recovery phrase (--keep-phrase). */
+  phraseHeld: boolean;
 }
 
 const MAX_PHRASE_INPUT = 4096;
@@ -115,14 +126,31 @@ export async function pairDevice(ctx: Context, opts: PairOptions): Promise<PairR
   const undo: Undo[] = [];
   try {
     const seed = newDeviceSeed(ctx.deps.random);
-    const { phrase, received } = await obtainPhrase(ctx, opts, req, home.client, seed, undo);
-    const { root, keys } = vaultKeysOf(phrase, received);
-    if (req.mode === 'new') await createVault(ctx, home.client, keys);
-    const enrolled = await enroll(ctx, home.client, keys, req.deviceName, req.mode === 'new' ? 'new' : 'join', seed);
-    await keepSecrets(home.keystore, phrase, root, enrolled.seed, undo);
+    undo.push(
+      () => home.keystore.delete(SECRET_DEVICE_KEY),
+      () => home.keystore.delete(SECRET_KEYRING),
+      () => home.keystore.delete(SECRET_PHRASE),
+    );
+    let joined: Joined;
+    let received: Received | undefined;
+    if (req.mode === 'code') {
+      const { receiveKeys } = await import('./pair-code.js');
+      received = await receiveKeys(ctx, home.client, req.code!, {
+        signingPublicKey: publicKeyFromSeed(seed),
+        exchangePublicKey: deviceExchangeKey(seed).publicKey,
+        deviceName: req.deviceName,
+      });
+      joined = await joinVouched(ctx, home, seed, received);
+    } else {
+      const { phrase } = await obtainPhrase(ctx, opts, req, undo);
+      joined = req.mode === 'new' ? await createWithPaper(ctx, home, seed, phrase, req.deviceName) : await joinWithPhrase(ctx, home, seed, phrase, req.deviceName);
+      if (opts.keepPhrase) await home.keystore.set(SECRET_PHRASE, phrase);
+    }
+    await home.keystore.set(SECRET_DEVICE_KEY, b64uEncode(seed));
+    await saveRing(home.keystore, joined.stored);
     ctx.deps.signal.throwIfAborted();
 
-    const vault = recordVault(ctx, home, keys, enrolled.deviceId, req.deviceName);
+    const vault = recordVault(ctx, home, joined, req.deviceName);
     undo.length = 0;
     if (received) {
       // The offering side waits for this to name the device; this device is paired either way.
@@ -132,6 +160,7 @@ export async function pairDevice(ctx: Context, opts: PairOptions): Promise<PairR
       created: req.mode === 'new',
       mode: req.mode,
       vault,
+      phraseHeld: Boolean(opts.keepPhrase) && req.mode !== 'code',
       ...(req.phraseOut ? { phraseFile: req.phraseOut } : {}),
       ...(received ? { offeredBy: received.offer.deviceName, confirmation: received.confirmation } : {}),
     };
@@ -271,23 +300,9 @@ async function undoAll(undo: Undo[]): Promise<void> {
 
 /**
  * The vault's recovery phrase: a new one (`--new`: written to --phrase-out,
- * or shown and confirmed on the terminal), typed or read (`--join`), or
- * received from the offering device (`--code`, which proves this device's
- * key to it).
+ * or shown and confirmed on the terminal), or typed or read (`--join`).
  */
-async function obtainPhrase(
-  ctx: Context,
-  opts: PairOptions,
-  req: PairingRequest,
-  client: RelayClient,
-  seed: Uint8Array,
-  undo: Undo[],
-): Promise<{ phrase: string; received?: Received }> {
-  if (req.mode === 'code') {
-    const { receivePhrase } = await import('./pair-code.js');
-    const received = await receivePhrase(ctx, client, req.code!, publicKeyFromSeed(seed), req.deviceName);
-    return { phrase: received.phrase, received };
-  }
+async function obtainPhrase(ctx: Context, opts: PairOptions, req: PairingRequest, undo: Undo[]): Promise<{ phrase: string }> {
   if (req.mode === 'join') return { phrase: await readPhrase(ctx, opts) };
   const phrase = generatePhrase(ctx.deps.random);
   const file = req.phraseOut;
@@ -300,44 +315,109 @@ async function obtainPhrase(
   return { phrase };
 }
 
-/** The root and vault keys of a phrase; a phrase received by pairing must be valid and be the offered vault's. */
-function vaultKeysOf(phrase: string, received: Received | undefined): { root: Uint8Array; keys: VaultKeys } {
-  let root: Uint8Array;
-  try {
-    root = deriveRoot(phrase);
-  } catch (err) {
-    if (received) throw new IntegrityError('the phrase received by pairing is not a valid recovery phrase');
-    throw err;
-  }
-  const keys = vaultKeysFromRoot(root);
-  if (received && keys.vaultId !== received.offer.vaultId) {
-    throw new IntegrityError(`the phrase received by pairing is not the phrase of vault ${received.offer.vaultId}`);
-  }
-  return { root, keys };
+/** What a pairing leaves: the vault, this device's id, the keyring, and the paper this device trusts. */
+interface Joined {
+  vaultId: string;
+  deviceId: string;
+  stored: StoredRing;
+  paper: PairedPaper;
 }
 
-/** The phrase, the root key and the device key into the keystore, each removed again if the pairing fails. */
-async function keepSecrets(keystore: Keystore, phrase: string, root: Uint8Array, deviceSeed: Uint8Array, undo: Undo[]): Promise<void> {
-  undo.push(
-    () => keystore.delete(SECRET_PHRASE),
-    () => keystore.delete(SECRET_ROOT_KEY),
-    () => keystore.delete(SECRET_DEVICE_KEY),
-  );
-  await keystore.set(SECRET_PHRASE, phrase);
-  await keystore.set(SECRET_ROOT_KEY, b64uEncode(root));
-  await keystore.set(SECRET_DEVICE_KEY, b64uEncode(deviceSeed));
+function paperOf(k: RecoveryKeys): PairedPaper {
+  return { authKey: b64uEncode(k.authPublicKey), exchangeKey: b64uEncode(k.exchange.publicKey), n: 0 };
+}
+
+function keyEnvOf(ctx: Context, home: PairingHome, vaultId: string, deviceId: string, seed: Uint8Array, paper: PairedPaper): KeyEnv {
+  return {
+    home: ctx.globals.home,
+    vaultId,
+    deviceId,
+    keystore: home.keystore,
+    session: new DeviceSession(home.client, vaultId, deviceId, seed),
+    deviceSeed: seed,
+    now: ctx.deps.now,
+    note: (line) => ctx.out.note(line),
+    paper,
+    knownRevoked: [],
+  };
+}
+
+function paperKeysOf(phrase: string): { root: Uint8Array; paperKeys: RecoveryKeys } {
+  const root = deriveRoot(phrase);
+  return { root, paperKeys: recoveryKeys(root) };
+}
+
+/**
+ * `--new`: the vault (its id from the paper), this device certified by the
+ * paper, and epoch 1 (random keys) sealed to this device and the paper.
+ */
+async function createWithPaper(ctx: Context, home: PairingHome, seed: Uint8Array, phrase: string, name: string): Promise<Joined> {
+  const { paperKeys } = paperKeysOf(phrase);
+  const vaultId = paperKeys.recoveryId;
+  const stored: StoredRing = { ring: newKeyring(vaultId, ctx.deps.random), marks: {} };
+  await createVault(ctx, home.client, vaultId, paperKeys, vaultKeysOf(stored.ring));
+  const deviceId = await enroll(ctx, home.client, vaultId, makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, home.client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed }), 'new');
+  const paper = paperOf(paperKeys);
+  const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paper);
+  await postFirstEpoch(env, stored, paper, paperKeys);
+  return { vaultId, deviceId, stored, paper };
+}
+
+/**
+ * `--join`: the vault the paper opens, this device certified by the paper,
+ * and the keyring from the paper's wrap of the newest epoch (a format-1
+ * vault: its phrase-derived keys become epoch 1). The phrase is not kept.
+ */
+async function joinWithPhrase(ctx: Context, home: PairingHome, seed: Uint8Array, phrase: string, name: string): Promise<Joined> {
+  const { root, paperKeys } = paperKeysOf(phrase);
+  const vaultId = await findVault(home.client, paperKeys.recoveryId);
+  const deviceId = await enroll(ctx, home.client, vaultId, makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, home.client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed }), 'join');
+  const paper = paperOf(paperKeys);
+  const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paper);
+  const legacy = vaultId === paperKeys.recoveryId ? legacyKeyring(root) : null;
+  const stored = await joinWithPaper(env, paperKeys, { ...(legacy ? { legacy: { ring: legacy, marks: {} } } : {}), name, certify: false });
+  return { vaultId, deviceId, stored, paper };
+}
+
+/** `--code`: the keyring and the vouch the offering device sent; this device enrolls with the vouch. */
+async function joinVouched(ctx: Context, home: PairingHome, seed: Uint8Array, r: Received): Promise<Joined> {
+  const deviceId = await enroll(ctx, home.client, r.vaultId, r.cert, 'join');
+  return { vaultId: r.vaultId, deviceId, stored: r.stored, paper: r.paper };
+}
+
+/** The vault a paper opens (a replaced paper's id resolves to its vault). */
+async function findVault(client: RelayClient, recoveryId: string): Promise<string> {
+  try {
+    const d = await client.request('GET', `/v1/recovery/${recoveryId}`);
+    if (typeof d.vaultId !== 'string' || !/^[0-9a-f]{32}$/.test(d.vaultId)) throw new IntegrityError(`the relay at ${client.server} sent a malformed vault lookup`);
+    return d.vaultId;
+  } catch (err) {
+    if (err instanceof RelayHttpError && err.code === 'not_found') {
+      throw new AuthError(`no vault for this phrase on ${client.server}`, {
+        code: 'unknown_vault',
+        hints: [
+          'check the phrase (a valid but different phrase names a different vault; a replaced phrase opens nothing)',
+          'check that --server (or CASA_SERVER) is the relay the vault was created on',
+        ],
+      });
+    }
+    throw err instanceof CasaError ? err : mapRelayError(client.server, err);
+  }
 }
 
 /** Writes the vault into state.json: from here on the device is paired. */
-function recordVault(ctx: Context, home: PairingHome, keys: VaultKeys, deviceId: string, deviceName: string): PairedVault {
+function recordVault(ctx: Context, home: PairingHome, j: Joined, deviceName: string): PairedVault {
+  const cur = currentEpoch(j.stored.ring);
   const vault: PairedVault = {
-    vaultId: keys.vaultId,
-    keyIdHex: keys.keyIdHex,
-    deviceId,
+    vaultId: j.vaultId,
+    keyIdHex: cur.keyIdHex,
+    deviceId: j.deviceId,
     deviceName,
     server: home.server,
     keystore: home.keystore.kind,
     pairedAt: ctx.deps.now(),
+    paper: j.paper,
+    epoch: cur.epoch,
   };
   writeState(ctx.globals.home, { ...home.state, vault });
   return vault;
@@ -378,7 +458,7 @@ function phraseFileExists(path: string): UsageError {
 }
 
 /** Writes the new phrase to --phrase-out: a new 0600 file, never over an existing one. */
-function writePhraseFile(path: string, phrase: string): void {
+export function writePhraseFile(path: string, phrase: string): void {
   try {
     writeNewSecretFile(path, phrase + '\n');
   } catch (err) {
@@ -391,7 +471,7 @@ function writePhraseFile(path: string, phrase: string): void {
 }
 
 /** The phrase for `--join`: from stdin, a file (at most MAX_PHRASE_INPUT bytes) or a hidden prompt. */
-async function readPhrase(ctx: Context, opts: PairOptions): Promise<string> {
+export async function readPhrase(ctx: Context, opts: PairOptions): Promise<string> {
   let raw: string;
   if (opts.phraseStdin) {
     raw = await readAll(ctx.deps.term.stdin);
@@ -433,7 +513,7 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
 }
 
 /** Shows the new phrase once on the terminal (words + QR), asks two words back, then clears the screen. */
-async function showAndConfirm(ctx: Context, phrase: string): Promise<void> {
+export async function showAndConfirm(ctx: Context, phrase: string): Promise<void> {
   const { out } = ctx;
   const words = phrase.split(' ');
   const grid = formatPhraseGrid(words);
@@ -475,20 +555,14 @@ function pickTwo(random: (n: number) => Uint8Array, n: number): [number, number]
   return a < b ? [a, b] : [b, a];
 }
 
-async function createVault(ctx: Context, client: RelayClient, keys: VaultKeys): Promise<void> {
+async function createVault(ctx: Context, client: RelayClient, vaultId: string, paperKeys: RecoveryKeys, keys: VaultKeys): Promise<void> {
   const canary = sealCanary(keys, ctx.deps.random(32));
-  const authPublicKey = b64uEncode(keys.authPublicKey!);
+  const authPublicKey = b64uEncode(paperKeys.authPublicKey);
   const time = relayTime(ctx, client);
   const digest = sha256Hex(canary);
-  const signature = b64uEncode(signPurpose(keys.authSeed!, 'create-vault', [keys.vaultId, authPublicKey, digest, time]));
+  const signature = b64uEncode(signPurpose(paperKeys.authSeed, 'create-vault', [vaultId, authPublicKey, digest, time]));
   try {
-    await client.request('POST', '/v1/vaults', {
-      vaultId: keys.vaultId,
-      authPublicKey,
-      canary: b64uEncode(canary),
-      time,
-      signature,
-    });
+    await client.request('POST', '/v1/vaults', { vaultId, authPublicKey, canary: b64uEncode(canary), time, signature });
   } catch (err) {
     if (err instanceof RelayHttpError && err.code === 'conflict') {
       throw new FailureError('the relay already has a vault with this id', {
@@ -504,48 +578,29 @@ function relayTime(ctx: Context, client: RelayClient): number {
   return ctx.deps.now() + (client.clockOffsetMs ?? 0);
 }
 
-async function enroll(
-  ctx: Context,
-  client: RelayClient,
-  keys: VaultKeys,
-  name: string,
-  mode: 'new' | 'join',
-  seed: Uint8Array,
-): Promise<{ deviceId: string; seed: Uint8Array }> {
-  const devicePublicKey = b64uEncode(publicKeyFromSeed(seed));
-  const time = relayTime(ctx, client);
-  const signature = b64uEncode(signPurpose(keys.authSeed!, 'enroll', [keys.vaultId, devicePublicKey, name, time]));
+/** Enrolls this device with its certificate (signed by the paper, or vouched by a member); its id. */
+async function enroll(ctx: Context, client: RelayClient, vaultId: string, cert: DeviceCert, mode: 'new' | 'join'): Promise<string> {
   let res: Record<string, unknown>;
   try {
-    res = await client.request('POST', `/v1/vaults/${keys.vaultId}/devices`, { devicePublicKey, name, time, signature });
+    res = await client.request('POST', `/v1/vaults/${vaultId}/devices`, { cert });
   } catch (err) {
     if (err instanceof RelayHttpError && err.code === 'not_found' && mode === 'join') {
-      throw new AuthError(`no vault for this phrase on ${client.server}`, {
+      throw new AuthError(`no vault ${vaultId} on ${client.server}`, {
         code: 'unknown_vault',
-        hints: [
-          'check the phrase (a valid but different phrase names a different vault)',
-          'check that --server (or CASA_SERVER) is the relay the vault was created on',
-        ],
+        hints: ['check that --server (or CASA_SERVER) is the relay the vault was created on'],
       });
     }
     if (err instanceof RelayHttpError && err.code === 'unauthorized') {
-      throw new AuthError('the relay refused this phrase for the vault', { code: 'wrong_phrase' });
+      throw new AuthError(cert.issuer === RECOVERY ? 'the relay refused this phrase for the vault' : 'the relay refused the vouch of the offering device', {
+        code: 'wrong_phrase',
+        ...(cert.issuer === RECOVERY ? { hints: ['a replaced recovery phrase opens nothing: use the newest one'] } : {}),
+      });
     }
     throw mapRelayError(client.server, err);
   }
-  if (typeof res.deviceId !== 'string' || !isDeviceId(res.deviceId) || typeof res.canary !== 'string') {
+  if (res.deviceId !== cert.deviceId || !isDeviceId(res.deviceId)) {
     throw new IntegrityError(`the relay at ${client.server} sent a malformed enrollment answer`);
   }
-  const deviceId = res.deviceId;
-  // The canary proves the phrase's keys are the vault's keys before anything is written here.
-  try {
-    openCanary(keys, keys.vaultId, b64uDecode(res.canary));
-  } catch (err) {
-    await new DeviceSession(client, keys.vaultId, deviceId, seed)
-      .call('POST', `/devices/${deviceId}/revoke`)
-      .catch(() => undefined);
-    throw mapCryptoError(err, "the vault's key check (canary)");
-  }
-  return { deviceId, seed };
+  void ctx;
+  return cert.deviceId;
 }
-

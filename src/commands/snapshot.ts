@@ -7,7 +7,7 @@
  * database's lock, and reports.
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { FailureError } from '../errors.js';
+import { CasaError, FailureError } from '../errors.js';
 import { acquireLock } from '../lock.js';
 import { WorkerPool } from '../snapshots/pool.js';
 import type { VaultKeys } from '../crypto/kdf.js';
@@ -59,6 +59,17 @@ function changesetCursor(ctx: Context, keys: VaultKeys, dbPath: string): number 
 }
 
 export async function runSnapshot(ctx: Context, opts: SnapshotCommandOptions): Promise<SnapshotReport> {
+  try {
+    return await snapshotOnce(ctx, opts);
+  } catch (err) {
+    // Another device started a key epoch while this one was sealing: once more, under the new keys.
+    if (!(err instanceof CasaError && err.relay?.code === 'stale_epoch')) throw err;
+    ctx.out.note('the vault started a new key epoch during the snapshot; taking it again under the new keys');
+    return await snapshotOnce(ctx, opts);
+  }
+}
+
+async function snapshotOnce(ctx: Context, opts: SnapshotCommandOptions): Promise<SnapshotReport> {
   const dbPath = ctx.globals.db;
   const v = await openVault(ctx);
   requireSqliteFile(dbPath);

@@ -4,7 +4,9 @@
  * a revoked device is part of the answer, not a failure of the command.
  */
 import { statSync } from 'node:fs';
-import { readState } from '../state.js';
+import { readState, SECRET_PHRASE } from '../state.js';
+import type { DeviceSession } from '../relay/client.js';
+import { printable } from '../ui/printable.js';
 import { RelayHttpError } from '../relay/client.js';
 import { CasaError } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
@@ -36,6 +38,10 @@ export interface StatusReport {
   relay_head: { snapshot_id: string; seq: number; time: number; device_id: string; device_name: string | null } | null;
   newer_available: boolean | null;
   rollback_detected: boolean;
+  /** Keys (docs/SECURITY.md §2): the epoch this device holds, the relay's, and whether this device keeps the recovery phrase. */
+  keys: { epoch: number | null; relay_epoch: number | null; phrase_held: boolean | null } | null;
+  /** Enrolments, revocations, key epochs and paper replacements of the last 7 days, newest first (`casa devices --log`). */
+  recent_events: { at: number; event: string; device: string | null; by: string | null }[];
   /** Changeset sync: local changes not pushed yet, and how far this device has applied the vault's changesets. */
   changesets: {
     pending_local: number | null;
@@ -79,6 +85,8 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     relay_head: null,
     newer_available: null,
     rollback_detected: false,
+    keys: state?.vault ? { epoch: state.vault.epoch ?? null, relay_epoch: null, phrase_held: null } : null,
+    recent_events: [],
     changesets: null,
   };
 
@@ -96,6 +104,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
   if (state?.vault) {
     try {
       paired = { ...loadPaired(ctx), client };
+      if (report.keys) report.keys.phrase_held = Boolean(await paired.keystore.get(SECRET_PHRASE));
       const keys = await vaultKeys(paired);
       const idx = readIndex(ctx.globals.home, keys, ctx.globals.db);
       report.changesets = changesetInfo(ctx.globals.home, keys, ctx.globals.db, db.exists);
@@ -118,6 +127,8 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
       const session = await deviceSession(paired);
       await session.getToken();
       report.device_status = 'active';
+      if (report.keys) report.keys.relay_epoch = session.relayEpoch?.epoch ?? null;
+      report.recent_events = await recentEvents(session, ctx.deps.now());
       const head = await new SnapshotApi(session).head();
       if (head) {
         report.relay_head = { snapshot_id: head.id, seq: head.seq, time: head.time, device_id: head.deviceId, device_name: head.deviceName };
@@ -136,6 +147,33 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
   ctx.out.print(formatStatus(report));
   ctx.out.result(report as unknown as Record<string, unknown>);
   return report;
+}
+
+const NOTABLE = new Set(['device_enrolled', 'device_revoked', 'epoch_created', 'paper_replaced']);
+
+/** The vault's security events of the last 7 days (best effort: an older relay has no log route). */
+async function recentEvents(session: DeviceSession, now: number): Promise<StatusReport['recent_events']> {
+  try {
+    const [log, devs] = await Promise.all([session.call('GET', '/log?limit=20'), session.call('GET', '/devices')]);
+    const names = new Map<string, string>();
+    for (const d of Array.isArray(devs.devices) ? (devs.devices as Record<string, unknown>[]) : []) {
+      if (typeof d.id === 'string' && typeof d.name === 'string') names.set(d.id, printable(d.name));
+    }
+    const name = (id: unknown) => (typeof id !== 'string' ? null : id === 'recovery' ? 'the recovery phrase' : (names.get(id) ?? id));
+    return (Array.isArray(log.events) ? (log.events as Record<string, unknown>[]) : [])
+      .filter((e) => typeof e.at === 'number' && typeof e.event === 'string' && NOTABLE.has(e.event) && now - (e.at as number) < 7 * 86_400_000)
+      .slice(0, 5)
+      .map((e) => ({ at: e.at as number, event: e.event as string, device: name(e.deviceId), by: name(e.actorId) }));
+  } catch {
+    return [];
+  }
+}
+
+function ago(ms: number): string {
+  const m = Math.round(ms / 60_000);
+  if (m < 60) return `${Math.max(m, 0)} min ago`;
+  const h = Math.round(m / 60);
+  return h < 48 ? `${h} h ago` : `${Math.round(h / 24)} days ago`;
 }
 
 /** The change log's length (read-only: status installs nothing) and the sync state's cursor. */
@@ -207,6 +245,16 @@ function formatStatus(r: StatusReport): string {
     const st = r.device_status === 'revoked' ? ' — REVOKED: join again with `casa pair --join`' : r.device_status === 'active' ? '' : '';
     row('device', `${r.device_name} (${r.device_id})${st}`);
     row('keystore', r.keystore!);
+    if (r.keys) {
+      const relayEpoch = r.keys.relay_epoch !== null && r.keys.relay_epoch !== r.keys.epoch ? ` (the relay is at epoch ${r.keys.relay_epoch}: the next command picks it up)` : '';
+      const phrase = r.keys.phrase_held === null ? '' : r.keys.phrase_held ? '; recovery phrase: HELD on this device (`casa show-phrase --forget` removes it)' : '; recovery phrase: not on this device';
+      row('keys', `${r.keys.epoch === null ? 'format 1 (upgraded by the next command)' : `epoch ${r.keys.epoch}`}${relayEpoch}${phrase}`);
+    }
+    for (const e of r.recent_events) {
+      const what = { device_enrolled: 'joined', device_revoked: 'revoked', epoch_created: 'new keys', paper_replaced: 'recovery phrase replaced' }[e.event] ?? e.event;
+      const subject = e.event === 'device_enrolled' || e.event === 'device_revoked' ? `${e.device} ${what}` : what;
+      row('event', `${subject} ${ago(Date.now() - e.at)}${e.by ? ` by ${e.by}` : ''}`);
+    }
   }
   const relay = r.relay.reachable
     ? `reachable, casa-relay ${r.relay.version}${r.clock_offset_ms === null ? '' : `, clock offset ${formatOffset(r.clock_offset_ms)}`}`

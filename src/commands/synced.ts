@@ -15,7 +15,8 @@ import type { SyncEnv } from '../changesets/sync-run.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { ChangesetApi } from '../relay/changesets.js';
 import type { DeviceSession } from '../relay/client.js';
-import { deviceSession, loadPaired, tracer, vaultKeys, type Context, type Paired } from './context.js';
+import { openVaultKeys } from '../keys/open.js';
+import { deviceSession, loadPaired, tracer, type Context, type Paired } from './context.js';
 
 /** Where a user declares which tables sync and how (rules.ts reads the declarations). */
 export function declarationsPath(home: string): string {
@@ -111,7 +112,8 @@ export function refreshSynced(ctx: Context, db: Database.Database, deviceId: str
 
 export async function syncEnv(ctx: Context): Promise<SyncEnv> {
   const p = loadPaired(ctx);
-  return syncEnvOf(ctx, p, await deviceSession(p), await vaultKeys(p));
+  const session = await deviceSession(p);
+  return syncEnvOf(ctx, p, session, await openVaultKeys(ctx, p, session));
 }
 
 /** The sync environment of a vault a command has already opened (restore, pull): no second token. */
@@ -120,6 +122,10 @@ export function syncEnvOf(ctx: Context, p: Paired, session: DeviceSession, keys:
     home: ctx.globals.home,
     dbPath: ctx.globals.db,
     keys,
+    refreshKeys: async () => {
+      session.forgetToken();
+      return openVaultKeys(ctx, p, session);
+    },
     deviceId: p.vault.deviceId,
     api: new ChangesetApi(session),
     token: () => session.getToken(),

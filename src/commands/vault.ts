@@ -12,7 +12,8 @@ import { FailureError, UsageError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { checkNotRolledBack, SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
-import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
+import { openVaultKeys } from '../keys/open.js';
+import { deviceSession, loadPaired, type Context, type Paired } from './context.js';
 
 export interface OpenVault {
   p: Paired;
@@ -24,7 +25,7 @@ export interface OpenVault {
 export async function openVault(ctx: Context): Promise<OpenVault> {
   const p = loadPaired(ctx);
   const session = await deviceSession(p);
-  const keys = await vaultKeys(p);
+  const keys = await openVaultKeys(ctx, p, session);
   return { p, api: new SnapshotApi(session), keys };
 }
 

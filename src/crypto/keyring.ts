@@ -16,6 +16,7 @@
  * Pure: randomness comes from the caller.
  */
 import { x25519 } from '@noble/curves/ed25519.js';
+import { sha256Hex } from './sha256.js';
 import { abytes, b64uDecode, b64uEncode, bytesToHex, bytesToUtf8, concatBytes, equalBytes, utf8ToBytes } from './bytes.js';
 import { hkdfSha256, KEY_BYTES, KEY_ID_BYTES, LABELS, vaultKeysFromRoot, type VaultKeys } from './kdf.js';
 import { Codec, ObjectFormatError, ObjectType, openObject, sealObject } from './objects.js';
@@ -119,6 +120,14 @@ export function keysFor(keys: VaultKeys, object: Uint8Array): VaultKeys {
   const e = keys.epochs[hex];
   if (!e) return keys;
   return { ...keys, keyId: e.keyId, keyIdHex: e.keyIdHex, epoch: e.epoch, canaryKey: e.canaryKey, snapshotKey: e.snapshotKey, changesetKey: e.changesetKey, idMacKey: e.idMacKey };
+}
+
+/** An object sealed under an older epoch, at a place after that epoch ended (a revoked device's keys at work). */
+export class EpochMarkError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EpochMarkError';
+  }
 }
 
 /** The mark of the epoch that sealed `object`, when it is not the current one. */
@@ -236,17 +245,21 @@ export function wrapIdentity(epoch: number, recipient: string): string {
   return `keyring:${epoch}:${recipient}`;
 }
 
-/** The keyring sealed to one recipient's exchange key; its identity names the epoch and the recipient. */
-export function wrapKeyring(
-  ring: Keyring,
-  recipient: { id: string; exchangePublicKey: Uint8Array },
-  random: (n: number) => Uint8Array,
-): Uint8Array {
+/**
+ * The keyring sealed to one recipient's exchange key; its identity names the
+ * epoch and the recipient. The ephemeral key and the salt are derived from
+ * the new epoch's canary key and the recipient id (FORMAT.md §9), so every
+ * recipient can make every other recipient's wrap again and check that all
+ * of them hold this keyring (verifyWraps): a member cannot seal junk to the
+ * paper, or different keyrings to different members.
+ */
+export function wrapKeyring(ring: Keyring, recipient: { id: string; exchangePublicKey: Uint8Array }): Uint8Array {
   abytes(recipient.exchangePublicKey, 'exchangePublicKey', EXCHANGE_KEY_BYTES);
-  const eph = abytes(random(32), 'random', 32);
+  const cur = currentEpoch(ring);
+  const derive = (what: string) => hkdfSha256(cur.canaryKey, new Uint8Array(0), utf8ToBytes(`casa/v2/wrap-${what}\n${recipient.id}`), 32);
+  const eph = derive('ephemeral');
   const ephPub = x25519.getPublicKey(eph);
   const key = wrapKey(x25519.getSharedSecret(eph, recipient.exchangePublicKey), ephPub, recipient.exchangePublicKey);
-  const cur = currentEpoch(ring);
   const object = sealObject({
     type: ObjectType.keyring,
     codec: Codec.none,
@@ -255,9 +268,14 @@ export function wrapKeyring(
     vaultId: ring.vaultId,
     identity: wrapIdentity(cur.epoch, recipient.id),
     plaintext: encodeKeyring(ring),
-    salt: abytes(random(32), 'random', 32),
+    salt: derive('salt'),
   });
   return concatBytes(ephPub, object);
+}
+
+/** SHA-256 hex of each recipient's wrap, as an epoch record lists them. */
+export function wrapHashes(ring: Keyring, recipients: { id: string; exchangePublicKey: Uint8Array }[]): Map<string, string> {
+  return new Map(recipients.map((r) => [r.id, sha256Hex(wrapKeyring(ring, r))]));
 }
 
 /**

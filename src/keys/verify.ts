@@ -152,7 +152,15 @@ export function membership(vaultId: string, chain: Paper[], certs: DeviceCert[],
  * and its keyring must extend the one this device holds — what keeps a
  * revoked device from making an epoch the others accept.
  */
-export function checkEpochRecord(r: EpochRecord, vaultId: string, chain: Paper[], m: Membership, prev: { epoch: number; keyIdHex: string } | null): Map<string, string> {
+export function checkEpochRecord(
+  r: EpochRecord,
+  vaultId: string,
+  chain: Paper[],
+  m: Membership,
+  prev: { epoch: number; keyIdHex: string } | null,
+  /** The newest record: its issuer must be a member now; an older one's, certified (it may have been revoked since). */
+  newest = true,
+): Map<string, string> {
   if (r.vaultId !== vaultId) throw new MembershipError(`epoch ${r.epoch} names another vault`);
   if (prev ? r.epoch !== prev.epoch + 1 || r.prevKeyId !== prev.keyIdHex : r.epoch !== 1 || r.prevKeyId !== '') {
     throw new MembershipError(`epoch ${r.epoch} does not follow epoch ${prev?.epoch ?? 0}`);
@@ -163,7 +171,7 @@ export function checkEpochRecord(r: EpochRecord, vaultId: string, chain: Paper[]
   const signed =
     r.issuer === RECOVERY
       ? paperSigned(chain, 'epoch', fields, r.signature)
-      : m.members.has(r.issuer) && verifyPurpose(key(m.certified.get(r.issuer)!.signingKey)!, 'epoch', fields, sig(r.signature));
+      : (newest ? m.members.has(r.issuer) : m.certified.has(r.issuer)) && verifyPurpose(key(m.certified.get(r.issuer)!.signingKey)!, 'epoch', fields, sig(r.signature));
   if (!signed) throw new MembershipError(`epoch ${r.epoch} is not signed by the paper or a member device`);
   return recipients;
 }

@@ -50,6 +50,14 @@ export interface ChangesetHeads {
  * `expectedSeq` is the one it takes. The device's own record of its chain
  * is behind (or ahead of) the relay's; going on blindly could fork it.
  */
+/** A push sealed under an epoch that is no longer the vault's (docs/RELAY-API.md): take the new keys, seal again. */
+export class StaleEpochError extends Error {
+  constructor() {
+    super('the vault started a new key epoch');
+    this.name = 'StaleEpochError';
+  }
+}
+
 export class SeqConflictError extends ConflictError {
   constructor(
     readonly seq: number,
@@ -92,6 +100,7 @@ export class ChangesetApi {
         if (!positive(expected) || expected === seq) throw this.malformed('push answer');
         throw new SeqConflictError(seq, expected);
       }
+      if (err instanceof RelayHttpError && err.status === 409 && err.code === 'stale_epoch') throw new StaleEpochError();
       throw mapRelayError(this.server, err);
     }
     const d = res.doc;

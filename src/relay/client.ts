@@ -275,6 +275,8 @@ export function normaliseServer(server: string): string {
 export class DeviceSession {
   private token: string | null = null;
   private expiresAt = 0;
+  /** The vault's current epoch and key id, as the last token answer said (docs/RELAY-API.md "Membership and epochs"). */
+  relayEpoch: { epoch: number; keyId: string } | null = null;
 
   constructor(
     readonly client: RelayClient,
@@ -301,9 +303,17 @@ export class DeviceSession {
       throw notARelay(this.client.server, 'sent a malformed token');
     }
     this.token = tk.token;
+    this.relayEpoch =
+      typeof tk.epoch === 'number' && Number.isSafeInteger(tk.epoch) && tk.epoch >= 0 && typeof tk.keyId === 'string' ? { epoch: tk.epoch, keyId: tk.keyId } : null;
     // Trust our own clock for renewal: at most 5 minutes, whatever the relay says.
     this.expiresAt = Date.now() + Math.min(5 * 60_000, Math.max(0, tk.expiresAt - (Date.now() + (this.client.clockOffsetMs ?? 0))));
     return this.token;
+  }
+
+  /** A new token at once (the next request names the relay's current epoch). */
+  forgetToken(): void {
+    this.token = null;
+    this.expiresAt = 0;
   }
 
   async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {

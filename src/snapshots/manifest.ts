@@ -12,6 +12,7 @@
 import { createHmac } from 'node:crypto';
 import { bytesToUtf8, concatBytes, utf8ToBytes } from '../crypto/bytes.js';
 import type { VaultKeys } from '../crypto/kdf.js';
+import { EpochMarkError, keysFor, markOf } from '../crypto/keyring.js';
 import { ObjectType, openObject, openObjectReader, sealEncoded, type OpenParams } from '../crypto/objects.js';
 import { Codec, compress, compressStream, type DecompressReader } from '../codec.js';
 import { isDeviceId, isPackId, isSha256Hex, isSnapshotId, isVaultId } from '../protocol/ids.js';
@@ -236,7 +237,11 @@ export function sealManifest(keys: VaultKeys, m: Manifest, salt: Uint8Array): Ui
 }
 
 /** Opens and validates a manifest; crypto errors (format, wrong key, authentication) pass through typed. */
-export function openManifest(keys: VaultKeys, object: Uint8Array, expected: ManifestIdentity): Manifest {
+export function openManifest(vaultKeys: VaultKeys, object: Uint8Array, expected: ManifestIdentity): Manifest {
+  // Sealed by an older epoch: its keys, and only at a seq before that epoch ended (docs/SECURITY.md §4.2).
+  const keys = keysFor(vaultKeys, object);
+  const mark = markOf(vaultKeys, object);
+  if (mark && expected.seq > mark.seq) throw new EpochMarkError(`snapshot ${expected.seq} is sealed under epoch ${keys.epoch ?? 1}, which ended at snapshot ${mark.seq}`);
   const plaintext = openObject({
     type: ObjectType.manifest,
     keyId: keys.keyId,
@@ -286,7 +291,8 @@ export function sealPackEncoded(
 }
 
 /** What opening a pack checks: its type, key, vault, identity (its id) and a plaintext of at most its size. */
-function packOpening(keys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): OpenParams {
+function packOpening(vaultKeys: VaultKeys, id: string, object: Uint8Array, expectedBytes: number): OpenParams {
+  const keys = keysFor(vaultKeys, object);
   return {
     type: ObjectType.pack,
     keyId: keys.keyId,

@@ -1,0 +1,175 @@
+/**
+ * The vault keys a command uses (docs/SECURITY.md §2): the keyring from the
+ * keystore, brought up to the epoch the relay names (its records checked,
+ * src/keys/epochs.ts), or made from the phrase once for a format-1 vault
+ * (the upgrade, docs/FORMAT.md §9). A relay naming an older epoch than this
+ * device verified is a rollback (exit 6).
+ */
+import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { deriveRoot, type VaultKeys } from '../crypto/kdf.js';
+import { currentEpoch, deviceExchangeKey, legacyKeyring, recoveryKeys, type RecoveryKeys } from '../crypto/keyring.js';
+import { publicKeyFromSeed } from '../crypto/sign.js';
+import { FailureError, IntegrityError } from '../errors.js';
+import { failure, mapCryptoError } from '../failures.js';
+import { RECOVERY } from '../protocol/membership.js';
+import { RelayHttpError, type DeviceSession } from '../relay/client.js';
+import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, writeState, type PairedPaper } from '../state.js';
+import type { Context, Paired } from '../commands/context.js';
+import { keysOf, loadRing, makeCert, noteEpoch, pickUp, saveRing, startEpoch, type KeyEnv, type StoredRing } from './epochs.js';
+
+export async function keyEnv(ctx: Context, p: Paired, session: DeviceSession): Promise<KeyEnv> {
+  const seed = await p.keystore.get(SECRET_DEVICE_KEY);
+  if (!seed) throw new FailureError(`this device's key is not in the ${p.keystore.kind} keystore`, { hints: ['join the vault again with `casa pair --join`'] });
+  const vault = readState(ctx.globals.home)?.vault ?? p.vault;
+  return {
+    home: ctx.globals.home,
+    vaultId: p.vault.vaultId,
+    deviceId: p.vault.deviceId,
+    keystore: p.keystore,
+    session,
+    deviceSeed: b64uDecode(seed),
+    now: ctx.deps.now,
+    note: (line) => ctx.out.note(line),
+    ...(vault.paper ? { paper: vault.paper } : {}),
+    knownRevoked: [...(vault.revoked ?? [])],
+  };
+}
+
+/** The keys of the vault's current epoch (older epochs' by key id), picked up or upgraded as needed. */
+export async function openVaultKeys(ctx: Context, p: Paired, session: DeviceSession): Promise<VaultKeys> {
+  const env = await keyEnv(ctx, p, session);
+  let stored = await loadRing(p.keystore);
+  await session.getToken();
+  const relay = session.relayEpoch ?? { epoch: 0, keyId: '' };
+  if (!stored || !env.paper || relay.epoch === 0) {
+    stored = await upgrade(env, stored);
+    return keysOf(stored);
+  }
+  const held = currentEpoch(stored.ring);
+  const verified = readState(ctx.globals.home)?.vault?.epoch ?? held.epoch;
+  if (relay.epoch < Math.max(held.epoch, verified)) {
+    throw failure('rollback', `the relay names epoch ${relay.epoch}, but this device verified epoch ${Math.max(held.epoch, verified)}`, {
+      hints: ['the relay lost or rolled back its records; nothing was read or written'],
+    });
+  }
+  if (relay.epoch === held.epoch) {
+    if (relay.keyId !== held.keyIdHex) throw new IntegrityError(`the relay names other keys for epoch ${held.epoch} than this device holds`);
+    return keysOf(stored);
+  }
+  const picked = await pickUp(env, stored, { id: env.deviceId, exchange: deviceExchangeKey(env.deviceSeed) }, env.paper);
+  await saveRing(p.keystore, picked.stored);
+  noteEpoch(env.home, picked.epoch.epoch);
+  const by = picked.epoch.issuer === RECOVERY ? 'the recovery phrase' : (picked.members.certified.get(picked.epoch.issuer)?.name ?? picked.epoch.issuer);
+  ctx.out.note(`picked up the vault's new keys (epoch ${picked.epoch.epoch}, started by ${by})`);
+  return keysOf(picked.stored);
+}
+
+/**
+ * A format-1 device (no keyring, or no paper recorded): from the phrase it
+ * holds, certify itself and take the vault's epoch 1 (posting it when the
+ * vault has none yet), then forget the phrase and its root key
+ * (docs/SECURITY.md §8: a device that keeps the paper is the paper).
+ */
+async function upgrade(env: KeyEnv, stored: StoredRing | null): Promise<StoredRing> {
+  const phrase = await env.keystore.get(SECRET_PHRASE);
+  if (!phrase) {
+    if (stored && env.paper) {
+      throw new IntegrityError('the relay says this vault has no key epochs, but this device holds them', { hints: ['the relay lost its records; nothing was read or written'] });
+    }
+    await env.keystore.probe();
+    throw new FailureError(`the vault's keyring is not in the ${env.keystore.kind} keystore`, {
+      hints: ['pair this device again: `casa pair --join` with the recovery phrase, or a pairing code from another device'],
+    });
+  }
+  let root: Uint8Array;
+  try {
+    root = deriveRoot(phrase);
+  } catch (err) {
+    throw mapCryptoError(err, 'the stored phrase');
+  }
+  const legacy = legacyKeyring(root);
+  if (legacy.vaultId !== env.vaultId) {
+    throw failure('wrong_key', 'the phrase in the keystore belongs to another vault', { hints: ['join the vault again with `casa pair --join`'] });
+  }
+  const paperKeys = recoveryKeys(root);
+  const paper: PairedPaper = { authKey: b64uEncode(paperKeys.authPublicKey), exchangeKey: b64uEncode(paperKeys.exchange.publicKey), n: 0 };
+  const result = await joinWithPaper(env, paperKeys, { legacy: { ring: legacy, marks: {} }, name: readState(env.home)?.vault?.deviceName ?? 'device' });
+  await env.keystore.delete(SECRET_ROOT_KEY);
+  await env.keystore.delete(SECRET_PHRASE);
+  const st = readState(env.home);
+  if (st?.vault) writeState(env.home, { ...st, vault: { ...st.vault, paper, epoch: currentEpoch(result.ring).epoch, keyIdHex: currentEpoch(result.ring).keyIdHex } });
+  env.note('this vault now uses key epochs: this device no longer keeps the recovery phrase (your paper is the copy; `casa rotate --phrase` replaces it)');
+  return result;
+}
+
+/**
+ * With the paper's keys: certify this device (already enrolled), then take
+ * the vault's keys — epoch 1 posted from `legacy` when the vault has none
+ * (a format-1 vault), else the newest epoch opened from the paper's wrap.
+ */
+export async function joinWithPaper(env: KeyEnv, paperKeys: RecoveryKeys, opts: { legacy?: StoredRing; name: string; certify?: boolean }): Promise<StoredRing> {
+  const paper: PairedPaper = { authKey: b64uEncode(paperKeys.authPublicKey), exchangeKey: b64uEncode(paperKeys.exchange.publicKey), n: 0 };
+  const relayTime = () => env.now() + (env.session.client.clockOffsetMs ?? 0);
+  if (opts.legacy && opts.certify !== false) {
+    const cert = makeCert({ vaultId: env.vaultId, deviceSeed: env.deviceSeed, deviceId: env.deviceId, name: opts.name, issuedAt: relayTime(), issuer: RECOVERY, issuerSeed: paperKeys.authSeed });
+    await env.session.call('PUT', `/devices/${env.deviceId}/cert`, { cert });
+  }
+  env.session.forgetToken();
+  await env.session.getToken();
+  const relay = env.session.relayEpoch ?? { epoch: 0, keyId: '' };
+  if (relay.epoch === 0) {
+    if (!opts.legacy) throw new IntegrityError('the relay says this vault has no keys yet');
+    // Epoch 1 of a format-1 vault: its phrase-derived keys, posted by the paper (the first device to upgrade wins).
+    try {
+      const started = await postFirstEpoch(env, opts.legacy, paper, paperKeys);
+      return started;
+    } catch (err) {
+      if (!(err instanceof RelayHttpError && err.status === 409)) throw err;
+      env.session.forgetToken();
+    }
+  }
+  const picked = await pickUp(env, opts.legacy ?? null, { id: RECOVERY, exchange: paperKeys.exchange }, paper);
+  await saveRing(env.keystore, picked.stored);
+  return picked.stored;
+}
+
+/** Epoch 1, signed by the paper, sealed to this device and the paper. */
+export async function postFirstEpoch(env: KeyEnv, first: StoredRing, paper: PairedPaper, paperKeys: RecoveryKeys): Promise<StoredRing> {
+  // startEpoch makes the *next* epoch; epoch 1 is the keyring as it is, posted the same way.
+  const { formatRecipients, epochFields } = await import('../protocol/membership.js');
+  const { wrapKeyring, wrapHashes } = await import('../crypto/keyring.js');
+  const { signPurpose } = await import('../crypto/sign.js');
+  const cur = currentEpoch(first.ring);
+  const me = { id: env.deviceId, exchangePublicKey: deviceExchangeKey(env.deviceSeed).publicKey };
+  const recipients = [me, { id: RECOVERY, exchangePublicKey: paperKeys.exchange.publicKey }];
+  const wraps: Record<string, string> = {};
+  for (const r of recipients) wraps[r.id] = b64uEncode(wrapKeyring(first.ring, r));
+  let mark = { cursor: 0, seq: 0 };
+  for (let attempt = 0; ; attempt++) {
+    const unsigned = {
+      vaultId: env.vaultId,
+      epoch: 1,
+      keyId: cur.keyIdHex,
+      prevKeyId: '',
+      recoveryKey: paper.exchangeKey,
+      markCursor: mark.cursor,
+      markSeq: mark.seq,
+      createdAt: env.now() + (env.session.client.clockOffsetMs ?? 0),
+      issuer: RECOVERY,
+      recipients: formatRecipients(wrapHashes(first.ring, recipients)),
+    };
+    try {
+      await env.session.request('POST', '/epochs', { ...unsigned, signature: b64uEncode(signPurpose(paperKeys.authSeed, 'epoch', epochFields(unsigned))), wraps });
+      break;
+    } catch (err) {
+      const d = err instanceof RelayHttpError && err.status === 409 ? err.doc : null;
+      if (!d || typeof d.head !== 'number' || typeof d.seq !== 'number' || d.epoch !== 0 || attempt >= 5) throw err;
+      mark = { cursor: d.head, seq: d.seq };
+    }
+  }
+  await saveRing(env.keystore, first);
+  env.session.forgetToken();
+  return first;
+}
+
+export { publicKeyFromSeed, startEpoch };
