@@ -64,6 +64,8 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--port <n>', 'port to listen on; 0 picks a free one', '8787')
       .option('--host <host>', 'address to listen on', '127.0.0.1')
       .option('--data <dir>', "the relay's data directory (default CASA_HOME/relay)")
+      .option('--retention-every <duration>', 'how often the retention job runs, 1s to 24h (default 15m)')
+      .option('--retention-window <duration>', 'keep everything committed within it, e.g. 30d (default RETENTION_WINDOW in wrangler.jsonc: 30d)')
       .addHelpText('after', '\nThe first line on stdout holds the URL. SIGINT or SIGTERM stops it cleanly.'),
     async (ctx, _args, o) => (await import('./commands/relay.js')).runRelay(ctx, o),
   );

@@ -129,38 +129,57 @@ export async function changesetHeads(
 }
 
 // ---- retention (worker/cron.ts) ------------------------------------------------
+//
+// A batch is pruned only if the relay received it before the window
+// (created_at, the relay's clock at the push) and every retained snapshot
+// covers it. Pruning takes the oldest batches first and stops at the first
+// batch received within the window, so what is left is always every batch
+// after pruned_through.
 
 /** The vault's lowest snapshot watermark: every retained snapshot includes the batches up to it. */
 const COVERED = '(SELECT MIN(changeset_watermark) FROM snapshots WHERE vault_id = ?1)';
 
-/** Vaults with a retained snapshot whose lowest watermark is past what was pruned. */
-export async function vaultsToPrune(db: D1Database, limit: number): Promise<string[]> {
+/** The vault's first batch (by cursor) received at or after the window's start ?2, if any. */
+const FIRST_PROTECTED = '(SELECT cursor FROM changesets WHERE vault_id = ?1 AND created_at >= ?2 ORDER BY cursor LIMIT 1)';
+
+/**
+ * Vaults whose oldest batch was received before `windowStart` and is
+ * covered by every retained snapshot: the ones pruneChangesets would change.
+ */
+export async function vaultsToPrune(db: D1Database, windowStart: number, limit: number): Promise<string[]> {
   const { results } = await db
     .prepare(
-      `SELECT s.vault_id FROM snapshots s JOIN changeset_state c ON c.vault_id = s.vault_id
-       GROUP BY s.vault_id HAVING MIN(s.changeset_watermark) > MAX(c.pruned_through) LIMIT ?1`,
+      `SELECT f.vault_id FROM (SELECT vault_id, MIN(cursor) AS first FROM changesets GROUP BY vault_id) f
+       JOIN changesets c ON c.vault_id = f.vault_id AND c.cursor = f.first
+       WHERE c.created_at < ?1
+         AND f.first <= (SELECT MIN(s.changeset_watermark) FROM snapshots s WHERE s.vault_id = f.vault_id)
+       LIMIT ?2`,
     )
-    .bind(limit)
+    .bind(windowStart, limit)
     .all<{ vault_id: string }>();
   return results.map((r) => r.vault_id);
 }
 
 /**
- * Deletes up to `limit` of the vault's oldest batches that every retained
- * snapshot covers, and moves pruned_through to just below the oldest batch
- * left (never past the coverage), in one transaction; returns their R2 keys.
- * The coverage is read by the statements themselves, so a snapshot
- * committed or dropped meanwhile is taken into account.
+ * Deletes up to `limit` of the vault's oldest batches that were received
+ * before `windowStart` (and precede every batch received since) and that
+ * every retained snapshot covers, and moves pruned_through to just below
+ * the oldest batch left (never past the coverage), in one transaction;
+ * returns their R2 keys. Coverage and arrival times are read by the
+ * statements themselves, so a snapshot committed or dropped meanwhile is
+ * taken into account.
  */
-export async function pruneChangesets(db: D1Database, vaultId: string, limit: number): Promise<string[]> {
+export async function pruneChangesets(db: D1Database, vaultId: string, windowStart: number, limit: number): Promise<string[]> {
   const [deleted] = await db.batch<{ r2_key: string }>([
     db
       .prepare(
         `DELETE FROM changesets WHERE vault_id = ?1 AND cursor IN (
-           SELECT cursor FROM changesets WHERE vault_id = ?1 AND cursor <= ${COVERED} ORDER BY cursor LIMIT ?2)
+           SELECT cursor FROM changesets WHERE vault_id = ?1 AND cursor <= ${COVERED}
+             AND cursor < COALESCE(${FIRST_PROTECTED}, cursor + 1)
+           ORDER BY cursor LIMIT ?3)
          RETURNING r2_key`,
       )
-      .bind(vaultId, limit),
+      .bind(vaultId, windowStart, limit),
     db
       .prepare(
         `UPDATE changeset_state SET pruned_through = MAX(pruned_through, MIN(

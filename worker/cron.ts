@@ -4,6 +4,11 @@
  * covered changesets, expired challenges and old pairing sessions. Each step is idempotent and
  * safe to run twice, concurrently, or beside uploads and commits:
  *
+ * - retention is by age, from times the relay recorded itself (a snapshot's
+ *   commit time, a changeset's arrival): nothing committed within
+ *   RETENTION_WINDOW goes, older snapshots are thinned to one per day, week
+ *   or month, the head always stays (docs/SECURITY.md §4.7). No count is
+ *   involved, so no number of commits from one device pushes anything out;
  * - D1 first, R2 second: a blob is deleted only after the row naming it is
  *   gone, by the key that row named (keys are per upload, so a later upload
  *   of the same pack has another key and is never touched);
@@ -13,9 +18,9 @@
  *   a committed snapshot never references a deleted pack;
  * - a blob no row names is deleted only once it is older than the grace
  *   period (an upload writes its row right after its blob);
- * - a changeset is pruned only once every retained snapshot includes it
- *   (cursor ≤ the lowest changeset_watermark), by a statement that reads
- *   the watermarks as it deletes.
+ * - a changeset is pruned only once it arrived before the window and every
+ *   retained snapshot includes it (cursor ≤ the lowest changeset_watermark),
+ *   by a statement that reads the watermarks and arrival times as it deletes.
  *
  * Work per run is bounded: BATCH rows or keys per step and round, at most
  * ROUNDS rounds; the R2 sweep resumes where the last run stopped (a cursor
@@ -29,14 +34,20 @@ import { deleteOldPairings } from './pairing-db.js';
 import {
   deleteStalePendingManifests,
   deleteUnreferencedPacks,
-  dropOldSnapshots,
   getCronState,
   setCronState,
+  thinSnapshots,
   unnamedKeys,
-  vaultsOverRetention,
+  vaultsToThin,
+  type Thinning,
 } from './snapshot-db.js';
 
-export const DEFAULT_RETENTION_KEEP = 30;
+const DAY_MS = 24 * 60 * 60 * 1000;
+/** RETENTION_WINDOW's default: 30 days. */
+export const DEFAULT_RETENTION_WINDOW_MS = 30 * DAY_MS;
+/** Past the window, one snapshot per UTC day is kept up to this age, one per ISO week up to the next, one per month beyond. */
+export const DAILY_UNTIL_MS = 90 * DAY_MS;
+export const WEEKLY_UNTIL_MS = 365 * DAY_MS;
 export const DEFAULT_PACK_GRACE_MS = 6 * 60 * 60 * 1000;
 /** A pairing session is deleted this long after it expired (until then its end is still visible). */
 export const PAIRING_KEEP_MS = 60 * 60 * 1000;
@@ -62,16 +73,32 @@ function numberVar(text: string | undefined, fallback: number, min: number): num
   return Number.isSafeInteger(n) ? Math.max(n, min) : fallback;
 }
 
-function retentionSettings(env: Env): { keep: number; graceMs: number } {
+function retentionSettings(env: Env): { windowMs: number; graceMs: number } {
   return {
-    // At least 1: the head is never deleted (the commit's compare-and-swap reads it).
-    keep: numberVar(env.RETENTION_KEEP, DEFAULT_RETENTION_KEEP, 1),
+    // A malformed window falls back to the default, never to no protection.
+    windowMs: numberVar(env.RETENTION_WINDOW, DEFAULT_RETENTION_WINDOW_MS, 0),
     graceMs: numberVar(env.PACK_GRACE_MS, DEFAULT_PACK_GRACE_MS, 0),
   };
 }
 
+/**
+ * The tiers at `now` (relay time): snapshots committed at or after
+ * `windowStart` are all kept; before it, one per UTC day from `dailyFrom`,
+ * one per ISO week from `weeklyFrom`, one per calendar month before that.
+ * A window longer than a tier's age leaves that tier empty.
+ */
+export function thinningAt(now: number, windowMs: number): Thinning {
+  const windowStart = now - windowMs;
+  return {
+    windowStart,
+    dailyFrom: Math.min(windowStart, now - DAILY_UNTIL_MS),
+    weeklyFrom: Math.min(windowStart, now - WEEKLY_UNTIL_MS),
+  };
+}
+
 export async function runCron(env: Env, now: number): Promise<CronReport> {
-  const { keep, graceMs } = retentionSettings(env);
+  const { windowMs, graceMs } = retentionSettings(env);
+  const thinning = thinningAt(now, windowMs);
   const cutoff = now - graceMs;
   const report: CronReport = {
     expiredChallenges: 0,
@@ -83,10 +110,10 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     pairingSessionsDeleted: 0,
   };
 
-  // 1. Snapshots beyond the newest `keep` per vault, with their references and manifests.
-  for (const vaultId of await vaultsOverRetention(env.DB, keep, BATCH)) {
+  // 1. Snapshots older than the window that their day, week or month does not keep, with their references and manifests.
+  for (const vaultId of await vaultsToThin(env.DB, thinning, BATCH)) {
     for (let round = 0; round < ROUNDS; round++) {
-      const manifests = await dropOldSnapshots(env.DB, vaultId, keep, BATCH);
+      const manifests = await thinSnapshots(env.DB, vaultId, thinning, BATCH);
       await deleteBlobs(env.BLOBS, manifests);
       report.snapshotsDropped += manifests.length;
       if (manifests.length < BATCH) break;
@@ -106,10 +133,11 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     }
   }
 
-  // 3. Changesets every retained snapshot covers (after step 1, so only retained snapshots count).
-  for (const vaultId of await vaultsToPrune(env.DB, BATCH)) {
+  // 3. Changesets that arrived before the window and that every retained snapshot covers
+  //    (after step 1, so only retained snapshots count).
+  for (const vaultId of await vaultsToPrune(env.DB, thinning.windowStart, BATCH)) {
     for (let round = 0; round < ROUNDS; round++) {
-      const keys = await pruneChangesets(env.DB, vaultId, BATCH);
+      const keys = await pruneChangesets(env.DB, vaultId, thinning.windowStart, BATCH);
       await deleteBlobs(env.BLOBS, keys);
       report.changesetsPruned += keys.length;
       if (keys.length < BATCH) break;

@@ -236,27 +236,66 @@ export async function getHead(db: D1Database, vaultId: string): Promise<Snapshot
 
 // ---- retention (worker/cron.ts) ------------------------------------------------
 
-/** Vaults holding more than `keep` snapshots. */
-export async function vaultsOverRetention(db: D1Database, keep: number, limit: number): Promise<string[]> {
+/**
+ * Retention's tiers at one instant (worker/cron.ts thinningAt), as relay
+ * times in ms: a snapshot committed at or after `windowStart` is kept; before
+ * it, one per UTC day from `dailyFrom`, one per ISO week from `weeklyFrom`,
+ * one per calendar month (UTC) before that.
+ */
+export interface Thinning {
+  windowStart: number;
+  dailyFrom: number;
+  weeklyFrom: number;
+}
+
+/**
+ * The bucket of a snapshot committed before the window, from its relay time
+ * `time`: 'd' + the UTC day number, 'w' + the ISO week number counted from
+ * the Monday before the epoch (day 0 was a Thursday), or 'm' + YYYY-MM.
+ * Parameters ?1 dailyFrom, ?2 weeklyFrom.
+ */
+const BUCKET = `CASE
+    WHEN time >= ?1 THEN 'd' || (time / 86400000)
+    WHEN time >= ?2 THEN 'w' || ((time / 86400000 + 3) / 7)
+    ELSE 'm' || strftime('%Y-%m', time / 1000, 'unixepoch')
+  END`;
+
+/**
+ * Snapshots committed before the window (?3) that their bucket does not
+ * keep: all but the newest (highest seq) of each bucket. The head is the
+ * newest of the vault, so it is the newest of its bucket and never listed;
+ * `AND seq < head` says so again.
+ */
+function thinnedOut(columns: string, vaultFilter: string): string {
+  return `SELECT ${columns} FROM (
+      SELECT vault_id, id, seq, row_number() OVER (PARTITION BY vault_id, bucket ORDER BY seq DESC) AS rank FROM (
+        SELECT vault_id, id, seq, ${BUCKET} AS bucket FROM snapshots WHERE time < ?3${vaultFilter})) r
+    WHERE r.rank > 1
+      AND r.seq < (SELECT MAX(h.seq) FROM snapshots h WHERE h.vault_id = r.vault_id)`;
+}
+
+/** Vaults holding a snapshot that retention thins out. */
+export async function vaultsToThin(db: D1Database, t: Thinning, limit: number): Promise<string[]> {
   const { results } = await db
-    .prepare('SELECT vault_id FROM snapshots GROUP BY vault_id HAVING COUNT(*) > ?1 LIMIT ?2')
-    .bind(keep, limit)
+    .prepare(`SELECT DISTINCT vault_id FROM (${thinnedOut('r.vault_id', '')}) LIMIT ?4`)
+    .bind(t.dailyFrom, t.weeklyFrom, t.windowStart, limit)
     .all<{ vault_id: string }>();
   return results.map((r) => r.vault_id);
 }
 
 /**
- * Deletes up to `limit` of the vault's oldest snapshots beyond the newest
- * `keep`, with their pack references, in one transaction; returns their
- * manifest keys.
+ * Deletes up to `limit` of the vault's snapshots that retention thins out,
+ * oldest first, with their pack references, in one transaction; returns
+ * their manifest keys. Both statements choose the same rows (the first
+ * changes nothing they read), and a commit meanwhile only adds a snapshot
+ * inside the window.
  */
-export async function dropOldSnapshots(db: D1Database, vaultId: string, keep: number, limit: number): Promise<string[]> {
-  const victims = `SELECT id FROM snapshots WHERE vault_id = ?1
-    AND seq <= (SELECT seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)
-    ORDER BY seq LIMIT ?3`;
+export async function thinSnapshots(db: D1Database, vaultId: string, t: Thinning, limit: number): Promise<string[]> {
+  const victims = `SELECT id FROM (${thinnedOut('r.id, r.seq', ' AND vault_id = ?4')}) ORDER BY seq LIMIT ?5`;
+  const args = [t.dailyFrom, t.weeklyFrom, t.windowStart, vaultId, limit] as const;
   const [, dropped] = await db.batch<{ manifest_key: string }>([
-    db.prepare(`DELETE FROM snapshot_packs WHERE vault_id = ?1 AND snapshot_id IN (${victims})`).bind(vaultId, keep, limit),
-    db.prepare(`DELETE FROM snapshots WHERE vault_id = ?1 AND id IN (${victims}) RETURNING manifest_key`).bind(vaultId, keep, limit),
+    db.prepare(`DELETE FROM snapshot_packs WHERE vault_id = ?4 AND snapshot_id IN (${victims})`).bind(...args),
+    db.prepare(`DELETE FROM snapshots WHERE vault_id = ?4 AND id IN (${victims}) RETURNING manifest_key`).bind(...args),
   ]);
   return dropped!.results.map((r) => r.manifest_key);
 }

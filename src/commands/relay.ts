@@ -2,7 +2,9 @@
  * `casa relay`: runs the relay Worker in workerd (Miniflare) with D1, R2 and
  * the Durable Object persisted under --data (default CASA_HOME/relay), the
  * migrations applied at start. The first stdout line holds the URL; SIGINT or
- * SIGTERM stops it cleanly (exit 0).
+ * SIGTERM stops it cleanly (exit 0). --retention-every sets how often the
+ * retention job runs, --retention-window its protection window
+ * (RETENTION_WINDOW, docs/RELAY-API.md "Retention").
  */
 import { join, resolve } from 'node:path';
 import { FailureError, UsageError } from '../errors.js';
@@ -12,6 +14,45 @@ export interface RelayOptions {
   port?: string;
   host?: string;
   data?: string;
+  retentionEvery?: string;
+  retentionWindow?: string;
+}
+
+const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const MS_PER_DAY = UNIT_MS.d;
+/** The retention job's default period (wrangler.jsonc's cron runs it every 15 minutes). */
+const DEFAULT_RETENTION_EVERY_MS = 15 * UNIT_MS.m;
+const MAX_RETENTION_EVERY_MS = UNIT_MS.d;
+const MAX_RETENTION_WINDOW_MS = 36_500 * MS_PER_DAY;
+
+/** A duration: a whole number with s, m, h or d (30s, 15m, 1h, 30d); its ms, or null if malformed. */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d{1,9})(s|m|h|d)$/.exec(text.trim());
+  return m ? Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS] : null;
+}
+
+/** --retention-every: 1s to 24h (default 15m). */
+export function parseRetentionEvery(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_RETENTION_EVERY_MS;
+  const ms = parseDuration(v);
+  if (ms === null || ms < 1000 || ms > MAX_RETENTION_EVERY_MS) {
+    throw new UsageError(`--retention-every takes a duration from 1s to 24h, not ${JSON.stringify(v)}`, {
+      hints: ['a whole number with s, m or h, e.g. --retention-every 30s, 15m or 1h'],
+    });
+  }
+  return ms;
+}
+
+/** --retention-window: 0s to 36500d; undefined keeps wrangler.jsonc's RETENTION_WINDOW. */
+export function parseRetentionWindow(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const ms = parseDuration(v);
+  if (ms === null || ms > MAX_RETENTION_WINDOW_MS) {
+    throw new UsageError(`--retention-window takes a duration such as 30d, not ${JSON.stringify(v)}`, {
+      hints: ['a whole number with s, m, h or d, e.g. --retention-window 30d or 12h (with 0s only the thinning applies)'],
+    });
+  }
+  return ms;
 }
 
 function parsePort(v: string | undefined, fallback: number): number {
@@ -26,12 +67,20 @@ function parsePort(v: string | undefined, fallback: number): number {
 
 export async function runRelay(ctx: Context, opts: RelayOptions): Promise<void> {
   const port = parsePort(opts.port, 8787);
+  const cronIntervalMs = parseRetentionEvery(opts.retentionEvery);
+  const windowMs = parseRetentionWindow(opts.retentionWindow);
   const host = opts.host ?? '127.0.0.1';
   const dataDir = resolve(opts.data ?? join(ctx.globals.home, 'relay'));
   const { startRelay } = await import('../local-relay/launcher.js');
   let relay;
   try {
-    relay = await startRelay({ host, port, dataDir });
+    relay = await startRelay({
+      host,
+      port,
+      dataDir,
+      cronIntervalMs,
+      ...(windowMs === undefined ? {} : { vars: { RETENTION_WINDOW: String(windowMs) } }),
+    });
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     if (/EADDRINUSE|address already in use/i.test(msg)) {

@@ -14,7 +14,9 @@
  * - JWT_SECRET is generated once into dataDir/jwt-secret (0600) and reused,
  *   so tokens survive a restart.
  * - Miniflare never fires cron triggers, so a timer calls the worker's
- *   scheduled() handler; it is unref'd and cleared by stop().
+ *   scheduled() handler every cronIntervalMs (`casa relay --retention-every`),
+ *   skipping a tick while the previous run is still going; it is unref'd
+ *   and cleared by stop().
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -46,7 +48,7 @@ export interface StartRelayOptions {
   dataDir: string;
   /** Overrides of wrangler.jsonc's rate limits (tests use small or large ones). */
   rateLimits?: Partial<Record<LimiterName, LimitSpec>>;
-  /** Overrides of wrangler.jsonc's vars (tests set RETENTION_KEEP, PACK_GRACE_MS small). */
+  /** Overrides of wrangler.jsonc's vars (`casa relay --retention-window` sets RETENTION_WINDOW; tests set PACK_GRACE_MS small). */
   vars?: Record<string, string>;
   /** How often the scheduled handler runs; default 15 minutes, 0 disables the timer. */
   cronIntervalMs?: number;
@@ -72,6 +74,8 @@ const MIGRATIONS_DIR = join(PACKAGE_ROOT, 'migrations');
 const WRANGLER_CONFIG = join(PACKAGE_ROOT, 'wrangler.jsonc');
 const MIGRATIONS_TABLE = 'd1_migrations';
 const DEFAULT_CRON_MS = 15 * 60 * 1000;
+/** setInterval's longest delay (a longer one would fire at once, every millisecond). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 interface WranglerConfig {
   name: string;
@@ -352,9 +356,14 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
   };
   const every = opts.cronIntervalMs ?? DEFAULT_CRON_MS;
   if (every > 0) {
+    let busy = false;
     timer = setInterval(() => {
-      runCron().catch((err: unknown) => log(`cron failed: ${err instanceof Error ? err.message : String(err)}`));
-    }, every);
+      if (busy) return;
+      busy = true;
+      runCron()
+        .catch((err: unknown) => log(`cron failed: ${err instanceof Error ? err.message : String(err)}`))
+        .finally(() => (busy = false));
+    }, Math.min(every, MAX_TIMER_MS));
     timer.unref();
   }
 

@@ -1,13 +1,15 @@
 /**
  * `casa relay` as a user runs it: first stdout line holds the URL, --port 0
  * picks a free port, the data persists across restarts, SIGTERM/SIGINT stop
- * it cleanly with exit 0, and bad flags are usage errors.
+ * it cleanly with exit 0, --retention-every and --retention-window drive the
+ * retention job, and bad flags are usage errors.
  */
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { baseEnv, CASA, runCasa, tempDir } from '../helpers/cli.js';
+import { bearer, commit, commitBody, randomHex, setupVault, sha256Hex, uploadManifest } from '../helpers/relay.js';
 
 function startRelayProcess(args: string[], env: Record<string, string>) {
   const child = spawn(process.execPath, [CASA, 'relay', ...args], { env: baseEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -60,5 +62,68 @@ describe('casa relay', () => {
     const r = await runCasa(['relay', '--port', 'eighty']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^casa: error: --port takes a number from 0 to 65535/m);
+  });
+
+  it('runs the retention job every --retention-every, with the --retention-window given', async () => {
+    const home = tempDir();
+    try {
+      // A window of 0s: only the thinning protects anything, so the job's work shows within seconds.
+      const r = startRelayProcess(['--port', '0', '--retention-every', '1s', '--retention-window', '0s'], { CASA_HOME: home.dir });
+      const url = (await r.firstLine).match(/http:\/\/127\.0\.0\.1:\d+/)?.[0];
+      expect(url).toBeDefined();
+      const { vault, token } = await setupVault(url!);
+      const v = vault.vaultId;
+      for (const seq of [1, 2]) {
+        const body = new Uint8Array([seq, 2, 3]);
+        const res = await fetch(`${url}/v1/vaults/${v}/changesets`, {
+          method: 'POST',
+          headers: { ...bearer(token), 'content-type': 'application/octet-stream', 'X-Casa-Sha256': sha256Hex(body), 'X-Casa-Seq': String(seq) },
+          body,
+        });
+        expect(res.status).toBe(201);
+      }
+      for (const seq of [1, 2]) {
+        const sid = randomHex(16);
+        await uploadManifest(url!, v, token, sid);
+        expect((await commit(url!, v, token, { ...commitBody(sid, seq, []), changesetWatermark: 2 })).status).toBe(201);
+      }
+      // Without a run of the job both snapshots and both changesets would stay (the default window is 30 days).
+      const seen = async () => ({
+        seqs: ((await (await fetch(`${url}/v1/vaults/${v}/snapshots`, { headers: bearer(token) })).json()) as { snapshots: { seq: number }[] }).snapshots.map((s) => s.seq),
+        prunedThrough: ((await (await fetch(`${url}/v1/vaults/${v}/changesets/heads`, { headers: bearer(token) })).json()) as { prunedThrough: number }).prunedThrough,
+      });
+      const deadline = Date.now() + 15_000;
+      let now = await seen();
+      while (now.prunedThrough !== 2 && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 250));
+        now = await seen();
+      }
+      // Both snapshots on one day past a 0s window: the head alone stays; it covers both changesets.
+      expect(now).toEqual({ seqs: [2], prunedThrough: 2 });
+      r.child.kill('SIGTERM');
+      expect(await r.exit).toBe(0);
+    } finally {
+      home.cleanup();
+    }
+  });
+
+  it('rejects a bad --retention-every or --retention-window with exit 2 and a hint', async () => {
+    for (const bad of ['soon', '0s', '15', '2d', '-1m', '1.5h']) {
+      const r = await runCasa(['relay', '--port', '0', '--retention-every', bad]);
+      expect(r.code, bad).toBe(2);
+      expect(r.stderr).toMatch(/^casa: error: --retention-every takes a duration from 1s to 24h/m);
+      expect(r.stderr).toMatch(/^casa: hint: .*--retention-every 30s/m);
+      expect(r.stdout).toBe('');
+    }
+    for (const bad of ['30days', 'forever', '1w']) {
+      const r = await runCasa(['relay', '--port', '0', '--retention-window', bad]);
+      expect(r.code, bad).toBe(2);
+      expect(r.stderr).toMatch(/^casa: error: --retention-window takes a duration such as 30d/m);
+      expect(r.stderr).toMatch(/^casa: hint: /m);
+    }
+    const help = await runCasa(['relay', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/--retention-every <duration>/);
+    expect(help.stdout).toMatch(/--retention-window <duration>/);
   });
 });

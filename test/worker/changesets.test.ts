@@ -33,13 +33,13 @@ import {
   lyingRelay,
 } from '../helpers/relay.js';
 
-const KEEP = 2;
 const GRACE_MS = 1500;
+const DAY = 24 * 60 * 60 * 1000;
 const MiB = 1024 * 1024;
 
 let relay: TestRelay;
 beforeAll(async () => {
-  relay = await startTestRelay({ vars: { RETENTION_KEEP: String(KEEP), PACK_GRACE_MS: String(GRACE_MS) } });
+  relay = await startTestRelay({ vars: { PACK_GRACE_MS: String(GRACE_MS) } });
 });
 afterAll(async () => {
   await relay?.stop();
@@ -380,6 +380,14 @@ describe('snapshot watermarks and pruning', () => {
 
     expect((await commitWith(v, token, 1, 2)).status).toBe(201);
     expect((await commitWith(v, token, 2, 4)).status).toBe(201);
+    // Covered, but received inside the retention window (30 days): nothing goes yet.
+    await relay.runCron();
+    expect((await rows(v)).length).toBe(6);
+    // As the relay would hold them 40 days on (its own arrival times; the snapshots' commit times on one day).
+    const old = Math.floor((Date.now() - 40 * DAY) / DAY) * DAY;
+    await relay.d1().prepare('UPDATE changesets SET created_at = ?2 WHERE vault_id = ?1').bind(v, old).run();
+    const committedOn = (seq: number) =>
+      relay.d1().prepare('UPDATE snapshots SET time = ?3 WHERE vault_id = ?1 AND seq = ?2').bind(v, seq, old + seq * 60_000).run();
     await relay.runCron();
     expect((await rows(v)).map((r) => r.cursor)).toEqual([3, 4, 5, 6]); // min(2, 4)
     for (const c of [1, 2]) expect(await relay.r2().head(keys.get(c)!)).toBeNull();
@@ -393,15 +401,20 @@ describe('snapshot watermarks and pruning', () => {
     await relay.runCron();
     expect((await rows(v)).map((r) => r.cursor)).toEqual([3, 4, 5, 6]);
 
-    // A third snapshot pushes the first out of retention (KEEP = 2): now min(4, 6) = 4.
+    // Snapshots 1 and 2 committed on one day beyond the window, and a third: the day keeps only 2, so min(4, 6) = 4.
     expect((await commitWith(v, token, 3, 6)).status).toBe(201);
+    await committedOn(1);
+    await committedOn(2);
     await relay.runCron();
+    expect((await listed(v, token)).map((s) => s.seq)).toEqual([3, 2]);
     expect((await rows(v)).map((r) => r.cursor)).toEqual([5, 6]);
     expect((await pull(v, token)).prunedThrough).toBe(4);
 
-    // Everything pruned: cursors and seqs go on, never start over.
+    // Everything pruned once 2 goes too (3 joins its day): cursors and seqs go on, never start over.
     expect((await commitWith(v, token, 4, 6)).status).toBe(201);
+    await committedOn(3);
     await relay.runCron();
+    expect((await listed(v, token)).map((s) => s.seq)).toEqual([4, 3]);
     expect(await rows(v)).toEqual([]);
     expect(await pull(v, token)).toEqual({ changesets: [], head: 6, prunedThrough: 6, more: false });
     expect(await r2Keys(`changesets/${v}/`)).toEqual([]);
