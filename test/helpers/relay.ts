@@ -41,7 +41,7 @@ const TEST_LIMITS = {
   PAIR_JOIN_LIMITER: { limit: 10_000, period: 60 },
 } as const;
 
-/** `opts.vars` overrides wrangler.jsonc's vars (e.g. `{ RETENTION_KEEP: '3', PACK_GRACE_MS: '1500' }`). */
+/** `opts.vars` overrides wrangler.jsonc's vars (e.g. `{ RETENTION_WINDOW: '0', PACK_GRACE_MS: '1500' }`). */
 export async function startTestRelay(
   opts: Partial<Omit<StartRelayOptions, 'host'>> = {},
 ): Promise<TestRelay> {
