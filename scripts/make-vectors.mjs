@@ -34,6 +34,8 @@ const SOURCES = {
   ed25519: 'RFC 8032 §5.1 Ed25519',
   zstd: 'RFC 8878 Zstandard frame (zstd-napi / libzstd 1.5.x, level 1)',
   format: 'casa docs/FORMAT.md §3',
+  x25519: 'RFC 7748 §5 X25519 (§4.1 base point u = 9)',
+  epochs: 'casa docs/FORMAT.md §9',
 };
 const OBJECT_SOURCES = [SOURCES.format, SOURCES.hkdf, SOURCES.gcm, SOURCES.stream, SOURCES.cctv];
 
@@ -293,6 +295,197 @@ put('signed-message', {
     'Each signed relay request (FORMAT.md §4, RELAY-API.md): create-vault and enroll signed by the vault auth key of phrase-keys.json, token by a device key. Fields as the relay API orders them.',
   sources: [SOURCES.ed25519, 'casa docs/FORMAT.md §4, docs/RELAY-API.md'],
   cases: signed,
+  expected: ok,
+});
+
+// --- §9: epochs, the keyring, its wraps, signed records ---------------------------
+
+const fixed = (label) => unhex(ref.sha256hex(utf8(`casa vector ${label}`)));
+const V2_SOURCES = [SOURCES.epochs, SOURCES.hkdf, SOURCES.x25519];
+const WRAP_SOURCES = [SOURCES.epochs, SOURCES.x25519, SOURCES.hkdf, SOURCES.format, SOURCES.gcm, SOURCES.cctv];
+
+// The vault: the paper of phrase-keys.json (its recovery id is the vault id of a vault made with it).
+const paper = ref.paperKeys(root);
+const VAULT = paper.recoveryId;
+const LOCAL = fixed('local-index key');
+const SECRETS = { 1: fixed('epoch secret 1'), 2: fixed('epoch secret 2') };
+const OTHER_SECRETS = { 1: fixed('other epoch secret 1'), 2: fixed('other epoch secret 2') };
+const makeRing = (secrets, n) => ({
+  vaultId: VAULT,
+  localIndexKey: LOCAL,
+  epochs: Array.from({ length: n }, (_, i) => ref.epochKeys(secrets[i + 1], i + 1)),
+});
+const ring1 = makeRing(SECRETS, 1);
+const ring2 = makeRing(SECRETS, 2);
+const otherRing2 = makeRing({ 1: OTHER_SECRETS[1], 2: OTHER_SECRETS[2] }, 2);
+// Device A: the seed of signed-message.json's token case; device B: another fixed seed.
+const seedA = unhex(deviceSeed);
+const seedB = fixed('device seed 2');
+const devA = ref.deviceKeys(seedA);
+const devB = ref.deviceKeys(seedB);
+// A second paper (a fixed root, no phrase): the replacement in signed-records.json.
+const paper2Root = fixed('paper 2 root');
+const paper2 = ref.paperKeys(paper2Root);
+
+const epochHex = (e) => ({
+  epoch: e.epoch,
+  keyId: e.keyIdHex,
+  canaryKey: hex(e.canaryKey),
+  snapshotKey: hex(e.snapshotKey),
+  changesetKey: hex(e.changesetKey),
+  idMacKey: hex(e.idMacKey),
+});
+const deviceHex = (seed, d) => ({
+  seed: hex(seed),
+  signingPublicKey: hex(d.signingPublicKey),
+  exchangeSecret: hex(d.exchangeSecret),
+  exchangePublicKey: hex(d.exchangePublicKey),
+  deviceId: d.deviceId,
+});
+const paperHex = (r, p) => ({
+  root: hex(r),
+  authSeed: hex(p.authSeed),
+  authPublicKey: hex(p.authPublicKey),
+  exchangeSecret: hex(p.exchangeSecret),
+  exchangePublicKey: hex(p.exchangePublicKey),
+  recoveryId: p.recoveryId,
+});
+
+put('keys-epoch', {
+  description:
+    "FORMAT.md §9's keys: epoch secrets → key id and purpose keys (§2's labels with the secret as root); device seeds → signing public key, X25519 exchange key and device id; phrase-keys.json's root (and a second, fixed root) → the paper's signing key, exchange key and recovery id.",
+  sources: [...V2_SOURCES, SOURCES.ed25519],
+  epochs: [1, 2].map((n) => ({ secret: hex(SECRETS[n]), ...epochHex(ref.epochKeys(SECRETS[n], n)) })),
+  devices: [deviceHex(seedA, devA), deviceHex(seedB, devB)],
+  papers: [paperHex(root, paper), paperHex(paper2Root, paper2)],
+  expected: ok,
+});
+
+const ringJson = (secrets, n) => ({
+  vaultId: VAULT,
+  localIndexKey: hex(LOCAL),
+  epochs: Array.from({ length: n }, (_, i) => ({ secret: hex(secrets[i + 1]), epoch: i + 1 })),
+});
+const recipientA = { id: devA.deviceId, exchangeSecret: hex(devA.exchangeSecret), exchangePublicKey: hex(devA.exchangePublicKey) };
+const recipientB = { id: devB.deviceId, exchangeSecret: hex(devB.exchangeSecret), exchangePublicKey: hex(devB.exchangePublicKey) };
+const recipientPaper = { id: 'recovery', exchangeSecret: hex(paper.exchangeSecret), exchangePublicKey: hex(paper.exchangePublicKey) };
+const cur2 = ring2.epochs[1];
+
+function wrapCase(ring, r) {
+  const parts = ref.wrapParts(ring, r.id, unhex(r.exchangePublicKey));
+  const wrap = ref.wrapKeyring(ring, r.id, unhex(r.exchangePublicKey));
+  return {
+    recipient: r,
+    intermediate: {
+      ephemeralSecret: hex(parts.ephemeralSecret),
+      ephemeralPublic: hex(parts.ephemeralPublic),
+      salt: hex(parts.salt),
+      shared: hex(parts.shared),
+      wrapKey: hex(parts.wrapKey),
+      objectKey: hex(parts.objectKey),
+      identity: parts.identity,
+    },
+    wrap: hex(wrap),
+    wrapSha256: ref.sha256hex(wrap),
+  };
+}
+const wraps2 = [wrapCase(ring2, recipientA), wrapCase(ring2, recipientPaper)];
+const recipients2 = ref.recipientsField(wraps2.map((w) => [w.recipient.id, w.wrapSha256]));
+
+put('keyring-wrap', {
+  description:
+    "A keyring of two epochs (secrets of keys-epoch.json) sealed to device A and to the paper (FORMAT.md §9): deterministic, so the wraps and their SHA-256 are frozen. Each recipient opens its wrap at epoch 2 with epoch 2's key id, given the epoch-1 keyring it held (`open.previous`), and gets `plaintext` back. `recipients` is the epoch record's field for these two wraps.",
+  sources: WRAP_SOURCES,
+  keyring: ringJson(SECRETS, 2),
+  plaintext: { utf8: new TextDecoder().decode(ref.encodeKeyring(ring2)) },
+  wraps: wraps2,
+  recipients: recipients2,
+  open: { vaultId: VAULT, epoch: 2, keyId: cur2.keyIdHex, previous: { utf8: new TextDecoder().decode(ref.encodeKeyring(ring1)) } },
+  expected: ok,
+});
+
+const wrapA = unhex(wraps2[0].wrap);
+put('bad-keyring-wrap-other-recipient', {
+  description:
+    "keyring-wrap.json's wrap for device A, opened by device B (B's exchange secret, B's id in the identity): another shared secret and another AD, so the tag fails.",
+  sources: WRAP_SOURCES,
+  keyring: ringJson(SECRETS, 2),
+  sealedFor: recipientA,
+  wrap: hex(wrapA),
+  open: { vaultId: VAULT, epoch: 2, keyId: cur2.keyIdHex, recipient: recipientB },
+  expected: fail('AuthenticationError'),
+});
+
+const flip = { xor: { offset: 31, mask: 0x80 } };
+put('bad-keyring-wrap-flipped', {
+  description:
+    "keyring-wrap.json's wrap for device A with the top bit of the ephemeral public key's last byte flipped. X25519 ignores that bit (RFC 7748 §5), so the shared secret is unchanged: the tag fails only because the wrap key's HKDF salt is E || recipient key, byte for byte.",
+  sources: WRAP_SOURCES,
+  keyring: ringJson(SECRETS, 2),
+  sealedFor: recipientA,
+  mutation: flip,
+  wrap: hex(ref.mutate(wrapA, flip)),
+  open: { vaultId: VAULT, epoch: 2, keyId: cur2.keyIdHex, recipient: recipientA },
+  expected: fail('AuthenticationError'),
+});
+
+put('bad-keyring-not-extending', {
+  description:
+    "An authentic wrap to device A of a keyring of two epochs whose epoch 1 is not the one A holds (other secrets; same vault and local-index key): it opens and names epoch 2 and its key id, but does not extend A's keyring.",
+  sources: WRAP_SOURCES,
+  keyring: ringJson(OTHER_SECRETS, 2),
+  plaintext: { utf8: new TextDecoder().decode(ref.encodeKeyring(otherRing2)) },
+  sealedFor: recipientA,
+  wrap: hex(ref.wrapKeyring(otherRing2, recipientA.id, unhex(recipientA.exchangePublicKey))),
+  open: {
+    vaultId: VAULT, epoch: 2, keyId: otherRing2.epochs[1].keyIdHex, recipient: recipientA,
+    previous: { utf8: new TextDecoder().decode(ref.encodeKeyring(ring1)) },
+  },
+  expected: fail('ObjectFormatError', 'bad_keyring'),
+});
+
+// Signed records: A certified by the paper, B vouched by A, B revoked by A, epoch 2
+// (keyring-wrap.json) by A, and the paper replaced by paper 2, keeping A.
+const T = 1_709_294_400_000;
+function signedRecord(purpose, record, signers) {
+  const fields = ref.RECORD_FIELDS[purpose](record);
+  const message = ref.signedMessage(purpose, fields);
+  const signatures = signers.map(([by, seed]) => ({ by, seed: hex(seed), publicKey: hex(ref.publicKey(seed)), signature: hex(ref.sign(seed, message)) }));
+  const b64 = (s) => b64u(unhex(s.signature));
+  const signed =
+    purpose === 'recovery'
+      ? { ...record, signatureOld: b64(signatures[0]), signatureNew: b64(signatures[1]) }
+      : { ...record, signature: b64(signatures[0]) };
+  return { purpose, record: signed, fields, message: hex(message), signatures };
+}
+const certA = {
+  vaultId: VAULT, deviceId: devA.deviceId, signingKey: b64u(devA.signingPublicKey), exchangeKey: b64u(devA.exchangePublicKey),
+  name: 'kitchen laptop', issuedAt: T, issuer: 'recovery',
+};
+const certB = {
+  vaultId: VAULT, deviceId: devB.deviceId, signingKey: b64u(devB.signingPublicKey), exchangeKey: b64u(devB.exchangePublicKey),
+  name: 'phone “B” ✓', issuedAt: T + 60_000, issuer: devA.deviceId,
+};
+const revokeB = { vaultId: VAULT, deviceId: devB.deviceId, revokedAt: T + 3_600_000, issuer: devA.deviceId };
+const epoch2 = {
+  vaultId: VAULT, epoch: 2, keyId: cur2.keyIdHex, prevKeyId: ring2.epochs[0].keyIdHex, recoveryKey: b64u(paper.exchangePublicKey),
+  markCursor: 41, markSeq: 3, createdAt: T + 3_600_500, issuer: devA.deviceId, recipients: recipients2,
+};
+const replace1 = {
+  vaultId: VAULT, n: 1, recoveryId: paper2.recoveryId, authKey: b64u(paper2.authPublicKey), exchangeKey: b64u(paper2.exchangePublicKey),
+  members: devA.deviceId, time: T + 7_200_000,
+};
+put('signed-records', {
+  description:
+    "FORMAT.md §9's signed records, each with its exact signed message (§4: UTF-8(\"casa/v1/<purpose>\\n\" + JSON.stringify(fields))) and its Ed25519 signatures (deterministic): device A certified by the paper of phrase-keys.json; device B vouched for by A (a name outside ASCII); B revoked by A; epoch 2 of keyring-wrap.json started by A (recipients bound to the wraps' SHA-256); the paper replaced by a second paper (keys-epoch.json papers[1]) keeping A, signed by the old paper then the new. Together they verify: A is the only member, epoch 2 follows epoch 1, the chain has two papers.",
+  sources: [SOURCES.epochs, 'casa docs/FORMAT.md §4', SOURCES.ed25519],
+  cases: [
+    signedRecord('device-cert', certA, [['recovery', paper.authSeed]]),
+    signedRecord('device-cert', certB, [[devA.deviceId, seedA]]),
+    signedRecord('revoke', revokeB, [[devA.deviceId, seedA]]),
+    signedRecord('epoch', epoch2, [[devA.deviceId, seedA]]),
+    signedRecord('recovery', replace1, [['old paper', paper.authSeed], ['new paper', paper2.authSeed]]),
+  ],
   expected: ok,
 });
 

@@ -79,6 +79,7 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--offer', 'on a paired device: show a pairing code and QR code, and wait for the new device')
       .option('--code [code]', 'join with a pairing code from `casa pair --offer` (asked for if not given)')
       .option('--timeout <duration>', 'with --offer: how long the code stays valid, 60s to 30m (default 10m)')
+      .option('-y, --yes', 'with --offer: add the device that answers with the right code without asking (needed without a terminal)')
       .option('--phrase-out <file>', 'with --new: write the phrase to FILE (0600, never overwritten); needed without a terminal')
       .option('--phrase-stdin', 'with --join: read the phrase from standard input')
       .option('--phrase-file <file>', 'with --join: read the phrase from FILE')
@@ -88,7 +89,7 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
         'after',
         '\nUnpaired, without --new, --join or --code, casa asks (on a terminal); paired, `casa pair` offers a code.\n' +
           'The phrase is never taken from the command line. A pairing code works once: a wrong try closes it.\n' +
-          'With --json, --offer prints the code as its first JSON line.',
+          'With --json, --offer prints the code as its first JSON line. --offer asks before it adds the device that answered.',
       ),
     async (ctx, _args, o) => {
       await (await import('./commands/pair.js')).runPairCommand(ctx, o);

@@ -1,46 +1,64 @@
 /**
- * Pairing by code (docs/RELAY-API.md, docs/RELAY-API.md "Pairing by code").
+ * Pairing by code (docs/FORMAT.md §6, docs/RELAY-API.md "Pairing by code").
  *
  * `casa pair --offer` on a paired device: a short code — the relay's session
  * number plus three words — and a QR code carrying the relay URL and the
  * code; then it waits for the other device. `casa pair --code` on the new
  * device: both sides run CPace (src/crypto/pairing.ts) through the relay's
- * mailbox, each proves it has the key, and the offering side sends the
- * recovery phrase sealed under it. The new device then enrolls exactly as
- * `casa pair --join` would (src/commands/pair.ts does that part).
+ * mailbox and each proves it has the key. Both then show the same
+ * confirmation string; the person at the offering device compares it and
+ * accepts the new device by name (or passed --yes). Only then does the
+ * offering device vouch for the new device's keys (a device certificate it
+ * signs) and send the vault's keyring and the paper's public keys, sealed
+ * under the PAKE key. The new device enrolls with that certificate
+ * (src/commands/pair.ts does that part). Never the recovery phrase.
  *
  * The words never reach the relay: it sees the session number and three
- * opaque messages. One answer per session: a wrong code burns it on both
- * sides (exit 4), and the right code after that finds nothing to join.
+ * opaque messages, and msgA names neither the vault nor the device. One
+ * answer per session: a wrong code burns it on both sides (exit 4), and the
+ * right code after that finds nothing to join; declining burns it too (exit
+ * 130 on the offering side).
  */
-import { bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
+import { b64uDecode, b64uEncode, bytesToUtf8, utf8ToBytes } from '../crypto/bytes.js';
+import { decodeKeyring, encodeKeyring, type EpochMark } from '../crypto/keyring.js';
 import {
   answerOffer,
   checkAnswer,
+  discardConfirmed,
   generatePairingWords,
+  isPairingDeviceName,
   normalisePairingWords,
   openFinal,
+  PAIR_MAX_FINAL_BYTES,
+  pairingFinalBytes,
   PairingError,
+  PairingTooLargeError,
   PAIR_WORDS,
+  sealFinal,
   startOffer,
+  type JoinIdentity,
   type JoinState,
-  type OfferIdentity,
 } from '../crypto/pairing.js';
 import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
-import { SECRET_PHRASE } from '../state.js';
+import { loadRing, vouchFor, type StoredRing } from '../keys/epochs.js';
+import { openVaultKeys } from '../keys/open.js';
+import { isDeviceId, isVaultId } from '../protocol/ids.js';
+import { deviceIdOf, isDeviceCert, type DeviceCert } from '../protocol/membership.js';
+import { readState, SECRET_DEVICE_KEY, type PairedPaper } from '../state.js';
 import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../relay/pairing.js';
 import { normaliseServer, RelayClient, type DeviceSession } from '../relay/client.js';
+import { printable } from '../ui/printable.js';
 import { renderQr } from '../ui/qr.js';
-import { deviceSession, loadPaired, type Context } from './context.js';
+import { deviceSession, loadPaired, type Context, type Paired } from './context.js';
 
 /** How long an offered code stays valid unless --timeout says otherwise (the issue's 10 minutes). */
 export const DEFAULT_OFFER_SECONDS = 600;
 export const MIN_OFFER_SECONDS = 60;
 export const MAX_OFFER_SECONDS = 1800;
-/** How long the offering side waits for the new device to enroll once it has the phrase. */
+/** How long the offering side waits for the new device to enroll once it has the keys. */
 const ENROLL_WAIT_MS = 120_000;
-/** How long the new device waits for the offering side's answer after joining. */
-const ANSWER_WAIT_MS = 120_000;
+/** How long the new device waits, after joining, for the person on the offering side to compare and accept it. */
+const ANSWER_WAIT_MS = 300_000;
 
 // ---------------------------------------------------------------- the code
 
@@ -104,10 +122,145 @@ export function parseOfferTimeout(text: string | undefined): number {
   return secs;
 }
 
+// ---------------------------------------------------------------- the payload
+
+/** What the offering device sends (docs/FORMAT.md §6), as either side holds it. */
+export interface PairingPayload {
+  vaultId: string;
+  /** The offering device: it signed `cert`. */
+  offerer: { deviceId: string; name: string };
+  /** The paper's public keys the offering device trusts. */
+  paper: PairedPaper;
+  /** The new device's certificate, vouched for by `offerer`. */
+  cert: DeviceCert;
+  /** The vault's keyring (every epoch) and where each older epoch stopped. */
+  stored: StoredRing;
+}
+
+const PAYLOAD_VERSION = 2;
+const PAYLOAD_FIELDS = ['v', 'vaultId', 'offerer', 'paper', 'cert', 'ring', 'marks'];
+const KEY_B64U_CHARS = 43; // 32 bytes
+const SIGNATURE_BYTES = 64;
+
+/** The payload's plaintext: UTF-8 JSON, fields in the order of docs/FORMAT.md §6. */
+export function encodePairingPayload(p: PairingPayload): Uint8Array {
+  const c = p.cert;
+  const marks: Record<string, EpochMark> = {};
+  for (const [k, v] of Object.entries(p.stored.marks).sort(([a], [b]) => Number(a) - Number(b))) marks[k] = { cursor: v.cursor, seq: v.seq };
+  return utf8ToBytes(
+    JSON.stringify({
+      v: PAYLOAD_VERSION,
+      vaultId: p.vaultId,
+      offerer: { deviceId: p.offerer.deviceId, name: p.offerer.name },
+      paper: { authKey: p.paper.authKey, exchangeKey: p.paper.exchangeKey, n: p.paper.n },
+      cert: {
+        vaultId: c.vaultId,
+        deviceId: c.deviceId,
+        signingKey: c.signingKey,
+        exchangeKey: c.exchangeKey,
+        name: c.name,
+        issuedAt: c.issuedAt,
+        issuer: c.issuer,
+        signature: c.signature,
+      },
+      ring: b64uEncode(encodeKeyring(p.stored.ring)),
+      marks,
+    }),
+  );
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+function b64uOf(v: unknown, bytes: number): boolean {
+  if (typeof v !== 'string') return false;
+  try {
+    return b64uDecode(v).length === bytes;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The payload the new device received, checked whole: the documented shape,
+ * a certificate for exactly this device's keys and name in the payload's
+ * vault, issued by the offering device, a keyring of that vault, marks of
+ * its older epochs only, and the paper's keys. The certificate's signature
+ * is the relay's to check when the device enrolls with it (and every
+ * device's, through the membership records). IntegrityError names the field
+ * that failed, never a value.
+ */
+export function decodePairingPayload(bytes: Uint8Array, joiner: JoinIdentity): PairingPayload {
+  const bad = (what: string) =>
+    new IntegrityError(`the other device's pairing payload is not usable (${what})`, {
+      hints: ['nothing was stored; update casa on both devices, or pair with the recovery phrase (`casa pair --join`)'],
+    });
+  let d: unknown;
+  try {
+    d = JSON.parse(bytesToUtf8(bytes));
+  } catch {
+    throw bad('not JSON');
+  }
+  if (!isObj(d)) throw bad('not a JSON object');
+  if (d.v !== PAYLOAD_VERSION) throw bad('version');
+  const keys = Object.keys(d);
+  if (keys.length !== PAYLOAD_FIELDS.length || !PAYLOAD_FIELDS.every((f) => keys.includes(f))) throw bad('fields');
+  const vaultId = d.vaultId;
+  if (!isVaultId(vaultId)) throw bad('vaultId');
+
+  const o = d.offerer;
+  if (!isObj(o) || Object.keys(o).length !== 2 || !isDeviceId(o.deviceId) || !isPairingDeviceName(o.name)) throw bad('offerer');
+  const offerer = { deviceId: o.deviceId, name: o.name };
+
+  const pp = d.paper;
+  if (!isObj(pp) || Object.keys(pp).length !== 3 || !b64uOf(pp.authKey, 32) || !b64uOf(pp.exchangeKey, 32) || !isCount(pp.n)) throw bad('paper');
+  const paper: PairedPaper = { authKey: pp.authKey as string, exchangeKey: pp.exchangeKey as string, n: pp.n };
+
+  const c = d.cert;
+  if (!isDeviceCert(c) || Object.keys(c).length !== 8) throw bad('cert');
+  if (c.vaultId !== vaultId) throw bad('cert: another vault');
+  if (c.signingKey !== b64uEncode(joiner.signingPublicKey) || c.deviceId !== deviceIdOf(joiner.signingPublicKey)) throw bad('cert: another signing key');
+  if (c.exchangeKey !== b64uEncode(joiner.exchangePublicKey)) throw bad('cert: another exchange key');
+  if (c.name !== joiner.deviceName) throw bad('cert: another name');
+  if (c.issuer !== offerer.deviceId) throw bad('cert: issuer');
+  if (!b64uOf(c.signature, SIGNATURE_BYTES)) throw bad('cert: signature');
+  const cert: DeviceCert = {
+    vaultId: c.vaultId,
+    deviceId: c.deviceId,
+    signingKey: c.signingKey,
+    exchangeKey: c.exchangeKey,
+    name: c.name,
+    issuedAt: c.issuedAt,
+    issuer: c.issuer,
+    signature: c.signature,
+  };
+
+  if (typeof d.ring !== 'string') throw bad('ring');
+  let ring: StoredRing['ring'];
+  try {
+    ring = decodeKeyring(b64uDecode(d.ring));
+  } catch {
+    throw bad('ring');
+  }
+  if (ring.vaultId !== vaultId) throw bad('ring: another vault');
+
+  if (!isObj(d.marks)) throw bad('marks');
+  const marks: Record<number, EpochMark> = {};
+  for (const [k, v] of Object.entries(d.marks)) {
+    // Where an older epoch stopped: never the current one.
+    if (!/^[1-9][0-9]{0,8}$/.test(k) || Number(k) >= ring.epochs.length) throw bad('marks: epoch');
+    if (!isObj(v) || Object.keys(v).length !== 2 || !isCount(v.cursor) || !isCount(v.seq)) throw bad('marks');
+    marks[Number(k)] = { cursor: v.cursor, seq: v.seq };
+  }
+  return { vaultId, offerer, paper, cert, stored: { ring, marks } };
+}
+
 // ---------------------------------------------------------------- offer
 
 export interface OfferOptions {
   timeout?: string;
+  /** Add the device that answers with the right code without asking (also the global --yes). */
+  yes?: boolean;
 }
 
 export interface OfferResult {
@@ -146,23 +299,76 @@ async function waitOffer(ctx: Context, box: OfferMailbox, nameplate: string, sin
   }
 }
 
-/** `casa pair --offer` (and bare `casa pair` on a paired device). */
+function tooLarge(epochs: number): FailureError {
+  return new FailureError(`the vault's keyring (${epochs} key epochs) is too large to send with a pairing code`, {
+    hints: ['pair the new device with the recovery phrase instead: `casa pair --join` on it'],
+  });
+}
+
+/** What this device hands on: its keyring (brought up to the relay's epoch) and the paper it trusts. */
+async function keysToOffer(ctx: Context, p: Paired, session: DeviceSession): Promise<{ stored: StoredRing; paper: PairedPaper }> {
+  // Upgrades a format-1 device (it records the paper) and picks up a newer epoch: the new device
+  // must get the vault's current keys, as later epochs are sealed to it only once it is a member.
+  await openVaultKeys(ctx, p, session);
+  const paper = readState(ctx.globals.home)?.vault?.paper;
+  const stored = await loadRing(p.keystore);
+  if (!paper || !stored) {
+    throw new FailureError("this device holds no keyring to hand on", {
+      hints: ['run `casa status` here; or pair the new device with the recovery phrase (`casa pair --join`)'],
+    });
+  }
+  return { stored, paper };
+}
+
+/** Refuses, before a code is shown, a keyring whose payload cannot fit (a stand-in certificate of the largest name). */
+function checkFits(ctx: Context, p: Paired, stored: StoredRing, paper: PairedPaper): void {
+  const b64 = (n: number) => b64uEncode(ctx.deps.random(n));
+  const standIn: DeviceCert = {
+    vaultId: p.vault.vaultId,
+    deviceId: p.vault.deviceId,
+    signingKey: b64(32),
+    exchangeKey: b64(32),
+    name: '\u{1F3E0}'.repeat(64),
+    issuedAt: ctx.deps.now(),
+    issuer: p.vault.deviceId,
+    signature: b64(64),
+  };
+  const trial = encodePairingPayload({ vaultId: p.vault.vaultId, offerer: { deviceId: p.vault.deviceId, name: p.vault.deviceName }, paper, cert: standIn, stored });
+  let size: number;
+  try {
+    size = pairingFinalBytes(trial);
+  } catch (err) {
+    if (err instanceof PairingTooLargeError) throw tooLarge(stored.ring.epochs.length);
+    throw err;
+  }
+  if (size > PAIR_MAX_FINAL_BYTES) throw tooLarge(stored.ring.epochs.length);
+}
+
+/**
+ * `casa pair --offer` (and bare `casa pair` on a paired device). Nothing
+ * leaves this device for the new one before the person accepted it (or
+ * --yes): a "no" burns the session (exit 130).
+ */
 export async function runOffer(ctx: Context, opts: OfferOptions): Promise<OfferResult> {
   const { out } = ctx;
   const ttl = parseOfferTimeout(opts.timeout);
   const p = loadPaired(ctx);
-  const phrase = await p.keystore.get(SECRET_PHRASE);
-  if (!phrase) {
-    await p.keystore.probe();
-    throw new FailureError(`the recovery phrase is not in the ${p.keystore.kind} keystore`, {
-      hints: ['pair the new device with `casa pair --join` and the phrase written down when the vault was made'],
+  const yes = Boolean(opts.yes ?? ctx.globals.yes);
+  if (!yes && !out.interactive) {
+    // Refused before anything is asked of the relay: no session is made.
+    throw new UsageError('`casa pair --offer` asks before it adds the new device, and there is no terminal to ask on', {
+      hints: ['run it on a terminal, or pass --yes to add the device that answers with the right code without asking (compare the confirmation on both screens yourself)'],
     });
   }
   const session = await deviceSession(p);
+  const seedText = await p.keystore.get(SECRET_DEVICE_KEY);
+  if (!seedText) throw new FailureError(`this device's key is not in the ${p.keystore.kind} keystore`, { hints: ['join the vault again with `casa pair --join`'] });
+  const { stored: atStart, paper } = await keysToOffer(ctx, p, session);
+  checkFits(ctx, p, atStart, paper);
+
   const box = new OfferMailbox(session);
   const words = generatePairingWords(ctx.deps.random);
-  const identity: OfferIdentity = { vaultId: p.vault.vaultId, deviceId: p.vault.deviceId, deviceName: p.vault.deviceName };
-  const offer = startOffer({ words, identity, random: ctx.deps.random });
+  const offer = startOffer({ words, random: ctx.deps.random });
   const created = await box.create(offer.sid, offer.msgA, ttl);
   const nameplate = created.nameplate;
   const relay = p.client.server;
@@ -189,7 +395,7 @@ export async function runOffer(ctx: Context, opts: OfferOptions): Promise<OfferR
     }
     if (st.state !== 'joined' || !st.msgB) throw closed(st.state, 'no device joined');
 
-    const answer = checkAnswer(offer.state, st.msgB, utf8ToBytes(phrase), ctx.deps.random);
+    const answer = checkAnswer(offer.state, st.msgB);
     if (!answer.ok) {
       await box.finish(nameplate, null);
       finished = true;
@@ -201,27 +407,91 @@ export async function runOffer(ctx: Context, opts: OfferOptions): Promise<OfferR
         ],
       });
     }
-    await box.finish(nameplate, answer.msgFinal);
-    finished = true;
-    const name = answer.joiner.deviceName;
-    out.note(`confirmation ${answer.sas}: "${name}" must show the same; waiting for it to enroll`);
+    const confirmed = answer.state;
+    try {
+      const joiner = answer.joiner;
+      const name = joiner.deviceName;
+      const shown = printable(name);
+      const joinerId = deviceIdOf(joiner.signingPublicKey);
+      const sas = answer.sas;
 
-    const done = await waitOffer(ctx, box, nameplate, 'confirmed', Math.min(expiresAt + ENROLL_WAIT_MS, ctx.deps.now() + ENROLL_WAIT_MS));
-    if (done.state !== 'done' || !done.deviceId) {
-      throw new FailureError(`"${name}" received the vault key but has not finished joining`, {
-        hints: ['run `casa devices` in a minute to see whether it enrolled; on the other device, `casa status` tells'],
+      if (!(await accept(ctx, yes, shown, joinerId, sas))) {
+        discardConfirmed(confirmed);
+        try {
+          await box.finish(nameplate, null);
+          finished = true;
+        } catch {
+          // Not burned (expired meanwhile, or the relay failed): cancelled below instead.
+        }
+        throw new CancelledError(`"${shown}" was not added: nothing was sent to it, and this pairing session is closed`, {
+          hints: ['run `casa pair --offer` again for a new code'],
+        });
+      }
+
+      // Accepted: vouch for exactly the keys the PAKE bound, and hand on the keyring as it is now.
+      const stored = (await loadRing(p.keystore)) ?? atStart;
+      const trusted = readState(ctx.globals.home)?.vault?.paper ?? paper;
+      const seed = b64uDecode(seedText);
+      let cert: DeviceCert;
+      try {
+        cert = vouchFor({
+          vaultId: p.vault.vaultId,
+          deviceId: joinerId,
+          signingKey: b64uEncode(joiner.signingPublicKey),
+          exchangeKey: b64uEncode(joiner.exchangePublicKey),
+          name,
+          issuedAt: ctx.deps.now() + (p.client.clockOffsetMs ?? 0),
+          issuer: p.vault.deviceId,
+          issuerSeed: seed,
+        });
+      } finally {
+        seed.fill(0);
+      }
+      const payload = encodePairingPayload({
+        vaultId: p.vault.vaultId,
+        offerer: { deviceId: p.vault.deviceId, name: p.vault.deviceName },
+        paper: trusted,
+        cert,
+        stored,
       });
+      let msgFinal: Uint8Array;
+      try {
+        msgFinal = sealFinal(confirmed, payload, ctx.deps.random);
+      } catch (err) {
+        // The keyring grew since the check at the start: the session is cancelled, nothing was sent.
+        if (err instanceof PairingTooLargeError) throw tooLarge(stored.ring.epochs.length);
+        throw err;
+      } finally {
+        payload.fill(0);
+      }
+      await box.finish(nameplate, msgFinal);
+      finished = true;
+      out.note(`sent the vault's keys to "${shown}"; waiting for it to enroll`);
+
+      const done = await waitOffer(ctx, box, nameplate, 'confirmed', Math.min(expiresAt + ENROLL_WAIT_MS, ctx.deps.now() + ENROLL_WAIT_MS));
+      if (done.state !== 'done' || !done.deviceId) {
+        throw new FailureError(`"${shown}" received the vault's keys but has not finished joining`, {
+          hints: ['run `casa devices` in a minute to see whether it enrolled; on the other device, `casa status` tells'],
+        });
+      }
+      if (done.deviceId !== joinerId) {
+        throw new IntegrityError(`the relay names device ${done.deviceId} as the one that joined, not ${joinerId}, the one this device vouched for`, {
+          hints: ['run `casa devices` and revoke any device you do not recognise'],
+        });
+      }
+      await checkEnrolled(session, cert);
+      out.print(`"${shown}" joined vault ${p.vault.vaultId} as device ${joinerId}\nconfirmation: ${sas} (the other device shows the same)`);
+      out.result({
+        message_type: 'paired_device',
+        vault_id: p.vault.vaultId,
+        device_id: joinerId,
+        device_name: name,
+        confirmation: sas,
+      });
+      return { deviceId: joinerId, deviceName: name, confirmation: sas };
+    } finally {
+      discardConfirmed(confirmed);
     }
-    await checkEnrolled(session, done.deviceId, name);
-    out.print(`"${name}" joined vault ${p.vault.vaultId} as device ${done.deviceId}\nconfirmation: ${answer.sas} (the other device shows the same)`);
-    out.result({
-      message_type: 'paired_device',
-      vault_id: p.vault.vaultId,
-      device_id: done.deviceId,
-      device_name: name,
-      confirmation: answer.sas,
-    });
-    return { deviceId: done.deviceId, deviceName: name, confirmation: answer.sas };
   } catch (err) {
     if (!finished) await cancelQuietly(session, nameplate);
     if (ctx.deps.signal.aborted && !(err instanceof CasaError && err.exitCode === EXIT.cancelled)) throw new CancelledError();
@@ -229,13 +499,32 @@ export async function runOffer(ctx: Context, opts: OfferOptions): Promise<OfferR
   }
 }
 
-/** The relay says which device enrolled; its list must agree, by id and name. */
-async function checkEnrolled(session: DeviceSession, deviceId: string, name: string): Promise<void> {
+/** The person's yes: the joiner's name and the confirmation to compare, then "Add it?" (default no). --yes says it for them. */
+async function accept(ctx: Context, yes: boolean, shown: string, deviceId: string, sas: string): Promise<boolean> {
+  if (yes) {
+    ctx.out.note(`"${shown}" (device ${deviceId}) answered with the right code; confirmation ${sas}; adding it (--yes)`);
+    return true;
+  }
+  const { confirm } = await import('../ui/prompts.js');
+  ctx.out.tty(`casa: "${shown}" (device ${deviceId}) answered with the right code\ncasa: confirmation: ${sas} — "${shown}" must show the same\n`);
+  return confirm(ctx.out, `Add "${shown}" to this vault? [y/N]`, 'pass --yes to add it without asking', { initial: false });
+}
+
+/** The relay says which device enrolled; its list must agree: the id, name and keys this device vouched for, not revoked. */
+async function checkEnrolled(session: DeviceSession, cert: DeviceCert): Promise<void> {
   const d = await session.call('GET', '/devices');
   const list = Array.isArray(d.devices) ? (d.devices as Record<string, unknown>[]) : [];
-  const dev = list.find((x) => x.id === deviceId);
-  if (!dev || dev.name !== name || typeof dev.revokedAt === "number") {
-    throw new IntegrityError(`the relay names device ${deviceId} as the one that joined, but its device list disagrees`, {
+  const dev = list.find((x) => x.id === cert.deviceId);
+  const listed = dev?.cert;
+  if (
+    !dev ||
+    dev.name !== cert.name ||
+    typeof dev.revokedAt === 'number' ||
+    !isDeviceCert(listed) ||
+    listed.signingKey !== cert.signingKey ||
+    listed.exchangeKey !== cert.exchangeKey
+  ) {
+    throw new IntegrityError(`the relay names device ${cert.deviceId} as the one that joined, but its device list disagrees`, {
       hints: ['run `casa devices` and revoke any device you do not recognise'],
     });
   }
@@ -268,9 +557,18 @@ function closed(state: PairingState, what: string): CasaError {
 
 // ---------------------------------------------------------------- join
 
+/** What the new device received: everything it needs to enroll (pair.ts), checked (decodePairingPayload). */
 export interface Received {
-  phrase: string;
-  offer: OfferIdentity;
+  vaultId: string;
+  /** The offering device (it vouched for this one). */
+  offer: { deviceId: string; deviceName: string };
+  /** The paper's public keys the offering device trusts: record them as `vault.paper`. */
+  paper: PairedPaper;
+  /** This device's certificate, for `POST /v1/vaults/{vaultId}/devices`. */
+  cert: DeviceCert;
+  /** The vault's keyring and its marks, to save with saveRing. */
+  stored: StoredRing;
+  /** The string both screens show. */
   confirmation: string;
   /** Tells the offering side which device enrolled (best effort). */
   done(deviceId: string): Promise<void>;
@@ -283,25 +581,30 @@ const WRONG_CODE_HINTS = [
 
 /**
  * The new device's half: joins session `code.nameplate` on `client`'s relay
- * with the device key whose public half is `devicePublicKey`, and returns the
- * vault's phrase once both sides have proved they share the key.
+ * as `identity` (its signing and exchange public keys and name, bound by the
+ * PAKE), shows the confirmation while the person at the other device
+ * compares and accepts, and returns what that device sent once both sides
+ * have proved they share the key.
  */
-export async function receivePhrase(
+export async function receiveKeys(
   ctx: Context,
   client: RelayClient,
   code: PairingCode,
-  devicePublicKey: Uint8Array,
-  deviceName: string,
+  identity: { signingPublicKey: Uint8Array; exchangePublicKey: Uint8Array; deviceName: string },
 ): Promise<Received> {
   const box = new JoinMailbox(client);
   const offered = await box.offer(code.nameplate);
   if (!offered) {
     throw new AuthError(`no open pairing session ${code.nameplate} on ${client.server}`, { code: 'wrong_code', hints: WRONG_CODE_HINTS });
   }
-  let answer: { msgB: Uint8Array; offer: OfferIdentity; state: JoinState };
+  const joiner: JoinIdentity = { signingPublicKey: identity.signingPublicKey, exchangePublicKey: identity.exchangePublicKey, deviceName: identity.deviceName };
+  let answer: { msgB: Uint8Array; sas: string; state: JoinState };
   try {
-    answer = answerOffer({ words: code.words, sid: offered.sid, msgA: offered.msgA, identity: { devicePublicKey, deviceName }, random: ctx.deps.random });
+    answer = answerOffer({ words: code.words, sid: offered.sid, msgA: offered.msgA, identity: joiner, random: ctx.deps.random });
   } catch (err) {
+    if (err instanceof PairingError && err.reason === 'version') {
+      throw new FailureError(err.message, { hints: ['update casa on the other device and offer a new code, or pair with the recovery phrase (`casa pair --join`)'] });
+    }
     if (err instanceof PairingError) {
       throw new IntegrityError(`the relay at ${client.server} sent a malformed pairing offer`, {
         hints: ['ask the other device for a new code; if it happens again, the relay may be tampering with pairing'],
@@ -313,9 +616,10 @@ export async function receivePhrase(
   if (token === null) {
     throw new AuthError(`pairing session ${code.nameplate} was taken or closed meanwhile`, { code: 'wrong_code', hints: WRONG_CODE_HINTS });
   }
+  ctx.out.note(`confirmation: ${answer.sas} — check the other device shows the same`);
 
   const deadline = ctx.deps.now() + ANSWER_WAIT_MS;
-  const cd = countdown(ctx, deadline, `waiting for "${answer.offer.deviceName}" to answer`);
+  const cd = countdown(ctx, deadline, 'waiting for the other device to accept this one');
   let res: { state: PairingState; msgFinal?: Uint8Array };
   try {
     for (;;) {
@@ -331,16 +635,14 @@ export async function receivePhrase(
     cd.stop();
   }
   if (res.state === 'failed') {
-    throw new AuthError('the code is wrong: the other device refused it, and this pairing session is now closed', {
+    throw new AuthError('the code is wrong, or the person at the other device declined this one: it refused, and this pairing session is now closed', {
       code: 'wrong_code',
       hints: WRONG_CODE_HINTS,
     });
   }
   if ((res.state !== 'confirmed' && res.state !== 'done') || !res.msgFinal) {
     throw new AuthError(
-      res.state === 'expired'
-        ? `"${answer.offer.deviceName}" did not answer in time`
-        : `the pairing session was ${res.state === 'cancelled' ? 'cancelled on the other device' : 'closed'}`,
+      res.state === 'expired' ? 'the other device did not answer in time' : `the pairing session was ${res.state === 'cancelled' ? 'cancelled on the other device' : 'closed'}`,
       { code: 'pairing_closed', hints: ['ask the other device for a new code (`casa pair --offer`)'] },
     );
   }
@@ -356,9 +658,18 @@ export async function receivePhrase(
     }
     throw err;
   }
+  let got: PairingPayload;
+  try {
+    got = decodePairingPayload(opened.payload, joiner);
+  } finally {
+    opened.payload.fill(0);
+  }
   return {
-    phrase: bytesToUtf8(opened.payload),
-    offer: answer.offer,
+    vaultId: got.vaultId,
+    offer: { deviceId: got.offerer.deviceId, deviceName: got.offerer.name },
+    paper: got.paper,
+    cert: got.cert,
+    stored: got.stored,
     confirmation: opened.sas,
     done: async (deviceId) => {
       await box.done(code.nameplate, token, deviceId);

@@ -14,7 +14,19 @@ import { failure, mapCryptoError } from '../failures.js';
 import { RECOVERY } from '../protocol/membership.js';
 import { RelayHttpError, type DeviceSession } from '../relay/client.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, writeState, type PairedPaper } from '../state.js';
-import type { Context, Paired } from '../commands/context.js';
+import type { Keystore } from '../keystore/index.js';
+import type { PairedVault } from '../state.js';
+
+/** What these functions need of a command's context and paired home (src/commands/context.ts has both). */
+interface Context {
+  globals: { home: string };
+  deps: { now: () => number };
+  out: { note(line: string): void };
+}
+interface Paired {
+  vault: PairedVault;
+  keystore: Keystore;
+}
 import { keysOf, loadRing, makeCert, noteEpoch, pickUp, saveRing, startEpoch, type KeyEnv, type StoredRing } from './epochs.js';
 
 export async function keyEnv(ctx: Context, p: Paired, session: DeviceSession): Promise<KeyEnv> {

@@ -42,10 +42,13 @@ export async function select<T extends string>(
   );
 }
 
-export async function confirm(out: Output, message: string, instead: string): Promise<boolean> {
+/** Yes or no; `initial` is what Enter alone answers (yes unless given: pass false for "[y/N]" questions). */
+export async function confirm(out: Output, message: string, instead: string, opts: { initial?: boolean } = {}): Promise<boolean> {
   requireTty(out, 'confirmation', instead);
   const c = await clack();
-  return unwrap<boolean>(c.confirm({ message, input: out.term.stdin, output: out.term.stderr }));
+  return unwrap<boolean>(
+    c.confirm({ message, input: out.term.stdin, output: out.term.stderr, ...(opts.initial !== undefined ? { initialValue: opts.initial } : {}) }),
+  );
 }
 
 export async function text(

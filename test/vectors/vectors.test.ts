@@ -1,22 +1,58 @@
 /**
  * Every file in test/vectors is checked twice: against casa's implementation
- * (src/crypto on node:crypto) and against the independent reference
- * (./reference.mjs on @noble/hashes + @noble/ciphers). Both must produce the
- * frozen bytes, or both must fail with the expected class (and reason).
+ * (src/crypto on node:crypto, src/protocol, src/keys/verify.ts) and against
+ * the independent reference (./reference.mjs on @noble/hashes,
+ * @noble/ciphers and @noble/curves). Both must produce the frozen bytes, or
+ * both must fail with the expected class (and reason).
  */
 import { createCipheriv, createPrivateKey, createPublicKey, hkdfSync, pbkdf2Sync, sign as nodeSign, verify as nodeVerify } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gcm } from '@noble/ciphers/aes.js';
-import { ed25519 } from '@noble/curves/ed25519.js';
+import { ed25519, x25519 } from '@noble/curves/ed25519.js';
 import { extract, expand } from '@noble/hashes/hkdf.js';
 import { pbkdf2 } from '@noble/hashes/pbkdf2.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { describe, expect, it } from 'vitest';
 import { Codec, CodecError, decompress } from '../../src/codec.js';
-import { bytesToHex, hexToBytes } from '../../src/crypto/bytes.js';
+import { b64uDecode, b64uEncode, bytesToHex, hexToBytes, utf8ToBytes } from '../../src/crypto/bytes.js';
 import { deriveRoot, hkdfSha256, vaultKeysFromRoot, type VaultKeys } from '../../src/crypto/kdf.js';
+import {
+  decodeKeyring,
+  deviceExchangeKey,
+  deviceIdOf,
+  encodeKeyring,
+  epochKeys,
+  legacyKeyring,
+  openWrap,
+  recoveryKeys,
+  wrapHashes,
+  wrapKeyring,
+  type Keyring,
+} from '../../src/crypto/keyring.js';
+import { sha256Hex } from '../../src/crypto/sha256.js';
+import { checkEpochRecord, membership, paperChain } from '../../src/keys/verify.js';
+import {
+  certFields,
+  certMessage,
+  epochFields,
+  epochMessage,
+  formatRecipients,
+  isDeviceCert,
+  isEpochRecord,
+  isRecoveryRecord,
+  isRevocation,
+  parseRecipients,
+  recoveryFields,
+  recoveryMessage,
+  revocationFields,
+  revocationMessage,
+  type DeviceCert,
+  type EpochRecord,
+  type RecoveryRecord,
+  type Revocation,
+} from '../../src/protocol/membership.js';
 import { openCanary, openObject, type ObjectType, sealCanary, sealObject } from '../../src/crypto/objects.js';
 import { parsePhrase, phraseToEntropy } from '../../src/crypto/phrase.js';
 import { publicKeyFromSeed, signPurpose, verifyPurpose, type SignedPurpose } from '../../src/crypto/sign.js';
@@ -43,7 +79,9 @@ describe('the vector set', () => {
       'phrase-keys.json', 'object-canary.json', 'object-small-none.json', 'object-multichunk-none.json',
       'object-zstd.json', 'bad-truncated-header.json', 'bad-truncated-body.json', 'bad-trailing-bytes.json',
       'bad-flipped-tag.json', 'bad-wrong-key-id.json', 'bad-swapped-ad.json', 'bad-magic.json',
-      'bad-version.json', 'signed-message.json',
+      'bad-version.json', 'signed-message.json', 'keys-epoch.json', 'keyring-wrap.json',
+      'bad-keyring-wrap-other-recipient.json', 'bad-keyring-wrap-flipped.json', 'bad-keyring-not-extending.json',
+      'signed-records.json',
     ]) {
       expect(names).toContain(required);
     }
@@ -161,7 +199,7 @@ describe('signed-message.json', () => {
 
 // --- objects ---------------------------------------------------------------
 
-const objectNames = names.filter((n) => n.startsWith('object-') || n.startsWith('bad-'));
+const objectNames = names.filter((n) => (n.startsWith('object-') || n.startsWith('bad-')) && !n.startsWith('bad-keyring-'));
 
 function objectBytes(v: Vector): Uint8Array {
   if (v.object !== undefined) return unhex(v.object);
@@ -279,5 +317,343 @@ describe('object vectors use the keys of phrase-keys.json', () => {
     expect(s.vaultId).toBe(KEYS.vaultId);
     expect(s.keyId).toBe(KEYS.keyIdHex);
     expect(s.purposeKey).toBe(hex(KEYS[s.purposeKeyName as keyof VaultKeys] as Uint8Array));
+  });
+});
+
+// --- §9: epochs, the keyring, its wraps, signed records ---------------------
+
+const keysEpoch = load('keys-epoch.json');
+const keyringWrap = load('keyring-wrap.json');
+const signedRecords = load('signed-records.json');
+
+/** A vector's `keyring` (vault, local-index key, epoch secrets) as casa's Keyring. */
+function casaRing(k: Vector): Keyring {
+  return { vaultId: k.vaultId, localIndexKey: unhex(k.localIndexKey), epochs: (k.epochs as Vector[]).map((e) => epochKeys(unhex(e.secret), e.epoch)) };
+}
+function refRing(k: Vector) {
+  return { vaultId: k.vaultId, localIndexKey: unhex(k.localIndexKey), epochs: (k.epochs as Vector[]).map((e) => ref.epochKeys(unhex(e.secret), e.epoch)) };
+}
+const epochHex = (e: { epoch: number; keyIdHex: string; canaryKey: Uint8Array; snapshotKey: Uint8Array; changesetKey: Uint8Array; idMacKey: Uint8Array }) => ({
+  epoch: e.epoch,
+  keyId: e.keyIdHex,
+  canaryKey: hex(e.canaryKey),
+  snapshotKey: hex(e.snapshotKey),
+  changesetKey: hex(e.changesetKey),
+  idMacKey: hex(e.idMacKey),
+});
+const utf8Of = (spec: { utf8: string }) => utf8ToBytes(spec.utf8);
+
+describe('keys-epoch.json', () => {
+  const v = keysEpoch;
+
+  it('casa: epoch secrets → key id and purpose keys', () => {
+    for (const e of v.epochs as Vector[]) {
+      const { secret, ...expected } = e;
+      expect(epochHex(epochKeys(unhex(secret), e.epoch))).toEqual(expected);
+    }
+  });
+
+  it('casa: device seeds → signing key, exchange key (X25519), device id', () => {
+    for (const d of v.devices as Vector[]) {
+      const seed = unhex(d.seed);
+      const signing = publicKeyFromSeed(seed);
+      const x = deviceExchangeKey(seed);
+      expect({ seed: d.seed, signingPublicKey: hex(signing), exchangeSecret: hex(x.secret), exchangePublicKey: hex(x.publicKey), deviceId: deviceIdOf(signing) }).toEqual(d);
+    }
+  });
+
+  it('casa: paper roots → signing key, exchange key, recovery id', () => {
+    for (const p of v.papers as Vector[]) {
+      const k = recoveryKeys(unhex(p.root));
+      expect({
+        root: p.root,
+        authSeed: hex(k.authSeed),
+        authPublicKey: hex(k.authPublicKey),
+        exchangeSecret: hex(k.exchange.secret),
+        exchangePublicKey: hex(k.exchange.publicKey),
+        recoveryId: k.recoveryId,
+      }).toEqual(p);
+    }
+  });
+
+  it('reference: @noble/hashes HKDF, @noble/curves X25519 and Ed25519', () => {
+    for (const e of v.epochs as Vector[]) {
+      const { secret, ...expected } = e;
+      expect(epochHex(ref.epochKeys(unhex(secret), e.epoch))).toEqual(expected);
+    }
+    for (const d of v.devices as Vector[]) {
+      const k = ref.deviceKeys(unhex(d.seed));
+      expect({ seed: d.seed, signingPublicKey: hex(k.signingPublicKey), exchangeSecret: hex(k.exchangeSecret), exchangePublicKey: hex(k.exchangePublicKey), deviceId: k.deviceId }).toEqual(d);
+    }
+    for (const p of v.papers as Vector[]) {
+      const k = ref.paperKeys(unhex(p.root));
+      expect({
+        root: p.root,
+        authSeed: hex(k.authSeed),
+        authPublicKey: hex(k.authPublicKey),
+        exchangeSecret: hex(k.exchangeSecret),
+        exchangePublicKey: hex(k.exchangePublicKey),
+        recoveryId: k.recoveryId,
+      }).toEqual(p);
+    }
+  });
+
+  it("the first paper is phrase-keys.json's: §2's vault auth key, vault id; its format-1 epoch 1 is §2's keys", () => {
+    const [p] = v.papers as Vector[];
+    expect(p!.root).toBe(phraseKeys.expected.root);
+    expect(p!.authSeed).toBe(phraseKeys.expected.authSeed);
+    expect(p!.authPublicKey).toBe(phraseKeys.expected.authPublicKey);
+    expect(p!.recoveryId).toBe(phraseKeys.expected.vaultId);
+    const legacy = legacyKeyring(unhex(p!.root));
+    expect(legacy.vaultId).toBe(phraseKeys.expected.vaultId);
+    expect(hex(legacy.localIndexKey)).toBe(phraseKeys.expected.localIndexKey);
+    const { outcome: _o, entropy: _e, root: _r, vaultId: _v, authSeed: _a, authPublicKey: _p, localIndexKey: _l, ...epoch1 } = phraseKeys.expected;
+    expect(epochHex(legacy.epochs[0]!)).toEqual({ epoch: 1, ...epoch1 });
+    // An epoch secret's keys are §2's keys of that secret taken as a root.
+    const k = ref.keysFromRoot(unhex(v.epochs[0].secret));
+    expect(k.keyIdHex).toBe(v.epochs[0].keyId);
+  });
+
+  it('the keyring and signed-record vectors use these keys', () => {
+    const [a, b] = v.devices as Vector[];
+    const [p1, p2] = v.papers as Vector[];
+    expect((keyringWrap.keyring.epochs as Vector[]).map((e) => e.secret)).toEqual((v.epochs as Vector[]).map((e) => e.secret));
+    expect(keyringWrap.keyring.vaultId).toBe(p1!.recoveryId);
+    expect(keyringWrap.wraps[0].recipient).toEqual({ id: a!.deviceId, exchangeSecret: a!.exchangeSecret, exchangePublicKey: a!.exchangePublicKey });
+    expect(keyringWrap.wraps[1].recipient).toEqual({ id: 'recovery', exchangeSecret: p1!.exchangeSecret, exchangePublicKey: p1!.exchangePublicKey });
+    expect(load('bad-keyring-wrap-other-recipient.json').open.recipient.id).toBe(b!.deviceId);
+    const recovery = (signedRecords.cases as Vector[]).find((c) => c.purpose === 'recovery')!;
+    expect(recovery.record.authKey).toBe(b64uEncode(unhex(p2!.authPublicKey)));
+    expect(recovery.record.exchangeKey).toBe(b64uEncode(unhex(p2!.exchangePublicKey)));
+    expect(recovery.record.recoveryId).toBe(p2!.recoveryId);
+  });
+});
+
+describe('keyring-wrap.json', () => {
+  const v = keyringWrap;
+  const o = v.open;
+
+  it('casa: the plaintext, each wrap, its SHA-256 and the recipients field', () => {
+    const ring = casaRing(v.keyring);
+    expect(Buffer.from(encodeKeyring(ring)).toString('utf8')).toBe(v.plaintext.utf8);
+    expect(encodeKeyring(decodeKeyring(utf8Of(v.plaintext)))).toEqual(utf8Of(v.plaintext));
+    for (const w of v.wraps as Vector[]) {
+      const bytes = wrapKeyring(ring, { id: w.recipient.id, exchangePublicKey: unhex(w.recipient.exchangePublicKey) });
+      expect(hex(bytes)).toBe(w.wrap);
+      expect(sha256Hex(bytes)).toBe(w.wrapSha256);
+    }
+    const hashes = wrapHashes(ring, (v.wraps as Vector[]).map((w) => ({ id: w.recipient.id, exchangePublicKey: unhex(w.recipient.exchangePublicKey) })));
+    expect(formatRecipients(hashes)).toBe(v.recipients);
+    expect(parseRecipients(v.recipients)).toEqual(hashes);
+  });
+
+  it('the wraps are laid out as §9 says: E, then a type-8 object under epoch 2\'s key id with the derived salt', () => {
+    for (const w of v.wraps as Vector[]) {
+      const bytes = unhex(w.wrap);
+      const i = w.intermediate;
+      expect(hex(bytes.subarray(0, 32))).toBe(i.ephemeralPublic);
+      expect(hex(bytes.subarray(32, 36))).toBe('43415341');
+      expect([...bytes.subarray(36, 40)]).toEqual([1, 8, 0, 0]);
+      expect(hex(bytes.subarray(40, 48))).toBe(o.keyId);
+      expect(hex(bytes.subarray(48, 80))).toBe(i.salt);
+      expect(i.identity).toBe(`keyring:${o.epoch}:${w.recipient.id}`);
+      // One final chunk: header, then the plaintext sealed with its tag.
+      expect(bytes.length).toBe(32 + 48 + utf8Of(v.plaintext).length + 16);
+    }
+  });
+
+  it.each((v.wraps as Vector[]).map((w) => [w.recipient.id, w] as const))('casa: %s opens its wrap', (_id, w) => {
+    const previous = decodeKeyring(utf8Of(o.previous));
+    const ring = openWrap({
+      wrap: unhex(w.wrap),
+      vaultId: o.vaultId,
+      epoch: o.epoch,
+      keyIdHex: o.keyId,
+      recipient: w.recipient.id,
+      exchange: { secret: unhex(w.recipient.exchangeSecret), publicKey: unhex(w.recipient.exchangePublicKey) },
+      previous,
+    });
+    expect(Buffer.from(encodeKeyring(ring)).toString('utf8')).toBe(v.plaintext.utf8);
+    // It can make every other recipient's wrap again (FORMAT.md §9).
+    for (const other of v.wraps as Vector[]) {
+      expect(sha256Hex(wrapKeyring(ring, { id: other.recipient.id, exchangePublicKey: unhex(other.recipient.exchangePublicKey) }))).toBe(other.wrapSha256);
+    }
+  });
+
+  it('reference: intermediates, wraps, recipients field, and each recipient opens its wrap', () => {
+    const ring = refRing(v.keyring);
+    expect(Buffer.from(ref.encodeKeyring(ring)).toString('utf8')).toBe(v.plaintext.utf8);
+    const previous = ref.decodeKeyring(utf8Of(o.previous));
+    for (const w of v.wraps as Vector[]) {
+      const pub = unhex(w.recipient.exchangePublicKey);
+      const parts = ref.wrapParts(ring, w.recipient.id, pub);
+      expect({
+        ephemeralSecret: hex(parts.ephemeralSecret),
+        ephemeralPublic: hex(parts.ephemeralPublic),
+        salt: hex(parts.salt),
+        shared: hex(parts.shared),
+        wrapKey: hex(parts.wrapKey),
+        objectKey: hex(parts.objectKey),
+        identity: parts.identity,
+      }).toEqual(w.intermediate);
+      // The recipient's side of the exchange gives the same shared secret.
+      expect(hex(x25519.getSharedSecret(unhex(w.recipient.exchangeSecret), unhex(w.intermediate.ephemeralPublic)))).toBe(w.intermediate.shared);
+      const bytes = ref.wrapKeyring(ring, w.recipient.id, pub);
+      expect(hex(bytes)).toBe(w.wrap);
+      expect(ref.sha256hex(bytes)).toBe(w.wrapSha256);
+      const opened = ref.openWrap({
+        wrap: bytes,
+        vaultId: o.vaultId,
+        epoch: o.epoch,
+        keyIdHex: o.keyId,
+        recipientId: w.recipient.id,
+        exchangeSecret: unhex(w.recipient.exchangeSecret),
+        previous,
+      });
+      expect(Buffer.from(ref.encodeKeyring(opened)).toString('utf8')).toBe(v.plaintext.utf8);
+    }
+    expect(ref.recipientsField((v.wraps as Vector[]).map((w) => [w.recipient.id, w.wrapSha256]))).toBe(v.recipients);
+  });
+});
+
+const keyringBadNames = names.filter((n) => n.startsWith('bad-keyring-'));
+
+describe.each(keyringBadNames)('%s', (name) => {
+  const v = load(name);
+  const o = v.open;
+  const recipient = { id: v.sealedFor.id, exchangePublicKey: unhex(v.sealedFor.exchangePublicKey) };
+
+  it('casa and the reference make the frozen wrap', () => {
+    expect(hex(ref.mutate(wrapKeyring(casaRing(v.keyring), recipient), v.mutation))).toBe(v.wrap);
+    expect(hex(ref.mutate(ref.wrapKeyring(refRing(v.keyring), recipient.id, recipient.exchangePublicKey), v.mutation))).toBe(v.wrap);
+    if (v.plaintext) expect(Buffer.from(encodeKeyring(casaRing(v.keyring))).toString('utf8')).toBe(v.plaintext.utf8);
+  });
+
+  it(`casa opens it: ${v.expected.class}${v.expected.reason ? ` ${v.expected.reason}` : ''}`, () => {
+    const got = outcome(() =>
+      encodeKeyring(
+        openWrap({
+          wrap: unhex(v.wrap),
+          vaultId: o.vaultId,
+          epoch: o.epoch,
+          keyIdHex: o.keyId,
+          recipient: o.recipient.id,
+          exchange: { secret: unhex(o.recipient.exchangeSecret), publicKey: unhex(o.recipient.exchangePublicKey) },
+          ...(o.previous ? { previous: decodeKeyring(utf8Of(o.previous)) } : {}),
+        }),
+      ),
+    );
+    expect(got).toEqual(v.expected);
+  });
+
+  it(`the reference opens it: ${v.expected.class}${v.expected.reason ? ` ${v.expected.reason}` : ''}`, () => {
+    const got = outcome(() =>
+      ref.encodeKeyring(
+        ref.openWrap({
+          wrap: unhex(v.wrap),
+          vaultId: o.vaultId,
+          epoch: o.epoch,
+          keyIdHex: o.keyId,
+          recipientId: o.recipient.id,
+          exchangeSecret: unhex(o.recipient.exchangeSecret),
+          ...(o.previous ? { previous: ref.decodeKeyring(utf8Of(o.previous)) } : {}),
+        }),
+      ),
+    );
+    expect(got).toEqual(v.expected);
+  });
+});
+
+describe('bad-keyring-wrap-flipped.json', () => {
+  it('the flipped bit is one X25519 ignores: the shared secret is unchanged, only the HKDF salt differs', () => {
+    const v = load('bad-keyring-wrap-flipped.json');
+    const w = (keyringWrap.wraps as Vector[])[0]!;
+    const secret = unhex(v.open.recipient.exchangeSecret);
+    expect(hex(x25519.getSharedSecret(secret, unhex(v.wrap).subarray(0, 32)))).toBe(w.intermediate.shared);
+    expect(v.wrap.slice(64)).toBe(w.wrap.slice(64));
+  });
+});
+
+describe('bad-keyring-not-extending.json', () => {
+  it('opens without `previous` (it is authentic and names the record\'s epoch and key id)', () => {
+    const v = load('bad-keyring-not-extending.json');
+    const o = v.open;
+    const exchange = { secret: unhex(o.recipient.exchangeSecret), publicKey: unhex(o.recipient.exchangePublicKey) };
+    const ring = openWrap({ wrap: unhex(v.wrap), vaultId: o.vaultId, epoch: o.epoch, keyIdHex: o.keyId, recipient: o.recipient.id, exchange });
+    expect(Buffer.from(encodeKeyring(ring)).toString('utf8')).toBe(v.plaintext.utf8);
+    const refOpened = ref.openWrap({ wrap: unhex(v.wrap), vaultId: o.vaultId, epoch: o.epoch, keyIdHex: o.keyId, recipientId: o.recipient.id, exchangeSecret: exchange.secret });
+    expect(Buffer.from(ref.encodeKeyring(refOpened)).toString('utf8')).toBe(v.plaintext.utf8);
+  });
+});
+
+describe('signed-records.json', () => {
+  const v = signedRecords;
+  const casaFields: Record<string, (r: Vector) => (string | number)[]> = {
+    'device-cert': (r) => certFields(r as DeviceCert),
+    revoke: (r) => revocationFields(r as Revocation),
+    epoch: (r) => epochFields(r as EpochRecord),
+    recovery: (r) => recoveryFields(r as RecoveryRecord),
+  };
+  const casaMessage: Record<string, (r: Vector) => Uint8Array> = {
+    'device-cert': (r) => certMessage(r as DeviceCert),
+    revoke: (r) => revocationMessage(r as Revocation),
+    epoch: (r) => epochMessage(r as EpochRecord),
+    recovery: (r) => recoveryMessage(r as RecoveryRecord),
+  };
+  const casaGuard: Record<string, (r: unknown) => boolean> = {
+    'device-cert': isDeviceCert,
+    revoke: isRevocation,
+    epoch: isEpochRecord,
+    recovery: isRecoveryRecord,
+  };
+
+  it.each((v.cases as Vector[]).map((c, i) => [`${i + 1} ${c.purpose}`, c] as const))('%s: casa and the reference agree with the frozen bytes', (_n, c) => {
+    const purpose = c.purpose as SignedPurpose;
+    expect(casaGuard[purpose]!(c.record)).toBe(true);
+    expect(casaFields[purpose]!(c.record)).toEqual(c.fields);
+    expect(ref.RECORD_FIELDS[purpose as keyof typeof ref.RECORD_FIELDS](c.record)).toEqual(c.fields);
+    expect(hex(casaMessage[purpose]!(c.record))).toBe(c.message);
+    expect(hex(signedMessage(purpose, c.fields))).toBe(c.message);
+    expect(hex(ref.signedMessage(purpose, c.fields))).toBe(c.message);
+    const inRecord = purpose === 'recovery' ? [c.record.signatureOld, c.record.signatureNew] : [c.record.signature];
+    expect(inRecord).toHaveLength(c.signatures.length);
+    for (const [i, s] of (c.signatures as Vector[]).entries()) {
+      const seed = unhex(s.seed);
+      expect(hex(b64uDecode(inRecord[i]))).toBe(s.signature);
+      expect(hex(publicKeyFromSeed(seed))).toBe(s.publicKey);
+      expect(hex(ref.publicKey(seed))).toBe(s.publicKey);
+      expect(hex(signPurpose(seed, purpose, c.fields))).toBe(s.signature);
+      expect(hex(ref.sign(seed, unhex(c.message)))).toBe(s.signature);
+      expect(verifyPurpose(unhex(s.publicKey), purpose, c.fields, unhex(s.signature))).toBe(true);
+      expect(ref.verify(unhex(s.publicKey), unhex(c.message), unhex(s.signature))).toBe(true);
+      // A flipped signature bit, another purpose or one more field: refused by both.
+      const flipped = unhex(s.signature);
+      flipped[63]! ^= 0x10;
+      expect(verifyPurpose(unhex(s.publicKey), purpose, c.fields, flipped)).toBe(false);
+      expect(ref.verify(unhex(s.publicKey), unhex(c.message), flipped)).toBe(false);
+      const other: SignedPurpose = purpose === 'revoke' ? 'device-cert' : 'revoke';
+      expect(verifyPurpose(unhex(s.publicKey), other, c.fields, unhex(s.signature))).toBe(false);
+      expect(ref.verify(unhex(s.publicKey), ref.signedMessage(other, c.fields), unhex(s.signature))).toBe(false);
+      expect(verifyPurpose(unhex(s.publicKey), purpose, [...c.fields, 0], unhex(s.signature))).toBe(false);
+    }
+  });
+
+  it("together they verify with casa's membership rules: A is the only member, epoch 2 follows epoch 1, two papers", () => {
+    const byPurpose = (p: string) => (v.cases as Vector[]).filter((c) => c.purpose === p).map((c) => c.record);
+    const [paper1] = keysEpoch.papers as Vector[];
+    const [a, b] = keysEpoch.devices as Vector[];
+    const first = { authKey: b64uEncode(unhex(paper1!.authPublicKey)), exchangeKey: b64uEncode(unhex(paper1!.exchangePublicKey)) };
+    const chain = paperChain(keyringWrap.keyring.vaultId, first, byPurpose('recovery') as RecoveryRecord[]);
+    expect(chain).toHaveLength(2);
+    expect([...chain[0]!.keptMembers!]).toEqual([a!.deviceId]);
+    const m = membership(keyringWrap.keyring.vaultId, chain, byPurpose('device-cert') as DeviceCert[], byPurpose('revoke') as Revocation[]);
+    expect([...m.certified.keys()].sort()).toEqual([a!.deviceId, b!.deviceId].sort());
+    expect([...m.revoked.keys()]).toEqual([b!.deviceId]);
+    expect([...m.members]).toEqual([a!.deviceId]);
+    const [epoch] = byPurpose('epoch') as EpochRecord[];
+    expect(epoch!.recoveryKey).toBe(first.exchangeKey);
+    const recipients = checkEpochRecord(epoch!, keyringWrap.keyring.vaultId, chain, m, { epoch: 1, keyIdHex: keysEpoch.epochs[0].keyId });
+    expect(Object.fromEntries(recipients)).toEqual(Object.fromEntries((keyringWrap.wraps as Vector[]).map((w) => [w.recipient.id, w.wrapSha256])));
+    expect(epoch!.keyId).toBe(keysEpoch.epochs[1].keyId);
   });
 });

@@ -7,6 +7,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPairing, deleteOldPairings, getPairing } from '../../worker/pairing-db.js';
+import { JSON_BODY_LIMIT } from '../../worker/http.js';
+import { MAX_FINAL_MESSAGE } from '../../worker/routes/pairing.js';
+import { PAIR_MAX_FINAL_BYTES } from '../../src/crypto/pairing.js';
 import {
   b64u,
   bearer,
@@ -471,7 +474,7 @@ describe('pairing: input checks', () => {
     expect((await row(nameplate))!.state).toBe('open');
 
     const joinToken = await joinPairing(relay.url, nameplate);
-    for (const body of [{}, { ok: 'yes' }, { ok: 1 }, { ok: true }, { ok: true, msgFinal: b64u(randomBytes(8193)) }, { ok: true, msgFinal: '' }, { ok: true, msgFinal: nonCanonical(50) }]) {
+    for (const body of [{}, { ok: 'yes' }, { ok: 1 }, { ok: true }, { ok: true, msgFinal: b64u(randomBytes(MAX_FINAL_MESSAGE + 1)) }, { ok: true, msgFinal: '' }, { ok: true, msgFinal: nonCanonical(50) }]) {
       await expectError(await finish(v, token, nameplate, body), 400, 'bad_request');
     }
     for (const q of ['?wait=25001', '?wait=-1', '?wait=abc', '?wait=', '?wait=1e3', '?since=bogus', '?since=']) {
@@ -481,7 +484,18 @@ describe('pairing: input checks', () => {
     expect((await row(nameplate))!.state).toBe('joined');
     // The edges are accepted.
     expect((await json(await offerGet(v, token, nameplate, '?wait=0&since=expired'))).state).toBe('joined');
-    expect(await json(await finish(v, token, nameplate, { ok: true, msgFinal: b64u(randomBytes(8192)) }))).toEqual({ state: 'confirmed' });
+    expect(await json(await finish(v, token, nameplate, { ok: true, msgFinal: b64u(randomBytes(MAX_FINAL_MESSAGE)) }))).toEqual({ state: 'confirmed' });
+  });
+
+  it('carries a msgFinal of the largest size (a keyring of ~150 epochs needs ~29 KB) whole to the joiner, within the JSON cap', async () => {
+    // The CLI seals up to exactly what the relay takes, and the finish body fits the 64 KiB JSON cap.
+    expect(PAIR_MAX_FINAL_BYTES).toBe(MAX_FINAL_MESSAGE);
+    const msgFinal = b64u(randomBytes(MAX_FINAL_MESSAGE));
+    expect(new TextEncoder().encode(JSON.stringify({ ok: true, msgFinal })).length).toBeLessThanOrEqual(JSON_BODY_LIMIT);
+    const { v, token, nameplate, joinToken } = await joined();
+    expect(await json(await finish(v, token, nameplate, { ok: true, msgFinal }))).toEqual({ state: 'confirmed' });
+    expect(await json(await result(nameplate, joinToken))).toEqual({ state: 'confirmed', msgFinal });
+    expect((await row(nameplate))!.msg_final).toBe(msgFinal);
   });
 });
 

@@ -61,8 +61,15 @@ export const MAX_TTL_SECONDS = 1800;
 /** Decoded size of msgA and msgB (a PAKE share is at least a 32-byte point plus framing). */
 export const MIN_PAKE_MESSAGE = 33;
 export const MAX_PAKE_MESSAGE = 1024;
-/** Decoded size of msgFinal (key confirmation + the encrypted pairing payload). */
-export const MAX_FINAL_MESSAGE = 8192;
+/**
+ * Decoded size of msgFinal (key confirmation + the encrypted pairing payload:
+ * the vault's keyring, compressed, and a device certificate; ~29 KB for 150
+ * key epochs). Its base64url, 64,000 characters, leaves room for the rest of
+ * `{"ok":true,"msgFinal":"…"}` under the 64 KiB JSON body cap
+ * (JSON_BODY_LIMIT). The CLI's PAIR_MAX_FINAL_BYTES (src/crypto/pairing.ts)
+ * is the same number.
+ */
+export const MAX_FINAL_MESSAGE = 48_000;
 export const MAX_WAIT_MS = 25_000;
 export const POLL_INTERVAL_MS = 200;
 /** Nameplates are drawn from [1, 10,000) first, then from [10,000, 1,000,000) once several collided. */
