@@ -8,8 +8,11 @@
  * (recognised by the upload's own R2 key, which no other push can have).
  * So two pushes racing for one seq, or for one cursor, cannot both win.
  * The vault's head and each device's last seq live in their own tables, not
- * in MAX() over the rows, because pruning deletes rows.
+ * in MAX() over the rows, because pruning deletes rows. Once the vault has
+ * key epochs (migrations/0007_keys.sql), the same transaction also refuses a
+ * batch sealed under a key id other than the vault's current one.
  */
+import { currentKeyId } from './membership-db.js';
 
 export interface ChangesetRow {
   cursor: number;
@@ -32,6 +35,8 @@ export interface PushInput {
   r2Key: string;
   bytes: number;
   sha256: string;
+  /** The key id in the batch's object header (bytes 8..16, hex; '' if too short). */
+  keyId: string;
   now: number;
 }
 
@@ -42,6 +47,8 @@ export interface PushOutcome {
   existing: { cursor: number; sha256: string; r2_key: string } | null;
   /** The device's last seq after the transaction (0 before its first batch). */
   lastSeq: number;
+  /** The batch was sealed under a key id that is not the vault's current epoch's (never at epoch 0). */
+  stale: boolean;
 }
 
 const ours = 'SELECT 1 FROM changesets c WHERE c.vault_id = ?1 AND c.r2_key = ?2';
@@ -55,9 +62,10 @@ export async function pushChangeset(db: D1Database, p: PushInput): Promise<PushO
         `INSERT INTO changesets (vault_id, cursor, device_id, seq, r2_key, bytes, sha256, created_at)
          SELECT ?1, s.head + 1, ?2, ?3, ?4, ?5, ?6, ?7 FROM changeset_state s
          WHERE s.vault_id = ?1
-           AND ?3 = COALESCE((SELECT d.seq FROM changeset_devices d WHERE d.vault_id = ?1 AND d.device_id = ?2), 0) + 1`,
+           AND ?3 = COALESCE((SELECT d.seq FROM changeset_devices d WHERE d.vault_id = ?1 AND d.device_id = ?2), 0) + 1
+           AND ${currentKeyId('?8')}`,
       )
-      .bind(p.vaultId, p.deviceId, p.seq, p.r2Key, p.bytes, p.sha256, p.now),
+      .bind(p.vaultId, p.deviceId, p.seq, p.r2Key, p.bytes, p.sha256, p.now, p.keyId),
     db
       .prepare(`UPDATE changeset_state SET head = head + 1 WHERE vault_id = ?1 AND EXISTS (${ours} AND c.cursor = changeset_state.head + 1)`)
       .bind(p.vaultId, p.r2Key),
@@ -72,6 +80,7 @@ export async function pushChangeset(db: D1Database, p: PushInput): Promise<PushO
       .prepare('SELECT cursor, sha256, r2_key FROM changesets WHERE vault_id = ?1 AND device_id = ?2 AND seq = ?3')
       .bind(p.vaultId, p.deviceId, p.seq),
     db.prepare('SELECT seq FROM changeset_devices WHERE vault_id = ?1 AND device_id = ?2').bind(p.vaultId, p.deviceId),
+    db.prepare(`SELECT ${currentKeyId('?2')} AS ok`).bind(p.vaultId, p.keyId),
   ]);
   const existing = (results[4]!.results as NonNullable<PushOutcome['existing']>[])[0] ?? null;
   const last = (results[5]!.results as { seq: number }[])[0];
@@ -79,6 +88,7 @@ export async function pushChangeset(db: D1Database, p: PushInput): Promise<PushO
     cursor: existing !== null && existing.r2_key === p.r2Key ? existing.cursor : null,
     existing,
     lastSeq: last?.seq ?? 0,
+    stale: (results[6]!.results as { ok: number | null }[])[0]?.ok !== 1,
   };
 }
 

@@ -24,7 +24,16 @@ export interface DeviceRow {
 
 const DEVICE_COLUMNS = 'id, vault_id, public_key, name, created_at, last_seen_at, revoked_at';
 
-export type AuditEvent = 'vault_created' | 'device_enrolled' | 'device_revoked' | 'token_issued' | 'snapshot_committed';
+export type AuditEvent =
+  | 'vault_created'
+  | 'device_enrolled'
+  | 'device_certified'
+  | 'device_revoked'
+  | 'token_issued'
+  | 'epoch_created'
+  | 'paper_replaced'
+  | 'pairing_opened'
+  | 'snapshot_committed';
 
 function audit(db: D1Database, vaultId: string, deviceId: string | null, event: AuditEvent, at: number): D1PreparedStatement {
   return db
@@ -70,57 +79,6 @@ export async function getDeviceByKey(db: D1Database, vaultId: string, publicKey:
     .first<DeviceRow>();
 }
 
-export async function listDevices(db: D1Database, vaultId: string): Promise<DeviceRow[]> {
-  const { results } = await db
-    .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE vault_id = ?1 ORDER BY created_at, id`)
-    .bind(vaultId)
-    .all<DeviceRow>();
-  return results;
-}
-
-/** Inserts the device and its audit row; false if the key is already enrolled in this vault (or the id collided). */
-export async function insertDevice(db: D1Database, d: DeviceRow): Promise<boolean> {
-  try {
-    await db.batch([
-      db
-        .prepare('INSERT INTO devices (id, vault_id, public_key, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)')
-        .bind(d.id, d.vault_id, d.public_key, d.name, d.created_at),
-      audit(db, d.vault_id, d.id, 'device_enrolled', d.created_at),
-    ]);
-    return true;
-  } catch (err) {
-    if ((await getDeviceByKey(db, d.vault_id, d.public_key)) !== null) return false;
-    throw err;
-  }
-}
-
-/**
- * Marks the device revoked (once: a second call keeps the first time), logs
- * it, and drops its pending challenges. Returns the row after the update.
- */
-export async function revokeDevice(
-  db: D1Database,
-  vaultId: string,
-  deviceId: string,
-  actorId: string,
-  now: number,
-): Promise<DeviceRow | null> {
-  await db.batch([
-    db
-      .prepare('UPDATE devices SET revoked_at = ?3 WHERE vault_id = ?1 AND id = ?2 AND revoked_at IS NULL')
-      .bind(vaultId, deviceId, now),
-    // Audited only when this call did the revoking (revoked_at is exactly now).
-    db
-      .prepare(
-        `INSERT INTO audit_log (vault_id, device_id, actor_id, event, at)
-         SELECT ?1, ?2, ?4, 'device_revoked', ?3 FROM devices WHERE vault_id = ?1 AND id = ?2 AND revoked_at = ?3`,
-      )
-      .bind(vaultId, deviceId, now, actorId),
-    db.prepare('DELETE FROM challenges WHERE vault_id = ?1 AND device_id = ?2').bind(vaultId, deviceId),
-  ]);
-  return getDevice(db, vaultId, deviceId);
-}
-
 export async function insertChallenge(
   db: D1Database,
   c: { challenge: string; vaultId: string; deviceId: string; createdAt: number; expiresAt: number },
@@ -150,9 +108,18 @@ export async function deleteExpiredChallenges(db: D1Database, now: number): Prom
   return res.meta.changes ?? 0;
 }
 
-export async function recordTokenIssued(db: D1Database, vaultId: string, deviceId: string, now: number): Promise<void> {
-  await db.batch([
+/** Logs the token and returns the vault's current epoch and key id (migrations/0007_keys.sql). */
+export async function recordTokenIssued(
+  db: D1Database,
+  vaultId: string,
+  deviceId: string,
+  now: number,
+): Promise<{ epoch: number; keyId: string }> {
+  const [, , vault] = await db.batch([
     db.prepare('UPDATE devices SET last_seen_at = ?3 WHERE vault_id = ?1 AND id = ?2').bind(vaultId, deviceId, now),
     audit(db, vaultId, deviceId, 'token_issued', now),
+    db.prepare('SELECT epoch, epoch_key_id AS keyId FROM vaults WHERE id = ?1').bind(vaultId),
   ]);
+  const row = (vault!.results as { epoch: number; keyId: string }[])[0];
+  return { epoch: row?.epoch ?? 0, keyId: row?.keyId ?? '' };
 }

@@ -13,6 +13,7 @@ import { ApiError, errorBody } from './http.js';
 import { changesetRoutes } from './routes/changesets.js';
 import { deviceRoutes } from './routes/devices.js';
 import { digestRoutes } from './routes/digests.js';
+import { keyRoutes, recoveryRoutes } from './routes/keys.js';
 import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { vaultRoutes } from './routes/vaults.js';
@@ -32,11 +33,13 @@ app.get('/v1/health', (c) =>
 );
 app.route('/v1/vaults', vaultRoutes);
 app.route('/v1/vaults', deviceRoutes);
+app.route('/v1/vaults', keyRoutes);
 app.route('/v1/vaults', snapshotRoutes);
 app.route('/v1/vaults', changesetRoutes);
 app.route('/v1/vaults', digestRoutes);
 app.route('/v1/vaults', pairingVaultRoutes);
 app.route('/v1/pairings', pairingRoutes);
+app.route('/v1/recovery', recoveryRoutes);
 
 app.notFound((c) => c.json(errorBody('not_found', 'not found'), 404));
 

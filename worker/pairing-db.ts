@@ -73,22 +73,30 @@ export interface NewPairing {
  * not: 'full' (the vault's limit) or 'taken' (the nameplate is in use).
  */
 export async function createPairing(db: D1Database, p: NewPairing, maxLive: number): Promise<'created' | 'full' | 'taken'> {
-  const row = await db
-    .prepare(
-      `INSERT INTO pairing_sessions (nameplate, vault_id, offer_device_id, sid, msg_a, state, created_at, expires_at, updated_at)
-       SELECT ?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?6
-       WHERE (SELECT COUNT(*) FROM pairing_sessions WHERE vault_id = ?2 AND state IN ${LIVE} AND expires_at > ?6) < ?8
-       ON CONFLICT (nameplate) DO UPDATE SET
-         vault_id = excluded.vault_id, offer_device_id = excluded.offer_device_id, sid = excluded.sid, msg_a = excluded.msg_a,
-         msg_b = NULL, msg_final = NULL, join_token_hash = NULL, joined_device_id = NULL, state = 'open',
-         created_at = excluded.created_at, expires_at = excluded.expires_at, updated_at = excluded.updated_at
-       WHERE pairing_sessions.expires_at <= ?6
-          OR (pairing_sessions.state NOT IN ${LIVE} AND pairing_sessions.updated_at <= ?9)
-       RETURNING nameplate`,
-    )
-    .bind(p.nameplate, p.vaultId, p.offerDeviceId, p.sid, p.msgA, p.now, p.expiresAt, maxLive, p.now - ENDED_HOLD_MS)
-    .first<{ nameplate: string }>();
-  if (row !== null) return 'created';
+  const [created] = await db.batch([
+    db
+      .prepare(
+        `INSERT INTO pairing_sessions (nameplate, vault_id, offer_device_id, sid, msg_a, state, created_at, expires_at, updated_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?6
+         WHERE (SELECT COUNT(*) FROM pairing_sessions WHERE vault_id = ?2 AND state IN ${LIVE} AND expires_at > ?6) < ?8
+         ON CONFLICT (nameplate) DO UPDATE SET
+           vault_id = excluded.vault_id, offer_device_id = excluded.offer_device_id, sid = excluded.sid, msg_a = excluded.msg_a,
+           msg_b = NULL, msg_final = NULL, join_token_hash = NULL, joined_device_id = NULL, state = 'open',
+           created_at = excluded.created_at, expires_at = excluded.expires_at, updated_at = excluded.updated_at
+         WHERE pairing_sessions.expires_at <= ?6
+            OR (pairing_sessions.state NOT IN ${LIVE} AND pairing_sessions.updated_at <= ?9)
+         RETURNING nameplate`,
+      )
+      .bind(p.nameplate, p.vaultId, p.offerDeviceId, p.sid, p.msgA, p.now, p.expiresAt, maxLive, p.now - ENDED_HOLD_MS),
+    // Audited when this call opened it (its sid is there: random, this request's own).
+    db
+      .prepare(
+        `INSERT INTO audit_log (vault_id, device_id, event, at)
+         SELECT ?2, ?3, 'pairing_opened', ?5 FROM pairing_sessions WHERE nameplate = ?1 AND vault_id = ?2 AND sid = ?4 AND created_at = ?5`,
+      )
+      .bind(p.nameplate, p.vaultId, p.offerDeviceId, p.sid, p.now),
+  ]);
+  if (created!.results.length > 0) return 'created';
   return (await countLivePairings(db, p.vaultId, p.now)) >= maxLive ? 'full' : 'taken';
 }
 

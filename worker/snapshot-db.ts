@@ -5,10 +5,12 @@
  * 10,000 ids are one statement (D1 binds at most 100 parameters).
  *
  * The commit is a compare-and-swap: the head check, the pack and manifest
- * checks and the insert are one INSERT … SELECT … WHERE inside one batch
+ * checks (the manifest sealed under the vault's current key id, once it has
+ * key epochs) and the insert are one INSERT … SELECT … WHERE inside one batch
  * (one D1 transaction), and UNIQUE (vault_id, seq) backs it.
  */
 import type { SnapshotView } from '../src/protocol/messages.js';
+import { currentKeyId } from './membership-db.js';
 
 export interface PackRow {
   vault_id: string;
@@ -117,22 +119,29 @@ export async function isCommitted(db: D1Database, vaultId: string, snapshotId: s
 
 /**
  * Records (or replaces) the pending manifest of a snapshot not yet
- * committed; false if it is committed (then nothing changed). The check and
- * the write are one statement, so a concurrent commit cannot slip between.
+ * committed, with the key id it was sealed under: 'stored', or why not (then
+ * nothing changed): 'committed', or 'stale' when the vault has key epochs
+ * and the key id is not its current one's. The checks and the write are one
+ * statement, so a concurrent commit or new epoch cannot slip between.
  */
 export async function putPendingManifest(
   db: D1Database,
-  m: { vaultId: string; snapshotId: string; r2Key: string; bytes: number; now: number },
-): Promise<boolean> {
-  const res = await db
-    .prepare(
-      `INSERT INTO manifest_uploads (vault_id, snapshot_id, r2_key, bytes, created_at)
-       SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM snapshots WHERE vault_id = ?1 AND id = ?2)
-       ON CONFLICT (vault_id, snapshot_id) DO UPDATE SET r2_key = excluded.r2_key, bytes = excluded.bytes, created_at = excluded.created_at`,
-    )
-    .bind(m.vaultId, m.snapshotId, m.r2Key, m.bytes, m.now)
-    .run();
-  return (res.meta.changes ?? 0) > 0;
+  m: { vaultId: string; snapshotId: string; r2Key: string; bytes: number; keyId: string; now: number },
+): Promise<'stored' | 'committed' | 'stale'> {
+  const [res, stale] = await db.batch([
+    db
+      .prepare(
+        `INSERT INTO manifest_uploads (vault_id, snapshot_id, r2_key, bytes, created_at, key_id)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM snapshots WHERE vault_id = ?1 AND id = ?2)
+           AND ${currentKeyId('?6')}
+         ON CONFLICT (vault_id, snapshot_id) DO UPDATE SET
+           r2_key = excluded.r2_key, bytes = excluded.bytes, created_at = excluded.created_at, key_id = excluded.key_id`,
+      )
+      .bind(m.vaultId, m.snapshotId, m.r2Key, m.bytes, m.now, m.keyId),
+    db.prepare(`SELECT NOT ${currentKeyId('?2')} AS stale`).bind(m.vaultId, m.keyId),
+  ]);
+  if ((res!.meta.changes ?? 0) > 0) return 'stored';
+  return (stale!.results as { stale: number | null }[])[0]?.stale === 1 ? 'stale' : 'committed';
 }
 
 /** The R2 key of the snapshot's manifest: the committed one, else the pending one. */
@@ -172,6 +181,8 @@ export interface CommitOutcome {
   /** Listed packs that did not exist. */
   missing: string[];
   hasManifest: boolean;
+  /** The pending manifest was sealed under a key id that is not the vault's current epoch's (never at epoch 0). */
+  staleManifest: boolean;
   /** A snapshot that already had this id (a retried commit, or a reused id). */
   existing: { seq: number; device_id: string; time: number } | null;
 }
@@ -190,7 +201,9 @@ export async function commitSnapshot(db: D1Database, c: CommitInput): Promise<Co
   const results = await db.batch([
     db.prepare(`${VIEW} ORDER BY s.seq DESC LIMIT 1`).bind(c.vaultId),
     missingPacks(db, c.vaultId, list),
-    db.prepare('SELECT 1 AS ok FROM manifest_uploads WHERE vault_id = ?1 AND snapshot_id = ?2').bind(c.vaultId, c.snapshotId),
+    db
+      .prepare(`SELECT NOT ${currentKeyId('m.key_id')} AS stale FROM manifest_uploads m WHERE m.vault_id = ?1 AND m.snapshot_id = ?2`)
+      .bind(c.vaultId, c.snapshotId),
     db.prepare('SELECT seq, device_id, time FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(c.vaultId, c.snapshotId),
     db
       .prepare(
@@ -199,6 +212,7 @@ export async function commitSnapshot(db: D1Database, c: CommitInput): Promise<Co
          WHERE m.vault_id = ?1 AND m.snapshot_id = ?2
            AND (SELECT COALESCE(MAX(seq), 0) FROM snapshots WHERE vault_id = ?1) = ?10
            AND NOT EXISTS (SELECT 1 FROM snapshots WHERE vault_id = ?1 AND id = ?2)
+           AND ${currentKeyId('m.key_id')}
            AND NOT EXISTS (SELECT 1 FROM json_each(?11) j
                            WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.vault_id = ?1 AND p.id = j.value))`,
       )
@@ -219,6 +233,7 @@ export async function commitSnapshot(db: D1Database, c: CommitInput): Promise<Co
     head: head === undefined ? null : view(head),
     missing: (results[1]!.results as { id: string }[]).map((r) => r.id),
     hasManifest: results[2]!.results.length > 0,
+    staleManifest: (results[2]!.results as { stale: number | null }[])[0]?.stale === 1,
     existing: (results[3]!.results as CommitOutcome['existing'][])[0] ?? null,
   };
 }

@@ -20,6 +20,8 @@ export interface Upload {
   sha256: string;
   /** Streamed when the length was declared, else read (under the cap) into memory. */
   body: ReadableStream | Uint8Array;
+  /** The declared length (set when `body` is a stream). */
+  length?: number;
 }
 
 /**
@@ -38,7 +40,7 @@ export async function readUpload(c: Context<AppEnv>, maxBytes = BLOB_BODY_LIMIT)
   const raw = c.req.raw.body;
   if (raw === null || declared === '0') throw badRequest('body must not be empty');
   // A declared length is enforced by the runtime, so R2 can take the stream as it is.
-  if (declared !== undefined) return { sha256: sha, body: raw };
+  if (declared !== undefined) return { sha256: sha, body: raw, length: Number(declared) };
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = raw.getReader();
@@ -87,4 +89,62 @@ export async function storeUpload(c: Context<AppEnv>, key: string, u: Upload): P
     if (err instanceof BlobChecksumError) throw checksumMismatch();
     throw err;
   }
+}
+
+/** 409 for an object sealed under a key id that is not the vault's current epoch's (docs/RELAY-API.md "Membership and epochs"). */
+export const staleEpoch = (): ApiError =>
+  new ApiError(409, 'stale_epoch', "sealed under a key that is not the vault's current epoch's: fetch the new keys and seal again");
+
+/** Where an object header carries its key id (docs/FORMAT.md §3): bytes 8..16. */
+const KEY_ID_AT = 8;
+const KEY_ID_END = 16;
+
+/**
+ * The key id of the object being uploaded (its header's bytes 8..16, lowercase
+ * hex; '' when the body is shorter), and the upload to store in its place: a
+ * streamed body is read only that far and handed on, those bytes first, as
+ * a stream of the same declared length.
+ */
+export async function peekKeyId(u: Upload): Promise<{ keyId: string; upload: Upload }> {
+  if (u.body instanceof Uint8Array) {
+    return { keyId: u.body.length >= KEY_ID_END ? hex(u.body.subarray(KEY_ID_AT, KEY_ID_END)) : '', upload: u };
+  }
+  if (u.length === undefined) throw new Error('a streamed upload without its length');
+  const reader = u.body.getReader();
+  const head: Uint8Array[] = [];
+  let size = 0;
+  let ended = false;
+  while (size < KEY_ID_END) {
+    const r = await reader.read();
+    if (r.done) {
+      ended = true;
+      break;
+    }
+    head.push(r.value);
+    size += r.value.byteLength;
+  }
+  const first = new Uint8Array(size);
+  let at = 0;
+  for (const ch of head) {
+    first.set(ch, at);
+    at += ch.byteLength;
+  }
+  const keyId = size >= KEY_ID_END ? hex(first.subarray(KEY_ID_AT, KEY_ID_END)) : '';
+  const out = new FixedLengthStream(u.length);
+  const writer = out.writable.getWriter();
+  const pump = async () => {
+    if (size > 0) await writer.write(first);
+    while (!ended) {
+      const r = await reader.read();
+      if (r.done) break;
+      await writer.write(r.value);
+    }
+    await writer.close();
+  };
+  // A failure on either side ends both (the store then fails as an unreadable body would).
+  pump().catch(async (err: unknown) => {
+    await writer.abort(err).catch(() => undefined);
+    await reader.cancel(err).catch(() => undefined);
+  });
+  return { keyId, upload: { ...u, body: out.readable } };
 }

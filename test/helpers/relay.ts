@@ -13,8 +13,9 @@ import { afterAll, beforeAll } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ed25519 } from '@noble/curves/ed25519.js';
+import { ed25519, x25519 } from '@noble/curves/ed25519.js';
 import type { Miniflare } from 'miniflare';
+import { certMessage, deviceIdOf, RECOVERY, revocationMessage, type DeviceCert, type Revocation } from '../../src/protocol/membership.js';
 import { signedMessage } from '../../src/protocol/messages.js';
 import { startRelay, type StartRelayOptions } from '../../src/local-relay/launcher.js';
 
@@ -92,6 +93,8 @@ export interface TestDevice {
   deviceId: string;
   secret: Uint8Array;
   publicKey: string;
+  /** The X25519 public key its certificate names (b64u); the relay only checks its length. */
+  exchangeKey?: string;
 }
 
 export function newVault(): TestVault {
@@ -110,15 +113,46 @@ export function createBody(v: TestVault, time = Date.now(), signer = v.authSecre
   return { vaultId: v.vaultId, authPublicKey: v.authPublicKey, canary: v.canary, time, signature: b64u(ed25519.sign(msg, signer)) };
 }
 
-export function enrollBody(
+/** A new device key (not enrolled): its id is the device id of its signing key (docs/FORMAT.md §9). */
+export function newDevice(): TestDevice {
+  const secret = ed25519.utils.randomSecretKey();
+  const pub = ed25519.getPublicKey(secret);
+  return { deviceId: deviceIdOf(pub), secret, publicKey: b64u(pub), exchangeKey: b64u(x25519.getPublicKey(x25519.utils.randomSecretKey())) };
+}
+
+/**
+ * A device certificate for `d` in vault `v` (docs/FORMAT.md §9), signed by
+ * the paper (`v.authSecret`, issuer `recovery`) unless `over.issuer` names a
+ * device and `signer` is its secret. `over` replaces fields before signing.
+ */
+export function deviceCert(
   v: TestVault,
-  devicePublicKey: string,
-  name = 'test device',
-  time = Date.now(),
-  signer = v.authSecret,
-): Record<string, unknown> {
-  const msg = signedMessage('enroll', [v.vaultId, devicePublicKey, name, time]);
-  return { devicePublicKey, name, time, signature: b64u(ed25519.sign(msg, signer)) };
+  d: TestDevice,
+  over: Partial<Omit<DeviceCert, 'signature'>> = {},
+  signer: Uint8Array = v.authSecret,
+): DeviceCert {
+  const unsigned: Omit<DeviceCert, 'signature'> = {
+    vaultId: v.vaultId,
+    deviceId: d.deviceId,
+    signingKey: d.publicKey,
+    exchangeKey: d.exchangeKey ?? b64u(x25519.getPublicKey(x25519.utils.randomSecretKey())),
+    name: 'test device',
+    issuedAt: Date.now(),
+    issuer: RECOVERY,
+    ...over,
+  };
+  return { ...unsigned, signature: b64u(ed25519.sign(certMessage(unsigned), signer)) };
+}
+
+/** The enrollment body: `{"cert": DeviceCert}` (docs/RELAY-API.md "Membership and epochs"). */
+export function enrollBody(v: TestVault, d: TestDevice, name = 'test device', signer?: Uint8Array, issuer?: string): Record<string, unknown> {
+  return { cert: deviceCert(v, d, { name, ...(issuer === undefined ? {} : { issuer }) }, signer) };
+}
+
+/** A revocation of `deviceId`, signed by the paper unless `issuer` (a device) and its `signer` are given. */
+export function revokeBody(v: TestVault, deviceId: string, issuer = RECOVERY, signer = v.authSecret): { revocation: Revocation } {
+  const unsigned = { vaultId: v.vaultId, deviceId, revokedAt: Date.now(), issuer };
+  return { revocation: { ...unsigned, signature: b64u(ed25519.sign(revocationMessage(unsigned), signer)) } };
 }
 
 export function tokenBody(vaultId: string, d: TestDevice, challenge: string, signer = d.secret): Record<string, unknown> {
@@ -140,13 +174,19 @@ export async function createVault(base: string, v = newVault()): Promise<TestVau
   return v;
 }
 
+/** Enrolls a new device with a certificate signed by the paper; throws unless 201. */
 export async function enrollDevice(base: string, v: TestVault, name = 'test device'): Promise<TestDevice> {
-  const secret = ed25519.utils.randomSecretKey();
-  const publicKey = b64u(ed25519.getPublicKey(secret));
-  const res = await post(`${base}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, publicKey, name));
+  const d = newDevice();
+  const res = await post(`${base}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, d, name));
   if (res.status !== 201) throw new Error(`enroll: ${res.status} ${await res.text()}`);
   const { deviceId } = (await res.json()) as { deviceId: string };
-  return { deviceId, secret, publicKey };
+  if (deviceId !== d.deviceId) throw new Error('enroll: the relay answered another device id');
+  return d;
+}
+
+/** Revokes `deviceId` with a paper-signed revocation, as the device holding `token`. */
+export async function revokeDevice(base: string, v: TestVault, token: string, deviceId: string): Promise<Response> {
+  return post(`${base}/v1/vaults/${v.vaultId}/devices/${deviceId}/revoke`, revokeBody(v, deviceId), { Authorization: `Bearer ${token}` });
 }
 
 export async function getChallenge(base: string, vaultId: string, deviceId: string): Promise<string> {

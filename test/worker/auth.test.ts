@@ -15,6 +15,7 @@ import {
   getToken,
   newVault,
   post,
+  revokeBody,
   setupVault,
   startTestRelay,
   tokenBody,
@@ -207,7 +208,11 @@ describe('tokens on authenticated routes', () => {
     const bodyB = await onB.text();
     expect(bodyB).toBe(await onGhost.text());
     expect(JSON.parse(bodyB)).toEqual({ error: { code: 'not_found', message: 'not found' } });
-    const revokeB = await post(`${relay.url}/v1/vaults/${b.vault.vaultId}/devices/${b.device.deviceId}/revoke`, {}, bearer(a.token).headers);
+    const revokeB = await post(
+      `${relay.url}/v1/vaults/${b.vault.vaultId}/devices/${b.device.deviceId}/revoke`,
+      revokeBody(b.vault, b.device.deviceId),
+      bearer(a.token).headers,
+    );
     expect(revokeB.status).toBe(404);
     expect(await revokeB.text()).toBe(bodyB);
     expect(await relay.d1().prepare('SELECT revoked_at FROM devices WHERE id = ?1').bind(b.device.deviceId).first()).toEqual({ revoked_at: null });
@@ -223,7 +228,8 @@ describe('devices', () => {
     expect(devices).toHaveLength(2);
     expect(devices.map((d) => d.id).sort()).toEqual([device.deviceId, second.deviceId].sort());
     const me = devices.find((d) => d.id === device.deviceId)!;
-    expect(me).toMatchObject({ name: 'test device', publicKey: device.publicKey, revokedAt: null });
+    expect(me).toMatchObject({ name: 'test device', publicKey: device.publicKey, revokedAt: null, revocation: null });
+    expect(me.cert).toMatchObject({ vaultId: vault.vaultId, deviceId: device.deviceId, signingKey: device.publicKey, issuer: 'recovery' });
     expect(me.createdAt).toEqual(expect.any(Number));
     expect(me.lastSeenAt).toEqual(expect.any(Number));
     expect(devices.find((d) => d.id === second.deviceId)!.lastSeenAt).toBeNull();
@@ -235,7 +241,9 @@ describe('devices', () => {
     const otherToken = await getToken(relay.url, vault.vaultId, other);
     const pending = await getChallenge(relay.url, vault.vaultId, other.deviceId);
 
-    const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, {}, bearer(token).headers);
+    // Signed by the calling device (certified by the paper at enrollment).
+    const revocation = revokeBody(vault, other.deviceId, device.deviceId, device.secret);
+    const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, revocation, bearer(token).headers);
     expect(res.status).toBe(200);
     const body = (await res.json()) as { id: string; revokedAt: number };
     expect(body.id).toBe(other.deviceId);
@@ -253,17 +261,18 @@ describe('devices', () => {
     // A challenge issued before the revocation no longer buys a token.
     const late = await post(`${relay.url}/v1/vaults/${vault.vaultId}/auth/token`, tokenBody(vault.vaultId, other, pending));
     expect(await errorOf(late)).toEqual({ status: 401, code: 'unauthorized' });
-    const reenroll = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices`, {
-      ...enrollBody(vault, other.publicKey, 'again'),
-    });
+    const reenroll = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices`, enrollBody(vault, other, 'again'));
     expect(await errorOf(reenroll)).toEqual({ status: 403, code: 'device_revoked' });
 
     // Idempotent: the same answer, the first time kept, one audit row.
-    const again = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, {}, bearer(token).headers);
+    const again = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, revokeBody(vault, other.deviceId), bearer(token).headers);
     expect(again.status).toBe(200);
     expect(((await again.json()) as { revokedAt: number }).revokedAt).toBe(body.revokedAt);
     const audit = await relay.d1().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_revoked'").bind(vault.vaultId).all();
     expect(audit.results).toEqual([{ device_id: other.deviceId, actor_id: device.deviceId }]);
+    // The first revocation is the one kept.
+    const listed = (await (await fetch(`${relay.url}/v1/vaults/${vault.vaultId}/devices`, bearer(token))).json()) as { devices: { id: string; revocation: unknown }[] };
+    expect(listed.devices.find((d) => d.id === other.deviceId)!.revocation).toEqual(revocation.revocation);
 
     // The revoker is unaffected.
     expect((await fetch(`${relay.url}/v1/vaults/${vault.vaultId}/devices`, bearer(token))).status).toBe(200);
@@ -272,7 +281,7 @@ describe('devices', () => {
   it('answers 404 when revoking an unknown device', async () => {
     const { vault, token } = await setupVault(relay.url);
     for (const id of ['0123456789abcdef', 'nothex']) {
-      const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${id}/revoke`, {}, bearer(token).headers);
+      const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${id}/revoke`, revokeBody(vault, id), bearer(token).headers);
       expect(await errorOf(res)).toEqual({ status: 404, code: 'not_found' });
     }
   });

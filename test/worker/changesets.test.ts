@@ -29,6 +29,7 @@ import {
   type TestDevice,
   chunked,
   refusedEarly,
+  revokeBody,
   type TestRelay,
   lyingRelay,
 } from '../helpers/relay.js';
@@ -295,7 +296,7 @@ describe('uploads and access', () => {
     const old = await enrollDevice(relay.url, a.vault, 'old phone');
     const oldToken = await getToken(relay.url, a.vault.vaultId, old);
     await pushOk(a.vault.vaultId, oldToken, 1);
-    expect((await post(`${relay.url}/v1/vaults/${a.vault.vaultId}/devices/${old.deviceId}/revoke`, {}, bearer(a.token))).status).toBe(200);
+    expect((await post(`${relay.url}/v1/vaults/${a.vault.vaultId}/devices/${old.deviceId}/revoke`, revokeBody(a.vault, old.deviceId), bearer(a.token))).status).toBe(200);
     for (const res of [
       await push(a.vault.vaultId, oldToken, 2, opaque()),
       await get(`${relay.url}/v1/vaults/${a.vault.vaultId}/changesets?after=0`, oldToken),

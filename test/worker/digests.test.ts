@@ -35,6 +35,7 @@ import {
   sha256Hex,
   startTestRelay,
   type TestDevice,
+  revokeBody,
   type TestRelay,
   type TestVault,
   lyingRelay,
@@ -161,7 +162,7 @@ describe('routes', () => {
     const old = await enrollDevice(relay.url, a.vault, 'old phone');
     const oldToken = await getToken(relay.url, a.vault.vaultId, old);
     expect((await put(a.vault.vaultId, oldToken, opaque(200))).status).toBe(200);
-    expect((await post(`${relay.url}/v1/vaults/${a.vault.vaultId}/devices/${old.deviceId}/revoke`, {}, bearer(a.token))).status).toBe(200);
+    expect((await post(`${relay.url}/v1/vaults/${a.vault.vaultId}/devices/${old.deviceId}/revoke`, revokeBody(a.vault, old.deviceId), bearer(a.token))).status).toBe(200);
     for (const res of [await put(a.vault.vaultId, oldToken, opaque(200)), await list(a.vault.vaultId, oldToken)]) {
       expect(await errorOf(res)).toEqual({ status: 403, code: 'device_revoked' });
     }
@@ -280,7 +281,7 @@ describe('the client (src/changesets/digest-exchange.ts)', () => {
     b.db.exec('ALTER TABLE accounts ADD COLUMN note TEXT');
     await exchange(b);
     expect((await exchange(a)).devices[0]).toMatchObject({ status: 'not_comparable', why: 'it syncs another schema (another app version?)' });
-    expect((await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${b.device.deviceId}/revoke`, {}, bearer(token))).status).toBe(200);
+    expect((await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${b.device.deviceId}/revoke`, revokeBody(vault, b.device.deviceId), bearer(token))).status).toBe(200);
     expect((await exchange(a)).devices).toEqual([]);
   });
 

@@ -2,12 +2,12 @@
 // d1_migrations bookkeeping, idempotent across restarts), persistence of D1
 // and the JWT secret under the data directory, the cron, and the R2 helpers.
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobChecksumError, blobKey, deleteBlobs, getBlob, putBlob } from '../../worker/blobs.js';
-import { applyMigrations, splitSql, stripJsonc } from '../../src/local-relay/launcher.js';
+import { PACKAGE_ROOT, applyMigrations, splitSql, stripJsonc } from '../../src/local-relay/launcher.js';
 import { createBody, getChallenge, newVault, post, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
 
 describe('cron', () => {
@@ -44,12 +44,16 @@ describe('launcher persistence', () => {
     const first = await startTestRelay({ dataDir });
     let vaultId: string;
     let token: string;
+    const files = (await readdir(join(PACKAGE_ROOT, 'migrations'))).filter((f) => f.endsWith('.sql')).sort();
     try {
       const s = await setupVault(first.url);
       vaultId = s.vault.vaultId;
       token = s.token;
       const { results } = await first.d1().prepare('SELECT name FROM d1_migrations ORDER BY id').all();
-      expect(results).toEqual([{ name: '0001_init.sql' }, { name: '0002_snapshots.sql' }, { name: '0003_pairing.sql' }, { name: '0004_changesets.sql' }, { name: '0005_digests.sql' }]);
+      // Every file of migrations/, in name order (0001_init.sql first).
+      expect(files[0]).toBe('0001_init.sql');
+      expect(files).toContain('0007_keys.sql');
+      expect(results).toEqual(files.map((name) => ({ name })));
       // Running the migrations again finds nothing to do.
       expect(await applyMigrations(first.d1())).toEqual([]);
     } finally {
@@ -65,7 +69,7 @@ describe('launcher persistence', () => {
     try {
       expect(lines.filter((l) => l.includes('migration'))).toEqual([]);
       const { results } = await second.d1().prepare('SELECT name FROM d1_migrations').all();
-      expect(results).toHaveLength(5);
+      expect(results).toHaveLength(files.length);
       expect(await second.d1().prepare('SELECT id FROM vaults WHERE id = ?1').bind(vaultId).first()).toEqual({ id: vaultId });
       expect(await readFile(join(dataDir, 'jwt-secret'), 'utf8')).toBe(secret);
       const res = await fetch(`${second.url}/v1/vaults/${vaultId}/devices`, { headers: { Authorization: `Bearer ${token}` } });

@@ -4,7 +4,7 @@
 import { request } from 'node:http';
 import { WebSocket } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { enrollDevice, getToken, post, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
+import { enrollDevice, getToken, post, revokeBody, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
 
 let relay: TestRelay;
 beforeAll(async () => {
@@ -133,7 +133,7 @@ describe('live', () => {
     await s.waitMessages(2);
     expect(s.messages[1]).toEqual({ type: 'pong' });
 
-    const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${phone.deviceId}/revoke`, {}, { Authorization: `Bearer ${token}` });
+    const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${phone.deviceId}/revoke`, revokeBody(vault, phone.deviceId), { Authorization: `Bearer ${token}` });
     expect(res.status).toBe(200);
     await s.waitClose();
     expect(s.closed()).toEqual({ code: 4003, reason: 'device_revoked' });

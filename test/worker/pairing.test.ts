@@ -23,6 +23,7 @@ import {
   pakeMessage,
   post,
   randomHex,
+  revokeBody,
   setupVault,
   startTestRelay,
   type TestRelay,
@@ -362,7 +363,7 @@ describe('pairing: vaults and tokens', () => {
 
     const foreign = await setupVault(relay.url);
     const revoked = await enrollDevice(relay.url, vault, 'revoked');
-    await json(await post(`${relay.url}/v1/vaults/${v}/devices/${revoked.deviceId}/revoke`, {}, bearer(token)));
+    await json(await post(`${relay.url}/v1/vaults/${v}/devices/${revoked.deviceId}/revoke`, revokeBody(vault, revoked.deviceId), bearer(token)));
     for (const id of [foreign.device.deviceId, revoked.deviceId, randomHex(8)]) {
       const res = await done(nameplate, joinToken, id);
       expect(await json(res, 409)).toEqual({

@@ -14,6 +14,7 @@ import {
   post,
   putObject,
   randomHex,
+  revokeBody,
   setupVault,
   sha256Hex,
   startTestRelay,
@@ -349,7 +350,7 @@ describe('access', () => {
     const other = await enrollDevice(relay.url, vault, 'old phone');
     const otherToken = await getToken(relay.url, vault.vaultId, other);
     const pack = await uploadPack(relay.url, vault.vaultId, otherToken);
-    const revoke = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, {}, bearer(token));
+    const revoke = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, revokeBody(vault, other.deviceId), bearer(token));
     expect(revoke.status).toBe(200);
     const base = `${relay.url}/v1/vaults/${vault.vaultId}`;
     for (const res of [

@@ -6,8 +6,10 @@ import {
   b64u,
   createBody,
   createVault,
+  deviceCert,
   enrollBody,
   errorOf,
+  newDevice,
   newVault,
   post,
   startTestRelay,
@@ -125,57 +127,62 @@ describe('POST /v1/vaults', () => {
 });
 
 describe('POST /v1/vaults/:vaultId/devices (enroll)', () => {
-  it('enrolls a device and returns its id and the vault canary (201)', async () => {
+  it('enrolls a device by a certificate the paper signed and returns its id, the epoch and the vault canary (201)', async () => {
     const v = await createVault(relay.url);
-    const pub = b64u(ed25519.getPublicKey(ed25519.utils.randomSecretKey()));
-    const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, pub, 'laptop ✓'));
+    const d = newDevice();
+    const body = enrollBody(v, d, 'laptop ✓');
+    const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, body);
     expect(res.status).toBe(201);
-    const body = (await res.json()) as { deviceId: string; canary: string; time: number };
-    expect(body.deviceId).toMatch(/^[0-9a-f]{16}$/);
-    expect(body.canary).toBe(v.canary);
-    const row = await relay.d1().prepare('SELECT vault_id, public_key, name, revoked_at FROM devices WHERE id = ?1').bind(body.deviceId).first();
-    expect(row).toEqual({ vault_id: v.vaultId, public_key: pub, name: 'laptop ✓', revoked_at: null });
-    const audit = await relay.d1().prepare("SELECT device_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_enrolled'").bind(v.vaultId).all();
-    expect(audit.results).toEqual([{ device_id: body.deviceId }]);
+    const answer = (await res.json()) as { deviceId: string; epoch: number; canary: string; time: number };
+    expect(answer.deviceId).toBe(d.deviceId);
+    expect(answer.epoch).toBe(0);
+    expect(answer.canary).toBe(v.canary);
+    const row = await relay.d1().prepare('SELECT vault_id, public_key, name, revoked_at, cert FROM devices WHERE id = ?1').bind(d.deviceId).first();
+    expect(row).toEqual({ vault_id: v.vaultId, public_key: d.publicKey, name: 'laptop ✓', revoked_at: null, cert: JSON.stringify(body.cert) });
+    const audit = await relay.d1().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_enrolled'").bind(v.vaultId).all();
+    expect(audit.results).toEqual([{ device_id: d.deviceId, actor_id: null }]);
 
     // The same key again (a retry) gets the same device, not a second one.
-    const again = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, pub, 'laptop ✓'));
+    const again = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, body);
     expect(again.status).toBe(201);
-    expect(((await again.json()) as { deviceId: string }).deviceId).toBe(body.deviceId);
+    expect(((await again.json()) as { deviceId: string }).deviceId).toBe(d.deviceId);
+    expect((await relay.d1().prepare('SELECT COUNT(*) AS n FROM devices WHERE vault_id = ?1').bind(v.vaultId).first())).toEqual({ n: 1 });
   });
 
   it('answers 404 for an unknown vault', async () => {
     const v = newVault();
-    const pub = b64u(ed25519.getPublicKey(ed25519.utils.randomSecretKey()));
-    const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, pub));
+    const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, newDevice()));
     expect(await errorOf(res)).toEqual({ status: 404, code: 'not_found' });
   });
 
-  it('answers 401 when signed by a key other than the vault auth key (wrong phrase)', async () => {
+  it('answers 401 when signed by a key other than the paper (wrong phrase)', async () => {
     const v = await createVault(relay.url);
-    const pub = b64u(ed25519.getPublicKey(ed25519.utils.randomSecretKey()));
-    const res = await post(
-      `${relay.url}/v1/vaults/${v.vaultId}/devices`,
-      enrollBody(v, pub, 'x', Date.now(), ed25519.utils.randomSecretKey()),
-    );
+    const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, newDevice(), 'x', ed25519.utils.randomSecretKey()));
     expect(await errorOf(res)).toEqual({ status: 401, code: 'unauthorized' });
     expect(await relay.d1().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
   });
 
-  it('refuses a bad name, key or time with 400', async () => {
+  it('refuses a bad name, key, device id, vault or the old body form with 400', async () => {
     const v = await createVault(relay.url);
-    const pub = b64u(ed25519.getPublicKey(ed25519.utils.randomSecretKey()));
+    const d = newDevice();
+    const other = newDevice();
     for (const body of [
-      enrollBody(v, pub, ''),
-      enrollBody(v, pub, 'x'.repeat(65)),
-      enrollBody(v, pub, 'tab\there'),
-      enrollBody(v, b64u(new Uint8Array(16)), 'short key'),
-      enrollBody(v, pub, 'late', Date.now() - 11 * 60_000),
+      enrollBody(v, d, ''),
+      enrollBody(v, d, 'x'.repeat(65)),
+      enrollBody(v, d, 'tab\there'),
+      { cert: deviceCert(v, d, { signingKey: b64u(new Uint8Array(16)) }) },
+      { cert: deviceCert(v, d, { exchangeKey: b64u(new Uint8Array(31)) }) },
+      { cert: deviceCert(v, d, { deviceId: other.deviceId }) },
+      { cert: deviceCert(v, d, { vaultId: newVault().vaultId }) },
+      { cert: deviceCert(v, d, { issuer: 'someone' }) },
+      // The version-1 form (devicePublicKey, name, time, signature) is gone.
+      { devicePublicKey: d.publicKey, name: 'old', time: Date.now(), signature: b64u(new Uint8Array(64)) },
     ]) {
       expect(await errorOf(await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, body))).toEqual({
         status: 400,
         code: 'bad_request',
       });
     }
+    expect(await relay.d1().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
   });
 });

@@ -3,7 +3,9 @@
  * batch is an opaque encrypted blob numbered by its device (X-Casa-Seq); the
  * relay stores it in R2 under a fresh key, checked against X-Casa-Sha256 on
  * arrival, then gives it the vault's next cursor in one D1 transaction that
- * also checks the seq (changeset-db.ts pushChangeset). Blob first, then the
+ * also checks the seq and, once the vault has key epochs, that the batch's
+ * header names the current key id (changeset-db.ts pushChangeset; a stale
+ * one is 409 stale_epoch). Blob first, then the
  * row (docs/RELAY-API.md); a blob whose push was refused is deleted at once, and one
  * left behind by a crash is swept by the retention job.
  */
@@ -15,7 +17,7 @@ import { changesetHeads, getChangesetState, listChangesets, pushChangeset, type 
 import type { AppEnv } from '../env.js';
 import { ApiError, b64uEncode, badRequest } from '../http.js';
 import { announce } from '../hub.js';
-import { readUpload, storeUpload } from '../uploads.js';
+import { peekKeyId, readUpload, staleEpoch, storeUpload } from '../uploads.js';
 
 export const changesetRoutes = new Hono<AppEnv>();
 
@@ -26,7 +28,7 @@ export const PULL_MAX_BYTES = 8 * 1024 * 1024;
 const READ_CONCURRENCY = 6;
 
 /** A decimal query value in [min, max], or `fallback` when absent; 400 otherwise. */
-function intQuery(c: Context<AppEnv>, name: string, min: number, max: number, fallback: number): number {
+export function intQuery(c: Context<AppEnv>, name: string, min: number, max: number, fallback: number): number {
   const text = c.req.query(name);
   if (text === undefined) return fallback;
   const n = /^\d{1,16}$/.test(text) ? Number(text) : NaN;
@@ -48,10 +50,10 @@ changesetRoutes.post('/:vaultId/changesets', requireDevice(), async (c) => {
   const vaultId = c.var.vaultId;
   const deviceId = c.var.deviceId;
   const seq = seqHeader(c);
-  const upload = await readUpload(c, CHANGESET_MAX_BYTES);
+  const { keyId, upload } = await peekKeyId(await readUpload(c, CHANGESET_MAX_BYTES));
   const key = changesetUploadKey(vaultId, deviceId, seq);
   const bytes = await storeUpload(c, key, upload);
-  const out = await pushChangeset(c.env.DB, { vaultId, deviceId, seq, r2Key: key, bytes, sha256: upload.sha256, now: Date.now() });
+  const out = await pushChangeset(c.env.DB, { vaultId, deviceId, seq, r2Key: key, bytes, sha256: upload.sha256, keyId, now: Date.now() });
   if (out.cursor !== null) {
     const cursor = out.cursor;
     // Best effort: a device that misses it still finds the batch on its next pull.
@@ -64,6 +66,7 @@ changesetRoutes.post('/:vaultId/changesets', requireDevice(), async (c) => {
     // The same batch again: a retry whose answer was lost.
     return c.json({ cursor: out.existing.cursor, seq, duplicate: true }, 200);
   }
+  if (out.stale) throw staleEpoch();
   const expectedSeq = out.lastSeq + 1;
   throw new ApiError(409, 'seq_conflict', `this device's next changeset seq is ${expectedSeq}`, {}, { expectedSeq });
 });

@@ -1,41 +1,16 @@
 /**
  * Authenticated vault routes (Bearer token, docs/RELAY-API.md "Authenticated
- * routes"): the device list, revocation, and the live WebSocket.
+ * routes"): the live WebSocket. The device list and revocation, which carry
+ * signed membership records, are in keys.ts.
  */
 import { Hono } from 'hono';
-import { isDeviceId } from '../../src/protocol/ids.js';
 import { TIME_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
-import { listDevices, revokeDevice } from '../db.js';
 import type { AppEnv } from '../env.js';
-import { badRequest, notFound } from '../http.js';
-import { connectHub, disconnectDevice } from '../hub.js';
+import { badRequest } from '../http.js';
+import { connectHub } from '../hub.js';
 
 export const deviceRoutes = new Hono<AppEnv>();
-
-deviceRoutes.get('/:vaultId/devices', requireDevice(), async (c) => {
-  const rows = await listDevices(c.env.DB, c.var.vaultId);
-  return c.json({
-    devices: rows.map((d) => ({
-      id: d.id,
-      name: d.name,
-      publicKey: d.public_key,
-      createdAt: d.created_at,
-      lastSeenAt: d.last_seen_at,
-      revokedAt: d.revoked_at,
-    })),
-  });
-});
-
-deviceRoutes.post('/:vaultId/devices/:deviceId/revoke', requireDevice(), async (c) => {
-  const deviceId = c.req.param('deviceId');
-  if (!isDeviceId(deviceId)) throw notFound();
-  const row = await revokeDevice(c.env.DB, c.var.vaultId, deviceId, c.var.deviceId, Date.now());
-  if (row === null) throw notFound();
-  // Best effort: the device's next request is refused anyway (the row is read every time).
-  c.executionCtx.waitUntil(disconnectDevice(c.env, c.var.vaultId, deviceId).catch(() => undefined));
-  return c.json({ id: row.id, revokedAt: row.revoked_at });
-});
 
 deviceRoutes.get('/:vaultId/live', requireDevice({ allowQueryToken: true }), async (c) => {
   if (c.req.header('Upgrade')?.toLowerCase() !== 'websocket') throw badRequest('expected a WebSocket upgrade');

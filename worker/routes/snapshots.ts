@@ -4,7 +4,9 @@
  * streamed into R2 under a fresh key per upload, checked against the
  * client's X-Casa-Sha256 on arrival, then named by a D1 row (docs/RELAY-API.md: blob
  * first, then the row; readers trust D1). The commit is a compare-and-swap
- * on the vault's head (snapshot-db.ts commitSnapshot).
+ * on the vault's head (snapshot-db.ts commitSnapshot). Once the vault has
+ * key epochs, a manifest sealed under a key id other than the current
+ * epoch's is refused on upload and on commit (409 stale_epoch).
  */
 import { Hono, type Context } from 'hono';
 import { isPackId, isSnapshotId } from '../../src/protocol/ids.js';
@@ -36,7 +38,7 @@ import {
   touchPack,
   upsertPack,
 } from '../snapshot-db.js';
-import { checkDiscarded, readUpload, storeUpload } from '../uploads.js';
+import { checkDiscarded, peekKeyId, readUpload, staleEpoch, storeUpload } from '../uploads.js';
 
 export const snapshotRoutes = new Hono<AppEnv>();
 
@@ -110,15 +112,18 @@ snapshotRoutes.get('/:vaultId/packs/:packId', requireDevice(), async (c) => {
 snapshotRoutes.put('/:vaultId/snapshots/:snapshotId/manifest', requireDevice(), async (c) => {
   const vaultId = c.var.vaultId;
   const snapshotId = snapshotIdParam(c);
-  const upload = await readUpload(c);
+  const raw = await readUpload(c);
   const committed = (): ApiError => new ApiError(409, 'conflict', 'the snapshot is committed: its manifest cannot change');
   if (await isCommitted(c.env.DB, vaultId, snapshotId)) throw committed();
+  // The key id it was sealed under: refused below, in the row's own statement, unless the vault's current one.
+  const { keyId, upload } = await peekKeyId(raw);
   const key = uploadKey('manifests', vaultId, snapshotId);
   const bytes = await storeUpload(c, key, upload);
   // Until the commit a new upload replaces the pending one (whose blob becomes an orphan).
-  if (!(await putPendingManifest(c.env.DB, { vaultId, snapshotId, r2Key: key, bytes, now: Date.now() }))) {
+  const out = await putPendingManifest(c.env.DB, { vaultId, snapshotId, r2Key: key, bytes, keyId, now: Date.now() });
+  if (out !== 'stored') {
     await deleteBlobs(c.env.BLOBS, [key]);
-    throw committed();
+    throw out === 'stale' ? staleEpoch() : committed();
   }
   return c.json({ id: snapshotId, bytes }, 201);
 });
@@ -176,6 +181,7 @@ snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARG
     throw new ApiError(409, 'conflict', 'the head moved: rebase onto it and commit again', {}, { head: out.head });
   }
   if (!out.hasManifest) throw new ApiError(409, 'missing_manifest', 'upload the manifest before committing');
+  if (out.staleManifest) throw staleEpoch();
   if (out.missing.length > 0) {
     throw new ApiError(409, 'missing_packs', 'some packs are not on the relay', {}, { missing: out.missing });
   }

@@ -1,7 +1,7 @@
 /**
- * Unauthenticated vault routes (docs/RELAY-API.md): create a vault, enroll a
- * device (signed by the vault auth key: proof of the phrase), and the
- * challenge → token exchange (signed by the device key).
+ * Unauthenticated vault routes (docs/RELAY-API.md): create a vault and the
+ * challenge → token exchange (signed by the device key). Enrollment, by a
+ * signed device certificate, is in keys.ts.
  */
 import { Hono } from 'hono';
 import { isVaultId } from '../../src/protocol/ids.js';
@@ -10,10 +10,7 @@ import {
   consumeChallenge,
   createVault,
   getDevice,
-  getDeviceByKey,
-  getVault,
   insertChallenge,
-  insertDevice,
   recordTokenIssued,
 } from '../db.js';
 import type { AppEnv } from '../env.js';
@@ -39,8 +36,6 @@ import {
 import { clientIp, limit, limitByIp } from '../limits.js';
 
 export const vaultRoutes = new Hono<AppEnv>();
-
-const MAX_NAME = 64;
 
 /** A public key as stored (validated when it was registered). */
 function storedKey(text: string): Uint8Array {
@@ -79,51 +74,6 @@ vaultRoutes.post(
   },
 );
 
-vaultRoutes.post(
-  '/:vaultId/devices',
-  limitByIp('ENROLL_LIMITER'),
-  jsonBodyLimit,
-  async (c) => {
-    const now = Date.now();
-    const vaultId = vaultIdParam(c);
-    const body = await readJson(c);
-    const publicKey = b64uField(body, 'devicePublicKey', 32);
-    const publicKeyText = str(body, 'devicePublicKey');
-    const name = str(body, 'name');
-    const nameLength = [...name].length;
-    if (nameLength < 1 || nameLength > MAX_NAME || /\p{Cc}/u.test(name)) {
-      throw badRequest(`name must be 1..${MAX_NAME} characters without control characters`);
-    }
-    const time = int(body, 'time');
-    const signature = b64uField(body, 'signature', 64);
-    const vault = await getVault(c.env.DB, vaultId);
-    if (vault === null) throw notFound();
-    checkSignedTime(time, now);
-    const authKey = storedKey(vault.auth_public_key);
-    if (!verifySigned('enroll', [vaultId, publicKeyText, name, time], signature, authKey)) {
-      throw unauthorized('bad signature for this vault');
-    }
-    checkPublicKey('devicePublicKey', publicKey);
-    // A retried enrollment of the same key gets the same device back; a revoked key stays revoked.
-    let device = await getDeviceByKey(c.env.DB, vaultId, publicKeyText);
-    if (device === null) {
-      const row = {
-        id: hex(randomBytes(8)),
-        vault_id: vaultId,
-        public_key: publicKeyText,
-        name,
-        created_at: now,
-        last_seen_at: null,
-        revoked_at: null,
-      };
-      device = (await insertDevice(c.env.DB, row)) ? row : await getDeviceByKey(c.env.DB, vaultId, publicKeyText);
-      if (device === null) throw new Error('device insert failed');
-    }
-    if (device.revoked_at !== null) throw revoked();
-    return c.json({ deviceId: device.id, canary: vault.canary, time: now }, 201);
-  },
-);
-
 vaultRoutes.post('/:vaultId/auth/challenge', jsonBodyLimit, async (c) => {
   const now = Date.now();
   const vaultId = vaultIdParam(c);
@@ -156,6 +106,7 @@ vaultRoutes.post('/:vaultId/auth/token', jsonBodyLimit, async (c) => {
   const deviceKey = storedKey(device.public_key);
   if (!verifySigned('token', [vaultId, deviceId, challenge], signature, deviceKey)) throw unauthorized('bad signature');
   const token = await signToken(c.env.JWT_SECRET, vaultId, deviceId, now);
-  await recordTokenIssued(c.env.DB, vaultId, deviceId, now);
-  return c.json(token);
+  // The vault's current epoch rides along, so a device learns of a new one with no extra request.
+  const { epoch, keyId } = await recordTokenIssued(c.env.DB, vaultId, deviceId, now);
+  return c.json({ ...token, epoch, keyId });
 });
