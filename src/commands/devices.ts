@@ -46,8 +46,7 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
   if (self) {
     throw new UsageError('a device cannot revoke itself', { hints: ['revoke it from another device of the vault, or from a fresh machine paired with the recovery phrase'] });
   }
-  if (!ctx.globals.yes) {
-    if (!ctx.out.interactive) throw new UsageError('revoking a device needs confirmation', { hints: ['run it in a terminal, or pass --yes'] });
+  if (!ctx.globals.yes && ctx.out.interactive) {
     const ok = await confirm(ctx.out, `Revoke ${printable(target.name)} (${target.id})? It will no longer reach the vault, and the vault gets new keys it never sees.`, 'pass --yes');
     if (!ok) throw new CancelledError('not revoked');
   }

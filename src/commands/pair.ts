@@ -372,10 +372,9 @@ async function joinWithPhrase(ctx: Context, home: PairingHome, seed: Uint8Array,
   const { root, paperKeys } = paperKeysOf(phrase);
   const vaultId = await findVault(home.client, paperKeys.recoveryId);
   const deviceId = await enroll(ctx, home.client, vaultId, makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, home.client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed }), 'join');
-  const paper = paperOf(paperKeys);
-  const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paper);
+  const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paperOf(paperKeys));
   const legacy = vaultId === paperKeys.recoveryId ? legacyKeyring(root) : null;
-  const stored = await joinWithPaper(env, paperKeys, { ...(legacy ? { legacy: { ring: legacy, marks: {} } } : {}), name, certify: false });
+  const { stored, paper } = await joinWithPaper(env, paperKeys, { ...(legacy ? { legacy: { ring: legacy, marks: {} } } : {}), name, certify: false });
   return { vaultId, deviceId, stored, paper };
 }
 

@@ -236,6 +236,15 @@ export function recoveryKeys(root: Uint8Array): RecoveryKeys {
   };
 }
 
+/** X25519, with a low-order point (an all-zero shared secret, RFC 7748 §6.1) refused as a malformed keyring. */
+function dh(secret: Uint8Array, publicKey: Uint8Array): Uint8Array {
+  try {
+    return x25519.getSharedSecret(secret, publicKey);
+  } catch {
+    throw new ObjectFormatError('bad_keyring');
+  }
+}
+
 function wrapKey(shared: Uint8Array, eph: Uint8Array, to: Uint8Array): Uint8Array {
   if (shared.every((b) => b === 0)) throw new ObjectFormatError('bad_keyring');
   return hkdfSha256(shared, concatBytes(eph, to), utf8ToBytes(WRAP_LABEL), KEY_BYTES);
@@ -259,7 +268,7 @@ export function wrapKeyring(ring: Keyring, recipient: { id: string; exchangePubl
   const derive = (what: string) => hkdfSha256(cur.canaryKey, new Uint8Array(0), utf8ToBytes(`casa/v2/wrap-${what}\n${recipient.id}`), 32);
   const eph = derive('ephemeral');
   const ephPub = x25519.getPublicKey(eph);
-  const key = wrapKey(x25519.getSharedSecret(eph, recipient.exchangePublicKey), ephPub, recipient.exchangePublicKey);
+  const key = wrapKey(dh(eph, recipient.exchangePublicKey), ephPub, recipient.exchangePublicKey);
   const object = sealObject({
     type: ObjectType.keyring,
     codec: Codec.none,
@@ -294,7 +303,7 @@ export function openWrap(p: {
 }): Keyring {
   if (p.wrap.length < 32 + 48) throw new ObjectFormatError('truncated_header');
   const eph = p.wrap.subarray(0, 32);
-  const key = wrapKey(x25519.getSharedSecret(p.exchange.secret, eph), eph, p.exchange.publicKey);
+  const key = wrapKey(dh(p.exchange.secret, eph), eph, p.exchange.publicKey);
   const plaintext = openObject({
     type: ObjectType.keyring,
     keyId: Uint8Array.from(Buffer.from(p.keyIdHex, 'hex')),

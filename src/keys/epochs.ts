@@ -132,11 +132,7 @@ export async function verifiedMembers(env: KeyEnv, paper: PairedPaper): Promise<
   const [records, paperRecords] = await Promise.all([fetchDevices(env.session), fetchPaperRecords(env.session)]);
   let chain: Paper[];
   try {
-    chain = paperChain(
-      env.vaultId,
-      { authKey: paper.authKey, exchangeKey: paper.exchangeKey },
-      paperRecords.filter((r) => r.n > paper.n),
-    ).map((p, i) => (i === 0 ? { ...p, n: paper.n } : p));
+    chain = paperChain(env.vaultId, paper, paperRecords);
   } catch (err) {
     throw asIntegrity(err);
   }

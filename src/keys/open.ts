@@ -105,7 +105,7 @@ async function upgrade(env: KeyEnv, stored: StoredRing | null): Promise<StoredRi
   }
   const paperKeys = recoveryKeys(root);
   const paper: PairedPaper = { authKey: b64uEncode(paperKeys.authPublicKey), exchangeKey: b64uEncode(paperKeys.exchange.publicKey), n: 0 };
-  const result = await joinWithPaper(env, paperKeys, { legacy: { ring: legacy, marks: {} }, name: readState(env.home)?.vault?.deviceName ?? 'device' });
+  const { stored: result } = await joinWithPaper(env, paperKeys, { legacy: { ring: legacy, marks: {} }, name: readState(env.home)?.vault?.deviceName ?? 'device' });
   await env.keystore.delete(SECRET_ROOT_KEY);
   await env.keystore.delete(SECRET_PHRASE);
   const st = readState(env.home);
@@ -119,8 +119,8 @@ async function upgrade(env: KeyEnv, stored: StoredRing | null): Promise<StoredRi
  * the vault's keys — epoch 1 posted from `legacy` when the vault has none
  * (a format-1 vault), else the newest epoch opened from the paper's wrap.
  */
-export async function joinWithPaper(env: KeyEnv, paperKeys: RecoveryKeys, opts: { legacy?: StoredRing; name: string; certify?: boolean }): Promise<StoredRing> {
-  const paper: PairedPaper = { authKey: b64uEncode(paperKeys.authPublicKey), exchangeKey: b64uEncode(paperKeys.exchange.publicKey), n: 0 };
+export async function joinWithPaper(env: KeyEnv, paperKeys: RecoveryKeys, opts: { legacy?: StoredRing; name: string; certify?: boolean }): Promise<{ stored: StoredRing; paper: PairedPaper }> {
+  const paper: PairedPaper = { authKey: b64uEncode(paperKeys.authPublicKey), exchangeKey: b64uEncode(paperKeys.exchange.publicKey), n: await paperNumber(env, b64uEncode(paperKeys.authPublicKey)) };
   const relayTime = () => env.now() + (env.session.client.clockOffsetMs ?? 0);
   if (opts.legacy && opts.certify !== false) {
     const cert = makeCert({ vaultId: env.vaultId, deviceSeed: env.deviceSeed, deviceId: env.deviceId, name: opts.name, issuedAt: relayTime(), issuer: RECOVERY, issuerSeed: paperKeys.authSeed });
@@ -133,16 +133,23 @@ export async function joinWithPaper(env: KeyEnv, paperKeys: RecoveryKeys, opts: 
     if (!opts.legacy) throw new IntegrityError('the relay says this vault has no keys yet');
     // Epoch 1 of a format-1 vault: its phrase-derived keys, posted by the paper (the first device to upgrade wins).
     try {
-      const started = await postFirstEpoch(env, opts.legacy, paper, paperKeys);
-      return started;
+      return { stored: await postFirstEpoch(env, opts.legacy, paper, paperKeys), paper };
     } catch (err) {
       if (!(err instanceof RelayHttpError && err.status === 409)) throw err;
       env.session.forgetToken();
     }
   }
-  const picked = await pickUp(env, opts.legacy ?? null, { id: RECOVERY, exchange: paperKeys.exchange }, paper);
+  const picked = await pickUp(env, null, { id: RECOVERY, exchange: paperKeys.exchange }, paper);
   await saveRing(env.keystore, picked.stored);
-  return picked.stored;
+  return { stored: picked.stored, paper };
+}
+
+/** How many times the paper was replaced before this one (0 for the vault's first paper): the replacement record naming its key. */
+async function paperNumber(env: KeyEnv, authKey: string): Promise<number> {
+  const doc = await env.session.call('GET', '/recovery');
+  const records = Array.isArray(doc.records) ? (doc.records as Record<string, unknown>[]) : [];
+  const mine = records.find((r) => r.authKey === authKey && typeof r.n === 'number');
+  return mine ? (mine.n as number) : 0;
 }
 
 /** Epoch 1, signed by the paper, sealed to this device and the paper. */

@@ -59,11 +59,14 @@ export interface Paper {
  * replacement in order; a replacement not signed by the paper before it and
  * by its own key is refused (MembershipError).
  */
-export function paperChain(vaultId: string, first: { authKey: string; exchangeKey: string }, records: RecoveryRecord[]): Paper[] {
-  const chain: Paper[] = [{ ...first }];
-  for (const r of [...records].sort((a, b) => a.n - b.n)) {
+export function paperChain(vaultId: string, first: { authKey: string; exchangeKey: string; n?: number }, records: RecoveryRecord[]): Paper[] {
+  const start = first.n ?? 0;
+  const bad = records.find((x) => x.n < 1 || x.vaultId !== vaultId);
+  if (bad) throw new MembershipError(`paper replacement ${bad.n} is out of order`);
+  const chain: Paper[] = [{ authKey: first.authKey, exchangeKey: first.exchangeKey }];
+  for (const r of [...records].filter((x) => x.n > start).sort((a, b) => a.n - b.n)) {
     const prev = chain[chain.length - 1]!;
-    if (r.vaultId !== vaultId || r.n !== chain.length) throw new MembershipError(`paper replacement ${r.n} is out of order`);
+    if (r.vaultId !== vaultId || r.n !== start + chain.length) throw new MembershipError(`paper replacement ${r.n} is out of order`);
     const fields = recoveryFields(r);
     const oldKey = key(prev.authKey);
     const newKey = key(r.authKey);
@@ -76,13 +79,28 @@ export function paperChain(vaultId: string, first: { authKey: string; exchangeKe
   return chain;
 }
 
-/** True when a paper of the chain signed `fields`; an old paper's certificate counts only for members its replacement kept. */
-function paperSigned(chain: Paper[], purpose: 'device-cert' | 'revoke' | 'epoch', fields: (string | number)[], signature: string, deviceId?: string): boolean {
+/**
+ * True when a paper of the chain signed `fields`. A replaced paper keeps
+ * only what its replacement allowed: its certificate counts for a device
+ * every later replacement kept; its revocation only for a device none of
+ * them kept; an epoch it signed only as an older record (`retired`), never
+ * as the newest.
+ */
+function paperSigned(
+  chain: Paper[],
+  purpose: 'device-cert' | 'revoke' | 'epoch',
+  fields: (string | number)[],
+  signature: string,
+  opts: { deviceId?: string; retiredOk?: boolean } = {},
+): boolean {
   return chain.some((p, i) => {
     const k = key(p.authKey);
     if (!k || !verifyPurpose(k, purpose, fields, sig(signature))) return false;
-    if (purpose !== 'device-cert' || deviceId === undefined) return true;
-    return chain.slice(i, -1).every((q) => q.keptMembers?.has(deviceId));
+    const later = chain.slice(i, -1);
+    if (later.length === 0) return true;
+    if (purpose === 'device-cert') return opts.deviceId !== undefined && later.every((q) => q.keptMembers?.has(opts.deviceId!));
+    if (purpose === 'revoke') return opts.deviceId !== undefined && !later.some((q) => q.keptMembers?.has(opts.deviceId!));
+    return Boolean(opts.retiredOk);
   });
 }
 
@@ -104,45 +122,47 @@ export interface Membership {
  */
 export function membership(vaultId: string, chain: Paper[], certs: DeviceCert[], revocations: Revocation[], knownRevoked: Iterable<string> = []): Membership {
   const byId = new Map(certs.filter((c) => c.vaultId === vaultId).map((c) => [c.deviceId, c]));
-  const certified = new Map<string, DeviceCert>();
-  // Paper-signed certificates first, then vouches by members, until nothing changes.
+  const paperCerts = new Map<string, DeviceCert>();
   for (const c of byId.values()) {
-    if (c.issuer === RECOVERY && key(c.signingKey) && key(c.exchangeKey) && paperSigned(chain, 'device-cert', certFields(c), c.signature, c.deviceId)) {
-      certified.set(c.deviceId, c);
+    if (c.issuer === RECOVERY && key(c.signingKey) && key(c.exchangeKey) && paperSigned(chain, 'device-cert', certFields(c), c.signature, { deviceId: c.deviceId })) {
+      paperCerts.set(c.deviceId, c);
     }
   }
-  const revoked = new Map<string, Revocation>();
   const revokedIds = new Set(knownRevoked);
-  const verifyRevocations = () => {
+  // Certificates from the paper, then vouches by members that are not revoked; revocations by
+  // certified devices; again from scratch while the revoked set grows (it only grows), so the
+  // answer does not depend on the order the records came in.
+  for (;;) {
+    const certified = new Map(paperCerts);
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (const c of byId.values()) {
+        if (certified.has(c.deviceId) || c.issuer === RECOVERY || c.issuer === c.deviceId) continue;
+        const issuer = certified.get(c.issuer);
+        if (!issuer || revokedIds.has(c.issuer) || !key(c.signingKey) || !key(c.exchangeKey)) continue;
+        if (verifyPurpose(key(issuer.signingKey)!, 'device-cert', certFields(c), sig(c.signature))) {
+          certified.set(c.deviceId, c);
+          changed = true;
+        }
+      }
+    }
+    const revoked = new Map<string, Revocation>();
     for (const r of revocations) {
       if (r.vaultId !== vaultId || revoked.has(r.deviceId)) continue;
       const fields = revocationFields(r);
       const ok =
         r.issuer === RECOVERY
-          ? paperSigned(chain, 'revoke', fields, r.signature)
+          ? paperSigned(chain, 'revoke', fields, r.signature, { deviceId: r.deviceId })
           : certified.has(r.issuer) && verifyPurpose(key(certified.get(r.issuer)!.signingKey)!, 'revoke', fields, sig(r.signature));
-      if (ok) {
-        revoked.set(r.deviceId, r);
-        revokedIds.add(r.deviceId);
-      }
+      if (ok) revoked.set(r.deviceId, r);
     }
-  };
-  for (let changed = true; changed; ) {
-    changed = false;
-    verifyRevocations();
-    for (const c of byId.values()) {
-      if (certified.has(c.deviceId) || c.issuer === RECOVERY || c.issuer === c.deviceId) continue;
-      const issuer = certified.get(c.issuer);
-      if (!issuer || revokedIds.has(c.issuer) || !key(c.signingKey) || !key(c.exchangeKey)) continue;
-      if (verifyPurpose(key(issuer.signingKey)!, 'device-cert', certFields(c), sig(c.signature))) {
-        certified.set(c.deviceId, c);
-        changed = true;
-      }
+    const before = revokedIds.size;
+    for (const id of revoked.keys()) revokedIds.add(id);
+    if (revokedIds.size === before) {
+      const members = new Set([...certified.keys()].filter((id) => !revokedIds.has(id)));
+      return { certified, revoked, members };
     }
   }
-  verifyRevocations();
-  const members = new Set([...certified.keys()].filter((id) => !revokedIds.has(id)));
-  return { certified, revoked, members };
 }
 
 /**
@@ -170,7 +190,7 @@ export function checkEpochRecord(
   const fields = epochFields(r);
   const signed =
     r.issuer === RECOVERY
-      ? paperSigned(chain, 'epoch', fields, r.signature)
+      ? paperSigned(chain, 'epoch', fields, r.signature, { retiredOk: !newest })
       : (newest ? m.members.has(r.issuer) : m.certified.has(r.issuer)) && verifyPurpose(key(m.certified.get(r.issuer)!.signingKey)!, 'epoch', fields, sig(r.signature));
   if (!signed) throw new MembershipError(`epoch ${r.epoch} is not signed by the paper or a member device`);
   return recipients;

@@ -9,6 +9,7 @@
  * `wait` ms pass, so a waiting side makes one request every few seconds.
  */
 import { b64uDecode, b64uEncode, bytesToHex, hexToBytes } from '../crypto/bytes.js';
+import { PAIR_MAX_FINAL_BYTES } from '../crypto/pairing.js';
 import { UnreachableError } from '../errors.js';
 import { isDeviceId, isPairingSessionId } from '../protocol/ids.js';
 import { mapRelayError, RelayHttpError, type DeviceSession, type RelayClient } from './client.js';
@@ -20,7 +21,7 @@ const STATES: readonly PairingState[] = ['open', 'joined', 'confirmed', 'failed'
 export const POLL_WAIT_MS = 10_000;
 const POLL_TIMEOUT_MS = POLL_WAIT_MS + 15_000;
 /** The largest message either side accepts from the relay (the handshake's own limits are smaller). */
-const MAX_MESSAGE_BYTES = 16 * 1024;
+const MAX_MESSAGE_BYTES = PAIR_MAX_FINAL_BYTES;
 
 export const NAMEPLATE = /^[1-9][0-9]{0,8}$/;
 

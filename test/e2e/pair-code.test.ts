@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { baseEnv, CASA, storageText, useRelay, type RunResult } from '../helpers/cli.js';
@@ -73,7 +73,7 @@ const wordsOf = (code: string) => code.split('-').slice(1);
 describe('casa pair --offer / --code', () => {
   it('adds a device without the phrase: same vault, confirmation on both sides, and the new device works', async () => {
     const { a, phrase, vaultId } = await pairedPair('happy');
-    const offer = start(a, ['pair', '--offer', '--json']);
+    const offer = start(a, ['pair', '--offer', '--yes', '--json']);
     const first = await offer.firstLine;
     expect(first).toMatchObject({ message_type: 'pairing_code', relay: relay.url });
     const code = String(first.code);
@@ -99,7 +99,7 @@ describe('casa pair --offer / --code', () => {
     const w = wordsOf(code);
     for (const form of [w.join('-'), w.join(' '), w.join('')]) expect(stored).not.toContain(form);
 
-    // Exactly as if joined by phrase: status, devices, snapshot/pull across the two, show-phrase.
+    // Exactly as if joined by phrase: status, devices, snapshot/pull across the two.
     const st = await b.run(['status', '--json']);
     expect(JSON.parse(st.stdout)).toMatchObject({ paired: true, vault_id: vaultId });
     const devs = JSON.parse((await a.run(['devices', '--json'])).stdout).devices as { id: string; name: string }[];
@@ -111,14 +111,17 @@ describe('casa pair --offer / --code', () => {
     expect(sha256(readFileSync(b.env.CASA_DB))).toBe(sha256(await consistentCopy(a.env.CASA_DB)));
     const restored = await b.run(['restore', '--yes', '--json']);
     expect(restored.code, restored.stderr).toBe(0);
+    // The new device was given the vault's keys and a vouch, never the phrase: no file of its home holds it.
     const shown = await b.run(['show-phrase', '--yes']);
-    expect(shown.code).toBe(0);
-    expect(shown.stdout.trim().split(/\s+/).filter((x) => /^[a-z]+$/.test(x))).toEqual(phrase.split(' '));
+    expect(shown.code).toBe(1);
+    expect(shown.stderr).toMatch(/does not keep the recovery phrase/);
+    expect(storageText(b.home)).not.toContain(phrase);
+    expect(devs.length).toBe(2);
   });
 
   it('a wrong code fails both sides with exit 4, and the right code after that fails too', async () => {
     const { a } = await pairedPair('wrong');
-    const offer = start(a, ['pair', '--offer', '--json']);
+    const offer = start(a, ['pair', '--offer', '--yes', '--json']);
     const code = String((await offer.firstLine).code);
     const [nameplate, w1, w2, w3] = code.split('-');
     const other = w3 === 'abandon' ? 'ability' : 'abandon';
@@ -141,7 +144,7 @@ describe('casa pair --offer / --code', () => {
 
   it('joins from the QR code text, which names the relay (no --server needed)', async () => {
     const { a, vaultId } = await pairedPair('qr');
-    const offer = start(a, ['pair', '--offer', '--json', '--timeout', '2m']);
+    const offer = start(a, ['pair', '--offer', '--yes', '--json', '--timeout', '2m']);
     const first = await offer.firstLine;
     const b = relay.machine('qr-b');
     const r = await b.run(['pair', '--code', String(first.qr).toUpperCase().replace(/^CASA:\/\/PAIR/, 'casa://pair').replace(/\?RELAY=.*$/, `?relay=${encodeURIComponent(relay.url)}`), '--json'], {
@@ -155,7 +158,7 @@ describe('casa pair --offer / --code', () => {
 
   it('Ctrl-C on the offering side cancels the session (exit 130); the code no longer works', async () => {
     const { a } = await pairedPair('cancel');
-    const offer = start(a, ['pair', '--offer', '--json']);
+    const offer = start(a, ['pair', '--offer', '--yes', '--json']);
     const code = String((await offer.firstLine).code);
     offer.signal('SIGINT');
     const r = await offer.done;
@@ -200,12 +203,31 @@ describe('casa pair --offer / --code', () => {
     q.write(KEY.down + KEY.down + KEY.enter);
     await q.expect(/Pairing code/);
     q.write(m[1]!.replace(/-/g, ' ') + KEY.enter);
-    await q.expect(/joined vault [0-9a-f]{32}/);
+    // Both show the confirmation before anything leaves; the offering side asks.
     const conf = (await q.expect(/confirmation: (\d{3} \d{3})/))[1]!;
+    await p.expect(/Add "tty-new" to this vault\?/);
+    expect(p.screen).toContain(conf);
+    p.write('y' + KEY.enter);
+    await q.expect(/joined vault [0-9a-f]{32}/);
     expect((await q.done).code).toBe(0);
     await p.expect(/"tty-new" joined vault/);
-    expect(p.screen).toContain(`confirmation ${conf}`);
     expect((await p.done).code).toBe(0);
+  });
+
+  it('a pairing declined at the confirmation releases nothing: the offering side exits 130, the new device stays unpaired', async () => {
+    const { a } = await pairedPair('decline');
+    const p = new Pty(['pair', '--offer'], a.env);
+    const m = await p.expect(/pairing code: ([1-9]\d*-[a-z]+-[a-z]+-[a-z]+)/);
+    const b = relay.machine('decline-b');
+    const joined = b.run(['pair', '--code', m[1]!, '--device-name', 'stranger']);
+    await p.expect(/Add "stranger" to this vault\?/);
+    p.write('n' + KEY.enter);
+    expect((await p.done).code).toBe(130);
+    const j = await joined;
+    expect(j.code).toBe(4);
+    expect(existsSync(join(b.home, 'state.json')) ? JSON.parse(readFileSync(join(b.home, 'state.json'), 'utf8')).vault : undefined).toBeUndefined();
+    const devs = JSON.parse((await a.run(['devices', '--json'])).stdout).devices as { name: string }[];
+    expect(devs.map((d) => d.name)).not.toContain('stranger');
   });
 
   describe('a relay that tampers with the PAKE messages: pairing fails, never succeeds with a wrong key', () => {
@@ -251,7 +273,7 @@ describe('casa pair --offer / --code', () => {
 
     async function attempt(name: string, edit: Parameters<typeof mitm>[0]) {
       const { a } = await pairedPair(name);
-      const offer = start(a, ['pair', '--offer', '--json', '--timeout', '60s']);
+      const offer = start(a, ['pair', '--offer', '--yes', '--json', '--timeout', '60s']);
       const code = String((await offer.firstLine).code);
       const proxy = await mitm(edit);
       const b = relay.machine(`${name}-b`, proxy.url);

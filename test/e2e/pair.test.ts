@@ -4,7 +4,7 @@
  * CASA_HOME, every bad input with its exit code, and no secret in any output.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { runCasa, tempDir, useRelay } from '../helpers/cli.js';
@@ -93,6 +93,20 @@ describe('an unpaired machine', () => {
     expect(r.stderr).toMatch(/casa: hint: use `casa pair --new --phrase-out FILE`/);
   });
 });
+
+/** Every file under a directory, as text (to show a secret is in none of them). */
+function storageOf(dir: string): string {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push(readFileSync(p, 'latin1'));
+    }
+  };
+  walk(dir);
+  return out.join('\n');
+}
 
 describe('two machines share a vault', () => {
   let a: ReturnType<typeof newMachine>;
@@ -210,20 +224,35 @@ describe('two machines share a vault', () => {
     expect(j.devices.filter((d: { current: boolean }) => d.current).map((d: { name: string }) => d.name)).toEqual(['desktop']);
   });
 
-  it('show-phrase: refuses without a terminal or --yes, shows with --yes', async () => {
-    const r = await b.run(['show-phrase']);
+  it('show-phrase: a device keeps the phrase only with --keep-phrase; refuses without a terminal or --yes, shows with --yes, forgets', async () => {
+    // b joined without --keep-phrase: it says so, and no file of its home holds the phrase.
+    const none = await b.run(['show-phrase', '--yes']);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/^casa: error: this device does not keep the recovery phrase/m);
+    expect(none.stderr).toMatch(/^casa: hint: /m);
+    expect(storageOf(b.home)).not.toContain(phrase);
+    const c = newMachine('keeps');
+    const j = await c.run(['pair', '--join', '--phrase-file', phraseFile, '--keep-phrase', '--device-name', 'keeper']);
+    expect(j.code, j.stderr).toBe(0);
+    expect(JSON.parse((await c.run(['status', '--json'])).stdout).keys.phrase_held).toBe(true);
+    const r = await c.run(['show-phrase']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/hint: run it in a terminal, or pass --yes/);
-    const y = await b.run(['show-phrase', '--yes']);
+    const y = await c.run(['show-phrase', '--yes']);
     expect(y.code).toBe(0);
     expect(y.stdout.trim()).toBe(phrase);
+    expect((await c.run(['show-phrase', '--forget'])).code).toBe(0);
+    expect((await c.run(['show-phrase', '--yes'])).code).toBe(1);
+    expect(JSON.parse((await c.run(['status', '--json'])).stdout).keys.phrase_held).toBe(false);
+    const cid = pairedState(c.home)!.deviceId!;
+    expect((await a.run(['devices', 'revoke', cid])).code).toBe(0);
   });
 
   it('revokes a device: refused on its next request (exit 4), status says so', async () => {
     const bId = pairedState(b.home)!.deviceId!;
     const r = await a.run(['devices', 'revoke', bId.slice(0, 6), '--json']);
-    expect(r.code).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ message_type: 'device_revoked', device: { id: bId } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ message_type: 'device_revoked', device: { id: bId }, epoch: 3 });
     const d = await b.run(['devices']);
     expect(d.code).toBe(4);
     expect(d.stderr).toMatch(/^casa: error: this device was revoked from the vault/m);
