@@ -1,6 +1,7 @@
 /**
  * Authenticated vault routes (Bearer token, docs/RELAY-API.md "Authenticated
- * routes"): the device list, revocation, and the live WebSocket.
+ * routes"): the device list, revocation; and the live WebSocket, which
+ * authenticates with its first message instead.
  */
 import { Hono } from 'hono';
 import { isDeviceId } from '../../src/protocol/ids.js';
@@ -8,7 +9,8 @@ import { TIME_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
 import { listDevices, revokeDevice } from '../db.js';
 import type { AppEnv } from '../env.js';
-import { badRequest, notFound } from '../http.js';
+import { badRequest, notFound, vaultIdParam } from '../http.js';
+import { limitByIp } from '../limits.js';
 import { connectHub, disconnectDevice } from '../hub.js';
 
 export const deviceRoutes = new Hono<AppEnv>();
@@ -37,9 +39,17 @@ deviceRoutes.post('/:vaultId/devices/:deviceId/revoke', requireDevice(), async (
   return c.json({ id: row.id, revokedAt: row.revoked_at });
 });
 
-deviceRoutes.get('/:vaultId/live', requireDevice({ allowQueryToken: true }), async (c) => {
+/**
+ * The live socket: upgraded without credentials (a token is never in a URL),
+ * it authenticates with its first message in the vault's hub (worker/hub.ts).
+ * Rate limited by client IP; a token in the query is refused (400) rather
+ * than ignored, so a client that still sends one learns it at once.
+ */
+deviceRoutes.get('/:vaultId/live', limitByIp('API_LIMITER'), async (c) => {
+  const vaultId = vaultIdParam(c);
+  if (c.req.query('token') !== undefined) throw badRequest('a token is never sent in a URL: send {"type":"auth","token"} as the first message');
   if (c.req.header('Upgrade')?.toLowerCase() !== 'websocket') throw badRequest('expected a WebSocket upgrade');
-  const res = await connectHub(c.env, c.var.vaultId, c.var.deviceId, c.req.raw);
+  const res = await connectHub(c.env, vaultId, c.req.raw);
   if (res.status !== 101 || res.webSocket === null) throw new Error(`hub answered ${res.status}`);
   return new Response(null, { status: 101, webSocket: res.webSocket, headers: { [TIME_HEADER]: String(Date.now()) } });
 });
