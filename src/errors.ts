@@ -46,7 +46,8 @@ export type ErrorCode =
   | 'rate_limited'
   | 'clock_skew'
   | 'wrong_code'
-  | 'pairing_closed';
+  | 'pairing_closed'
+  | 'unsafe_directory';
 
 /** A relay's error answer, kept as data on the CasaError it became (whether to retry is read from it). */
 export interface RelayAnswer {

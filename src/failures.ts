@@ -67,7 +67,9 @@ export type FailureKind =
   /** No answer: connection refused, reset, timed out. */
   | 'unreachable'
   /** Something answered, but not as a casa relay does. */
-  | 'not_a_relay';
+  | 'not_a_relay'
+  /** A working directory (CASA_HOME, CASA_TMPDIR) another user owns or may write to (src/private-dir.ts). */
+  | 'unsafe_directory';
 
 /** The one table: each kind's exit code (casa(1) EXIT STATUS) and `--json` reason. */
 export const FAILURES: Readonly<Record<FailureKind, { exit: ExitCode; reason: ErrorCode }>> = {
@@ -85,6 +87,7 @@ export const FAILURES: Readonly<Record<FailureKind, { exit: ExitCode; reason: Er
   relay_refused: { exit: EXIT.failure, reason: 'failure' },
   unreachable: { exit: EXIT.unreachable, reason: 'relay_unreachable' },
   not_a_relay: { exit: EXIT.unreachable, reason: 'relay_protocol' },
+  unsafe_directory: { exit: EXIT.failure, reason: 'unsafe_directory' },
 };
 
 /** The CasaError of a kind, of the class its exit code has (AuthError for 4, IntegrityError for 6, …). */

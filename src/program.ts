@@ -32,7 +32,8 @@ Environment (flags win):
   CASA_SERVER    relay URL (--server), default http://127.0.0.1:8787
   CASA_DB        the Casaconomy database (--db)
   CASA_KEYSTORE  keychain | file (--keystore)
-  CASA_TMPDIR    where snapshot and pull put a working copy, if they need one
+  CASA_TMPDIR    where snapshot and pull put a working copy, if they need one (private: 0700, yours)
+  CASA_INSECURE_HTTP  1 = --insecure-http
   CASA_TRACE     1 = timing marks on stderr; mem = also the peak RSS`;
 
 export type Action = (ctx: Context, args: unknown[], opts: Record<string, unknown>) => Promise<void>;
@@ -49,6 +50,7 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
     .option('--json', 'one JSON document on stdout; errors as JSON on stderr')
     .option('-q, --quiet', 'print nothing on success')
     .option('-y, --yes', 'never prompt: assume yes to confirmations')
+    .option('--insecure-http', 'allow a relay over plain http that is not on this machine (CASA_INSECURE_HTTP=1)')
     .addHelpText('after', EXIT_CODES + '\n' + ENVIRONMENT + '\n\nSee casa(1) and casa-COMMAND(1).');
 
   const wire = (cmd: Command, action: Action) =>

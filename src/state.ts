@@ -111,7 +111,11 @@ function isState(d: unknown): d is HomeState {
   );
 }
 
-/** Records a snapshot seq seen on the relay; the highest one is kept. */
+/**
+ * Records a snapshot seq this device authenticated (a manifest it opened:
+ * restored, verified, or sealed and committed itself); the highest one is
+ * kept. Never a seq the relay merely listed (docs/SECURITY.md §7).
+ */
 export function noteSeenSeq(home: string, seq: number): void {
   const st = readState(home);
   if (!st?.vault || (st.vault.highestSeq ?? 0) >= seq) return;

@@ -17,7 +17,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import { isDeviceId, isVaultId } from '../src/protocol/ids.js';
 import { SIGNED_TIME_WINDOW_MS, signedMessage, type SignedPurpose } from '../src/protocol/messages.js';
 import { getDevice } from './db.js';
-import type { AppEnv } from './env.js';
+import type { AppEnv, Env } from './env.js';
 import { b64uDecode, b64uEncode, badRequest, notFound, randomBytes, revoked, unauthorized } from './http.js';
 import { limit } from './limits.js';
 
@@ -141,24 +141,22 @@ async function verifyToken(secret: string, token: string, now: number): Promise<
   return { iss: c.iss, aud: JWT_AUDIENCE, sub: c.sub, vid: c.vid, iat: c.iat, exp: c.exp, jti: c.jti };
 }
 
-/** `Authorization: Bearer <token>`, or `?token=` (WebSocket upgrades only, where headers cannot always be set). */
-function bearer(c: Context, allowQuery: boolean): string | null {
+/** `Authorization: Bearer <token>`; never a token in the URL (docs/SECURITY.md §5). */
+function bearer(c: Context): string | null {
   const h = c.req.header('Authorization');
-  if (h !== undefined) {
-    const m = /^Bearer ([A-Za-z0-9_.-]+)$/.exec(h.trim());
-    return m ? m[1]! : null;
-  }
-  return allowQuery ? (c.req.query('token') ?? null) : null;
+  if (h === undefined) return null;
+  const m = /^Bearer ([A-Za-z0-9_.-]+)$/.exec(h.trim());
+  return m ? m[1]! : null;
 }
 
 /**
  * Authenticated routes: token → vault match (else 404) → device row (missing
  * 401, revoked 403) → API_LIMITER by device. Sets c.var.vaultId/deviceId.
  */
-export function requireDevice(opts: { allowQueryToken?: boolean } = {}): MiddlewareHandler<AppEnv> {
+export function requireDevice(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const now = Date.now();
-    const token = bearer(c, opts.allowQueryToken === true);
+    const token = bearer(c);
     if (token === null) throw unauthorized('missing bearer token');
     const claims = await verifyToken(c.env.JWT_SECRET, token, now);
     if (claims === null) throw unauthorized('invalid or expired token');
@@ -173,4 +171,19 @@ export function requireDevice(opts: { allowQueryToken?: boolean } = {}): Middlew
     c.set('deviceId', claims.sub);
     await next();
   };
+}
+
+/**
+ * The device a token authenticates on `vaultId`, as requireDevice decides
+ * it, for the live socket's first message (worker/hub.ts): `unauthorized`
+ * for any defect, a token of another vault or an unknown device (one answer,
+ * no oracle), `revoked` for a revoked device.
+ */
+export async function deviceOfToken(env: Env, vaultId: string, token: string, now: number): Promise<{ deviceId: string } | 'unauthorized' | 'revoked'> {
+  const claims = await verifyToken(env.JWT_SECRET, token, now);
+  if (claims === null || claims.vid !== vaultId) return 'unauthorized';
+  const device = await getDevice(env.DB, claims.vid, claims.sub);
+  if (device === null) return 'unauthorized';
+  if (device.revoked_at !== null) return 'revoked';
+  return { deviceId: claims.sub };
 }

@@ -11,7 +11,8 @@ import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } fro
 import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
 import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
-import { DeviceSession, RelayClient } from '../relay/client.js';
+import { checkRelayTransport, DeviceSession, RelayClient } from '../relay/client.js';
+import { guardPrivateDir } from '../private-dir.js';
 import { Output, type Terminal } from '../ui/terminal.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
 import { failure, mapCryptoError } from '../failures.js';
@@ -24,6 +25,7 @@ export interface RawGlobals {
   json?: boolean;
   quiet?: boolean;
   yes?: boolean;
+  insecureHttp?: boolean;
 }
 
 export interface GlobalOptions {
@@ -36,19 +38,35 @@ export interface GlobalOptions {
   json: boolean;
   quiet: boolean;
   yes: boolean;
+  /** CASA_TMPDIR, if set: where a working copy of the database goes (src/snapshots/db-copy.ts scratchDir). */
+  tmpDir: string | undefined;
+  /** --insecure-http or CASA_INSECURE_HTTP=1: a relay over plain http off this machine is allowed. */
+  insecureHttp: boolean;
 }
 
+/**
+ * The global options, flags over environment over defaults. CASA_HOME and
+ * CASA_TMPDIR, when they exist, are checked here, before any command runs
+ * (src/private-dir.ts: another user's or a group/world-writable one is
+ * refused, exit 1; one of the user's own is tightened to 0700).
+ */
 export function resolveGlobals(raw: RawGlobals, env: Record<string, string | undefined>): GlobalOptions {
   const pick = (flag: string | undefined, name: string) => (flag !== undefined && flag !== '' ? flag : env[name] || undefined);
   const ks = pick(raw.keystore, 'CASA_KEYSTORE');
+  const home = resolve(pick(raw.home, 'CASA_HOME') ?? defaultHome(env));
+  const tmp = env.CASA_TMPDIR ? resolve(env.CASA_TMPDIR) : undefined;
+  guardPrivateDir(home, 'CASA_HOME');
+  if (tmp !== undefined) guardPrivateDir(tmp, 'CASA_TMPDIR');
   return {
-    home: resolve(pick(raw.home, 'CASA_HOME') ?? defaultHome(env)),
+    home,
     serverOverride: pick(raw.server, 'CASA_SERVER'),
     db: resolve(pick(raw.db, 'CASA_DB') ?? defaultDatabase(env)),
     keystore: ks === undefined ? undefined : parseKeystoreKind(ks),
     json: Boolean(raw.json),
     quiet: Boolean(raw.quiet),
     yes: Boolean(raw.yes),
+    tmpDir: tmp,
+    insecureHttp: Boolean(raw.insecureHttp) || env.CASA_INSECURE_HTTP === '1',
   };
 }
 
@@ -78,7 +96,9 @@ export class Context {
     return this.globals.serverOverride ?? state?.vault?.server ?? DEFAULT_SERVER;
   }
 
+  /** A client for `server`; plain http off this machine is refused (exit 2) unless --insecure-http (src/relay/client.ts checkRelayTransport). */
   client(server: string, timeoutMs?: number): RelayClient {
+    checkRelayTransport(server, this.globals.insecureHttp);
     return new RelayClient(server, { signal: this.deps.signal, timeoutMs, now: this.deps.now });
   }
 }

@@ -11,7 +11,7 @@ import { RECOVERY } from '../protocol/membership.js';
 import { loadRing, revokeAndRotate } from '../keys/epochs.js';
 import { keyEnv, openVaultKeys } from '../keys/open.js';
 import { readState } from '../state.js';
-import { printable } from '../ui/printable.js';
+import { sanitize as printable } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 

@@ -13,18 +13,25 @@ import { indexPath, writeIndex } from '../snapshots/page-index.js';
 import { WorkerPool } from '../snapshots/pool.js';
 import { installDatabase, PULL_CHECK_WORKERS, removeStaleTemps, removeWithSidecars, restoreToTemp, shortId, tempPathBeside } from '../snapshots/restore.js';
 import type { Manifest } from '../snapshots/manifest.js';
-import type { SnapshotInfo } from '../relay/snapshots.js';
 import { acquireLock } from '../lock.js';
 import { progress } from '../ui/progress.js';
-import { formatBytes } from '../ui/format.js';
+import { formatBytes, sanitize } from '../ui/format.js';
 import { tracer, type Context } from './context.js';
-import { noteVerifiedSeq, type OpenVault } from './vault.js';
+import { noteVerifiedSeq, type OpenedSnapshot, type OpenVault } from './vault.js';
 
-/** The `--json` document (a benchmark parses it: keep the fields). */
+/**
+ * The `--json` document (a benchmark parses it: keep the fields; new ones
+ * are only added). `snapshot_time`, `device_id`: from the authenticated
+ * manifest (when and on which device the snapshot was taken);
+ * `device_name`: the relay's name for that device, or null.
+ */
 export interface RestoreReport {
   message_type: 'restore';
   snapshot_id: string;
   seq: number;
+  snapshot_time: number;
+  device_id: string;
+  device_name: string | null;
   db_path: string;
   db_bytes: number;
   downloaded_bytes: number;
@@ -37,6 +44,9 @@ export function restoredFields(ctx: Context, done: Installed, started: number): 
   return {
     snapshot_id: done.manifest.snapshotId,
     seq: done.manifest.seq,
+    snapshot_time: done.manifest.time,
+    device_id: done.manifest.deviceId,
+    device_name: done.deviceName,
     db_path: ctx.globals.db,
     db_bytes: done.manifest.dbBytes,
     downloaded_bytes: done.downloadedBytes,
@@ -56,23 +66,28 @@ export function printRestored(ctx: Context, r: Omit<RestoreReport, 'message_type
 
 export interface Installed {
   manifest: Manifest;
+  /** The relay's name of the device the manifest names (sanitized), or null. */
+  deviceName: string | null;
   downloadedBytes: number;
   backupPath: string | null;
 }
 
 /**
- * Restores `snap` over the database under its lock (exit 8 if another casa
- * holds it): removes temps a killed run left, assembles and checks beside the
- * target, replaces it keeping a backup, then records the local page index.
- * `beforeInstall` runs under the lock, before anything is downloaded
+ * Restores the opened snapshot over the database under its lock (exit 8 if
+ * another casa holds it): removes temps a killed run left, assembles and
+ * checks beside the target, replaces it keeping a backup (and at most
+ * BACKUPS_KEPT of them: src/snapshots/restore.ts installDatabase), then
+ * records the local page index and the seq, authenticated.
+ * `beforeInstall` runs under the lock, before any pack is downloaded
  * (`casa pull` checks for local changes there).
  */
 export async function restoreInto(
   ctx: Context,
   v: OpenVault,
-  snap: SnapshotInfo,
+  opened: OpenedSnapshot,
   o: { thorough: boolean; command: string; beforeInstall?: (pool: WorkerPool) => Promise<void> },
 ): Promise<Installed> {
+  const snap = opened.snap;
   const dbPath = ctx.globals.db;
   const lock = acquireLock(ctx.globals.home, dbPath, o.command);
   // `casa sync` (or --watch) must not write to the file being replaced.
@@ -99,6 +114,7 @@ export async function restoreInto(
       api: v.api,
       keys: v.keys,
       ref: { id: snap.id, seq: snap.seq },
+      opened,
       tmpPath: tempPathBeside(dbPath, ctx.deps.random),
       thorough: o.thorough,
       signal: ctx.deps.signal,
@@ -127,7 +143,8 @@ export async function restoreInto(
     noteVerifiedSeq(ctx, restored.manifest.seq);
     trace?.('index written');
     await catchUpChangesets(ctx, v, restored.manifest);
-    return { manifest: restored.manifest, downloadedBytes: restored.downloadedBytes, backupPath };
+    const deviceName = snap.deviceId === restored.manifest.deviceId && snap.deviceName !== null ? sanitize(snap.deviceName) : null;
+    return { manifest: restored.manifest, deviceName, downloadedBytes: restored.downloadedBytes, backupPath };
   } finally {
     syncLock.release();
     lock.release();

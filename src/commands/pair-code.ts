@@ -47,7 +47,7 @@ import { deviceIdOf, isDeviceCert, type DeviceCert } from '../protocol/membershi
 import { readState, SECRET_DEVICE_KEY, type PairedPaper } from '../state.js';
 import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../relay/pairing.js';
 import { normaliseServer, RelayClient, type DeviceSession } from '../relay/client.js';
-import { printable } from '../ui/printable.js';
+import { sanitize as printable } from '../ui/format.js';
 import { renderQr } from '../ui/qr.js';
 import { deviceSession, loadPaired, type Context, type Paired } from './context.js';
 

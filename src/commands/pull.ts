@@ -4,7 +4,8 @@
  * index's manifest). Never loses local work: a database that changed since
  * (a consistent view's page hashes differ from the index's; a database with
  * no index counts as changed) is refused with exit 3 unless --force, and even
- * then the replaced file is kept as a backup. Same machinery as restore.
+ * then the replaced file is kept as a backup. Same machinery as restore;
+ * what it says about the snapshot comes from its authenticated manifest.
  */
 import { existsSync } from 'node:fs';
 import { ConflictError } from '../errors.js';
@@ -14,7 +15,7 @@ import type { WorkerPool } from '../snapshots/pool.js';
 import { shortId } from '../snapshots/restore.js';
 import type { Context } from './context.js';
 import { printRestored, restoredFields, restoreInto, type RestoreReport } from './install.js';
-import { listChecked, openVault, type OpenVault } from './vault.js';
+import { describeSnapshot, listChecked, openHead, openVault, type OpenVault } from './vault.js';
 
 export interface PullOptions {
   force?: boolean;
@@ -28,7 +29,7 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
   const dbPath = ctx.globals.db;
   const started = ctx.deps.now();
   const v = await openVault(ctx);
-  const { head } = await listChecked(ctx, v);
+  const { head, snapshots } = await listChecked(ctx, v);
   const index = readIndex(ctx.globals.home, v.keys, dbPath);
   const synced = index?.manifest.seq ?? 0;
 
@@ -41,7 +42,10 @@ export async function runPull(ctx: Context, opts: PullOptions): Promise<PullRepo
     return report;
   }
 
-  const done = await restoreInto(ctx, v, head, {
+  // The head's manifest first (a head that does not open names the newest snapshot that does: vault.ts openHead).
+  const opened = await openHead(v, head, snapshots);
+  describeSnapshot(ctx, v, opened);
+  const done = await restoreInto(ctx, v, opened, {
     thorough: false,
     command: 'pull',
     beforeInstall: async (pool) => {
@@ -101,7 +105,7 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
 
 /** Whether the database's pages differ from the index's (a consistent view, hashed). */
 async function changedSince(ctx: Context, pool: WorkerPool, dbPath: string, index: PageIndex): Promise<boolean> {
-  const copy = await readDatabase(dbPath, () => scratchDir(ctx.globals.home, statDatabase(dbPath).size, ctx.deps.term.env.CASA_TMPDIR), pool);
+  const copy = await readDatabase(dbPath, () => scratchDir(ctx.globals.home, statDatabase(dbPath).size, ctx.globals.tmpDir), pool);
   try {
     if (copy.pageCount !== index.manifest.pageCount || copy.pageSize !== index.manifest.pageSize) return true;
     return !Buffer.from(copy.hashes).equals(Buffer.from(index.hashes));

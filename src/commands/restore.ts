@@ -2,7 +2,10 @@
  * `casa restore`: the fresh-machine path (docs/ARCHITECTURE.md §3, casa-restore(1)) —
  * pair with the phrase if this home is not paired yet, then put the newest
  * snapshot (or `--snapshot ID`) in place of the database, keeping any
- * existing file as a backup beside it.
+ * existing file as a backup beside it. The snapshot's manifest is opened
+ * first: what restore says about it (seq, time, device; a warning when it is
+ * older than what this device has seen) is authenticated, and a newest
+ * snapshot that does not open names the newest that does (vault.ts openHead).
  *
  * Everything that can be refused cheaply is refused before anything is
  * written: a database in the way without a terminal or --yes (exit 2) even
@@ -13,11 +16,12 @@ import { existsSync } from 'node:fs';
 import { CancelledError, UsageError } from '../errors.js';
 import { readState } from '../state.js';
 import { shortId } from '../snapshots/restore.js';
+import { formatTime } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import type { Context } from './context.js';
 import { pairDevice } from './pair.js';
 import { printRestored, restoredFields, restoreInto, type RestoreReport } from './install.js';
-import { listChecked, noSnapshotError, openVault, resolveSnapshot } from './vault.js';
+import { describeSnapshot, listChecked, noSnapshotError, openHead, openSnapshot, openVault, resolveSnapshot } from './vault.js';
 
 export interface RestoreOptions {
   phraseStdin?: boolean;
@@ -52,18 +56,21 @@ export async function runRestore(ctx: Context, opts: RestoreOptions): Promise<Re
   const v = await openVault(ctx);
   const { head, snapshots } = await listChecked(ctx, v);
   if (!head) throw noSnapshotError();
-  const chosen = opts.snapshot === undefined ? head : resolveSnapshot(snapshots, opts.snapshot);
+  // The manifest first: what is said about the snapshot (and asked) is what it authenticates.
+  const opened = opts.snapshot === undefined ? await openHead(v, head, snapshots) : await openSnapshot(v, resolveSnapshot(snapshots, opts.snapshot));
+  describeSnapshot(ctx, v, opened);
+  const m = opened.manifest;
 
   if (existsSync(dbPath) && !ctx.globals.yes) {
     const ok = await confirm(
       out,
-      `Replace ${dbPath} with snapshot ${shortId(chosen.id)} (seq ${chosen.seq})? The current file is kept as a backup.`,
+      `Replace ${dbPath} with snapshot ${shortId(m.snapshotId)} (seq ${m.seq}, taken ${formatTime(m.time)})? The current file is kept as a backup.`,
       'pass --yes',
     );
     if (!ok) throw new CancelledError('nothing restored');
   }
 
-  const done = await restoreInto(ctx, v, chosen, { thorough: Boolean(opts.thorough), command: 'restore' });
+  const done = await restoreInto(ctx, v, opened, { thorough: Boolean(opts.thorough), command: 'restore' });
   const report: RestoreReport = { message_type: 'restore', ...restoredFields(ctx, done, started) };
   printRestored(ctx, report);
   out.result({ ...report });

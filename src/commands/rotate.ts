@@ -21,7 +21,7 @@ import { loadRing, startEpoch, verifiedMembers, vouchFor } from '../keys/epochs.
 import { keyEnv, openVaultKeys } from '../keys/open.js';
 import { RECOVERY, recoveryFields } from '../protocol/membership.js';
 import { readState, SECRET_PHRASE, writeState } from '../state.js';
-import { printable } from '../ui/printable.js';
+import { sanitize as printable } from '../ui/format.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 import { readPhrase, showAndConfirm, writePhraseFile } from './pair.js';
 

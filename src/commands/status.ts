@@ -6,7 +6,7 @@
 import { statSync } from 'node:fs';
 import { readState, SECRET_PHRASE } from '../state.js';
 import type { DeviceSession } from '../relay/client.js';
-import { printable } from '../ui/printable.js';
+import { sanitize as printable } from '../ui/format.js';
 import { RelayHttpError } from '../relay/client.js';
 import { CasaError } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';

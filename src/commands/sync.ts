@@ -345,7 +345,12 @@ class Watcher {
 
   // ---- the live socket
 
-  /** Opens the vault's live WebSocket with a fresh token; a failure to get one is retried after the backoff. */
+  /**
+   * Opens the vault's live WebSocket and authenticates it with a fresh token
+   * as its first message (docs/RELAY-API.md `/live`: never in the URL); the
+   * relay's hello says it is in. A failure to get a token is retried after
+   * the backoff; a refused one (close 4001) reconnects like any close.
+   */
   private async connect(): Promise<void> {
     if (this.stopped) return;
     let token: string;
@@ -357,15 +362,25 @@ class Watcher {
       this.reconnectLater();
       return;
     }
-    const url = `${this.env.server.replace(/^http/, 'ws')}/v1/vaults/${this.env.keys.vaultId}/live?token=${encodeURIComponent(token)}`;
+    const url = `${this.env.server.replace(/^http/, 'ws')}/v1/vaults/${this.env.keys.vaultId}/live`;
     const sock = new this.WebSocket(url);
     this.ws = sock;
-    sock.addEventListener('open', () => {
+    let authenticated = false;
+    sock.addEventListener('open', () => sock.send(JSON.stringify({ type: 'auth', token })));
+    sock.addEventListener('message', (ev) => {
+      if (authenticated) return this.announced(ev.data);
+      let m: unknown;
+      try {
+        m = JSON.parse(String(ev.data));
+      } catch {
+        return;
+      }
+      if ((m as { type?: unknown } | null)?.type !== 'hello') return;
+      authenticated = true;
       this.failures = 0;
       // Anything announced while we were away: a full round.
       void this.round('connect');
     });
-    sock.addEventListener('message', (ev) => this.announced(ev.data));
     sock.addEventListener('close', (ev) => this.closed(sock, ev.code));
     sock.addEventListener('error', () => {
       // A close event follows.

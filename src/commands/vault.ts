@@ -6,13 +6,17 @@
  * 6), and resolving `--snapshot ID`. Not a command: the commands import it.
  *
  * Invariant: only a seq whose manifest this device authenticated is ever
- * recorded as seen (noteVerifiedSeq); the relay's list is not.
+ * recorded as seen (noteVerifiedSeq); the relay's list is not. A head whose
+ * manifest does not open is stepped over, never a dead end: the failure
+ * names the newest snapshot that does open (openHead; docs/SECURITY.md §6).
  */
-import { FailureError, UsageError } from '../errors.js';
+import { AuthError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { checkNotRolledBack, SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
 import { openVaultKeys } from '../keys/open.js';
+import type { Manifest } from '../snapshots/manifest.js';
+import { formatTime, sanitize } from '../ui/format.js';
 import { deviceSession, loadPaired, type Context, type Paired } from './context.js';
 
 export interface OpenVault {
@@ -67,4 +71,77 @@ export function noSnapshotError(): FailureError {
   return new FailureError('the vault has no snapshot yet', {
     hints: ['run `casa snapshot` on a machine that has the database'],
   });
+}
+
+/** A snapshot as the relay listed it, with its manifest fetched and authenticated. */
+export interface OpenedSnapshot {
+  snap: SnapshotInfo;
+  manifest: Manifest;
+  /** The manifest's ciphertext bytes (counted as downloaded). */
+  bytes: number;
+}
+
+/** `snap`'s manifest, fetched and authenticated against its id and seq (src/snapshots/restore.ts fetchManifest: exit 6, or 4 for another key). */
+export async function openSnapshot(v: OpenVault, snap: SnapshotInfo): Promise<OpenedSnapshot> {
+  // Imported here: `casa snapshots` uses this module and never opens a manifest (nor loads SQLite).
+  const { fetchManifest } = await import('../snapshots/restore.js');
+  return { snap, ...(await fetchManifest(v.api, v.keys, { id: snap.id, seq: snap.seq })) };
+}
+
+/** A manifest that did not open: altered, malformed, lost (exit 6), or sealed under another key (exit 4). */
+function unopened(err: unknown): err is CasaError {
+  return err instanceof CasaError && err.code !== 'rollback' && (err.exitCode === EXIT.integrity || err.code === 'wrong_key');
+}
+
+/**
+ * The head's manifest, authenticated. A head whose manifest does not open is
+ * stepped over: the older snapshots are tried newest first, and the failure
+ * — its exit code and reason unchanged (src/failures.ts: a path only adds
+ * context) — names the newest one that does open, with the command that
+ * restores it. When none opens, the head's failure is thrown as it was.
+ */
+export async function openHead(v: OpenVault, head: SnapshotInfo, snapshots: SnapshotInfo[]): Promise<OpenedSnapshot> {
+  try {
+    return await openSnapshot(v, head);
+  } catch (err) {
+    if (!unopened(err)) throw err;
+    for (const s of [...snapshots].filter((x) => x.seq < head.seq).sort((a, b) => b.seq - a.seq)) {
+      let found: OpenedSnapshot;
+      try {
+        found = await openSnapshot(v, s);
+      } catch (e) {
+        if (unopened(e)) continue;
+        throw e;
+      }
+      const Class = err.exitCode === EXIT.auth ? AuthError : IntegrityError;
+      throw new Class(
+        `${err.message}; the newest snapshot that verifies is ${found.snap.id} (seq ${found.manifest.seq}, taken ${formatTime(found.manifest.time)})`,
+        {
+          code: err.code,
+          hints: [`\`casa restore --snapshot ${found.snap.id}\` restores it`, ...err.hints],
+          ...(err.relay ? { relay: err.relay } : {}),
+          cause: err,
+        },
+      );
+    }
+    throw err;
+  }
+}
+
+/**
+ * What `restore` and `pull` say about the snapshot they are about to put in
+ * place, from its authenticated manifest (seq, the time and device it was
+ * taken on; the device's name is the relay's, shown only when the relay
+ * lists that same device, and sanitized): a note on stderr, and a warning
+ * when the seq is lower than the highest this device has authenticated.
+ */
+export function describeSnapshot(ctx: Context, v: OpenVault, o: OpenedSnapshot): void {
+  const m = o.manifest;
+  const name = o.snap.deviceId === m.deviceId && o.snap.deviceName ? `${sanitize(o.snap.deviceName)} (${m.deviceId})` : m.deviceId;
+  const shortId = m.snapshotId.slice(0, 12);
+  ctx.out.note(`snapshot ${shortId}: seq ${m.seq}, taken ${formatTime(m.time)} on ${name}`);
+  const highest = v.p.vault.highestSeq ?? 0;
+  if (m.seq < highest) {
+    ctx.out.warn(`snapshot ${shortId} (seq ${m.seq}) is older than snapshot ${highest}, the newest this device has seen`);
+  }
 }

@@ -71,6 +71,15 @@ export const SEQ_HEADER = 'X-Casa-Seq';
  */
 export const WS_CLOSE_DEVICE_REVOKED = 4003;
 export const WS_CLOSE_DEVICE_REVOKED_REASON = 'device_revoked';
+/**
+ * The close code (and reason) of a live socket that did not authenticate: a
+ * first message that is not `{"type":"auth","token"}` with a valid token of
+ * the vault's, or none within LIVE_AUTH_TIMEOUT_MS (docs/RELAY-API.md).
+ */
+export const WS_CLOSE_UNAUTHORIZED = 4001;
+export const WS_CLOSE_UNAUTHORIZED_REASON = 'unauthorized';
+/** How long the relay waits for a live socket's auth message before closing it with 4001. */
+export const LIVE_AUTH_TIMEOUT_MS = 10_000;
 
 export const RELAY_SERVICE = 'casa-relay';
 export const TIME_HEADER = 'X-Casa-Time';

@@ -19,7 +19,7 @@ import { sha256Hex } from '../crypto/sha256.js';
 import { collectGarbage, collectYoung } from '../gc.js';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { CancelledError, FailureError } from '../errors.js';
+import { CancelledError, FailureError, UsageError } from '../errors.js';
 import { mapRelayError, notARelay, RelayHttpError, unreachable } from '../failures.js';
 import { RELAY_SERVICE, SHA256_HEADER, TIME_HEADER } from '../protocol/messages.js';
 import { b64uEncode } from '../crypto/bytes.js';
@@ -266,6 +266,43 @@ export function normaliseServer(server: string): string {
     });
   }
   return u.origin + u.pathname.replace(/\/+$/, '');
+}
+
+/**
+ * Whether `hostname` (as URL.hostname gives it) is this machine's loopback:
+ * `localhost`, 127.0.0.0/8, ::1 (and ::1's IPv4-mapped 127/8 form).
+ */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase();
+  return (
+    h === 'localhost' ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) ||
+    h === '[::1]' ||
+    /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(h)
+  );
+}
+
+/**
+ * docs/SECURITY.md §5: a relay is reached over TLS, or on this machine. A
+ * plain `http://` URL whose host is not loopback is refused (exit 2) unless
+ * `insecure` (--insecure-http, CASA_INSECURE_HTTP=1): tokens, device names
+ * and the relay's answers would cross the network in the clear. A URL that
+ * does not parse is left to normaliseServer to report.
+ */
+export function checkRelayTransport(server: string, insecure: boolean): void {
+  let u: URL;
+  try {
+    u = new URL(server);
+  } catch {
+    return;
+  }
+  if (u.protocol !== 'http:' || insecure || isLoopbackHost(u.hostname)) return;
+  throw new UsageError(`refusing to reach the relay at ${u.origin} over plain http`, {
+    hints: [
+      'use an https:// URL, or a relay on this machine (127.0.0.1, ::1, localhost)',
+      'on a network you trust, pass --insecure-http (or set CASA_INSECURE_HTTP=1): tokens and metadata then cross it unencrypted',
+    ],
+  });
 }
 
 /**

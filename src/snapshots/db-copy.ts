@@ -27,13 +27,14 @@
  * versions, and (hashDatabase) the SHA-256 of every page, on the worker pool
  * in 8 MiB ranges, and the database digest made from them.
  */
-import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statfsSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statfsSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { FailureError } from '../errors.js';
 import { processAlive } from '../lock.js';
+import { ensurePrivateDir } from '../private-dir.js';
 import { hashPages, pagesDigest, PAGE_HASH_BYTES } from './page-hash.js';
 import type { WorkerPool } from './pool.js';
 import { statDatabase, type DbStat } from './page-index.js';
@@ -213,9 +214,14 @@ function openLiveView(dbPath: string): DbSource | null {
   return null;
 }
 
-/** Copies `dbPath` through SQLite's backup API into `tmpDir`. The caller closes the view (which removes the copy). */
+/**
+ * Copies `dbPath` through SQLite's backup API into `tmpDir` (created 0700, or
+ * checked to be private: src/private-dir.ts), as a file only the user can
+ * read (0600, before a page is in it; SQLite gives its journal the same
+ * mode). The caller closes the view (which removes the copy).
+ */
 async function copyDatabase(dbPath: string, tmpDir: string, onProgress: (bytes: number) => void): Promise<DbSource> {
-  mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
+  ensurePrivateDir(tmpDir, 'the working directory');
   sweepStaleCopies(tmpDir);
   // The pid in the name lets a later run remove the copy if this process is killed.
   const path = join(tmpDir, `copy-${process.pid}-${randomBytes(6).toString('hex')}.db`);
@@ -226,6 +232,8 @@ async function copyDatabase(dbPath: string, tmpDir: string, onProgress: (bytes: 
   const stat = statDatabase(dbPath);
   const db = openDatabaseReadonly(dbPath);
   try {
+    // An empty file is an empty database to SQLite: the backup fills it, keeping its mode.
+    closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));
     let copied = 0;
     const pageSize = Number(db.pragma('page_size', { simple: true }));
     // better-sqlite3 builds with a 16 MiB page cache per connection; the backup only streams pages through it.

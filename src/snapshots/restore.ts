@@ -26,6 +26,7 @@
  * removed by the next run on that database (under its lock).
  */
 import {
+  chmodSync,
   closeSync,
   constants,
   copyFileSync,
@@ -119,6 +120,8 @@ export interface RestoreParams {
   onStart?: (m: Manifest) => (bytes: number) => void;
   /** Timing marks for `CASA_TRACE=1`. */
   trace?: (label: string) => void;
+  /** The manifest of `ref`, already fetched and opened by the caller (fetchManifest); else step 1 fetches it. */
+  opened?: { manifest: Manifest; bytes: number };
 }
 
 export interface Restored {
@@ -133,7 +136,8 @@ export interface Restored {
 /** Steps 1–3: a checked, fsynced copy of the snapshot at `tmpPath`. On any failure the temp is removed. */
 export async function restoreToTemp(p: RestoreParams): Promise<Restored> {
   try {
-    const { manifest, bytes } = await fetchManifest(p.api, p.keys, p.ref);
+    const { manifest, bytes } = p.opened ?? (await fetchManifest(p.api, p.keys, p.ref));
+    if (manifest.snapshotId !== p.ref.id || manifest.seq !== p.ref.seq) throw new Error('restoreToTemp: the manifest given is not the one of ref');
     p.trace?.('manifest fetched and opened');
     const onBytes = p.onStart?.(manifest) ?? (() => {});
     const { hashes, downloadedBytes, synced } = await assemble(p, manifest, onBytes);
@@ -172,7 +176,7 @@ async function assemble(
   const hashes = new Uint8Array(m.pageCount * PAGE_HASH_BYTES);
   let downloadedBytes = 0;
 
-  mkdirSync(dirname(p.tmpPath), { recursive: true });
+  mkdirSync(dirname(p.tmpPath), { recursive: true, mode: 0o700 });
   const fd = openSync(p.tmpPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
   const window = new Uint8Array(RESTORE_WINDOW_BYTES);
   let warmer: Warmer | undefined;
@@ -345,10 +349,15 @@ export function removeWithSidecars(path: string): void {
   for (const s of SIDECARS) rmSync(`${path}${s}`, { force: true });
 }
 
+/** How many `.casa-backup-*` files of a database a restore or pull keeps (docs/SECURITY.md §7). */
+export const BACKUPS_KEPT = 3;
+
 /**
  * Step 4: puts the restored file in place of `dbPath`, keeping the old one
- * (if any) as `<db>.casa-backup-<UTC time>`. Returns the backup's path. On a
- * failure before the rename, the temp is removed and the target untouched.
+ * (if any) as `<db>.casa-backup-<UTC time>`, mode 0600 like the restored
+ * file. Returns the backup's path. On a failure before the rename, the temp
+ * is removed and the target untouched. Backups beyond the newest
+ * BACKUPS_KEPT are then removed (pruneBackups).
  */
 export function installDatabase(tmpPath: string, dbPath: string, now: number): string | null {
   let backup: string | null = null;
@@ -368,7 +377,54 @@ export function installDatabase(tmpPath: string, dbPath: string, now: number): s
     });
   }
   fsyncDir(dirname(dbPath));
+  if (backup !== null) {
+    // A hard link shares the old file's inode: only now, renamed over, is it the backup's alone.
+    try {
+      chmodSync(backup, 0o600);
+    } catch {
+      // A file system without modes (or a copy we cannot chmod): the backup is still kept.
+    }
+  }
+  pruneBackups(dbPath);
   return backup;
+}
+
+/** `<db>.casa-backup-YYYYMMDDTHHMMSSZ[-n]`: keepBackup's names, and nothing else. */
+function backupPattern(dbPath: string): RegExp {
+  const base = basename(dbPath).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return new RegExp(`^${base}\\.casa-backup-(\\d{8}T\\d{6}Z)(?:-(\\d+))?$`);
+}
+
+/**
+ * Removes the `.casa-backup-*` files of `dbPath` beyond the newest `keep`
+ * (newest by the time in the name, then its counter); returns the removed
+ * paths. A file it cannot remove is left. Call under the database's lock.
+ */
+export function pruneBackups(dbPath: string, keep = BACKUPS_KEPT): string[] {
+  const dir = dirname(dbPath);
+  const pattern = backupPattern(dbPath);
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const backups = names
+    .map((name) => ({ name, m: pattern.exec(name) }))
+    .filter((b): b is { name: string; m: RegExpExecArray } => b.m !== null)
+    .map((b) => ({ name: b.name, stamp: b.m[1]!, n: b.m[2] === undefined ? 1 : Number(b.m[2]) }))
+    .sort((x, y) => (x.stamp === y.stamp ? y.n - x.n : x.stamp < y.stamp ? 1 : -1));
+  const removed: string[] = [];
+  for (const b of backups.slice(keep)) {
+    const path = join(dir, b.name);
+    try {
+      rmSync(path, { force: true });
+      removed.push(path);
+    } catch {
+      // Not ours to force (permissions): left for the user.
+    }
+  }
+  return removed;
 }
 
 /**

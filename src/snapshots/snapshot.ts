@@ -164,9 +164,13 @@ function checkAbort(env: Pick<SnapshotEnv, 'signal'>): void {
 }
 
 /**
- * The highest snapshot seq this device has seen (state.json): every head the
- * relay answers with is checked against it (an older one is a rollback,
- * IntegrityError, exit 6), and a newer seq is noted.
+ * The highest snapshot seq this device has authenticated (state.json): every
+ * head the relay answers with is checked against it (an older one is a
+ * rollback, IntegrityError, exit 6). Only the seq of the snapshot this run
+ * committed — its own manifest, sealed here — is noted: a head the relay
+ * merely lists is not authenticated (src/commands/vault.ts noteVerifiedSeq),
+ * and a relay that could raise the recorded seq at will could make every
+ * honest answer after look like a rollback.
  */
 class SeenSeqs {
   private highest: number;
@@ -175,13 +179,12 @@ class SeenSeqs {
     this.highest = env.highestSeq;
   }
 
-  /** Checks a head the relay answered with, and notes its seq. */
+  /** Checks a head the relay answered with (never noted: see above). */
   check(head: SnapshotInfo | null): void {
     checkNotRolledBack(head, this.highest, this.env.server);
-    if (head) this.note(head.seq);
   }
 
-  /** Notes a seq this device saw (a head, or the snapshot it committed) if it is the highest yet. */
+  /** Notes the seq of the snapshot this run committed, if it is the highest yet. */
   note(seq: number): void {
     if (seq > this.highest) {
       this.highest = seq;

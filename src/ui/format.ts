@@ -1,8 +1,9 @@
 /**
  * How the commands write numbers and words for people: counts with
- * thousands separators, byte sizes in binary units, plurals, and the
- * recovery phrase as a numbered grid. Pure: values in, text out, the same
- * text on every machine (no locale, no ICU).
+ * thousands separators, byte sizes in binary units, plurals, the
+ * recovery phrase as a numbered grid; and text from outside made safe for a
+ * terminal (sanitize). Pure: values in, text out, the same text on every
+ * machine (no locale, no ICU).
  */
 
 /**
@@ -49,4 +50,51 @@ export function formatPhraseGrid(words: string[]): string {
     rows.push('  ' + cells.join('  '));
   }
   return rows.join('\n');
+}
+
+/**
+ * Terminal escape sequences: CSI (`ESC [` … final byte), OSC, DCS, SOS, PM
+ * and APC strings (`ESC ]`, `ESC P`, `ESC X`, `ESC ^`, `ESC _` … up to BEL
+ * or `ESC \`, or to the end of the text), and the two-byte `ESC x` forms; a
+ * lone ESC too.
+ */
+const ESCAPE_SEQUENCE = /\x1b(?:\[[0-?]*[ -/]*[@-~]?|[\]PX^_][\s\S]*?(?:\x07|\x1b\\|$)|[ -/]*[0-~])?/g;
+/** C0 controls, DEL and C1 controls. */
+const CONTROL = /[\x00-\x1f\x7f-\x9f]/g;
+const CONTROL_BUT_NEWLINE = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/g;
+/** What a control character left in a text becomes: visible, and inert on any terminal. */
+export const REPLACED = '\uFFFD';
+
+/**
+ * A text that came from outside (the relay: a device name, an error
+ * message) made safe for a terminal (docs/SECURITY.md §7): escape sequences
+ * removed, every other control character (C0 including newline and tab,
+ * DEL, C1) replaced by U+FFFD. One line in, one line out.
+ */
+export function sanitize(text: string): string {
+  return text.replace(ESCAPE_SEQUENCE, '').replace(CONTROL, REPLACED);
+}
+
+/**
+ * sanitize() for casa's own multi-line output, which may quote text from
+ * outside: newlines stay, everything else as sanitize(). What every line
+ * casa prints goes through (src/ui/terminal.ts Output, reportError,
+ * src/ui/prompts.ts): the one place.
+ */
+export function sanitizeLines(text: string): string {
+  return text.replace(ESCAPE_SEQUENCE, '').replace(CONTROL_BUT_NEWLINE, REPLACED);
+}
+
+/**
+ * A JSON document on one line, with DEL and C1 controls escaped as well
+ * (JSON.stringify escapes C0 but leaves U+007F–U+009F raw, which some
+ * terminals obey): the same value to a parser, inert on a terminal.
+ */
+export function jsonLine(doc: unknown): string {
+  return JSON.stringify(doc).replace(/[\x7f-\x9f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A time for people: UTC, to the second ("2026-11-23T10:04:05Z"). */
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 }

@@ -3,8 +3,11 @@
  * cli-utilities): Ctrl-C or Escape at any prompt is a CancelledError (exit 130),
  * and asking without a terminal is a UsageError naming the flag that avoids it.
  * @clack/prompts is imported lazily so commands that never prompt stay fast.
+ * Questions and choices are sanitized (src/ui/format.ts): they may quote
+ * text from the relay, such as a device name.
  */
 import { CancelledError, UsageError } from '../errors.js';
+import { sanitize, sanitizeLines } from './format.js';
 import type { Output } from './terminal.js';
 
 async function clack() {
@@ -34,8 +37,8 @@ export async function select<T extends string>(
   const c = await clack();
   return unwrap<T>(
     c.select<T>({
-      message,
-      options: options as never,
+      message: sanitizeLines(message),
+      options: options.map((o) => ({ ...o, label: sanitize(o.label), ...(o.hint === undefined ? {} : { hint: sanitize(o.hint) }) })) as never,
       input: out.term.stdin,
       output: out.term.stderr,
     }) as Promise<T | symbol>,
@@ -47,7 +50,7 @@ export async function confirm(out: Output, message: string, instead: string, opt
   requireTty(out, 'confirmation', instead);
   const c = await clack();
   return unwrap<boolean>(
-    c.confirm({ message, input: out.term.stdin, output: out.term.stderr, ...(opts.initial !== undefined ? { initialValue: opts.initial } : {}) }),
+    c.confirm({ message: sanitizeLines(message), input: out.term.stdin, output: out.term.stderr, ...(opts.initial !== undefined ? { initialValue: opts.initial } : {}) }),
   );
 }
 
@@ -61,7 +64,7 @@ export async function text(
   const c = await clack();
   return unwrap<string>(
     c.text({
-      message,
+      message: sanitizeLines(message),
       input: out.term.stdin,
       output: out.term.stderr,
       validate: validate ? (v) => validate(v ?? '') : undefined,
@@ -73,5 +76,5 @@ export async function text(
 export async function secret(out: Output, message: string, instead: string): Promise<string> {
   requireTty(out, 'this', instead);
   const c = await clack();
-  return unwrap<string>(c.password({ message, input: out.term.stdin, output: out.term.stderr }));
+  return unwrap<string>(c.password({ message: sanitizeLines(message), input: out.term.stdin, output: out.term.stderr }));
 }

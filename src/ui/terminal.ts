@@ -6,11 +6,17 @@
  *   final period; `--quiet` silences notes but never errors;
  * - prompts and anything secret shown on purpose (the phrase) go to the
  *   terminal only, and only when stdin and stderr are TTYs;
- * - progress bars go to stderr, only on a TTY.
+ * - progress bars go to stderr, only on a TTY;
+ * - every line of text goes through sanitizeLines (src/ui/format.ts) and
+ *   every JSON document through jsonLine: text from the relay (a device
+ *   name, an error message) never reaches the terminal with a control
+ *   character in it (docs/SECURITY.md §7). Only tty() writes raw, for casa's
+ *   own escape sequences (clearing the phrase from the screen).
  * Commands receive a Terminal, so tests pass their own streams.
  */
 import type { Readable, Writable } from 'node:stream';
 import { CasaError } from '../errors.js';
+import { jsonLine, sanitizeLines } from './format.js';
 
 export interface Terminal {
   stdin: Readable & { isTTY?: boolean };
@@ -42,30 +48,31 @@ export class Output {
   /** A note for people: stderr, `casa: ` prefixed, silenced by --quiet and --json. */
   note(line: string): void {
     if (this.opts.quiet || this.opts.json) return;
-    this.term.stderr.write(`casa: ${line}\n`);
+    this.term.stderr.write(`casa: ${sanitizeLines(line)}\n`);
   }
 
   warn(line: string): void {
     if (this.opts.json) {
-      this.term.stderr.write(JSON.stringify({ message_type: 'warning', message: line }) + '\n');
+      this.term.stderr.write(jsonLine({ message_type: 'warning', message: line }) + '\n');
       return;
     }
-    this.term.stderr.write(`casa: warning: ${line}\n`);
+    this.term.stderr.write(`casa: warning: ${sanitizeLines(line)}\n`);
   }
 
   /** The human result on stdout (skipped with --json, where result() carries it). */
   print(text: string): void {
     if (this.opts.json || this.opts.quiet) return;
-    this.term.stdout.write(text.endsWith('\n') ? text : text + '\n');
+    const clean = sanitizeLines(text);
+    this.term.stdout.write(clean.endsWith('\n') ? clean : clean + '\n');
   }
 
   /** The command's result: with --json, one document on stdout. */
   result(doc: Record<string, unknown>): void {
     if (!this.opts.json) return;
-    this.term.stdout.write(JSON.stringify(doc) + '\n');
+    this.term.stdout.write(jsonLine(doc) + '\n');
   }
 
-  /** Direct to the terminal (stderr on a TTY): prompts' companions, the phrase display. */
+  /** Direct to the terminal (stderr on a TTY), unsanitized: casa's own text only (prompts' companions, the phrase display). */
   tty(text: string): void {
     this.term.stderr.write(text);
   }
@@ -76,7 +83,7 @@ export function reportError(term: Terminal, err: unknown, json: boolean): number
   if (err instanceof CasaError) {
     if (json) {
       term.stderr.write(
-        JSON.stringify({
+        jsonLine({
           message_type: 'exit_error',
           code: err.exitCode,
           reason: err.code,
@@ -85,8 +92,8 @@ export function reportError(term: Terminal, err: unknown, json: boolean): number
         }) + '\n',
       );
     } else {
-      term.stderr.write(`casa: error: ${err.message}\n`);
-      for (const h of err.hints) term.stderr.write(`casa: hint: ${h}\n`);
+      term.stderr.write(`casa: error: ${sanitizeLines(err.message)}\n`);
+      for (const h of err.hints) term.stderr.write(`casa: hint: ${sanitizeLines(h)}\n`);
     }
     return err.exitCode;
   }
@@ -94,12 +101,12 @@ export function reportError(term: Terminal, err: unknown, json: boolean): number
   const e = err instanceof Error ? err : new Error(String(err));
   if (json) {
     term.stderr.write(
-      JSON.stringify({ message_type: 'exit_error', code: 1, reason: 'internal', message: e.message }) + '\n',
+      jsonLine({ message_type: 'exit_error', code: 1, reason: 'internal', message: e.message }) + '\n',
     );
   } else {
-    term.stderr.write(`casa: error: internal error: ${e.message}\n`);
+    term.stderr.write(`casa: error: internal error: ${sanitizeLines(e.message)}\n`);
     term.stderr.write(`casa: hint: this is a bug in casa; please report it with the lines below\n`);
-    term.stderr.write(`${e.stack ?? ''}\n`);
+    term.stderr.write(`${sanitizeLines(e.stack ?? '')}\n`);
   }
   return 1;
 }

@@ -65,9 +65,9 @@ describe('casa restore', () => {
     expect(r.code, r.stderr).toBe(0);
     const doc = json(r.stdout);
     expect(Object.keys(doc).sort()).toEqual(
-      ['message_type', 'snapshot_id', 'seq', 'db_path', 'db_bytes', 'downloaded_bytes', 'backup_path', 'duration_ms'].sort(),
+      ['message_type', 'snapshot_id', 'seq', 'snapshot_time', 'device_id', 'device_name', 'db_path', 'db_bytes', 'downloaded_bytes', 'backup_path', 'duration_ms'].sort(),
     );
-    expect(doc).toMatchObject({ message_type: 'restore', snapshot_id: snaps[1]!.id, seq: 2, db_path: db(b), backup_path: null });
+    expect(doc).toMatchObject({ message_type: 'restore', snapshot_id: snaps[1]!.id, seq: 2, db_path: db(b), backup_path: null, device_name: 'laptop' });
     expect(doc.db_bytes).toBe(snaps[1]!.bytes.length);
     expect(doc.downloaded_bytes as number).toBeGreaterThan(0);
     expect(readFileSync(db(b)).equals(snaps[1]!.bytes)).toBe(true);

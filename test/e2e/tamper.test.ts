@@ -177,6 +177,31 @@ describe('a tampering relay', () => {
     await withBlob(await manifestKey(ids[2]!), foreign, () => expectRefused(4, /was encrypted with another key/));
   });
 
+  it('a newest snapshot that does not verify is stepped over: restore and pull name the newest that does, and how to restore it', async () => {
+    const key = await manifestKey(ids[2]!);
+    const bad = (await blob(key)).slice();
+    bad[bad.length - 3]! ^= 0x80;
+    await withBlob(key, bad, async () => {
+      for (const args of [['restore', '--yes'], ['pull', '--force']]) {
+        const r = await b.run(args);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(6);
+        expect(r.stderr).toMatch(
+          new RegExp(`^casa: error: the manifest of snapshot ${ids[2]!.slice(0, 12)} failed its integrity check; the newest snapshot that verifies is ${ids[1]} \\(seq 1, taken \\S+Z\\)$`, 'm'),
+        );
+        expect(r.stderr).toContain(`casa: hint: \`casa restore --snapshot ${ids[1]}\` restores it`);
+        const j = await b.run([...args, '--json']);
+        expect(json(j.stderr.trim().split('\n').pop()!)).toMatchObject({ code: 6, reason: 'integrity' });
+      }
+      // The command it names works, and says the snapshot is older than what this device has seen.
+      const db = b.env.CASA_DB;
+      const r = await b.run(['restore', '--yes', '--snapshot', ids[1]!]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(new RegExp(`^casa: snapshot ${ids[1]!.slice(0, 12)}: seq 1, taken \\S+Z on `, 'm'));
+      expect(r.stderr).toMatch(/^casa: warning: snapshot [0-9a-f]{12} \(seq 1\) is older than snapshot 2, the newest this device has seen$/m);
+      expect(restoreTemps(db)).toEqual([]);
+    });
+  });
+
   it('untampered again: all three succeed', async () => {
     const v = await b.run(['verify', '--all']);
     expect(v.code, v.stderr).toBe(0);

@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { RelayClient } from '../../src/relay/client.js';
-import { UnreachableError } from '../../src/errors.js';
+import { checkRelayTransport, isLoopbackHost, RelayClient } from '../../src/relay/client.js';
+import { UnreachableError, UsageError } from '../../src/errors.js';
 
 let server: Server;
 let url: string;
@@ -70,5 +70,34 @@ describe('relay client transport', () => {
     const d = await c.send('GET', '/blob', { into });
     expect(d.body.buffer).not.toBe(into.buffer);
     expect(Buffer.from(d.body).equals(Buffer.from(BLOB))).toBe(true);
+  });
+});
+
+describe('checkRelayTransport: TLS, or this machine (docs/SECURITY.md §5)', () => {
+  it('takes https anywhere and http on loopback', () => {
+    for (const u of ['https://relay.example.org', 'https://10.0.0.5:8443', 'http://127.0.0.1:8787', 'http://127.8.9.10', 'http://localhost:8787', 'http://LOCALHOST', 'http://[::1]:8787', 'http://[::ffff:127.0.0.1]:1', 'http://127.1:8787']) {
+      expect(() => checkRelayTransport(u, false), u).not.toThrow();
+    }
+    for (const h of ['127.0.0.1', '127.255.255.254', 'localhost', '[::1]']) expect(isLoopbackHost(h), h).toBe(true);
+  });
+
+  it('refuses plain http off this machine with exit 2 and a hint, unless insecure', () => {
+    for (const u of ['http://relay.example.org', 'http://192.168.1.10:8787', 'http://128.0.0.1', 'http://localhost.example.org', 'http://[::2]', 'http://0.0.0.0:8787', 'http://127.0.0.1.nip.io']) {
+      const err = (() => {
+        try {
+          checkRelayTransport(u, false);
+        } catch (e) {
+          return e;
+        }
+        return null;
+      })();
+      expect(err, u).toBeInstanceOf(UsageError);
+      expect((err as UsageError).exitCode).toBe(2);
+      expect((err as UsageError).message).toMatch(/^refusing to reach the relay at http:\/\/\S+ over plain http$/);
+      expect((err as UsageError).hints.join('\n')).toContain('--insecure-http');
+      expect(() => checkRelayTransport(u, true), u).not.toThrow();
+    }
+    // Not a URL at all: left to the client's own check.
+    expect(() => checkRelayTransport('not a url', false)).not.toThrow();
   });
 });

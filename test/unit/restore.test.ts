@@ -17,6 +17,7 @@ import { sealManifest, sealPack, type Manifest } from '../../src/snapshots/manif
 import {
   checkRestoredDatabase,
   installDatabase,
+  pruneBackups,
   removeStaleTemps,
   restoreToTemp,
   tempPathBeside,
@@ -327,6 +328,86 @@ describe('scratchDir: where the working copy goes', async () => {
     } finally {
       rmSync(home, { recursive: true, force: true });
       rmSync(shm, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('local hygiene of the files a restore writes (docs/SECURITY.md §7)', async () => {
+  const { chmodSync, statSync, mkdirSync: mk } = await import('node:fs');
+  const { openDatabaseView } = await import('../../src/snapshots/db-copy.js');
+
+  it('pruneBackups keeps the newest three by the time in their names, then their counter, and touches nothing else', () => {
+    const d = mkdtempSync(join(tmpdir(), 'casa-prune-'));
+    try {
+      const db = join(d, 'my.db');
+      const names = [
+        'my.db.casa-backup-20260101T000000Z',
+        'my.db.casa-backup-20260102T000000Z',
+        'my.db.casa-backup-20260102T000000Z-2',
+        'my.db.casa-backup-20260102T000000Z-10',
+        'my.db.casa-backup-20251231T235959Z-3',
+      ];
+      const others = ['my.db', 'other.db.casa-backup-20200101T000000Z', 'my.db.casa-backup-notes.txt', 'my.dbx.casa-backup-20200101T000000Z'];
+      for (const n of [...names, ...others]) writeFileSync(join(d, n), n);
+      const removed = pruneBackups(db).map((p) => p.slice(d.length + 1)).sort();
+      expect(removed).toEqual(['my.db.casa-backup-20251231T235959Z-3', 'my.db.casa-backup-20260101T000000Z']);
+      expect(readdirSync(d).sort()).toEqual(
+        [...others, 'my.db.casa-backup-20260102T000000Z', 'my.db.casa-backup-20260102T000000Z-2', 'my.db.casa-backup-20260102T000000Z-10'].sort(),
+      );
+      expect(pruneBackups(db)).toEqual([]);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('installDatabase leaves the new file and the backup 0600 whatever the old file\'s mode', () => {
+    const d = mkdtempSync(join(tmpdir(), 'casa-modes-'));
+    try {
+      const db = join(d, 'x.db');
+      const old = new Database(db);
+      old.exec('CREATE TABLE t (a)');
+      old.close();
+      chmodSync(db, 0o644);
+      const tmp = tempPathBeside(db, random);
+      const fresh = new Database(tmp);
+      fresh.exec('CREATE TABLE u (b)');
+      fresh.close();
+      chmodSync(tmp, 0o600);
+      const backup = installDatabase(tmp, db, Date.now())!;
+      expect(statSync(db).mode & 0o777).toBe(0o600);
+      expect(statSync(backup).mode & 0o777).toBe(0o600);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('a working copy (a database not in WAL mode) is 0600 in a directory created 0700', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'casa-copy-'));
+    try {
+      const db = join(d, 'app.db');
+      const src = new Database(db);
+      src.pragma('journal_mode = DELETE');
+      src.exec('CREATE TABLE t (a); INSERT INTO t VALUES (1), (2)');
+      src.close();
+      chmodSync(db, 0o644);
+      const scratch = join(d, 'scratch', 'inner');
+      const view = await openDatabaseView(db, () => scratch);
+      try {
+        expect(view.kind).toBe('copy');
+        const copies = readdirSync(scratch).filter((n) => n.endsWith('.db'));
+        expect(copies).toHaveLength(1);
+        expect(statSync(join(scratch, copies[0]!)).mode & 0o777).toBe(0o600);
+        expect(statSync(scratch).mode & 0o777).toBe(0o700);
+        expect(statSync(join(d, 'scratch')).mode & 0o777).toBe(0o700);
+      } finally {
+        view.close();
+      }
+      // A scratch directory others may write to is refused, not used.
+      mk(join(d, 'open'));
+      chmodSync(join(d, 'open'), 0o777);
+      await expect(openDatabaseView(db, () => join(d, 'open'))).rejects.toThrow(/can be written by every user/);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
     }
   });
 });

@@ -141,7 +141,7 @@ describe('tokens on authenticated routes', () => {
     for (const init of [{}, { headers: { Authorization: token } }, { headers: { Authorization: `Basic ${token}` } }]) {
       expect(await errorOf(await fetch(url, init))).toEqual({ status: 401, code: 'unauthorized' });
     }
-    // ?token= is only for the WebSocket upgrade.
+    // A token in the URL is never accepted.
     expect(await errorOf(await fetch(`${url}?token=${token}`))).toEqual({ status: 401, code: 'unauthorized' });
   });
 

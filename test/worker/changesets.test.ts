@@ -314,7 +314,8 @@ describe('uploads and access', () => {
 describe('live', () => {
   it('announces each new batch on the vault socket (not a duplicate or refused one)', async () => {
     const { vault, device, token } = await setupVault(relay.url);
-    const ws = new WebSocket(`${relay.url.replace('http', 'ws')}/v1/vaults/${vault.vaultId}/live?token=${token}`);
+    const ws = new WebSocket(`${relay.url.replace('http', 'ws')}/v1/vaults/${vault.vaultId}/live`);
+    ws.addEventListener('open', () => ws.send(JSON.stringify({ type: 'auth', token })));
     const messages: Record<string, unknown>[] = [];
     const waiters: (() => void)[] = [];
     ws.addEventListener('message', (ev) => {
