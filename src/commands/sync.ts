@@ -328,6 +328,7 @@ class Watcher {
   private async syncOnce(why: string): Promise<boolean> {
     if (this.detached()) return false;
     this.schemaMoved();
+    if (why === 'epoch' && this.env.refreshKeys) this.env.keys = await this.env.refreshKeys();
     // Not cancelled by the signal: a round in progress finishes.
     const r = await syncRound({ ...this.env, signal: new AbortController().signal }, this.db, this.schema);
     this.failures = 0;
@@ -396,6 +397,8 @@ class Watcher {
       return;
     }
     if (m.type === 'announce' && m.kind === 'changeset' && m.deviceId !== this.env.deviceId) void this.round('announce');
+    // A new key epoch (a revocation, `casa rotate`): its keys at once, then a round under them.
+    if (m.type === 'announce' && m.kind === 'epoch') void this.round('epoch');
   }
 
   /** The socket closed: revoked stops the watch; anything else reconnects after the backoff (warned once per outage). */

@@ -169,7 +169,18 @@ export async function pickUp(
   let last: EpochRecord | undefined;
   try {
     for (const r of records) {
-      recipients = checkEpochRecord(r, env.vaultId, chain, m, prev, r === records[records.length - 1]);
+      const newest = r === records[records.length - 1];
+      if (!held && !newest) {
+        // A device joining now: the newest record's signature binds its wrap, whose keyring holds every
+        // older epoch's keys (checked against each record's key id below); older records, perhaps signed
+        // by a paper since replaced, need only follow one another.
+        if (r.vaultId !== env.vaultId || r.epoch !== (prev?.epoch ?? 0) + 1 || r.prevKeyId !== (prev?.keyIdHex ?? '')) {
+          throw new MembershipError(`epoch ${r.epoch} does not follow epoch ${prev?.epoch ?? 0}`);
+        }
+        prev = { epoch: r.epoch, keyIdHex: r.keyId };
+        continue;
+      }
+      recipients = checkEpochRecord(r, env.vaultId, chain, m, prev, newest);
       if (r.epoch > 1) marks[r.epoch - 1] = { cursor: r.markCursor, seq: r.markSeq };
       prev = { epoch: r.epoch, keyIdHex: r.keyId };
       last = r;

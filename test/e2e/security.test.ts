@@ -1,0 +1,256 @@
+/**
+ * A lost or stolen device, tried as a user would (docs/SECURITY.md §4):
+ * spawned CLIs, the real relay in workerd, file keystores. Revocation locks
+ * the device out for good while the others carry on with nothing to type;
+ * the relay cannot slip in a device of its own; one device's commits cannot
+ * push the history out; a replaced phrase opens nothing; a vault of casa 0.1
+ * upgrades in place.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { sqlOn, storageText, useRelay, type RunResult } from '../helpers/cli.js';
+import { b64u, fromB64u, post } from '../helpers/relay.js';
+import { writeRows } from '../helpers/sqlite.js';
+import { deriveRoot, vaultKeysFromRoot } from '../../src/crypto/kdf.js';
+import { sealCanary } from '../../src/crypto/objects.js';
+import { entropyToPhrase } from '../../src/crypto/phrase.js';
+import { newDeviceSeed, publicKeyFromSeed, signPurpose } from '../../src/crypto/sign.js';
+import { deviceExchangeKey, decodeKeyring, vaultKeysOf } from '../../src/crypto/keyring.js';
+import { openBatch } from '../../src/changesets/batch.js';
+import { certFields, deviceIdOf } from '../../src/protocol/membership.js';
+import { WrongKeyError } from '../../src/crypto/objects.js';
+
+const relay = useRelay();
+type Machine = ReturnType<typeof relay.machine>;
+const json = (r: RunResult) => JSON.parse(r.stdout) as Record<string, unknown>;
+const d1 = () => relay.relay.d1();
+
+async function ok(m: Machine, args: string[], input?: string): Promise<RunResult> {
+  const r = await m.run(args, input === undefined ? {} : { input });
+  expect(r.code, `casa ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return r;
+}
+
+function keystoreOf(home: string): Record<string, string> {
+  return (JSON.parse(readFileSync(join(home, 'keystore.json'), 'utf8')) as { entries: Record<string, string> }).entries;
+}
+
+const txTable = (m: Machine) => sqlOn(m, 'CREATE TABLE IF NOT EXISTS notes (id TEXT PRIMARY KEY, memo TEXT)');
+
+describe('a lost or stolen device', () => {
+  let a: Machine;
+  let b: Machine;
+  let c: Machine;
+  let phrase: string;
+  let phraseFile: string;
+  let vaultId: string;
+
+  beforeAll(async () => {
+    a = relay.machine('sec-a');
+    b = relay.machine('sec-b');
+    c = relay.machine('sec-c');
+    // The paper lives outside every device's home.
+    const paperDir = relay.machine('sec-paper').home;
+    phraseFile = join(paperDir, 'phrase.txt');
+    vaultId = json(await ok(a, ['pair', '--new', '--phrase-out', phraseFile, '--device-name', 'desk', '--json'])).vault_id as string;
+    phrase = readFileSync(phraseFile, 'utf8').trim();
+    await ok(b, ['pair', '--join', '--phrase-file', phraseFile, '--device-name', 'laptop']);
+    // C joins by code: the desk vouches for it.
+    const { spawn } = await import('node:child_process');
+    const { CASA, baseEnv } = await import('../helpers/cli.js');
+    const offer = spawn(process.execPath, [CASA, 'pair', '--offer', '--yes', '--json'], { env: baseEnv(a.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const code = await new Promise<string>((res) => offer.stdout!.once('data', (d) => res(String(JSON.parse(String(d).split('\n')[0]!).code))));
+    await ok(c, ['pair', '--code', code, '--device-name', 'phone']);
+    await new Promise((res) => offer.on('close', res));
+    for (const m of [a, b, c]) txTable(m);
+    for (const m of [a, b, c]) await ok(m, ['sync']);
+    sqlOn(a, "INSERT INTO notes VALUES ('t1', 'before')");
+    for (const m of [a, b, c]) await ok(m, ['sync']);
+    expect(sqlOn<{ memo: string }>(c, "SELECT memo FROM notes WHERE id = 't1'")[0]!.memo).toBe('before');
+  }, 60_000);
+
+  it('no file under a joined device\'s CASA_HOME holds the phrase', () => {
+    for (const m of [a, b, c]) expect(storageText(m.home)).not.toContain(phrase);
+    for (const m of [a, b, c]) expect(Object.keys(keystoreOf(m.home)).sort()).toEqual(['device-key', 'keyring']);
+  });
+
+  it('revoked: every way back in exits 4, the others carry on with nothing to type, and the paper restores the new data', async () => {
+    const cId = JSON.parse(readFileSync(join(c.home, 'state.json'), 'utf8')).vault.deviceId as string;
+    // The thief's copy of the phone's home, taken before the revocation.
+    const copy = relay.machine('sec-thief');
+    cpSync(c.home, copy.home, { recursive: true });
+    writeFileSync(join(copy.home, 'state.json'), readFileSync(join(c.home, 'state.json')));
+
+    const r = json(await ok(a, ['devices', 'revoke', cId, '--json']));
+    expect(r).toMatchObject({ message_type: 'device_revoked', device: { id: cId }, epoch: 2 });
+    expect([...(r.sealed_to as string[])].sort()).toEqual(['desk', 'laptop', 'the recovery phrase']);
+
+    for (const m of [c, copy]) {
+      for (const args of [['sync'], ['snapshot'], ['pull'], ['devices'], ['restore', '--yes'], ['pair', '--offer', '--yes'], ['rotate']]) {
+        const res = await m.run(args);
+        expect(res.code, `casa ${args.join(' ')}: ${res.stderr}`).toBe(4);
+        expect(res.stderr).toMatch(/^casa: error: /m);
+      }
+    }
+    // Enrolling a new key with what the copy holds: vouched by itself, or claiming the paper: refused.
+    const seed = fromB64u(keystoreOf(copy.home)['device-key']!);
+    const fresh = newDeviceSeed((n) => new Uint8Array(randomBytes(n)));
+    for (const issuer of [cId, 'recovery']) {
+      const unsigned = {
+        vaultId,
+        deviceId: deviceIdOf(publicKeyFromSeed(fresh)),
+        signingKey: b64u(publicKeyFromSeed(fresh)),
+        exchangeKey: b64u(deviceExchangeKey(fresh).publicKey),
+        name: 'back door',
+        issuedAt: Date.now(),
+        issuer,
+      };
+      const res = await post(`${relay.url}/v1/vaults/${vaultId}/devices`, { cert: { ...unsigned, signature: b64u(signPurpose(seed, 'device-cert', certFields(unsigned))) } });
+      expect(res.status).toBe(401);
+    }
+
+    // The others: nothing to type.
+    sqlOn(a, "UPDATE notes SET memo = 'after the revocation' WHERE id = 't1'");
+    await ok(a, ['sync']);
+    const picked = await ok(b, ['sync']);
+    expect(picked.stderr).toMatch(/picked up the vault's new keys \(epoch 2, started by desk\)/);
+    expect(sqlOn<{ memo: string }>(b, "SELECT memo FROM notes WHERE id = 't1'")[0]!.memo).toBe('after the revocation');
+    await ok(b, ['snapshot', '--quiet']);
+    expect((json(await ok(b, ['status', '--json'])).keys as Record<string, unknown>).epoch).toBe(2);
+
+    // What the thief holds does not open what was written after.
+    const ring = decodeKeyring(fromB64u(JSON.parse(keystoreOf(copy.home).keyring!).ring));
+    const row = await d1().prepare('SELECT device_id, seq, r2_key FROM changesets WHERE vault_id = ? ORDER BY cursor DESC LIMIT 1').bind(vaultId).first<{ device_id: string; seq: number; r2_key: string }>();
+    const bytes = new Uint8Array(await (await relay.relay.r2().get(row!.r2_key))!.arrayBuffer());
+    expect(() => openBatch(vaultKeysOf(ring), { deviceId: row!.device_id, seq: row!.seq }, bytes, null)).toThrow(WrongKeyError);
+
+    // The paper, on a fresh machine, restores the new data.
+    const d = relay.machine('sec-fresh');
+    await ok(d, ['restore', '--yes', '--phrase-file', phraseFile, '--device-name', 'fresh']);
+    expect(sqlOn<{ memo: string }>(d, "SELECT memo FROM notes WHERE id = 't1'")[0]!.memo).toBe('after the revocation');
+    const audit = json(await ok(a, ['devices', '--log', '--json'])).events as { event: string; device_id: string | null }[];
+    expect(audit.some((e) => e.event === 'device_revoked' && e.device_id === cId)).toBe(true);
+    expect(audit.some((e) => e.event === 'epoch_created')).toBe(true);
+    const st = await ok(b, ['status']);
+    expect(st.stdout).toMatch(/event: +phone revoked .* by desk/);
+  }, 120_000);
+
+  it('a relay that adds a device of its own gets nothing it can decrypt', async () => {
+    // The relay writes a device row with a certificate nobody of the vault signed.
+    const fake = newDeviceSeed((n) => new Uint8Array(randomBytes(n)));
+    const signer = newDeviceSeed((n) => new Uint8Array(randomBytes(n)));
+    const unsigned = {
+      vaultId,
+      deviceId: deviceIdOf(publicKeyFromSeed(fake)),
+      signingKey: b64u(publicKeyFromSeed(fake)),
+      exchangeKey: b64u(deviceExchangeKey(fake).publicKey),
+      name: 'relay spy',
+      issuedAt: Date.now(),
+      issuer: 'recovery',
+    };
+    const cert = { ...unsigned, signature: b64u(signPurpose(signer, 'device-cert', certFields(unsigned))) };
+    await d1()
+      .prepare('INSERT INTO devices (id, vault_id, public_key, name, created_at, cert) VALUES (?, ?, ?, ?, ?, ?)')
+      .bind(unsigned.deviceId, vaultId, unsigned.signingKey, unsigned.name, Date.now(), JSON.stringify(cert))
+      .run();
+    const r = json(await ok(a, ['rotate', '--json']));
+    expect(r.sealed_to).not.toContain('relay spy');
+    const wraps = await d1().prepare('SELECT recipient FROM epoch_wraps WHERE vault_id = ? AND epoch = ?').bind(vaultId, r.epoch).all<{ recipient: string }>();
+    expect(wraps.results.map((w) => w.recipient)).not.toContain(unsigned.deviceId);
+    await ok(b, ['sync']);
+  }, 60_000);
+
+  it('40 snapshots from one device inside the window, then retention, leave an older snapshot of another device restorable', async () => {
+    sqlOn(b, "INSERT INTO notes VALUES ('t2', 'from the laptop')");
+    const older = json(await ok(b, ['snapshot', '--json']));
+    for (let i = 0; i < 40; i++) await ok(a, ['snapshot', '--force', '--quiet']);
+    await relay.relay.runCron();
+    const list = json(await ok(b, ['snapshots', '--json'])).snapshots as { snapshot_id: string }[];
+    expect(list.length).toBeGreaterThan(40);
+    expect(list.map((s) => s.snapshot_id)).toContain(older.snapshot_id);
+    const restored = await b.run(['restore', '--snapshot', String(older.snapshot_id), '--yes']);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(sqlOn<{ memo: string }>(b, "SELECT memo FROM notes WHERE id = 't2'")[0]!.memo).toBe('from the laptop');
+  }, 180_000);
+
+  it('replacing the phrase: only the current one can, the old one then opens nothing, the new one restores', async () => {
+    const wrong = entropyToPhrase(new Uint8Array(randomBytes(32)));
+    const notIt = await b.run(['rotate', '--phrase', '--phrase-stdin', '--phrase-out', join(b.home, 'new.txt')], { input: wrong });
+    expect(notIt.code).toBe(4);
+    const newFile = join(phraseFile, '..', 'new-phrase.txt');
+    const r = json(await ok(a, ['rotate', '--phrase', '--phrase-file', phraseFile, '--phrase-out', newFile, '--json']));
+    expect(r.message_type).toBe('phrase_replaced');
+    const e = relay.machine('sec-oldpaper');
+    const old = await e.run(['pair', '--join', '--phrase-file', phraseFile]);
+    expect(old.code).toBe(4);
+    await ok(b, ['sync']);
+    const f = relay.machine('sec-newpaper');
+    await ok(f, ['restore', '--yes', '--phrase-file', newFile, '--device-name', 'after-paper']);
+    expect(sqlOn<{ memo: string }>(f, "SELECT memo FROM notes WHERE id = 't1'")[0]!.memo).toBe('after the revocation');
+    // The device joined with the new paper follows later epochs, and a later replacement.
+    await ok(a, ['rotate']);
+    await ok(f, ['sync']);
+  }, 120_000);
+});
+
+describe('a vault made by casa 0.1 (format 1)', () => {
+  it('upgrades in place the first time it is used: its keys become epoch 1, the phrase leaves the device, a second device follows', async () => {
+    const phrase = entropyToPhrase(new Uint8Array(randomBytes(32)));
+    const root = deriveRoot(phrase);
+    const keys = vaultKeysFromRoot(root);
+    // What casa 0.1 made: the vault, its canary, two devices enrolled with the phrase's key.
+    const canary = sealCanary(keys, new Uint8Array(randomBytes(32)));
+    const { createHash } = await import('node:crypto');
+    const time = Date.now();
+    const auth = b64u(keys.authPublicKey!);
+    const created = await post(`${relay.url}/v1/vaults`, {
+      vaultId: keys.vaultId,
+      authPublicKey: auth,
+      canary: b64u(canary),
+      time,
+      signature: b64u(signPurpose(keys.authSeed!, 'create-vault', [keys.vaultId, auth, createHash('sha256').update(canary).digest('hex'), time])),
+    });
+    expect(created.status).toBe(201);
+    const homes: Machine[] = [];
+    for (const name of ['old-desk', 'old-laptop']) {
+      const m = relay.machine(name);
+      const seed = newDeviceSeed((n) => new Uint8Array(randomBytes(n)));
+      const deviceId = randomBytes(8).toString('hex');
+      await d1()
+        .prepare('INSERT INTO devices (id, vault_id, public_key, name, created_at) VALUES (?, ?, ?, ?, ?)')
+        .bind(deviceId, keys.vaultId, b64u(publicKeyFromSeed(seed)), name, Date.now())
+        .run();
+      const homeId = randomBytes(8).toString('hex');
+      mkdirSync(m.home, { recursive: true, mode: 0o700 });
+      writeFileSync(
+        join(m.home, 'state.json'),
+        JSON.stringify({ version: 1, homeId, vault: { vaultId: keys.vaultId, keyIdHex: keys.keyIdHex, deviceId, deviceName: name, server: relay.url, keystore: 'file', pairedAt: Date.now() } }),
+        { mode: 0o600 },
+      );
+      writeFileSync(
+        join(m.home, 'keystore.json'),
+        JSON.stringify({ version: 1, entries: { phrase, 'root-key': b64u(root), 'device-key': b64u(seed) } }),
+        { mode: 0o600 },
+      );
+      homes.push(m);
+    }
+    const [desk, laptop] = homes as [Machine, Machine];
+    const st = await ok(desk, ['status']);
+    expect(st.stdout).toMatch(/keys: +format 1/);
+    writeRows(desk.env.CASA_DB, 30, 'format one');
+    const snap = await ok(desk, ['snapshot']);
+    expect(snap.stderr).toMatch(/now uses key epochs/);
+    expect(Object.keys(keystoreOf(desk.home)).sort()).toEqual(['device-key', 'keyring']);
+    expect(storageText(desk.home)).not.toContain(phrase);
+    const vault = await d1().prepare('SELECT epoch, epoch_key_id FROM vaults WHERE id = ?').bind(keys.vaultId).first<{ epoch: number; epoch_key_id: string }>();
+    expect(vault).toEqual({ epoch: 1, epoch_key_id: keys.keyIdHex });
+    // The second device certifies itself with the phrase it holds and opens epoch 1 from the paper's wrap.
+    await ok(laptop, ['pull']);
+    expect(Object.keys(keystoreOf(laptop.home)).sort()).toEqual(['device-key', 'keyring']);
+    // And the phrase still joins a new device.
+    const fresh = relay.machine('old-fresh');
+    await ok(fresh, ['restore', '--yes', '--phrase-stdin', '--device-name', 'new'], phrase);
+  }, 120_000);
+});
