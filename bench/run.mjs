@@ -14,6 +14,7 @@
 import { formatSummary, formatTable, runFoundation } from './foundation.mjs';
 import { formatSnapshot, parseSnapshotArgs, runSnapshot, snapshotResults } from './snapshot.mjs';
 import { formatSync, parseSyncArgs, runSync, syncResults } from './sync.mjs';
+import { epochResults, formatEpoch, runEpoch } from './epoch.mjs';
 
 const suites = {
   foundation: async () => {
@@ -27,6 +28,10 @@ const suites = {
   sync: async () => {
     const report = await runSync(parseSyncArgs([]));
     return { results: syncResults(report), text: formatSync(report), detail: report };
+  },
+  epoch: async () => {
+    const report = await runEpoch({ mb: 100 });
+    return { results: epochResults(report), text: formatEpoch(report), detail: report };
   },
 };
 

@@ -44,7 +44,20 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
   const target = findDevice(devices, idOrPrefix);
   const self = target.current;
   if (self) {
-    throw new UsageError('a device cannot revoke itself', { hints: ['revoke it from another device of the vault, or from a fresh machine paired with the recovery phrase'] });
+    // Revoking this device itself: the signed revocation only (a device no longer a member starts no epoch).
+    if (!ctx.globals.yes && ctx.out.interactive) {
+      const ok = await confirm(ctx.out, `Revoke THIS device (${printable(target.name)}, ${target.id})? It will no longer reach the vault.`, 'pass --yes');
+      if (!ok) throw new CancelledError('not revoked');
+    }
+    const env = await keyEnv(ctx, p, session);
+    const { makeRevocation } = await import('../keys/epochs.js');
+    const revocation = makeRevocation({ vaultId: p.vault.vaultId, deviceId: target.id, revokedAt: ctx.deps.now() + (p.client.clockOffsetMs ?? 0), issuer: env.deviceId, issuerSeed: env.deviceSeed });
+    const res = await session.call('POST', `/devices/${target.id}/revoke`, { revocation });
+    target.revoked_at = typeof res.revokedAt === 'number' ? res.revokedAt : revocation.revokedAt;
+    ctx.out.print(`revoked ${printable(target.name)} (${target.id})`);
+    ctx.out.warn('this device is revoked: pair it again to use it; run `casa rotate` on another device so new data uses keys it never had');
+    ctx.out.result({ message_type: 'device_revoked', vault_id: p.vault.vaultId, device: target });
+    return target;
   }
   if (!ctx.globals.yes && ctx.out.interactive) {
     const ok = await confirm(ctx.out, `Revoke ${printable(target.name)} (${target.id})? It will no longer reach the vault, and the vault gets new keys it never sees.`, 'pass --yes');
@@ -59,7 +72,7 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
   const vouched = devices.filter((d) => d.added_by === target.id && d.revoked_at === null);
   ctx.out.print(`revoked ${printable(target.name)} (${target.id}); new keys (epoch ${r.epoch}) sealed to ${r.sealedTo.map(printable).join(', ')}`);
   if (vouched.length > 0) {
-    ctx.out.warn(`${printable(target.name)} added ${vouched.map((d) => `${printable(d.name)} (${d.id})`).join(', ')}: if you do not know ${vouched.length === 1 ? 'it' : 'them'}, revoke ${vouched.length === 1 ? 'it' : 'them'} too`);
+    ctx.out.warn(`${printable(target.name)} had added ${vouched.map((d) => `${printable(d.name)} (${d.id})`).join(', ')}, which stay${vouched.length === 1 ? 's' : ''}: if you do not know ${vouched.length === 1 ? 'it' : 'them'}, revoke ${vouched.length === 1 ? 'it' : 'them'} too`);
   }
   ctx.out.result({ message_type: 'device_revoked', vault_id: p.vault.vaultId, device: target, epoch: r.epoch, sealed_to: r.sealedTo });
   return target;

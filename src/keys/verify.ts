@@ -1,8 +1,7 @@
 /**
  * Who is a device of the vault, from signed records only (docs/SECURITY.md
  * §3, docs/FORMAT.md §9). The relay's word counts for nothing here: a
- * certificate counts when the paper signed it, or a member that is not
- * revoked; a revocation when the paper or a certified device signed it; the
+ * certificate counts when the paper signed it, or a certified device; a revocation when the paper or a certified device signed it; the
  * paper's key is the one this device learnt when it joined, followed through
  * replacement records each signed by the old paper and the new.
  */
@@ -115,8 +114,8 @@ export interface Membership {
 
 /**
  * The members of a vault from its certificates and revocations. A
- * certificate counts when the paper signed it, or a member (itself
- * certified and not revoked) other than the device; a revocation when the
+ * certificate counts when the paper signed it, or a certified device other
+ * than the device itself; a revocation when the
  * paper or a certified device signed it. `knownRevoked` (ids this device
  * verified revoked before) stay revoked whatever the relay shows now.
  */
@@ -129,9 +128,11 @@ export function membership(vaultId: string, chain: Paper[], certs: DeviceCert[],
     }
   }
   const revokedIds = new Set(knownRevoked);
-  // Certificates from the paper, then vouches by members that are not revoked; revocations by
-  // certified devices; again from scratch while the revoked set grows (it only grows), so the
-  // answer does not depend on the order the records came in.
+  // Certificates from the paper, then vouches by certified devices — a vouch made before its voucher
+  // was revoked still counts (revoking the device that paired the others by code must not take them
+  // with it; the relay refuses a vouch by a revoked device, and `casa devices revoke` names the
+  // devices the revoked one added); revocations by certified devices. Computed from scratch until
+  // nothing changes, so the answer does not depend on the order the records came in.
   for (;;) {
     const certified = new Map(paperCerts);
     for (let changed = true; changed; ) {
@@ -139,7 +140,7 @@ export function membership(vaultId: string, chain: Paper[], certs: DeviceCert[],
       for (const c of byId.values()) {
         if (certified.has(c.deviceId) || c.issuer === RECOVERY || c.issuer === c.deviceId) continue;
         const issuer = certified.get(c.issuer);
-        if (!issuer || revokedIds.has(c.issuer) || !key(c.signingKey) || !key(c.exchangeKey)) continue;
+        if (!issuer || !key(c.signingKey) || !key(c.exchangeKey)) continue;
         if (verifyPurpose(key(issuer.signingKey)!, 'device-cert', certFields(c), sig(c.signature))) {
           certified.set(c.deviceId, c);
           changed = true;

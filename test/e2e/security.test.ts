@@ -195,6 +195,37 @@ describe('a lost or stolen device', () => {
   }, 120_000);
 });
 
+describe('revoking the device that paired the others by code', () => {
+  it('keeps the devices it added (and names them), and they carry on', async () => {
+    const { spawn } = await import('node:child_process');
+    const { CASA, baseEnv } = await import('../helpers/cli.js');
+    const x = relay.machine('vx');
+    const paper = join(relay.machine('vpaper').home, 'p.txt');
+    await ok(x, ['pair', '--new', '--phrase-out', paper, '--device-name', 'first']);
+    const byCode = async (m: Machine, name: string) => {
+      const offer = spawn(process.execPath, [CASA, 'pair', '--offer', '--yes', '--json'], { env: baseEnv(x.env), stdio: ['ignore', 'pipe', 'pipe'] });
+      const code = await new Promise<string>((res) => offer.stdout!.once('data', (d) => res(String(JSON.parse(String(d).split('\n')[0]!).code))));
+      await ok(m, ['pair', '--code', code, '--device-name', name]);
+      await new Promise((res) => offer.on('close', res));
+    };
+    const y = relay.machine('vy');
+    const z = relay.machine('vz');
+    await byCode(y, 'second');
+    await byCode(z, 'third');
+    for (const m of [x, y, z]) txTable(m);
+    for (const m of [x, y, z]) await ok(m, ['sync']);
+    const xId = JSON.parse(readFileSync(join(x.home, 'state.json'), 'utf8')).vault.deviceId as string;
+    const r = await ok(y, ['devices', 'revoke', xId, '--json']);
+    expect([...((json(r).sealed_to as string[]))].sort()).toEqual(['second', 'the recovery phrase', 'third']);
+    expect(r.stderr).toMatch(/first .* had added third .*revoke it too/);
+    sqlOn(z, "INSERT INTO notes VALUES ('z1', 'still here')");
+    await ok(z, ['sync']);
+    await ok(y, ['sync']);
+    expect(sqlOn<{ memo: string }>(y, "SELECT memo FROM notes WHERE id = 'z1'")[0]!.memo).toBe('still here');
+    expect((await x.run(['sync'])).code).toBe(4);
+  }, 120_000);
+});
+
 describe('a vault made by casa 0.1 (format 1)', () => {
   it('upgrades in place the first time it is used: its keys become epoch 1, the phrase leaves the device, a second device follows', async () => {
     const phrase = entropyToPhrase(new Uint8Array(randomBytes(32)));
