@@ -339,7 +339,9 @@ describe('epochs', () => {
     expect(await json(await fetch(url(x.v, '/epochs'), { headers: bearer(x.tokenA) }))).toEqual({ epoch: 0, keyId: '', records: [] });
     const e1 = await epochOne(x);
 
-    const ws = new WebSocket(`${relay.url.replace('http', 'ws')}/v1/vaults/${x.v}/live?token=${tokenB}`);
+    const ws = new WebSocket(`${relay.url.replace('http', 'ws')}/v1/vaults/${x.v}/live`);
+    // The live socket authenticates with its first message (docs/RELAY-API.md).
+    ws.addEventListener('open', () => ws.send(JSON.stringify({ type: 'auth', token: tokenB })));
     const messages: Record<string, unknown>[] = [];
     ws.addEventListener('message', (ev) => messages.push(JSON.parse(String(ev.data))));
     await waitFor(() => messages.length >= 1);
