@@ -128,10 +128,11 @@ describe('the CLI with the real keychain (the default keystore)', async () => {
     expect(j.code).toBe(0);
     expect(existsSync(path.join(a.home, 'keystore.json'))).toBe(false);
     expect(existsSync(path.join(b.home, 'keystore.json'))).toBe(false);
-    // later commands find the keychain from state.json, no flag needed
-    const s = await b.run(['show-phrase', '--yes'], { env: keychain });
+    // later commands find the keychain from state.json, no flag needed; the keyring is there, the phrase is not
+    const s = await b.run(['status', '--json'], { env: keychain });
     expect(s.code).toBe(0);
-    expect(s.stdout.trim()).toBe(phrase);
+    expect(JSON.parse(s.stdout).keys).toMatchObject({ epoch: 1, phrase_held: false });
+    expect(s.stdout).not.toContain(phrase);
     const d = await a.run(['devices', '--json'], { env: keychain });
     expect(d.code).toBe(0);
     expect(JSON.parse(d.stdout).devices).toHaveLength(2);
