@@ -69,7 +69,7 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
   if (!held || !paper) throw new FailureError('this device has no keyring yet', { hints: ['run `casa status` once, then try again'] });
   const r = await revokeAndRotate(env, held, paper, target.id);
   target.revoked_at = r.revokedAt;
-  const vouched = devices.filter((d) => d.added_by === target.id && d.revoked_at === null);
+  const vouched = devices.filter((d) => d.added_by === target.id && d.revoked_at === null && !d.current);
   ctx.out.print(`revoked ${printable(target.name)} (${target.id}); new keys (epoch ${r.epoch}) sealed to ${r.sealedTo.map(printable).join(', ')}`);
   if (vouched.length > 0) {
     ctx.out.warn(`${printable(target.name)} had added ${vouched.map((d) => `${printable(d.name)} (${d.id})`).join(', ')}, which stay${vouched.length === 1 ? 's' : ''}: if you do not know ${vouched.length === 1 ? 'it' : 'them'}, revoke ${vouched.length === 1 ? 'it' : 'them'} too`);

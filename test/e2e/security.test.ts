@@ -196,8 +196,7 @@ describe('a lost or stolen device', () => {
 });
 
 describe('revoking the device that paired the others by code', () => {
-  // Open (issue 17 note): fails on its last steps in the full run; to be fixed before the issue is resolved.
-  it.skip('keeps the devices it added (and names them), and they carry on', async () => {
+  it('keeps the devices it added (and names them), and they carry on', async () => {
     const { spawn } = await import('node:child_process');
     const { CASA, baseEnv } = await import('../helpers/cli.js');
     const x = relay.machine('vx');
@@ -218,7 +217,7 @@ describe('revoking the device that paired the others by code', () => {
     const xId = JSON.parse(readFileSync(join(x.home, 'state.json'), 'utf8')).vault.deviceId as string;
     const r = await ok(y, ['devices', 'revoke', xId, '--json']);
     expect([...((json(r).sealed_to as string[]))].sort()).toEqual(['second', 'the recovery phrase', 'third']);
-    expect(r.stderr).toMatch(/first .* had added third .*revoke it too/);
+    expect(r.stderr).toMatch(/first had added third \([0-9a-f]{16}\), which stays: .*revoke it too/);
     sqlOn(z, "INSERT INTO notes VALUES ('z1', 'still here')");
     await ok(z, ['sync']);
     await ok(y, ['sync']);
