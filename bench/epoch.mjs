@@ -16,16 +16,12 @@
 //
 //   node bench/epoch.mjs [--mb 100] [--json]
 
-import { spawn, spawnSync } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { makeDb } from './lib/make-db.mjs';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const CASA = path.join(path.resolve(here, '..'), 'bin/casa');
+import { casaSync, startRelay } from './sync.mjs';
 
 export function parseEpochArgs(argv) {
   const o = { mb: 100, json: false };
@@ -37,58 +33,8 @@ export function parseEpochArgs(argv) {
   return o;
 }
 
-const live = new Set();
-process.on('exit', () => {
-  for (const c of live) {
-    try {
-      process.kill(-c.pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-});
-
-function casa(env, args, timeoutMs = 600_000) {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [CASA, ...args], { env, encoding: 'utf8', timeout: timeoutMs });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0) throw new Error(`casa ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return { ms, stdout: r.stdout, stderr: r.stderr };
-}
-
-async function startRelay(w) {
-  const child = spawn(process.execPath, [CASA, 'relay', '--port', '0', '--host', '127.0.0.1', '--data', path.join(w, 'relay')], {
-    env: { ...process.env, CASA_HOME: path.join(w, 'relay-home') },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: true,
-  });
-  live.add(child);
-  const url = await new Promise((resolve, reject) => {
-    let buf = '';
-    const t = setTimeout(() => reject(new Error('relay: no URL within 60 s')), 60_000);
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = /http:\/\/[\d.]+:\d+/.exec(buf);
-      if (m) {
-        clearTimeout(t);
-        resolve(m[0]);
-      }
-    });
-    child.on('exit', (c) => reject(new Error(`relay exited ${c}`)));
-  });
-  return {
-    url,
-    async stop() {
-      try {
-        process.kill(-child.pid, 'SIGTERM');
-      } catch {
-        /* gone */
-      }
-      await once(child, 'exit').catch(() => {});
-      live.delete(child);
-    },
-  };
-}
+/** A casa command, timed; 10 minutes at most (a 100 MiB snapshot). */
+const casa = (env, args) => casaSync(env, args, 600_000);
 
 export async function runEpoch(o) {
   const w = mkdtempSync(path.join(os.tmpdir(), 'casa-bench-epoch-'));

@@ -74,7 +74,8 @@ function percentile(values, p) {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-function casaSync(env, args, timeoutMs = 120_000) {
+/** One casa command, timed (ms); a non-zero exit throws with its stderr. Shared with bench/epoch.mjs. */
+export function casaSync(env, args, timeoutMs = 120_000) {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(process.execPath, [CASA, ...args], { env, encoding: 'utf8', timeout: timeoutMs });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -114,7 +115,8 @@ function startDetached(args, env) {
   };
 }
 
-async function startRelay(w) {
+/** `casa relay` on 127.0.0.1 with its data in `w`: its URL and stop(); killed when the bench exits. Shared with bench/epoch.mjs. */
+export async function startRelay(w) {
   const r = startDetached(['relay', '--port', '0', '--host', '127.0.0.1', '--data', path.join(w, 'relay')], {
     ...process.env,
     CASA_HOME: path.join(w, 'relay-home'),

@@ -27,8 +27,6 @@ export interface PairedVault {
   highestSeq?: number;
   /** The paper's public keys this device trusts (docs/SECURITY.md §3); absent on a format-1 device before its upgrade. */
   paper?: PairedPaper;
-  /** The newest epoch this device verified (a lower one from the relay is a rollback). */
-  epoch?: number;
   /** Device ids this device verified revoked: they stay revoked whatever the relay shows later. */
   revoked?: string[];
 }

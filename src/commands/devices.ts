@@ -8,9 +8,8 @@
  */
 import { FailureError, UsageError, CancelledError } from '../errors.js';
 import { RECOVERY } from '../protocol/membership.js';
-import { loadRing, revokeAndRotate } from '../keys/epochs.js';
-import { keyEnv, openVaultKeys } from '../keys/open.js';
-import { readState } from '../state.js';
+import { makeRevocation, revokeAndRotate } from '../keys/epochs.js';
+import { openKeyring } from '../keys/open.js';
 import { sanitize as printable } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
@@ -39,18 +38,21 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
   const p = loadPaired(ctx);
   const session = await deviceSession(p);
   // The keyring up to date first: the new epoch follows the newest one.
-  await openVaultKeys(ctx, p, session);
+  const { env, held, paper } = await openKeyring(ctx, p, session);
   const devices = parseDevices(await session.call('GET', '/devices'), p.vault.deviceId, p.client.server);
   const target = findDevice(devices, idOrPrefix);
-  const self = target.current;
-  if (self) {
-    // Revoking this device itself: the signed revocation only (a device no longer a member starts no epoch).
-    if (!ctx.globals.yes && ctx.out.interactive) {
-      const ok = await confirm(ctx.out, `Revoke THIS device (${printable(target.name)}, ${target.id})? It will no longer reach the vault.`, 'pass --yes');
-      if (!ok) throw new CancelledError('not revoked');
-    }
-    const env = await keyEnv(ctx, p, session);
-    const { makeRevocation } = await import('../keys/epochs.js');
+  if (!ctx.globals.yes && ctx.out.interactive) {
+    const ok = await confirm(
+      ctx.out,
+      target.current
+        ? `Revoke THIS device (${printable(target.name)}, ${target.id})? It will no longer reach the vault.`
+        : `Revoke ${printable(target.name)} (${target.id})? It will no longer reach the vault, and the vault gets new keys it never sees.`,
+      'pass --yes',
+    );
+    if (!ok) throw new CancelledError('not revoked');
+  }
+  if (target.current) {
+    // This device itself: the signed revocation only (a device that is no longer a member starts no epoch).
     const revocation = makeRevocation({ vaultId: p.vault.vaultId, deviceId: target.id, revokedAt: ctx.deps.now() + (p.client.clockOffsetMs ?? 0), issuer: env.deviceId, issuerSeed: env.deviceSeed });
     const res = await session.call('POST', `/devices/${target.id}/revoke`, { revocation });
     target.revoked_at = typeof res.revokedAt === 'number' ? res.revokedAt : revocation.revokedAt;
@@ -59,14 +61,6 @@ export async function runDevicesRevoke(ctx: Context, idOrPrefix: string): Promis
     ctx.out.result({ message_type: 'device_revoked', vault_id: p.vault.vaultId, device: target });
     return target;
   }
-  if (!ctx.globals.yes && ctx.out.interactive) {
-    const ok = await confirm(ctx.out, `Revoke ${printable(target.name)} (${target.id})? It will no longer reach the vault, and the vault gets new keys it never sees.`, 'pass --yes');
-    if (!ok) throw new CancelledError('not revoked');
-  }
-  const env = await keyEnv(ctx, p, session);
-  const held = await loadRing(p.keystore);
-  const paper = readState(ctx.globals.home)?.vault?.paper;
-  if (!held || !paper) throw new FailureError('this device has no keyring yet', { hints: ['run `casa status` once, then try again'] });
   const r = await revokeAndRotate(env, held, paper, target.id);
   target.revoked_at = r.revokedAt;
   const vouched = devices.filter((d) => d.added_by === target.id && d.revoked_at === null && !d.current);

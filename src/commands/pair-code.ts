@@ -43,7 +43,7 @@ import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityErro
 import { loadRing, vouchFor, type StoredRing } from '../keys/epochs.js';
 import { openVaultKeys } from '../keys/open.js';
 import { isDeviceId, isVaultId } from '../protocol/ids.js';
-import { deviceIdOf, isDeviceCert, type DeviceCert } from '../protocol/membership.js';
+import { certOf, deviceIdOf, isDeviceCert, type DeviceCert } from '../protocol/membership.js';
 import { readState, SECRET_DEVICE_KEY, type PairedPaper } from '../state.js';
 import { JoinMailbox, NAMEPLATE, OfferMailbox, type OfferStatus, type PairingState } from '../relay/pairing.js';
 import { normaliseServer, RelayClient, type DeviceSession } from '../relay/client.js';
@@ -139,7 +139,6 @@ export interface PairingPayload {
 
 const PAYLOAD_VERSION = 2;
 const PAYLOAD_FIELDS = ['v', 'vaultId', 'offerer', 'paper', 'cert', 'ring', 'marks'];
-const KEY_B64U_CHARS = 43; // 32 bytes
 const SIGNATURE_BYTES = 64;
 
 /** The payload's plaintext: UTF-8 JSON, fields in the order of docs/FORMAT.md §6. */
@@ -153,16 +152,7 @@ export function encodePairingPayload(p: PairingPayload): Uint8Array {
       vaultId: p.vaultId,
       offerer: { deviceId: p.offerer.deviceId, name: p.offerer.name },
       paper: { authKey: p.paper.authKey, exchangeKey: p.paper.exchangeKey, n: p.paper.n },
-      cert: {
-        vaultId: c.vaultId,
-        deviceId: c.deviceId,
-        signingKey: c.signingKey,
-        exchangeKey: c.exchangeKey,
-        name: c.name,
-        issuedAt: c.issuedAt,
-        issuer: c.issuer,
-        signature: c.signature,
-      },
+      cert: certOf(c),
       ring: b64uEncode(encodeKeyring(p.stored.ring)),
       marks,
     }),
@@ -224,16 +214,7 @@ export function decodePairingPayload(bytes: Uint8Array, joiner: JoinIdentity): P
   if (c.name !== joiner.deviceName) throw bad('cert: another name');
   if (c.issuer !== offerer.deviceId) throw bad('cert: issuer');
   if (!b64uOf(c.signature, SIGNATURE_BYTES)) throw bad('cert: signature');
-  const cert: DeviceCert = {
-    vaultId: c.vaultId,
-    deviceId: c.deviceId,
-    signingKey: c.signingKey,
-    exchangeKey: c.exchangeKey,
-    name: c.name,
-    issuedAt: c.issuedAt,
-    issuer: c.issuer,
-    signature: c.signature,
-  };
+  const cert = certOf(c);
 
   if (typeof d.ring !== 'string') throw bad('ring');
   let ring: StoredRing['ring'];

@@ -19,7 +19,7 @@ import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { AuthError, CancelledError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
-import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { b64uEncode } from '../crypto/bytes.js';
 import { deriveRoot, type VaultKeys } from '../crypto/kdf.js';
 import { currentEpoch, deviceExchangeKey, legacyKeyring, newKeyring, recoveryKeys, vaultKeysOf, type RecoveryKeys } from '../crypto/keyring.js';
 import { sealCanary } from '../crypto/objects.js';
@@ -356,7 +356,7 @@ async function createWithPaper(ctx: Context, home: PairingHome, seed: Uint8Array
   const vaultId = paperKeys.recoveryId;
   const stored: StoredRing = { ring: newKeyring(vaultId, ctx.deps.random), marks: {} };
   await createVault(ctx, home.client, vaultId, paperKeys, vaultKeysOf(stored.ring));
-  const deviceId = await enroll(ctx, home.client, vaultId, makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, home.client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed }), 'new');
+  const deviceId = await enroll(home.client, vaultId, paperCert(ctx, home.client, vaultId, seed, name, paperKeys), 'new');
   const paper = paperOf(paperKeys);
   const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paper);
   await postFirstEpoch(env, stored, paper, paperKeys);
@@ -371,7 +371,7 @@ async function createWithPaper(ctx: Context, home: PairingHome, seed: Uint8Array
 async function joinWithPhrase(ctx: Context, home: PairingHome, seed: Uint8Array, phrase: string, name: string): Promise<Joined> {
   const { root, paperKeys } = paperKeysOf(phrase);
   const vaultId = await findVault(home.client, paperKeys.recoveryId);
-  const deviceId = await enroll(ctx, home.client, vaultId, makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, home.client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed }), 'join');
+  const deviceId = await enroll(home.client, vaultId, paperCert(ctx, home.client, vaultId, seed, name, paperKeys), 'join');
   const env = keyEnvOf(ctx, home, vaultId, deviceId, seed, paperOf(paperKeys));
   const legacy = vaultId === paperKeys.recoveryId ? legacyKeyring(root) : null;
   const { stored, paper } = await joinWithPaper(env, paperKeys, { ...(legacy ? { legacy: { ring: legacy, marks: {} } } : {}), name, certify: false });
@@ -380,7 +380,7 @@ async function joinWithPhrase(ctx: Context, home: PairingHome, seed: Uint8Array,
 
 /** `--code`: the keyring and the vouch the offering device sent; this device enrolls with the vouch. */
 async function joinVouched(ctx: Context, home: PairingHome, seed: Uint8Array, r: Received): Promise<Joined> {
-  const deviceId = await enroll(ctx, home.client, r.vaultId, r.cert, 'join');
+  const deviceId = await enroll(home.client, r.vaultId, r.cert, 'join');
   return { vaultId: r.vaultId, deviceId, stored: r.stored, paper: r.paper };
 }
 
@@ -416,7 +416,6 @@ function recordVault(ctx: Context, home: PairingHome, j: Joined, deviceName: str
     keystore: home.keystore.kind,
     pairedAt: ctx.deps.now(),
     paper: j.paper,
-    epoch: cur.epoch,
   };
   writeState(ctx.globals.home, { ...home.state, vault });
   return vault;
@@ -577,8 +576,13 @@ function relayTime(ctx: Context, client: RelayClient): number {
   return ctx.deps.now() + (client.clockOffsetMs ?? 0);
 }
 
+/** This device's certificate, signed by the paper (pairing by phrase, and a new vault). */
+function paperCert(ctx: Context, client: RelayClient, vaultId: string, seed: Uint8Array, name: string, paperKeys: RecoveryKeys): DeviceCert {
+  return makeCert({ vaultId, deviceSeed: seed, deviceId: deviceIdOf(publicKeyFromSeed(seed)), name, issuedAt: relayTime(ctx, client), issuer: RECOVERY, issuerSeed: paperKeys.authSeed });
+}
+
 /** Enrolls this device with its certificate (signed by the paper, or vouched by a member); its id. */
-async function enroll(ctx: Context, client: RelayClient, vaultId: string, cert: DeviceCert, mode: 'new' | 'join'): Promise<string> {
+async function enroll(client: RelayClient, vaultId: string, cert: DeviceCert, mode: 'new' | 'join'): Promise<string> {
   let res: Record<string, unknown>;
   try {
     res = await client.request('POST', `/v1/vaults/${vaultId}/devices`, { cert });
@@ -600,6 +604,5 @@ async function enroll(ctx: Context, client: RelayClient, vaultId: string, cert: 
   if (res.deviceId !== cert.deviceId || !isDeviceId(res.deviceId)) {
     throw new IntegrityError(`the relay at ${client.server} sent a malformed enrollment answer`);
   }
-  void ctx;
   return cert.deviceId;
 }

@@ -16,9 +16,9 @@ import { deriveRoot } from '../crypto/kdf.js';
 import { recoveryKeys } from '../crypto/keyring.js';
 import { generatePhrase } from '../crypto/phrase.js';
 import { signPurpose } from '../crypto/sign.js';
-import { AuthError, FailureError, UsageError } from '../errors.js';
-import { loadRing, startEpoch, verifiedMembers, vouchFor } from '../keys/epochs.js';
-import { keyEnv, openVaultKeys } from '../keys/open.js';
+import { AuthError, UsageError } from '../errors.js';
+import { startEpoch, verifiedMembers, vouchFor } from '../keys/epochs.js';
+import { openKeyring } from '../keys/open.js';
 import { RECOVERY, recoveryFields } from '../protocol/membership.js';
 import { readState, SECRET_PHRASE, writeState } from '../state.js';
 import { sanitize as printable } from '../ui/format.js';
@@ -46,11 +46,7 @@ export async function runRotate(ctx: Context, o: RotateOptions): Promise<void> {
   }
   const p = loadPaired(ctx);
   const session = await deviceSession(p);
-  await openVaultKeys(ctx, p, session);
-  const env = await keyEnv(ctx, p, session);
-  const held = await loadRing(p.keystore);
-  const paper = readState(ctx.globals.home)?.vault?.paper;
-  if (!held || !paper) throw new FailureError('this device has no keyring yet', { hints: ['run `casa status` once, then try again'] });
+  const { env, held, paper } = await openKeyring(ctx, p, session);
 
   if (!o.phrase) {
     const r = await startEpoch(env, held, paper);

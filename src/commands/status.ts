@@ -85,7 +85,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     relay_head: null,
     newer_available: null,
     rollback_detected: false,
-    keys: state?.vault ? { epoch: state.vault.epoch ?? null, relay_epoch: null, phrase_held: null } : null,
+    keys: state?.vault ? { epoch: null, relay_epoch: null, phrase_held: null } : null,
     recent_events: [],
     changesets: null,
   };
@@ -106,6 +106,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
       paired = { ...loadPaired(ctx), client };
       if (report.keys) report.keys.phrase_held = Boolean(await paired.keystore.get(SECRET_PHRASE));
       const keys = await vaultKeys(paired);
+      if (report.keys) report.keys.epoch = keys.epoch ?? null;
       const idx = readIndex(ctx.globals.home, keys, ctx.globals.db);
       report.changesets = changesetInfo(ctx.globals.home, keys, ctx.globals.db, db.exists);
       if (idx) {

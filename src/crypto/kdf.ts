@@ -34,6 +34,23 @@ export const VAULT_ID_BYTES = 16;
 export const KEY_ID_BYTES = 8;
 export const KEY_BYTES = 32;
 
+/** One key epoch's purpose keys (docs/FORMAT.md §9). */
+export interface EpochKeys {
+  epoch: number;
+  keyId: Uint8Array;
+  keyIdHex: string;
+  canaryKey: Uint8Array;
+  snapshotKey: Uint8Array;
+  changesetKey: Uint8Array;
+  idMacKey: Uint8Array;
+}
+
+/** Where an epoch stopped being current in the vault's history: the heads when the next epoch began. */
+export interface EpochMark {
+  cursor: number;
+  seq: number;
+}
+
 export interface VaultKeys {
   /** Public vault id: 32 lowercase hex characters. */
   vaultId: string;
@@ -45,21 +62,8 @@ export interface VaultKeys {
   authPublicKey?: Uint8Array;
   /** The epoch of these keys (docs/FORMAT.md §9); 1 for a format-1 vault's phrase-derived keys. */
   epoch?: number;
-  /** Every epoch's keys by key id hex, for opening what older epochs sealed (src/crypto/keyring.ts keysFor). */
-  epochs?: Record<
-    string,
-    {
-      epoch: number;
-      keyId: Uint8Array;
-      keyIdHex: string;
-      canaryKey: Uint8Array;
-      snapshotKey: Uint8Array;
-      changesetKey: Uint8Array;
-      idMacKey: Uint8Array;
-      /** Where this epoch stopped being current: objects it sealed after this place are refused. */
-      until?: { cursor: number; seq: number };
-    }
-  >;
+  /** Every epoch's keys by key id hex, for opening what older epochs sealed (src/crypto/keyring.ts keysFor); `until` is where an older one ended. */
+  epochs?: Record<string, EpochKeys & { until?: EpochMark }>;
   canaryKey: Uint8Array;
   snapshotKey: Uint8Array;
   changesetKey: Uint8Array;

@@ -18,7 +18,7 @@
 import { x25519 } from '@noble/curves/ed25519.js';
 import { sha256Hex } from './sha256.js';
 import { abytes, b64uDecode, b64uEncode, bytesToHex, bytesToUtf8, concatBytes, equalBytes, utf8ToBytes } from './bytes.js';
-import { hkdfSha256, KEY_BYTES, KEY_ID_BYTES, LABELS, vaultKeysFromRoot, type VaultKeys } from './kdf.js';
+import { hkdfSha256, KEY_BYTES, LABELS, vaultKeysFromRoot, type EpochKeys, type EpochMark, type VaultKeys } from './kdf.js';
 import { Codec, ObjectFormatError, ObjectType, openObject, sealObject } from './objects.js';
 import { publicKeyFromSeed } from './sign.js';
 
@@ -29,16 +29,7 @@ export const RECOVERY_EXCHANGE_LABEL = 'casa/v2/recovery-exchange';
 /** A keyring of a thousand epochs is ~200 KB; anything larger is not one. */
 const KEYRING_MAX_PLAINTEXT = 1 << 20;
 
-/** One epoch's purpose keys. */
-export interface EpochKeys {
-  epoch: number;
-  keyId: Uint8Array;
-  keyIdHex: string;
-  canaryKey: Uint8Array;
-  snapshotKey: Uint8Array;
-  changesetKey: Uint8Array;
-  idMacKey: Uint8Array;
-}
+export type { EpochKeys, EpochMark };
 
 export interface Keyring {
   vaultId: string;
@@ -46,12 +37,6 @@ export interface Keyring {
   localIndexKey: Uint8Array;
   /** Every epoch's keys, epochs[i].epoch === i + 1. */
   epochs: EpochKeys[];
-}
-
-/** Where an epoch stops being current in the vault's history: the heads when the next epoch began. */
-export interface EpochMark {
-  cursor: number;
-  seq: number;
 }
 
 /** The purpose keys of an epoch secret (the FORMAT.md §2 labels, applied to the secret). */
@@ -213,7 +198,6 @@ export function deviceExchangeKey(deviceSeed: Uint8Array): ExchangeKey {
   return exchangeFrom(deviceSeed, DEVICE_EXCHANGE_LABEL);
 }
 
-export { deviceIdOf } from '../protocol/membership.js';
 
 export interface RecoveryKeys {
   /** The id a vault made with this paper has; after `rotate --phrase`, the relay's alias for the vault. */
@@ -335,4 +319,3 @@ export function extends_(ring: Keyring, older: Keyring): boolean {
   });
 }
 
-export { KEY_ID_BYTES };

@@ -22,6 +22,7 @@ import {
   type Keyring,
 } from '../crypto/keyring.js';
 import type { VaultKeys } from '../crypto/kdf.js';
+import { sha256Hex } from '../crypto/sha256.js';
 import { publicKeyFromSeed, signPurpose } from '../crypto/sign.js';
 import { mapCryptoError } from '../failures.js';
 import type { Keystore } from '../keystore/index.js';
@@ -33,7 +34,6 @@ import {
   isEpochRecord,
   isRecoveryRecord,
   isRevocation,
-  parseRecipients,
   RECOVERY,
   revocationFields,
   type DeviceCert,
@@ -115,7 +115,7 @@ async function fetchEpochs(session: DeviceSession, after: number, forIds: string
   const doc = await session.call('GET', `/epochs?after=${after}&for=${forIds.join(',')}`);
   const records = Array.isArray(doc.records) ? doc.records : [];
   if (typeof doc.epoch !== 'number' || typeof doc.keyId !== 'string' || !records.every(isEpochRecord)) {
-    throw new IntegrityError('the relay sent malformed epoch records');
+    throw new IntegrityError('the relay sent malformed epoch records', { hints: ['nothing was used; try again later, and if it happens again suspect the relay'] });
   }
   return { epoch: doc.epoch, keyId: doc.keyId, records: (records as EpochRecord[]).sort((a, b) => a.epoch - b.epoch) };
 }
@@ -123,7 +123,7 @@ async function fetchEpochs(session: DeviceSession, after: number, forIds: string
 async function fetchPaperRecords(session: DeviceSession): Promise<RecoveryRecord[]> {
   const doc = await session.call('GET', '/recovery');
   const records = Array.isArray(doc.records) ? doc.records : [];
-  if (!records.every(isRecoveryRecord)) throw new IntegrityError('the relay sent malformed paper records');
+  if (!records.every(isRecoveryRecord)) throw new IntegrityError('the relay sent malformed paper records', { hints: ['nothing was used; try again later, and if it happens again suspect the relay'] });
   return records as RecoveryRecord[];
 }
 
@@ -161,7 +161,7 @@ export async function pickUp(
 ): Promise<{ stored: StoredRing; epoch: EpochRecord; members: Membership; chain: Paper[] }> {
   const after = held ? currentEpoch(held.ring).epoch : 0;
   const { records } = await fetchEpochs(env.session, after, [as.id]);
-  if (records.length === 0) throw new IntegrityError('the relay named a newer epoch but sent none');
+  if (records.length === 0) throw new IntegrityError('the relay named a newer epoch but sent none', { hints: ['nothing was used; try again later, and if it happens again suspect the relay'] });
   const { chain, m } = await verifiedMembers(env, paper);
   let prev = held ? { epoch: after, keyIdHex: currentEpoch(held.ring).keyIdHex } : null;
   const marks = { ...(held?.marks ?? {}) };
@@ -199,7 +199,6 @@ export async function pickUp(
   let ring: Keyring;
   try {
     const wrap = b64uDecode(wrapText);
-    const { sha256Hex } = await import('../crypto/sha256.js');
     if (sha256Hex(wrap) !== recipients.get(as.id)) throw new IntegrityError(`the relay changed this device's keys of epoch ${rec.epoch}`);
     ring = openWrap({ wrap, vaultId: env.vaultId, epoch: rec.epoch, keyIdHex: rec.keyId, recipient: as.id, exchange: as.exchange, ...(held ? { previous: held.ring } : {}) });
   } catch (err) {
@@ -272,42 +271,75 @@ export async function startEpoch(
     ...members.map((id) => ({ id, exchangePublicKey: b64uDecode(m.certified.get(id)!.exchangeKey) })),
     { id: RECOVERY, exchangePublicKey: b64uDecode(recoveryKey) },
   ];
+  const mark = await postEpoch(env, ring, {
+    prevKeyId: currentEpoch(held.ring).keyIdHex,
+    recipients,
+    recoveryKey,
+    issuer: opts.paperSeed ? RECOVERY : env.deviceId,
+    signerSeed: opts.paperSeed ?? env.deviceSeed,
+    ...(opts.post ? { post: opts.post } : {}),
+  });
+  const stored: StoredRing = { ring, marks: { ...held.marks, [cur.epoch - 1]: mark } };
+  await saveRing(env.keystore, stored);
+  env.session.forgetToken();
+  return { stored, epoch: cur.epoch, sealedTo: [...members.map((id) => names.get(id) ?? id), 'the recovery phrase'] };
+}
+
+/** The relay's epoch moved while an epoch was being made: another device (or the paper) started one. */
+export class EpochMovedError extends FailureError {
+  constructor(epoch: number) {
+    super(`another device started epoch ${epoch} meanwhile`, { code: 'conflict', hints: ['run the command again'] });
+  }
+}
+
+/**
+ * Posts the epoch `ring` ends with: sealed to `recipients`, signed by
+ * `signerSeed` as `issuer`, marked at the relay's heads. The first try names
+ * no heads; the relay's 409 names them, and the record is signed again with
+ * them (a few times, while pushes move them). Returns the mark the relay took.
+ */
+export async function postEpoch(
+  env: KeyEnv,
+  ring: Keyring,
+  o: {
+    prevKeyId: string;
+    recipients: { id: string; exchangePublicKey: Uint8Array }[];
+    recoveryKey: string;
+    issuer: string;
+    signerSeed: Uint8Array;
+    post?: (record: EpochRecord) => Promise<void>;
+  },
+): Promise<EpochMark> {
+  const cur = currentEpoch(ring);
   const wraps: Record<string, string> = {};
-  for (const r of recipients) wraps[r.id] = b64uEncode(wrapKeyring(ring, r));
-  const hashes = wrapHashes(ring, recipients);
+  for (const r of o.recipients) wraps[r.id] = b64uEncode(wrapKeyring(ring, r));
+  const recipients = formatRecipients(wrapHashes(ring, o.recipients));
   let mark: EpochMark = { cursor: 0, seq: 0 };
   for (let attempt = 0; ; attempt++) {
     const unsigned = {
       vaultId: env.vaultId,
       epoch: cur.epoch,
       keyId: cur.keyIdHex,
-      prevKeyId: currentEpoch(held.ring).keyIdHex,
-      recoveryKey,
+      prevKeyId: o.prevKeyId,
+      recoveryKey: o.recoveryKey,
       markCursor: mark.cursor,
       markSeq: mark.seq,
       createdAt: relayNow(env),
-      issuer: opts.paperSeed ? RECOVERY : env.deviceId,
-      recipients: formatRecipients(hashes),
+      issuer: o.issuer,
+      recipients,
     };
-    const record: EpochRecord = { ...unsigned, signature: b64uEncode(signPurpose(opts.paperSeed ?? env.deviceSeed, 'epoch', epochFields(unsigned))), wraps };
+    const record: EpochRecord = { ...unsigned, signature: b64uEncode(signPurpose(o.signerSeed, 'epoch', epochFields(unsigned))), wraps };
     try {
-      if (opts.post) await opts.post(record);
+      if (o.post) await o.post(record);
       else await env.session.request('POST', '/epochs', record);
-      break;
+      return mark;
     } catch (err) {
       const moved = headsMoved(err);
       if (!moved || attempt >= 5) throw err;
-      if (moved.epoch !== currentEpoch(held.ring).epoch) {
-        throw new FailureError(`another device started epoch ${moved.epoch} meanwhile`, { hints: ['run the command again'] });
-      }
+      if (moved.epoch !== cur.epoch - 1) throw new EpochMovedError(moved.epoch);
       mark = { cursor: moved.head, seq: moved.seq };
     }
   }
-  const stored: StoredRing = { ring, marks: { ...held.marks, [cur.epoch - 1]: mark } };
-  await saveRing(env.keystore, stored);
-  noteEpoch(env.home, cur.epoch);
-  env.session.forgetToken();
-  return { stored, epoch: cur.epoch, sealedTo: [...members.map((id) => names.get(id) ?? id), 'the recovery phrase'] };
 }
 
 function headsMoved(err: unknown): { head: number; seq: number; epoch: number } | null {
@@ -321,15 +353,9 @@ function relayNow(env: KeyEnv): number {
   return env.now() + (env.session.client.clockOffsetMs ?? 0);
 }
 
-/** Records in state.json the epoch this device now holds. */
-export function noteEpoch(home: string, epoch: number): void {
-  const st = readState(home);
-  if (!st?.vault) return;
-  writeState(home, { ...st, vault: { ...st.vault, epoch } });
-}
-
 // ---------------------------------------------------------------- certificates and revocations
 
+/** This device's certificate, signed by `issuerSeed` (the paper's, or a member's). */
 export function makeCert(p: {
   vaultId: string;
   deviceSeed: Uint8Array;
@@ -339,16 +365,8 @@ export function makeCert(p: {
   issuer: string;
   issuerSeed: Uint8Array;
 }): DeviceCert {
-  const unsigned = {
-    vaultId: p.vaultId,
-    deviceId: p.deviceId,
-    signingKey: b64uEncode(publicKeyFromSeed(p.deviceSeed)),
-    exchangeKey: b64uEncode(deviceExchangeKey(p.deviceSeed).publicKey),
-    name: p.name,
-    issuedAt: p.issuedAt,
-    issuer: p.issuer,
-  };
-  return { ...unsigned, signature: b64uEncode(signPurpose(p.issuerSeed, 'device-cert', certFields(unsigned))) };
+  const { deviceSeed, ...rest } = p;
+  return vouchFor({ ...rest, signingKey: b64uEncode(publicKeyFromSeed(deviceSeed)), exchangeKey: b64uEncode(deviceExchangeKey(deviceSeed).publicKey) });
 }
 
 /** A certificate for another device's public keys (pairing by code: the offering device vouches). */

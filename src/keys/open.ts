@@ -5,15 +5,14 @@
  * (the upgrade, docs/FORMAT.md §9). A relay naming an older epoch than this
  * device verified is a rollback (exit 6).
  */
-import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { b64uEncode } from '../crypto/bytes.js';
 import { deriveRoot, type VaultKeys } from '../crypto/kdf.js';
 import { currentEpoch, deviceExchangeKey, legacyKeyring, recoveryKeys, type RecoveryKeys } from '../crypto/keyring.js';
-import { publicKeyFromSeed } from '../crypto/sign.js';
 import { FailureError, IntegrityError } from '../errors.js';
 import { failure, mapCryptoError } from '../failures.js';
 import { RECOVERY } from '../protocol/membership.js';
-import { RelayHttpError, type DeviceSession } from '../relay/client.js';
-import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, writeState, type PairedPaper } from '../state.js';
+import type { DeviceSession } from '../relay/client.js';
+import { readState, SECRET_PHRASE, SECRET_ROOT_KEY, writeState, type PairedPaper } from '../state.js';
 import type { Keystore } from '../keystore/index.js';
 import type { PairedVault } from '../state.js';
 
@@ -27,11 +26,10 @@ interface Paired {
   vault: PairedVault;
   keystore: Keystore;
 }
-import { keysOf, loadRing, makeCert, noteEpoch, pickUp, saveRing, startEpoch, type KeyEnv, type StoredRing } from './epochs.js';
+import { EpochMovedError, keysOf, loadRing, makeCert, pickUp, postEpoch, saveRing, type KeyEnv, type StoredRing } from './epochs.js';
 
+/** The key operations' environment; the device key is the session's (read from the keystore once per command). */
 export async function keyEnv(ctx: Context, p: Paired, session: DeviceSession): Promise<KeyEnv> {
-  const seed = await p.keystore.get(SECRET_DEVICE_KEY);
-  if (!seed) throw new FailureError(`this device's key is not in the ${p.keystore.kind} keystore`, { hints: ['join the vault again with `casa pair --join`'] });
   const vault = readState(ctx.globals.home)?.vault ?? p.vault;
   return {
     home: ctx.globals.home,
@@ -39,7 +37,7 @@ export async function keyEnv(ctx: Context, p: Paired, session: DeviceSession): P
     deviceId: p.vault.deviceId,
     keystore: p.keystore,
     session,
-    deviceSeed: b64uDecode(seed),
+    deviceSeed: session.deviceSeed,
     now: ctx.deps.now,
     note: (line) => ctx.out.note(line),
     ...(vault.paper ? { paper: vault.paper } : {}),
@@ -57,10 +55,10 @@ export async function openVaultKeys(ctx: Context, p: Paired, session: DeviceSess
     stored = await upgrade(env, stored);
     return keysOf(stored);
   }
+  // The keyring is the record of the newest epoch this device verified: an older one from the relay is a rollback.
   const held = currentEpoch(stored.ring);
-  const verified = readState(ctx.globals.home)?.vault?.epoch ?? held.epoch;
-  if (relay.epoch < Math.max(held.epoch, verified)) {
-    throw failure('rollback', `the relay names epoch ${relay.epoch}, but this device verified epoch ${Math.max(held.epoch, verified)}`, {
+  if (relay.epoch < held.epoch) {
+    throw failure('rollback', `the relay names epoch ${relay.epoch}, but this device verified epoch ${held.epoch}`, {
       hints: ['the relay lost or rolled back its records; nothing was read or written'],
     });
   }
@@ -70,10 +68,23 @@ export async function openVaultKeys(ctx: Context, p: Paired, session: DeviceSess
   }
   const picked = await pickUp(env, stored, { id: env.deviceId, exchange: deviceExchangeKey(env.deviceSeed) }, env.paper);
   await saveRing(p.keystore, picked.stored);
-  noteEpoch(env.home, picked.epoch.epoch);
   const by = picked.epoch.issuer === RECOVERY ? 'the recovery phrase' : (picked.members.certified.get(picked.epoch.issuer)?.name ?? picked.epoch.issuer);
   ctx.out.note(`picked up the vault's new keys (epoch ${picked.epoch.epoch}, started by ${by})`);
   return keysOf(picked.stored);
+}
+
+/**
+ * openVaultKeys, and what a command that changes the vault's keys needs
+ * with them (`casa devices revoke`, `casa rotate`): the key environment, the
+ * keyring as stored, the paper this device trusts.
+ */
+export async function openKeyring(ctx: Context, p: Paired, session: DeviceSession): Promise<{ keys: VaultKeys; env: KeyEnv; held: StoredRing; paper: PairedPaper }> {
+  const keys = await openVaultKeys(ctx, p, session);
+  const env = await keyEnv(ctx, p, session);
+  const held = await loadRing(p.keystore);
+  // openVaultKeys leaves both in place (it upgrades a format-1 device first): their absence is a damaged home.
+  if (!held || !env.paper) throw new FailureError(`this device's keyring or the recovery phrase's public keys are missing from ${ctx.globals.home}`, { hints: ['pair this device again (`casa pair --join`, or a code from another device)'] });
+  return { keys, env, held, paper: env.paper };
 }
 
 /**
@@ -109,7 +120,7 @@ async function upgrade(env: KeyEnv, stored: StoredRing | null): Promise<StoredRi
   await env.keystore.delete(SECRET_ROOT_KEY);
   await env.keystore.delete(SECRET_PHRASE);
   const st = readState(env.home);
-  if (st?.vault) writeState(env.home, { ...st, vault: { ...st.vault, paper, epoch: currentEpoch(result.ring).epoch, keyIdHex: currentEpoch(result.ring).keyIdHex } });
+  if (st?.vault) writeState(env.home, { ...st, vault: { ...st.vault, paper, keyIdHex: currentEpoch(result.ring).keyIdHex } });
   env.note('this vault now uses key epochs: this device no longer keeps the recovery phrase (your paper is the copy; `casa rotate --phrase` replaces it)');
   return result;
 }
@@ -135,7 +146,8 @@ export async function joinWithPaper(env: KeyEnv, paperKeys: RecoveryKeys, opts: 
     try {
       return { stored: await postFirstEpoch(env, opts.legacy, paper, paperKeys), paper };
     } catch (err) {
-      if (!(err instanceof RelayHttpError && err.status === 409)) throw err;
+      // Another device of the vault upgraded it first: take its epoch 1 from the paper's wrap.
+      if (!(err instanceof EpochMovedError)) throw err;
       env.session.forgetToken();
     }
   }
@@ -154,41 +166,17 @@ async function paperNumber(env: KeyEnv, authKey: string): Promise<number> {
 
 /** Epoch 1, signed by the paper, sealed to this device and the paper. */
 export async function postFirstEpoch(env: KeyEnv, first: StoredRing, paper: PairedPaper, paperKeys: RecoveryKeys): Promise<StoredRing> {
-  // startEpoch makes the *next* epoch; epoch 1 is the keyring as it is, posted the same way.
-  const { formatRecipients, epochFields } = await import('../protocol/membership.js');
-  const { wrapKeyring, wrapHashes } = await import('../crypto/keyring.js');
-  const { signPurpose } = await import('../crypto/sign.js');
-  const cur = currentEpoch(first.ring);
-  const me = { id: env.deviceId, exchangePublicKey: deviceExchangeKey(env.deviceSeed).publicKey };
-  const recipients = [me, { id: RECOVERY, exchangePublicKey: paperKeys.exchange.publicKey }];
-  const wraps: Record<string, string> = {};
-  for (const r of recipients) wraps[r.id] = b64uEncode(wrapKeyring(first.ring, r));
-  let mark = { cursor: 0, seq: 0 };
-  for (let attempt = 0; ; attempt++) {
-    const unsigned = {
-      vaultId: env.vaultId,
-      epoch: 1,
-      keyId: cur.keyIdHex,
-      prevKeyId: '',
-      recoveryKey: paper.exchangeKey,
-      markCursor: mark.cursor,
-      markSeq: mark.seq,
-      createdAt: env.now() + (env.session.client.clockOffsetMs ?? 0),
-      issuer: RECOVERY,
-      recipients: formatRecipients(wrapHashes(first.ring, recipients)),
-    };
-    try {
-      await env.session.request('POST', '/epochs', { ...unsigned, signature: b64uEncode(signPurpose(paperKeys.authSeed, 'epoch', epochFields(unsigned))), wraps });
-      break;
-    } catch (err) {
-      const d = err instanceof RelayHttpError && err.status === 409 ? err.doc : null;
-      if (!d || typeof d.head !== 'number' || typeof d.seq !== 'number' || d.epoch !== 0 || attempt >= 5) throw err;
-      mark = { cursor: d.head, seq: d.seq };
-    }
-  }
+  await postEpoch(env, first.ring, {
+    prevKeyId: '',
+    recipients: [
+      { id: env.deviceId, exchangePublicKey: deviceExchangeKey(env.deviceSeed).publicKey },
+      { id: RECOVERY, exchangePublicKey: paperKeys.exchange.publicKey },
+    ],
+    recoveryKey: paper.exchangeKey,
+    issuer: RECOVERY,
+    signerSeed: paperKeys.authSeed,
+  });
   await saveRing(env.keystore, first);
   env.session.forgetToken();
   return first;
 }
-
-export { publicKeyFromSeed, startEpoch };

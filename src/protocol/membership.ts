@@ -75,6 +75,18 @@ export interface RecoveryRecord {
   signatureNew: string;
 }
 
+/** A certificate with exactly its fields, in FORMAT.md §9's order: the one spelling that is sent and stored. */
+export const certOf = (c: DeviceCert): DeviceCert => ({
+  vaultId: c.vaultId,
+  deviceId: c.deviceId,
+  signingKey: c.signingKey,
+  exchangeKey: c.exchangeKey,
+  name: c.name,
+  issuedAt: c.issuedAt,
+  issuer: c.issuer,
+  signature: c.signature,
+});
+
 export const certFields = (c: Omit<DeviceCert, 'signature'>) => [c.vaultId, c.deviceId, c.signingKey, c.exchangeKey, c.name, c.issuedAt, c.issuer];
 export const revocationFields = (r: Omit<Revocation, 'signature'>) => [r.vaultId, r.deviceId, r.revokedAt, r.issuer];
 export const epochFields = (e: Omit<EpochRecord, 'signature' | 'wraps'>) => [

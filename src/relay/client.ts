@@ -319,7 +319,8 @@ export class DeviceSession {
     readonly client: RelayClient,
     readonly vaultId: string,
     readonly deviceId: string,
-    private readonly deviceSeed: Uint8Array,
+    /** The device's Ed25519 seed (read once from the keystore by the command). */
+    readonly deviceSeed: Uint8Array,
   ) {}
 
   private get base(): string {

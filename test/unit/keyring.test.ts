@@ -4,6 +4,7 @@
  * each recipient. The frozen bytes are in test/vectors (keyring-wrap.json);
  * this file tests the behaviour around them.
  */
+import { deviceIdOf } from '../../src/protocol/membership.js';
 import { x25519 } from '@noble/curves/ed25519.js';
 import { describe, expect, it } from 'vitest';
 import { b64uEncode, bytesToHex, concatBytes, hexToBytes, utf8ToBytes } from '../../src/crypto/bytes.js';
@@ -12,7 +13,6 @@ import {
   currentEpoch,
   decodeKeyring,
   deviceExchangeKey,
-  deviceIdOf,
   encodeKeyring,
   epochKeys,
   extends_,

@@ -6,12 +6,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { b64uEncode, hexToBytes, utf8ToBytes } from '../../src/crypto/bytes.js';
-import { deviceExchangeKey, deviceIdOf, recoveryKeys, type RecoveryKeys } from '../../src/crypto/keyring.js';
+import { deviceExchangeKey, recoveryKeys, type RecoveryKeys } from '../../src/crypto/keyring.js';
 import { sha256Hex } from '../../src/crypto/sha256.js';
 import { publicKeyFromSeed, signPurpose } from '../../src/crypto/sign.js';
 import { checkEpochRecord, membership, MembershipError, paperChain, type Membership, type Paper } from '../../src/keys/verify.js';
 import {
   certFields,
+  deviceIdOf,
   epochFields,
   formatRecipients,
   RECOVERY,

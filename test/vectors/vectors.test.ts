@@ -21,7 +21,6 @@ import { deriveRoot, hkdfSha256, vaultKeysFromRoot, type VaultKeys } from '../..
 import {
   decodeKeyring,
   deviceExchangeKey,
-  deviceIdOf,
   encodeKeyring,
   epochKeys,
   legacyKeyring,
@@ -34,6 +33,7 @@ import {
 import { sha256Hex } from '../../src/crypto/sha256.js';
 import { checkEpochRecord, membership, paperChain } from '../../src/keys/verify.js';
 import {
+  deviceIdOf,
   certFields,
   certMessage,
   epochFields,

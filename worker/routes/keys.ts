@@ -23,6 +23,7 @@ import { isDeviceId, isVaultId } from '../../src/protocol/ids.js';
 import {
   RECOVERY,
   certFields,
+  certOf,
   deviceIdOf,
   epochFields,
   isDeviceCert,
@@ -123,17 +124,7 @@ function checkIssuer(issuer: string, field: string): void {
 }
 
 // The one stored spelling of each record.
-const certJson = (c: DeviceCert): string =>
-  JSON.stringify({
-    vaultId: c.vaultId,
-    deviceId: c.deviceId,
-    signingKey: c.signingKey,
-    exchangeKey: c.exchangeKey,
-    name: c.name,
-    issuedAt: c.issuedAt,
-    issuer: c.issuer,
-    signature: c.signature,
-  });
+const certJson = (c: DeviceCert): string => JSON.stringify(certOf(c));
 const revocationJson = (r: Revocation): string =>
   JSON.stringify({ vaultId: r.vaultId, deviceId: r.deviceId, revokedAt: r.revokedAt, issuer: r.issuer, signature: r.signature });
 const epochJson = (e: EpochRecord): string =>
