@@ -28,6 +28,7 @@ import { mapCryptoError } from '../failures.js';
 import type { Keystore } from '../keystore/index.js';
 import {
   certFields,
+  certOf,
   epochFields,
   formatRecipients,
   isDeviceCert,
@@ -370,18 +371,9 @@ export function makeCert(p: {
 }
 
 /** A certificate for another device's public keys (pairing by code: the offering device vouches). */
-export function vouchFor(p: {
-  vaultId: string;
-  deviceId: string;
-  signingKey: string;
-  exchangeKey: string;
-  name: string;
-  issuedAt: number;
-  issuer: string;
-  issuerSeed: Uint8Array;
-}): DeviceCert {
-  const unsigned = { vaultId: p.vaultId, deviceId: p.deviceId, signingKey: p.signingKey, exchangeKey: p.exchangeKey, name: p.name, issuedAt: p.issuedAt, issuer: p.issuer };
-  return { ...unsigned, signature: b64uEncode(signPurpose(p.issuerSeed, 'device-cert', certFields(unsigned))) };
+export function vouchFor(p: Omit<DeviceCert, 'signature'> & { issuerSeed: Uint8Array }): DeviceCert {
+  const { issuerSeed, ...unsigned } = p;
+  return certOf({ ...unsigned, signature: b64uEncode(signPurpose(issuerSeed, 'device-cert', certFields(unsigned))) });
 }
 
 export function makeRevocation(p: { vaultId: string; deviceId: string; revokedAt: number; issuer: string; issuerSeed: Uint8Array }): Revocation {
