@@ -15,6 +15,7 @@ import { formatSummary, formatTable, runFoundation } from './foundation.mjs';
 import { formatSnapshot, parseSnapshotArgs, runSnapshot, snapshotResults } from './snapshot.mjs';
 import { formatSync, parseSyncArgs, runSync, syncResults } from './sync.mjs';
 import { epochResults, formatEpoch, runEpoch } from './epoch.mjs';
+import { formatLatency, latencyResults, runLatency } from './latency.mjs';
 
 const suites = {
   foundation: async () => {
@@ -32,6 +33,10 @@ const suites = {
   epoch: async () => {
     const report = await runEpoch({ mb: 100 });
     return { results: epochResults(report), text: formatEpoch(report), detail: report };
+  },
+  latency: async () => {
+    const report = await runLatency({ mb: 100, delayMs: 25, reps: 5 });
+    return { results: latencyResults(report), text: formatLatency(report), detail: report };
   },
 };
 

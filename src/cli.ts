@@ -39,8 +39,15 @@ export async function main(argv: string[]): Promise<number> {
     const raw = cmd.optsWithGlobals() as RawGlobals & Record<string, unknown>;
     json = Boolean(raw.json);
     const { Context, resolveGlobals, defaultDeps } = await import('./commands/context.js');
-    const ctx = new Context(resolveGlobals(raw, term.env), defaultDeps(term, controller.signal));
-    await action(ctx, args, cmd.opts());
+    const { RestartCommand } = await import('./errors.js');
+    const once = () => action(new Context(resolveGlobals(raw, term.env), defaultDeps(term, controller.signal)), args, cmd.opts());
+    try {
+      await once();
+    } catch (err) {
+      // A token kept from an earlier command met a relay that moved on, before anything was done: once more, with a new token.
+      if (!(err instanceof RestartCommand)) throw err;
+      await once();
+    }
   });
   const configure = (c: Command) => {
     c.exitOverride();

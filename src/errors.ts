@@ -149,3 +149,17 @@ export class CancelledError extends CasaError {
     super(EXIT.cancelled, message, { code: 'cancelled', ...opts });
   }
 }
+
+/**
+ * Not a failure: the command's first request, made with a token kept from
+ * an earlier command, found the relay at another key epoch (409
+ * epoch_moved) or the token refused (401) before anything was done. The
+ * entry point (src/cli.ts) runs the command once more, with a new token
+ * (src/relay/token-cache.ts).
+ */
+export class RestartCommand extends Error {
+  constructor(readonly why: string) {
+    super(`the command starts again: ${why}`);
+    this.name = 'RestartCommand';
+  }
+}

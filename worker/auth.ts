@@ -15,10 +15,10 @@
 import { ed25519 } from '@noble/curves/ed25519.js';
 import type { Context, MiddlewareHandler } from 'hono';
 import { isDeviceId, isVaultId } from '../src/protocol/ids.js';
-import { SIGNED_TIME_WINDOW_MS, signedMessage, type SignedPurpose } from '../src/protocol/messages.js';
-import { getDevice } from './db.js';
+import { EPOCH_HEADER, EXPECT_EPOCH_HEADER, SIGNED_TIME_WINDOW_MS, signedMessage, type SignedPurpose } from '../src/protocol/messages.js';
+import { getDevice, getDeviceWithEpoch } from './db.js';
 import type { AppEnv, Env } from './env.js';
-import { b64uDecode, b64uEncode, badRequest, notFound, randomBytes, revoked, unauthorized } from './http.js';
+import { ApiError, b64uDecode, b64uEncode, badRequest, notFound, randomBytes, revoked, unauthorized } from './http.js';
 import { limit } from './limits.js';
 
 export const TOKEN_TTL_MS = 5 * 60 * 1000;
@@ -151,7 +151,9 @@ function bearer(c: Context): string | null {
 
 /**
  * Authenticated routes: token → vault match (else 404) → device row (missing
- * 401, revoked 403) → API_LIMITER by device. Sets c.var.vaultId/deviceId.
+ * 401, revoked 403) → the expected epoch, if the request names one (else 409
+ * epoch_moved, before the route runs) → API_LIMITER by device. Sets
+ * c.var.vaultId/deviceId, and the vault's epoch on the answer (EPOCH_HEADER).
  */
 export function requireDevice(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -163,13 +165,20 @@ export function requireDevice(): MiddlewareHandler<AppEnv> {
     const vaultId = c.req.param('vaultId');
     // Another vault, existing or not, malformed id or not: the same 404.
     if (vaultId !== claims.vid) throw notFound();
-    const device = await getDevice(c.env.DB, claims.vid, claims.sub);
+    const device = await getDeviceWithEpoch(c.env.DB, claims.vid, claims.sub);
     if (device === null) throw unauthorized('invalid or expired token');
     if (device.revoked_at !== null) throw revoked();
+    const epoch = `${device.epoch}.${device.epoch_key_id}`;
+    const expected = c.req.header(EXPECT_EPOCH_HEADER);
+    if (expected !== undefined && expected !== epoch) {
+      throw new ApiError(409, 'epoch_moved', 'the vault has moved to another key epoch', { [EPOCH_HEADER]: epoch }, { epoch: device.epoch, keyId: device.epoch_key_id });
+    }
     await limit(c.env.API_LIMITER, `device:${claims.sub}`);
     c.set('vaultId', claims.vid);
     c.set('deviceId', claims.sub);
     await next();
+    // After the route (its answer or its error), the epoch as the request found it, or as the route moved it; a 101 carries its own, immutable headers.
+    if (c.res.status !== 101) c.res.headers.set(EPOCH_HEADER, c.get('epochNow') ?? epoch);
   };
 }
 

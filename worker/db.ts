@@ -72,6 +72,21 @@ export async function getDevice(db: D1Database, vaultId: string, deviceId: strin
     .first<DeviceRow>();
 }
 
+/** The device row with its vault's current epoch and key id (requireDevice's one read per request). */
+export async function getDeviceWithEpoch(
+  db: D1Database,
+  vaultId: string,
+  deviceId: string,
+): Promise<(DeviceRow & { epoch: number; epoch_key_id: string }) | null> {
+  return db
+    .prepare(
+      `SELECT ${DEVICE_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ')}, v.epoch, v.epoch_key_id
+       FROM devices d JOIN vaults v ON v.id = d.vault_id WHERE d.vault_id = ?1 AND d.id = ?2`,
+    )
+    .bind(vaultId, deviceId)
+    .first();
+}
+
 export async function getDeviceByKey(db: D1Database, vaultId: string, publicKey: string): Promise<DeviceRow | null> {
   return db
     .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE vault_id = ?1 AND public_key = ?2`)

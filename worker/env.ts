@@ -25,6 +25,8 @@ export interface Env {
 export interface AuthVars {
   vaultId: string;
   deviceId: string;
+  /** Set by a route that moved the vault's key epoch: what its answer names in X-Casa-Epoch. */
+  epochNow?: string;
 }
 
 export type AppEnv = { Bindings: Env; Variables: AuthVars };

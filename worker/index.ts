@@ -16,6 +16,7 @@ import { digestRoutes } from './routes/digests.js';
 import { keyRoutes, recoveryRoutes } from './routes/keys.js';
 import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
 import { snapshotRoutes } from './routes/snapshots.js';
+import { statusRoutes } from './routes/status.js';
 import { vaultRoutes } from './routes/vaults.js';
 
 export { VaultHub } from './hub.js';
@@ -38,6 +39,7 @@ app.route('/v1/vaults', snapshotRoutes);
 app.route('/v1/vaults', changesetRoutes);
 app.route('/v1/vaults', digestRoutes);
 app.route('/v1/vaults', pairingVaultRoutes);
+app.route('/v1/vaults', statusRoutes);
 app.route('/v1/pairings', pairingRoutes);
 app.route('/v1/recovery', recoveryRoutes);
 

@@ -12,6 +12,7 @@ import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
 import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
 import { checkRelayTransport, DeviceSession, RelayClient } from '../relay/client.js';
+import { TokenCache, tokenCachePath } from '../relay/token-cache.js';
 import { guardPrivateDir } from '../private-dir.js';
 import { Output, type Terminal } from '../ui/terminal.js';
 import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
@@ -104,6 +105,8 @@ export class Context {
 }
 
 export interface Paired {
+  /** CASA_HOME (the kept token lives there: src/relay/token-cache.ts). */
+  home: string;
   state: HomeState;
   vault: PairedVault;
   keystore: Keystore;
@@ -116,7 +119,7 @@ export function loadPaired(ctx: Context): Paired {
   if (!state?.vault) throw new NotPairedError(`this device is not paired (no vault in ${ctx.globals.home})`);
   const vault = state.vault;
   const keystore = openKeystore(ctx.globals.keystore ?? vault.keystore, { home: ctx.globals.home, namespace: state.homeId });
-  return { state, vault, keystore, client: ctx.client(ctx.server(state)) };
+  return { home: ctx.globals.home, state, vault, keystore, client: ctx.client(ctx.server(state)) };
 }
 
 /** The device's authenticated session; reads the device key from the keystore. */
@@ -133,7 +136,7 @@ export async function deviceSession(p: Paired): Promise<DeviceSession> {
       ],
     });
   }
-  return new DeviceSession(p.client, p.vault.vaultId, p.vault.deviceId, b64uDecode(seed));
+  return new DeviceSession(p.client, p.vault.vaultId, p.vault.deviceId, b64uDecode(seed), new TokenCache(tokenCachePath(p.home)));
 }
 
 /**

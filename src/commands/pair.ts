@@ -15,6 +15,7 @@
  * `runPair` is it plus the report (`casa restore` uses the first and reports
  * on its own).
  */
+import { TokenCache, tokenCachePath } from '../relay/token-cache.js';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -333,7 +334,7 @@ function keyEnvOf(ctx: Context, home: PairingHome, vaultId: string, deviceId: st
     vaultId,
     deviceId,
     keystore: home.keystore,
-    session: new DeviceSession(home.client, vaultId, deviceId, seed),
+    session: new DeviceSession(home.client, vaultId, deviceId, seed, new TokenCache(tokenCachePath(ctx.globals.home))),
     deviceSeed: seed,
     now: ctx.deps.now,
     note: (line) => ctx.out.note(line),

@@ -5,10 +5,9 @@
  */
 import { statSync } from 'node:fs';
 import { readState, SECRET_PHRASE } from '../state.js';
-import type { DeviceSession } from '../relay/client.js';
 import { sanitize as printable } from '../ui/format.js';
 import { RelayHttpError } from '../relay/client.js';
-import { CasaError } from '../errors.js';
+import { CasaError, RestartCommand } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
 import { readIndex, sameStat, statDatabase } from '../snapshots/page-index.js';
 import { SnapshotApi } from '../relay/snapshots.js';
@@ -91,15 +90,6 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
   };
 
   const client = ctx.client(server, 5_000);
-  try {
-    const h = await client.health();
-    report.relay = { reachable: true, version: h.version, error: null };
-    report.clock_offset_ms = client.clockOffsetMs;
-  } catch (err) {
-    if (err instanceof CasaError && err.exitCode === 130) throw err;
-    report.relay.error = err instanceof Error ? err.message : String(err);
-  }
-
   let paired: Paired | undefined;
   if (state?.vault) {
     try {
@@ -122,26 +112,38 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     }
   }
 
-  if (paired && report.relay.reachable) {
-    report.device_status = 'unknown';
+  // A paired device asks the relay once (GET status: docs/RELAY-API.md "Status"); otherwise, or when that fails, /v1/health says whether a relay answers.
+  if (paired) {
     try {
       const session = await deviceSession(paired);
-      await session.getToken();
+      report.device_status = 'unknown';
+      const d = await session.request('GET', '/status');
+      report.relay = { reachable: true, version: typeof d.version === 'string' ? printable(d.version) : null, error: null };
+      report.clock_offset_ms = client.clockOffsetMs;
       report.device_status = 'active';
       if (report.keys) report.keys.relay_epoch = session.relayEpoch?.epoch ?? null;
-      report.recent_events = await recentEvents(session, ctx.deps.now());
-      const head = await new SnapshotApi(session).head();
+      report.recent_events = recentEvents(d, ctx.deps.now());
+      const head = new SnapshotApi(session).headOf(d);
       if (head) {
         report.relay_head = { snapshot_id: head.id, seq: head.seq, time: head.time, device_id: head.deviceId, device_name: head.deviceName };
       }
       const local = report.last_sync?.seq ?? 0;
       report.newer_available = (head?.seq ?? 0) > local;
       report.rollback_detected = (head?.seq ?? 0) < (state!.vault!.highestSeq ?? 0);
-      if (report.changesets) report.changesets.relay_head = (await new ChangesetApi(session).heads()).head;
+      if (report.changesets) report.changesets.relay_head = new ChangesetApi(session).headsOf(d.changesets as Record<string, unknown>).head;
     } catch (err) {
-      if (err instanceof RelayHttpError && err.code === 'device_revoked') report.device_status = 'revoked';
-      else if (err instanceof CasaError && err.code === 'device_revoked') report.device_status = 'revoked';
-      else if (err instanceof CasaError && err.exitCode === 130) throw err;
+      if (err instanceof RestartCommand || (err instanceof CasaError && err.exitCode === 130)) throw err;
+      if ((err instanceof RelayHttpError || err instanceof CasaError) && err.code === 'device_revoked') report.device_status = 'revoked';
+    }
+  }
+  if (!report.relay.reachable) {
+    try {
+      const h = await client.health();
+      report.relay = { reachable: true, version: h.version, error: null };
+      report.clock_offset_ms = client.clockOffsetMs;
+    } catch (err) {
+      if (err instanceof CasaError && err.exitCode === 130) throw err;
+      report.relay.error = err instanceof Error ? err.message : String(err);
     }
   }
 
@@ -152,22 +154,17 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
 
 const NOTABLE = new Set(['device_enrolled', 'device_revoked', 'epoch_created', 'paper_replaced']);
 
-/** The vault's security events of the last 7 days (best effort: an older relay has no log route). */
-async function recentEvents(session: DeviceSession, now: number): Promise<StatusReport['recent_events']> {
-  try {
-    const [log, devs] = await Promise.all([session.call('GET', '/log?limit=20'), session.call('GET', '/devices')]);
-    const names = new Map<string, string>();
-    for (const d of Array.isArray(devs.devices) ? (devs.devices as Record<string, unknown>[]) : []) {
-      if (typeof d.id === 'string' && typeof d.name === 'string') names.set(d.id, printable(d.name));
-    }
-    const name = (id: unknown) => (typeof id !== 'string' ? null : id === 'recovery' ? 'the recovery phrase' : (names.get(id) ?? id));
-    return (Array.isArray(log.events) ? (log.events as Record<string, unknown>[]) : [])
-      .filter((e) => typeof e.at === 'number' && typeof e.event === 'string' && NOTABLE.has(e.event) && now - (e.at as number) < 7 * 86_400_000)
-      .slice(0, 5)
-      .map((e) => ({ at: e.at as number, event: e.event as string, device: name(e.deviceId), by: name(e.actorId) }));
-  } catch {
-    return [];
+/** The vault's security events of the last 7 days, from the status answer (names from its device list). */
+function recentEvents(d: Record<string, unknown>, now: number): StatusReport['recent_events'] {
+  const names = new Map<string, string>();
+  for (const x of Array.isArray(d.devices) ? (d.devices as Record<string, unknown>[]) : []) {
+    if (typeof x?.id === 'string' && typeof x.name === 'string') names.set(x.id, printable(x.name));
   }
+  const name = (id: unknown) => (typeof id !== 'string' ? null : id === 'recovery' ? 'the recovery phrase' : (names.get(id) ?? printable(id)));
+  return (Array.isArray(d.events) ? (d.events as Record<string, unknown>[]) : [])
+    .filter((e) => typeof e?.at === 'number' && typeof e.event === 'string' && NOTABLE.has(e.event) && now - (e.at as number) < 7 * 86_400_000)
+    .slice(0, 5)
+    .map((e) => ({ at: e.at as number, event: e.event as string, device: name(e.deviceId), by: name(e.actorId) }));
 }
 
 function ago(ms: number): string {

@@ -50,6 +50,13 @@ export async function openVaultKeys(ctx: Context, p: Paired, session: DeviceSess
   const env = await keyEnv(ctx, p, session);
   let stored = await loadRing(p.keystore);
   await session.getToken();
+  const held0 = stored && env.paper ? currentEpoch(stored.ring) : null;
+  const named = session.relayEpoch;
+  // A token kept from an earlier command names the epoch the relay answered with then: decide from a fresh answer unless it is the one held.
+  if (session.reusedToken && (held0 === null || named === null || named.epoch !== held0.epoch || named.keyId !== held0.keyIdHex)) {
+    session.forgetToken();
+    await session.getToken();
+  }
   const relay = session.relayEpoch ?? { epoch: 0, keyId: '' };
   if (!stored || !env.paper || relay.epoch === 0) {
     stored = await upgrade(env, stored);

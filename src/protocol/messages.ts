@@ -48,6 +48,8 @@ export type RelayErrorCode =
   | 'storage_inconsistent'
   /** 409: an upload sealed under an epoch that is no longer the vault's current one (docs/SECURITY.md §3). */
   | 'stale_epoch'
+  /** 409: a request's X-Casa-Expect-Epoch is not the vault's current epoch; nothing was done (the answer carries `epoch` and `keyId`). */
+  | 'epoch_moved'
   | 'internal';
 
 /** The largest sealed changeset batch the relay takes (413 beyond) and a client seals. */
@@ -83,6 +85,16 @@ export const LIVE_AUTH_TIMEOUT_MS = 10_000;
 
 export const RELAY_SERVICE = 'casa-relay';
 export const TIME_HEADER = 'X-Casa-Time';
+/**
+ * Every authenticated answer names the vault's current key epoch as
+ * `EPOCH.KEYID` (KEYID empty at epoch 0), so a device that reuses a token
+ * across commands still learns of a new epoch (docs/RELAY-API.md
+ * "Authentication"). A request may carry the epoch its keys were opened
+ * for in EXPECT_EPOCH_HEADER; the relay then answers 409 epoch_moved,
+ * before doing anything, when the vault has moved on.
+ */
+export const EPOCH_HEADER = 'X-Casa-Epoch';
+export const EXPECT_EPOCH_HEADER = 'X-Casa-Expect-Epoch';
 
 /** A snapshot as the relay's API shows it (docs/RELAY-API.md "Snapshots"); the client checks every field it reads. */
 export interface SnapshotView {

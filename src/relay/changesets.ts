@@ -162,7 +162,12 @@ export class ChangesetApi {
 
   /** The vault's head, what was pruned, and each device's last seq. */
   async heads(): Promise<ChangesetHeads> {
-    const d = await this.session.call('GET', '/changesets/heads');
+    return this.headsOf(await this.session.call('GET', '/changesets/heads'));
+  }
+
+  /** Changeset heads as `/changesets/heads` (or `/status`, under `changesets`) answers them, checked. */
+  headsOf(d: Record<string, unknown>): ChangesetHeads {
+    if (typeof d !== 'object' || d === null) throw this.malformed('changeset heads');
     const { head, prunedThrough, devices: list } = d;
     if (!uint(head) || !uint(prunedThrough) || prunedThrough > head || !Array.isArray(list)) throw this.malformed('changeset heads');
     const seen = new Set<string>();

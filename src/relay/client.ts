@@ -19,9 +19,10 @@ import { sha256Hex } from '../crypto/sha256.js';
 import { collectGarbage, collectYoung } from '../gc.js';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { CancelledError, FailureError, UsageError } from '../errors.js';
+import { CancelledError, FailureError, RestartCommand, UsageError } from '../errors.js';
 import { mapRelayError, notARelay, RelayHttpError, unreachable } from '../failures.js';
-import { RELAY_SERVICE, SHA256_HEADER, TIME_HEADER } from '../protocol/messages.js';
+import { EPOCH_HEADER, EXPECT_EPOCH_HEADER, RELAY_SERVICE, SHA256_HEADER, TIME_HEADER } from '../protocol/messages.js';
+import type { CachedToken, TokenCache } from './token-cache.js';
 import { b64uEncode } from '../crypto/bytes.js';
 import { signPurpose } from '../crypto/sign.js';
 
@@ -173,6 +174,8 @@ export class RelayClient {
   readonly server: string;
   /** relay clock − local clock, in ms, from the last answer (null before any). */
   clockOffsetMs: number | null = null;
+  /** The key epoch the last authenticated answer named (EPOCH_HEADER), or null. */
+  epochHeader: string | null = null;
   private readonly opts: RelayClientOptions;
 
   constructor(server: string, opts: RelayClientOptions = {}) {
@@ -217,6 +220,8 @@ export class RelayClient {
     const buf = new Uint8Array(res.body.buffer, res.body.byteOffset, res.body.length);
     const t = Number(res.headers[TIME_HEADER.toLowerCase()]);
     if (Number.isFinite(t) && t > 0) this.clockOffsetMs = Math.round(t - (sent + this.now()) / 2);
+    const epoch = res.headers[EPOCH_HEADER.toLowerCase()];
+    if (typeof epoch === 'string') this.epochHeader = epoch;
     const contentType = String(res.headers['content-type'] ?? '');
     if (res.status >= 200 && res.status < 300) return { status: res.status, body: buf, contentType };
     const d = parseJsonObject(this.server, res.status, buf);
@@ -227,8 +232,8 @@ export class RelayClient {
   }
 
   /** A JSON exchange: the parsed object of a 2xx answer, or RelayHttpError / a CasaError. */
-  async request(method: string, path: string, body?: unknown, token?: string): Promise<Record<string, unknown>> {
-    const res = await this.send(method, path, { json: body, token });
+  async request(method: string, path: string, body?: unknown, token?: string, headers?: Record<string, string>): Promise<Record<string, unknown>> {
+    const res = await this.send(method, path, { json: body, token, ...(headers ? { headers } : {}) });
     return parseJsonObject(this.server, res.status, res.body);
   }
 
@@ -307,12 +312,19 @@ export function checkRelayTransport(server: string, insecure: boolean): void {
 
 /**
  * A device's authenticated session: challenge → signed → short-lived token,
- * fetched lazily and renewed before it expires.
+ * fetched lazily and renewed before it expires. With a TokenCache, a token
+ * an earlier command fetched is used while it lives, and a new one is kept
+ * for the next (src/relay/token-cache.ts states the rules).
  */
 export class DeviceSession {
   private token: string | null = null;
   private expiresAt = 0;
-  /** The vault's current epoch and key id, as the last token answer said (docs/RELAY-API.md "Membership and epochs"). */
+  /** The kept token in use, until its first answer confirms the epoch it names. */
+  private probing: CachedToken | null = null;
+  /** Whether the kept token may still be tried (not after forgetToken or a fetch). */
+  private cacheUsable: boolean;
+  private lastEpochHeader: string | null = null;
+  /** The vault's current epoch and key id, as the relay last named them (docs/RELAY-API.md "Membership and epochs"). */
   relayEpoch: { epoch: number; keyId: string } | null = null;
 
   constructor(
@@ -321,14 +333,35 @@ export class DeviceSession {
     readonly deviceId: string,
     /** The device's Ed25519 seed (read once from the keystore by the command). */
     readonly deviceSeed: Uint8Array,
-  ) {}
+    private readonly cache: TokenCache | null = null,
+  ) {
+    this.cacheUsable = cache !== null;
+  }
 
   private get base(): string {
     return `/v1/vaults/${this.vaultId}`;
   }
 
+  /** Whether the token in use came from an earlier command (so no request was needed for it). */
+  get reusedToken(): boolean {
+    return this.token !== null && this.probing !== null;
+  }
+
   async getToken(): Promise<string> {
     if (this.token && Date.now() < this.expiresAt - 30_000) return this.token;
+    if (this.cacheUsable) {
+      this.cacheUsable = false;
+      const kept = this.cache!.read(this.client.server, this.vaultId, this.deviceId, Date.now());
+      if (kept) {
+        this.token = kept.token;
+        this.expiresAt = kept.expiresAt;
+        this.probing = kept;
+        this.lastEpochHeader = kept.epoch;
+        this.relayEpoch = parseEpoch(kept.epoch);
+        return this.token;
+      }
+    }
+    this.probing = null;
     const ch = await this.client.call('POST', `${this.base}/auth/challenge`, { deviceId: this.deviceId });
     if (typeof ch.challenge !== 'string') throw notARelay(this.client.server, 'sent a malformed challenge');
     const signature = b64uEncode(signPurpose(this.deviceSeed, 'token', [this.vaultId, this.deviceId, ch.challenge]));
@@ -345,24 +378,82 @@ export class DeviceSession {
       typeof tk.epoch === 'number' && Number.isSafeInteger(tk.epoch) && tk.epoch >= 0 && typeof tk.keyId === 'string' ? { epoch: tk.epoch, keyId: tk.keyId } : null;
     // Trust our own clock for renewal: at most 5 minutes, whatever the relay says.
     this.expiresAt = Date.now() + Math.min(5 * 60_000, Math.max(0, tk.expiresAt - (Date.now() + (this.client.clockOffsetMs ?? 0))));
+    this.lastEpochHeader = this.relayEpoch ? `${this.relayEpoch.epoch}.${this.relayEpoch.keyId}` : null;
+    this.keep();
     return this.token;
   }
 
-  /** A new token at once (the next request names the relay's current epoch). */
+  /** A new token at once (the next request names the relay's current epoch); the kept one is not used again. */
   forgetToken(): void {
     this.token = null;
     this.expiresAt = 0;
+    this.probing = null;
+    this.cacheUsable = false;
+  }
+
+  private keep(): void {
+    if (!this.cache || !this.token || this.lastEpochHeader === null) return;
+    this.cache.write({
+      server: this.client.server,
+      vaultId: this.vaultId,
+      deviceId: this.deviceId,
+      token: this.token,
+      expiresAt: this.expiresAt,
+      epoch: this.lastEpochHeader,
+    });
+  }
+
+  /**
+   * One authenticated exchange: the token, the expected epoch on a kept
+   * token's first request, the epoch the answer names noted, and a kept
+   * token the relay refuses dropped (RestartCommand when nothing was done).
+   */
+  private async exchange<T>(f: (token: string, headers: Record<string, string>) => Promise<T>): Promise<T> {
+    const token = await this.getToken();
+    const probe = this.probing;
+    const headers: Record<string, string> = probe ? { [EXPECT_EPOCH_HEADER.toLowerCase()]: probe.epoch } : {};
+    this.client.epochHeader = null;
+    try {
+      const r = await f(token, headers);
+      if (probe && this.probing === probe) this.probing = null;
+      return r;
+    } catch (err) {
+      if (err instanceof RelayHttpError) {
+        if (err.status === 403 && err.code === 'device_revoked') this.cache?.drop();
+        if (probe && this.probing === probe && (err.status === 401 || (err.status === 409 && err.code === 'epoch_moved'))) {
+          this.cache?.drop();
+          this.forgetToken();
+          throw new RestartCommand(err.status === 401 ? 'the kept token was refused' : 'the vault moved to another key epoch');
+        }
+      }
+      throw err;
+    } finally {
+      this.noteEpoch();
+    }
+  }
+
+  /** The epoch the last answer named, remembered for this command and kept for the next. */
+  private noteEpoch(): void {
+    const h = this.client.epochHeader;
+    if (h === null || !/^\d+\.[0-9a-f]*$/.test(h)) return;
+    this.relayEpoch = parseEpoch(h);
+    if (h !== this.lastEpochHeader) {
+      this.lastEpochHeader = h;
+      this.keep();
+    }
   }
 
   async call(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-    const token = await this.getToken();
-    return this.client.call(method, `${this.base}${path}`, body, token);
+    try {
+      return await this.request(method, path, body);
+    } catch (err) {
+      throw mapRelayError(this.client.server, err);
+    }
   }
 
   /** Like call(), but RelayHttpError is left for the caller to interpret (409 bodies, 404 as absence). */
   async request(method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
-    const token = await this.getToken();
-    return this.client.request(method, `${this.base}${path}`, body, token);
+    return this.exchange((token, headers) => this.client.request(method, `${this.base}${path}`, body, token, headers));
   }
 
   /** Uploads bytes with their SHA-256 for the relay to check on arrival. */
@@ -380,15 +471,16 @@ export class DeviceSession {
     bytes: Uint8Array,
     headers: Record<string, string> = {},
   ): Promise<{ status: number; doc: Record<string, unknown> }> {
-    const token = await this.getToken();
     const sha = sha256Hex(bytes);
-    const res = await this.client.send(method, `${this.base}${path}`, {
-      bytes,
-      token,
-      headers: { ...headers, [SHA256_HEADER.toLowerCase()]: sha },
-      timeoutMs: 120_000,
+    return this.exchange(async (token, auth) => {
+      const res = await this.client.send(method, `${this.base}${path}`, {
+        bytes,
+        token,
+        headers: { ...headers, ...auth, [SHA256_HEADER.toLowerCase()]: sha },
+        timeoutMs: 120_000,
+      });
+      return { status: res.status, doc: parseJsonObject(this.client.server, res.status, res.body) };
     });
-    return { status: res.status, doc: parseJsonObject(this.client.server, res.status, res.body) };
   }
 
   /**
@@ -398,8 +490,14 @@ export class DeviceSession {
    * otherwise into a new buffer.
    */
   async getBytes(path: string, into?: Uint8Array): Promise<Uint8Array> {
-    const token = await this.getToken();
-    const res = await this.client.send('GET', `${this.base}${path}`, { token, timeoutMs: 120_000, ...(into ? { into } : {}) });
-    return res.body;
+    return this.exchange(async (token, headers) => {
+      const res = await this.client.send('GET', `${this.base}${path}`, { token, headers, timeoutMs: 120_000, ...(into ? { into } : {}) });
+      return res.body;
+    });
   }
+}
+
+function parseEpoch(h: string): { epoch: number; keyId: string } {
+  const dot = h.indexOf('.');
+  return { epoch: Number(h.slice(0, dot)), keyId: h.slice(dot + 1) };
 }

@@ -132,7 +132,11 @@ export class SnapshotApi {
   }
 
   async head(): Promise<SnapshotInfo | null> {
-    const d = await this.session.call('GET', '/snapshots/head');
+    return this.headOf(await this.session.call('GET', '/snapshots/head'));
+  }
+
+  /** The head in an answer that carries one (`/snapshots/head`, `/status`), checked. */
+  headOf(d: Record<string, unknown>): SnapshotInfo | null {
     return d.head === null || d.head === undefined ? null : this.snapshot(d.head);
   }
 

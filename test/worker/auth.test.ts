@@ -286,3 +286,44 @@ describe('devices', () => {
     }
   });
 });
+
+describe('the epoch on every answer, and X-Casa-Expect-Epoch (a token kept between commands)', () => {
+  it('names the vault epoch on authenticated answers, and refuses a request expecting another one (409) before the route runs', async () => {
+    const { vault, token } = await setupVault(relay.url);
+    const base = `${relay.url}/v1/vaults/${vault.vaultId}`;
+    const first = await fetch(`${base}/changesets/heads`, bearer(token));
+    expect(first.status).toBe(200);
+    const epoch = first.headers.get('X-Casa-Epoch');
+    expect(epoch).toMatch(/^\d+\.[0-9a-f]*$/);
+    // The same epoch: answered as usual.
+    const same = await fetch(`${base}/changesets/heads`, { headers: { Authorization: `Bearer ${token}`, 'X-Casa-Expect-Epoch': epoch! } });
+    expect(same.status).toBe(200);
+    // Another epoch: 409 epoch_moved with the current one, and nothing done (a digest PUT stores nothing).
+    const moved = await fetch(`${base}/digest`, {
+      method: 'PUT',
+      headers: { Authorization: `Bearer ${token}`, 'X-Casa-Expect-Epoch': '7.0123456789abcdef', 'content-type': 'application/octet-stream' },
+      body: new Uint8Array(64),
+    });
+    expect(moved.status).toBe(409);
+    expect(moved.headers.get('X-Casa-Epoch')).toBe(epoch);
+    const body = (await moved.json()) as { error: { code: string }; epoch: number; keyId: string };
+    expect(body.error.code).toBe('epoch_moved');
+    expect(`${body.epoch}.${body.keyId}`).toBe(epoch);
+    const digests = (await (await fetch(`${base}/digests`, bearer(token))).json()) as { digests: unknown[] };
+    expect(digests.digests).toEqual([]);
+  });
+
+  it('GET status answers what devices, log, snapshots/head and changesets/heads answer, in one', async () => {
+    const { vault, token } = await setupVault(relay.url);
+    const base = `${relay.url}/v1/vaults/${vault.vaultId}`;
+    const get = async (p: string) => (await (await fetch(`${base}${p}`, bearer(token))).json()) as Record<string, unknown>;
+    const status = await get('/status');
+    expect(status.version).toEqual(expect.any(String));
+    expect(status.devices).toEqual((await get('/devices')).devices);
+    expect(status.events).toEqual((await get('/log?limit=20')).events);
+    expect(status.head).toEqual((await get('/snapshots/head')).head);
+    expect(status.changesets).toEqual(await get('/changesets/heads'));
+    const anon = await fetch(`${base}/status`);
+    expect(anon.status).toBe(401);
+  });
+});

@@ -42,6 +42,16 @@ describe('rate limits', () => {
     expect(other.status).toBe(201);
   });
 
+  it('counts every address of an IPv6 /64 as one client', async () => {
+    const res: Response[] = [];
+    for (let i = 0; i < 2 * LIMIT + 1; i++) {
+      res.push(await post(`${relay.url}/v1/vaults`, createBody(newVault()), { 'CF-Connecting-IP': `2001:db8:aa:bb::${(i + 1).toString(16)}` }));
+    }
+    await expectLimited(res);
+    const other = await post(`${relay.url}/v1/vaults`, createBody(newVault()), { 'CF-Connecting-IP': '2001:db8:aa:bc::1' });
+    expect(other.status).toBe(201);
+  });
+
   it('limits enrollment per client IP', async () => {
     const ip = { 'CF-Connecting-IP': '192.0.2.20' };
     const v = newVault();

@@ -281,7 +281,7 @@ keyRoutes.put('/:vaultId/devices/:deviceId/cert', requireDevice(), jsonBodyLimit
   return c.json({ deviceId });
 });
 
-function memberView(d: MemberRow) {
+export function memberView(d: MemberRow) {
   return {
     id: d.id,
     name: d.name,
@@ -399,7 +399,7 @@ async function checkEpoch(c: Ctx, vault: VaultKeyState, v: unknown, paperKeys: s
 async function notInserted(c: Ctx, e: CheckedEpoch, out: EpochOutcome): Promise<Response> {
   const stored = parsed<EpochRecord>(out.stored);
   if (stored !== null && stored.keyId === e.rec.keyId && stored.signature === e.rec.signature) {
-    return c.json({ epoch: e.rec.epoch, keyId: e.rec.keyId }, 201);
+    return epochAnswer(c, e.rec.epoch, e.rec.keyId);
   }
   const b = out.before;
   if (b.epoch !== e.rec.epoch - 1 || b.keyId !== e.rec.prevKeyId || b.head !== e.rec.markCursor || b.seq !== e.rec.markSeq) {
@@ -435,6 +435,12 @@ keyRoutes.get('/:vaultId/epochs', requireDevice(), async (c) => {
   });
 });
 
+/** 201 with the epoch now in force; its answer names it in X-Casa-Epoch too (worker/auth.ts requireDevice). */
+function epochAnswer(c: Context<AppEnv>, epoch: number, keyId: string) {
+  c.set('epochNow', `${epoch}.${keyId}`);
+  return c.json({ epoch, keyId }, 201);
+}
+
 keyRoutes.post('/:vaultId/epochs', requireDevice(), jsonBodyLimitOf(LARGE_JSON_BODY_LIMIT), async (c) => {
   const vault = await getVaultKeyState(c.env.DB, c.var.vaultId);
   if (vault === null) throw notFound();
@@ -442,7 +448,7 @@ keyRoutes.post('/:vaultId/epochs', requireDevice(), jsonBodyLimitOf(LARGE_JSON_B
   const out = await insertEpoch(c.env.DB, e.input);
   if (!out.inserted) return notInserted(c, e, out);
   announceEpoch(c, e.rec.epoch);
-  return c.json({ epoch: e.rec.epoch, keyId: e.rec.keyId }, 201);
+  return epochAnswer(c, e.rec.epoch, e.rec.keyId);
 });
 
 // ---- paper replacement -------------------------------------------------------
@@ -473,7 +479,7 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
     if (r.n <= vault.recovery_n && isEpochRecord(e)) {
       const stored = await storedPaperAndEpoch(c.env.DB, vaultId, r.n, e.epoch);
       const epoch = parsed<EpochRecord>(stored.epoch);
-      if (stored.paper === record && epoch?.keyId === e.keyId && epoch.signature === e.signature) return c.json({ epoch: e.epoch, keyId: e.keyId }, 201);
+      if (stored.paper === record && epoch?.keyId === e.keyId && epoch.signature === e.signature) return epochAnswer(c, e.epoch, e.keyId);
     }
     throw new ApiError(409, 'conflict', `the next replacement of this paper is n = ${vault.recovery_n + 1}`);
   }
@@ -487,7 +493,7 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
   const epoch = e.input.signer.paperKey !== null ? { ...e.input, signer: { paperKey: vault.auth_public_key, deviceId: null } } : e.input;
   const out = await replacePaper(c.env.DB, { vaultId, n: r.n, recoveryId: r.recoveryId, oldAuthKey: vault.auth_public_key, authKey: r.authKey, record, epoch });
   if (!out.inserted) {
-    if (out.storedPaper === record) return c.json({ epoch: e.rec.epoch, keyId: e.rec.keyId }, 201); // a retry
+    if (out.storedPaper === record) return epochAnswer(c, e.rec.epoch, e.rec.keyId); // a retry
     if (out.recoveryN !== vault.recovery_n || out.authKey !== vault.auth_public_key) {
       throw new ApiError(409, 'conflict', 'the paper was replaced meanwhile');
     }
@@ -495,7 +501,7 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
     return notInserted(c, e, { ...out, stored: null });
   }
   announceEpoch(c, e.rec.epoch);
-  return c.json({ epoch: e.rec.epoch, keyId: e.rec.keyId }, 201);
+  return epochAnswer(c, e.rec.epoch, e.rec.keyId);
 });
 
 keyRoutes.get('/:vaultId/recovery', requireDevice(), async (c) => {

@@ -35,7 +35,7 @@ import {
   str,
   unauthorized,
 } from '../http.js';
-import { RETRY_AFTER_SECONDS, clientIp, limit, limitByIp } from '../limits.js';
+import { RETRY_AFTER_SECONDS, clientIp, clientNetwork, limit, limitByIp } from '../limits.js';
 import {
   cancelPairing,
   completePairing,
@@ -287,7 +287,7 @@ pairingRoutes.get('/:nameplate/result', limitByIp('API_LIMITER'), async (c) => {
   const first = await getPairing(c.env.DB, nameplate);
   if (first === null || !sameHex(tokenHash, first.join_token_hash)) {
     // 404 and 401 tell which nameplates are in use: a failed try costs what a read does.
-    await limit(c.env.PAIR_JOIN_LIMITER, `ip:${clientIp(c)}`);
+    await limit(c.env.PAIR_JOIN_LIMITER, `ip:${clientNetwork(clientIp(c))}`);
   }
   tokenSession(first, tokenHash);
   const found = await poll(

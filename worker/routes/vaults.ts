@@ -33,7 +33,7 @@ import {
   unauthorized,
   vaultIdParam,
 } from '../http.js';
-import { clientIp, limit, limitByIp } from '../limits.js';
+import { clientIp, clientNetwork, limit, limitByIp } from '../limits.js';
 
 export const vaultRoutes = new Hono<AppEnv>();
 
@@ -79,7 +79,7 @@ vaultRoutes.post('/:vaultId/auth/challenge', jsonBodyLimit, async (c) => {
   const vaultId = vaultIdParam(c);
   const body = await readJson(c);
   const deviceId = deviceIdField(body);
-  await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);
+  await limit(c.env.AUTH_LIMITER, `ip:${clientNetwork(clientIp(c))}|device:${deviceId}`);
   const device = await getDevice(c.env.DB, vaultId, deviceId);
   if (device === null) throw notFound();
   if (device.revoked_at !== null) throw revoked();
@@ -96,7 +96,7 @@ vaultRoutes.post('/:vaultId/auth/token', jsonBodyLimit, async (c) => {
   const deviceId = deviceIdField(body);
   const challenge = str(body, 'challenge');
   const signature = b64uField(body, 'signature', 64);
-  await limit(c.env.AUTH_LIMITER, `ip:${clientIp(c)}|device:${deviceId}`);
+  await limit(c.env.AUTH_LIMITER, `ip:${clientNetwork(clientIp(c))}|device:${deviceId}`);
   // Consumed before anything else is checked: one signature attempt per challenge.
   const expiresAt = await consumeChallenge(c.env.DB, vaultId, deviceId, challenge);
   if (expiresAt === null || expiresAt <= now) throw unauthorized('unknown, used or expired challenge');
