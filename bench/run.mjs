@@ -16,6 +16,7 @@ import { formatSnapshot, parseSnapshotArgs, runSnapshot, snapshotResults } from 
 import { formatSync, parseSyncArgs, runSync, syncResults } from './sync.mjs';
 import { epochResults, formatEpoch, runEpoch } from './epoch.mjs';
 import { formatLatency, latencyResults, runLatency } from './latency.mjs';
+import { formatLoad, loadResults, runLoad } from './load.mjs';
 
 const suites = {
   foundation: async () => {
@@ -37,6 +38,10 @@ const suites = {
   latency: async () => {
     const report = await runLatency({ mb: 100, delayMs: 25, reps: 5 });
     return { results: latencyResults(report), text: formatLatency(report), detail: report };
+  },
+  load: async () => {
+    const report = await runLoad({ devices: 200, vaults: 50, seconds: 60 });
+    return { results: loadResults(report), text: formatLoad(report), detail: report };
   },
 };
 
