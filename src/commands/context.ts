@@ -14,7 +14,7 @@ import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js'
 import { checkRelayTransport, DeviceSession, RelayClient } from '../relay/client.js';
 import { guardPrivateDir } from '../private-dir.js';
 import { Output, type Terminal } from '../ui/terminal.js';
-import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { b64uDecode } from '../crypto/bytes.js';
 import { failure, mapCryptoError } from '../failures.js';
 
 export interface RawGlobals {
