@@ -199,10 +199,6 @@ const HEADS = `SELECT v.epoch AS epoch, v.epoch_key_id AS keyId,
     (SELECT COALESCE(MAX(seq), 0) FROM snapshots WHERE vault_id = ?1) AS seq
   FROM vaults v WHERE v.id = ?1`;
 
-export async function getHeads(db: D1Database, vaultId: string): Promise<Heads | null> {
-  return db.prepare(HEADS).bind(vaultId).first<Heads>();
-}
-
 export interface NewEpoch {
   vaultId: string;
   epoch: number;

@@ -55,13 +55,18 @@ export async function readUpload(c: Context<AppEnv>, maxBytes = BLOB_BODY_LIMIT)
     chunks.push(value);
   }
   if (size === 0) throw badRequest('body must not be empty');
+  return { sha256: sha, body: joinChunks(chunks, size) };
+}
+
+/** The chunks a stream's reader gave, `size` bytes in all, as one array. */
+function joinChunks(chunks: Uint8Array[], size: number): Uint8Array {
   const bytes = new Uint8Array(size);
   let at = 0;
   for (const ch of chunks) {
     bytes.set(ch, at);
     at += ch.byteLength;
   }
-  return { sha256: sha, body: bytes };
+  return bytes;
 }
 
 
@@ -123,12 +128,7 @@ export async function peekKeyId(u: Upload): Promise<{ keyId: string; upload: Upl
     head.push(r.value);
     size += r.value.byteLength;
   }
-  const first = new Uint8Array(size);
-  let at = 0;
-  for (const ch of head) {
-    first.set(ch, at);
-    at += ch.byteLength;
-  }
+  const first = joinChunks(head, size);
   const keyId = size >= KEY_ID_END ? hex(first.subarray(KEY_ID_AT, KEY_ID_END)) : '';
   const out = new FixedLengthStream(u.length);
   const writer = out.writable.getWriter();

@@ -29,7 +29,7 @@ import { IntegrityError } from '../errors.js';
 import { objectFailure } from '../failures.js';
 import { isDeviceId } from '../protocol/ids.js';
 import { writeFileAtomic } from '../state.js';
-import { pendingCount } from './capture.js';
+import { pendingCount } from './change-log.js';
 import {
   differingTables,
   MAX_SEALED_RECORD,

@@ -38,16 +38,11 @@
  */
 import type { Database, Statement } from 'better-sqlite3';
 import { FailureError } from '../errors.js';
-import {
-  ChangeFormatError,
-  checkChange,
-  decodePk,
-  DELETE_MARKER,
-  INSERT_MARKER,
-  stampLocal,
-  type Change,
-  type SqlValue,
-} from './capture.js';
+import { DELETE_MARKER, INSERT_MARKER } from './capture.js';
+import { type Change, ChangeFormatError, type SqlValue } from './change.js';
+import { checkChange } from './change-codec.js';
+import { stampLocal } from './change-log.js';
+import { decodePk } from './pk-text.js';
 import { isDeviceId } from '../protocol/ids.js';
 import { ClockSkewError, MAX_SKEW_MS, parseHlc } from './hlc.js';
 import { quoteId, type SyncSchema, type SyncTable } from './rules.js';

@@ -15,7 +15,7 @@ import { checkRelayTransport, DeviceSession, RelayClient } from '../relay/client
 import { TokenCache, tokenCachePath } from '../relay/token-cache.js';
 import { guardPrivateDir } from '../private-dir.js';
 import { Output, type Terminal } from '../ui/terminal.js';
-import { b64uDecode, b64uEncode } from '../crypto/bytes.js';
+import { b64uDecode } from '../crypto/bytes.js';
 import { failure, mapCryptoError } from '../failures.js';
 
 export interface RawGlobals {

@@ -162,7 +162,8 @@ export async function restoreInto(
  * changeset fails with exit 6, the restored snapshot staying in place.
  */
 async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest): Promise<void> {
-  const { hasCapture, clearLocalLog } = await import('../changesets/capture.js');
+  const { hasCapture } = await import('../changesets/capture.js');
+  const { clearLocalLog } = await import('../changesets/change-log.js');
   const Database = (await import('better-sqlite3')).default;
   const db = new Database(ctx.globals.db, { fileMustExist: true });
   try {

@@ -48,7 +48,7 @@ import { secret, select, text } from '../ui/prompts.js';
 import { renderQr } from '../ui/qr.js';
 import { wordlist as englishWords } from '@scure/bip39/wordlists/english.js';
 import type { Context } from './context.js';
-import { isDeviceId } from '../protocol/ids.js';
+import { isDeviceId, isVaultId } from '../protocol/ids.js';
 import { sha256Hex } from '../crypto/sha256.js';
 import { mapCryptoError } from '../failures.js';
 import type { PairingCode, Received } from './pair-code.js';
@@ -389,7 +389,7 @@ async function joinVouched(ctx: Context, home: PairingHome, seed: Uint8Array, r:
 async function findVault(client: RelayClient, recoveryId: string): Promise<string> {
   try {
     const d = await client.request('GET', `/v1/recovery/${recoveryId}`);
-    if (typeof d.vaultId !== 'string' || !/^[0-9a-f]{32}$/.test(d.vaultId)) throw new IntegrityError(`the relay at ${client.server} sent a malformed vault lookup`);
+    if (!isVaultId(d.vaultId)) throw new IntegrityError(`the relay at ${client.server} sent a malformed vault lookup`);
     return d.vaultId;
   } catch (err) {
     if (err instanceof RelayHttpError && err.code === 'not_found') {

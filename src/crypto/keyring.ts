@@ -17,6 +17,7 @@
  */
 import { x25519 } from '@noble/curves/ed25519.js';
 import { sha256Hex } from './sha256.js';
+import { isKeyId, isVaultId } from '../protocol/ids.js';
 import { abytes, b64uDecode, b64uEncode, bytesToHex, bytesToUtf8, concatBytes, equalBytes, utf8ToBytes } from './bytes.js';
 import { hkdfSha256, KEY_BYTES, LABELS, vaultKeysFromRoot, type EpochKeys, type EpochMark, type VaultKeys } from './kdf.js';
 import { Codec, ObjectFormatError, ObjectType, openObject, sealObject } from './objects.js';
@@ -150,7 +151,7 @@ export function decodeKeyring(bytes: Uint8Array): Keyring {
   } catch {
     throw bad();
   }
-  if (typeof d !== 'object' || d === null || d.v !== 1 || typeof d.vault !== 'string' || !/^[0-9a-f]{32}$/.test(d.vault)) throw bad();
+  if (typeof d !== 'object' || d === null || d.v !== 1 || !isVaultId(d.vault)) throw bad();
   if (typeof d.local !== 'string' || !Array.isArray(d.epochs) || d.epochs.length === 0) throw bad();
   const key = (v: unknown, n: number) => {
     if (typeof v !== 'string') throw bad();
@@ -165,7 +166,7 @@ export function decodeKeyring(bytes: Uint8Array): Keyring {
   };
   const epochs = (d.epochs as unknown[]).map((x, i) => {
     const e = x as Record<string, unknown>;
-    if (typeof e !== 'object' || e === null || e.e !== i + 1 || typeof e.id !== 'string' || !/^[0-9a-f]{16}$/.test(e.id)) throw bad();
+    if (typeof e !== 'object' || e === null || e.e !== i + 1 || !isKeyId(e.id)) throw bad();
     return {
       epoch: i + 1,
       keyIdHex: e.id,

@@ -11,6 +11,8 @@
 
 /** Hex characters of a device id (8 random bytes the relay assigns at enrollment). */
 const DEVICE_ID_HEX = 16;
+/** Hex characters of a key id (8 bytes: an epoch's keys, carried in every object header: docs/FORMAT.md §2, §3). */
+const KEY_ID_HEX = 16;
 /** Hex characters of a vault id (16 bytes, derived from the root key: docs/FORMAT.md §2). */
 const VAULT_ID_HEX = 32;
 /** Hex characters of a snapshot id (16 random bytes). */
@@ -32,7 +34,10 @@ export function isLowerHex(value: unknown, length: number): value is string {
 /** A device id: 16 lowercase hex characters. */
 export const isDeviceId = (value: unknown): value is string => isLowerHex(value, DEVICE_ID_HEX);
 
-/** A vault id: 32 lowercase hex characters. */
+/** A key id (an epoch record's `keyId`, a keyring entry's): 16 lowercase hex characters. */
+export const isKeyId = (value: unknown): value is string => isLowerHex(value, KEY_ID_HEX);
+
+/** A vault id (also a paper's recovery id, derived alike): 32 lowercase hex characters. */
 export const isVaultId = (value: unknown): value is string => isLowerHex(value, VAULT_ID_HEX);
 
 /** A snapshot id (also a manifest's `parentId`): 32 lowercase hex characters. */

@@ -7,6 +7,7 @@
  */
 import { hkdf } from '@noble/hashes/hkdf.js';
 import { sha256 } from '@noble/hashes/sha2.js';
+import { isDeviceId, isKeyId, isSha256Hex, isVaultId } from './ids.js';
 import { signedMessage } from './messages.js';
 
 export const RECOVERY = 'recovery';
@@ -114,10 +115,12 @@ export function parseRecipients(text: string): Map<string, string> | null {
   if (text === '') return null;
   let last = '';
   for (const part of text.split(',')) {
-    const m = /^([0-9a-f]{16}|recovery)=([0-9a-f]{64})$/.exec(part);
-    if (!m || m[1]! <= last) return null;
-    last = m[1]!;
-    out.set(m[1]!, m[2]!);
+    const at = part.indexOf('=');
+    const id = part.slice(0, at);
+    const hash = part.slice(at + 1);
+    if (at < 0 || !(id === RECOVERY || isDeviceId(id)) || !isSha256Hex(hash) || id <= last) return null;
+    last = id;
+    out.set(id, hash);
   }
   return out;
 }
@@ -137,8 +140,7 @@ export function isDeviceCert(v: unknown): v is DeviceCert {
   return (
     isObj(v) &&
     str(v.vaultId) &&
-    typeof v.deviceId === 'string' &&
-    /^[0-9a-f]{16}$/.test(v.deviceId) &&
+    isDeviceId(v.deviceId) &&
     str(v.signingKey) &&
     str(v.exchangeKey) &&
     str(v.name) &&
@@ -149,7 +151,7 @@ export function isDeviceCert(v: unknown): v is DeviceCert {
 }
 
 export function isRevocation(v: unknown): v is Revocation {
-  return isObj(v) && str(v.vaultId) && typeof v.deviceId === 'string' && /^[0-9a-f]{16}$/.test(v.deviceId) && int(v.revokedAt) && str(v.issuer) && str(v.signature);
+  return isObj(v) && str(v.vaultId) && isDeviceId(v.deviceId) && int(v.revokedAt) && str(v.issuer) && str(v.signature);
 }
 
 export function isEpochRecord(v: unknown): v is EpochRecord {
@@ -158,10 +160,8 @@ export function isEpochRecord(v: unknown): v is EpochRecord {
     str(v.vaultId) &&
     int(v.epoch) &&
     (v.epoch as number) >= 1 &&
-    typeof v.keyId === 'string' &&
-    /^[0-9a-f]{16}$/.test(v.keyId) &&
-    typeof v.prevKeyId === 'string' &&
-    /^([0-9a-f]{16})?$/.test(v.prevKeyId) &&
+    isKeyId(v.keyId) &&
+    (v.prevKeyId === '' || isKeyId(v.prevKeyId)) &&
     str(v.recoveryKey) &&
     int(v.markCursor) &&
     int(v.markSeq) &&
@@ -180,8 +180,7 @@ export function isRecoveryRecord(v: unknown): v is RecoveryRecord {
     str(v.vaultId) &&
     int(v.n) &&
     (v.n as number) >= 1 &&
-    typeof v.recoveryId === 'string' &&
-    /^[0-9a-f]{32}$/.test(v.recoveryId) &&
+    isVaultId(v.recoveryId) &&
     str(v.authKey) &&
     str(v.exchangeKey) &&
     typeof v.members === 'string' &&

@@ -1,5 +1,6 @@
 /**
- * Change capture (src/changesets/capture.ts) and the sync schema (src/changesets/rules.ts)
+ * Change capture (src/changesets/capture.ts, change-log.ts, pk-text.ts,
+ * change-codec.ts) and the sync schema (src/changesets/rules.ts)
  * on the bench's realistic schema: the triggers capture writes made by other
  * programs (a plain better-sqlite3 connection, the sqlite3 shell) while no
  * casa code runs; applied changes do not echo; integer-rowid tables are
@@ -15,22 +16,11 @@ import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 // @ts-expect-error -- plain JS module of the bench
 import { SCHEMA } from '../../bench/lib/make-db.mjs';
-import {
-  ChangeFormatError,
-  clearLocalLog,
-  decodeChanges,
-  decodePk,
-  dropLocalChanges,
-  encodeChanges,
-  encodePk,
-  hasCapture,
-  installCapture,
-  pendingCount,
-  readLog,
-  takeLocalChanges,
-  type Change,
-  type SqlValue,
-} from '../../src/changesets/capture.js';
+import { hasCapture, installCapture } from '../../src/changesets/capture.js';
+import { type Change, ChangeFormatError, type SqlValue } from '../../src/changesets/change.js';
+import { decodeChanges, encodeChanges } from '../../src/changesets/change-codec.js';
+import { clearLocalLog, dropLocalChanges, pendingCount, readLog, takeLocalChanges } from '../../src/changesets/change-log.js';
+import { decodePk, encodePk } from '../../src/changesets/pk-text.js';
 import { parseHlc, ZERO_HLC } from '../../src/changesets/hlc.js';
 import { applyRemote } from '../../src/changesets/merge.js';
 import { deriveSyncSchema, SyncSchemaError } from '../../src/changesets/rules.js';

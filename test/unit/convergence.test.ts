@@ -25,7 +25,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // @ts-expect-error -- plain JS module of the bench
 import { SCHEMA } from '../../bench/lib/make-db.mjs';
-import { decodeChanges, detachCapture, detachedSince, dropLocalChanges, encodeChanges, installCapture, takeLocalChanges, type Change } from '../../src/changesets/capture.js';
+import { detachCapture, detachedSince, installCapture } from '../../src/changesets/capture.js';
+import type { Change } from '../../src/changesets/change.js';
+import { decodeChanges, encodeChanges } from '../../src/changesets/change-codec.js';
+import { dropLocalChanges, takeLocalChanges } from '../../src/changesets/change-log.js';
 import { applyRemote, listConflicts, pendingRemoteCount } from '../../src/changesets/merge.js';
 import { refreshCapture } from '../../src/changesets/refresh.js';
 import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';

@@ -10,14 +10,10 @@ import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 // @ts-expect-error -- plain JS module of the bench
 import { SCHEMA } from '../../bench/lib/make-db.mjs';
-import {
-  decodeChanges,
-  dropLocalChanges,
-  encodeChanges,
-  installCapture,
-  takeLocalChanges,
-  type Change,
-} from '../../src/changesets/capture.js';
+import { installCapture } from '../../src/changesets/capture.js';
+import type { Change } from '../../src/changesets/change.js';
+import { decodeChanges, encodeChanges } from '../../src/changesets/change-codec.js';
+import { dropLocalChanges, takeLocalChanges } from '../../src/changesets/change-log.js';
 import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc, type HlcState } from '../../src/changesets/hlc.js';
 import { applyPending, applyRemote, listConflicts, type ApplyResult } from '../../src/changesets/merge.js';
 import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';

@@ -453,8 +453,6 @@ keyRoutes.post('/:vaultId/epochs', requireDevice(), jsonBodyLimitOf(LARGE_JSON_B
 
 // ---- paper replacement -------------------------------------------------------
 
-const MEMBERS = /^([0-9a-f]{16}(,[0-9a-f]{16})*)?$/;
-
 keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON_BODY_LIMIT), async (c) => {
   const vaultId = c.var.vaultId;
   const body = await readJson(c);
@@ -465,7 +463,7 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
   checkPublicKey('recovery.authKey', authKey);
   key32(r.exchangeKey, 'recovery.exchangeKey');
   const members = r.members === '' ? [] : r.members.split(',');
-  if (!MEMBERS.test(r.members) || members.some((id, i) => i > 0 && id <= members[i - 1]!)) {
+  if (!members.every((id, i) => isDeviceId(id) && (i === 0 || id > members[i - 1]!))) {
     throw badRequest('recovery.members must be device ids, sorted, comma-separated');
   }
   const sigOld = signature64(r.signatureOld, 'recovery.signatureOld');
