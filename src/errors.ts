@@ -44,6 +44,7 @@ export type ErrorCode =
   | 'cancelled'
   | 'keystore_unavailable'
   | 'rate_limited'
+  | 'quota_exceeded'
   | 'clock_skew'
   | 'wrong_code'
   | 'pairing_closed'

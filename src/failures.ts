@@ -37,6 +37,7 @@ import {
   type ExitCode,
 } from './errors.js';
 import type { RelayErrorCode } from './protocol/messages.js';
+import { formatBytes } from './ui/format.js';
 
 /** Every kind of failure casa tells apart, whichever path meets it. */
 export type FailureKind =
@@ -60,6 +61,8 @@ export type FailureKind =
   | 'unknown_vault'
   /** The relay asks to slow down (429). */
   | 'rate_limited'
+  /** The vault reached a quota the relay's operator set (507 `quota_exceeded`); nothing was stored. */
+  | 'quota_exceeded'
   /** The relay failed (5xx). */
   | 'relay_failed'
   /** Any other refusal (4xx). */
@@ -83,6 +86,7 @@ export const FAILURES: Readonly<Record<FailureKind, { exit: ExitCode; reason: Er
   unauthorized: { exit: EXIT.auth, reason: 'auth_failed' },
   unknown_vault: { exit: EXIT.auth, reason: 'unknown_vault' },
   rate_limited: { exit: EXIT.failure, reason: 'rate_limited' },
+  quota_exceeded: { exit: EXIT.failure, reason: 'quota_exceeded' },
   relay_failed: { exit: EXIT.failure, reason: 'failure' },
   relay_refused: { exit: EXIT.failure, reason: 'failure' },
   unreachable: { exit: EXIT.unreachable, reason: 'relay_unreachable' },
@@ -202,6 +206,8 @@ export function relayKind(err: { status: number; code: string }): FailureKind {
       return 'unknown_vault';
     case 'rate_limited':
       return 'rate_limited';
+    case 'quota_exceeded':
+      return 'quota_exceeded';
     default:
       return err.status >= 500 ? 'relay_failed' : 'relay_refused';
   }
@@ -246,6 +252,14 @@ export function mapRelayError(server: string, err: unknown): unknown {
         relay,
         hints: ['wait a little and run the command again'],
       });
+    case 'quota_exceeded':
+      return failure(kind, `the relay refused: ${quotaText(err)}; nothing was stored`, {
+        relay,
+        hints: [
+          '`casa status` shows the vault\'s usage against its quotas',
+          'stored bytes fall as the relay\'s retention thins old snapshots; a device quota frees up with `casa devices revoke`; the daily ones reset within 24 hours; the relay\'s operator sets them (wrangler.jsonc)',
+        ],
+      });
     case 'relay_failed':
       return failure(kind, `the relay failed (${err.status} ${err.code})`, { relay, hints: ['try again later'] });
     default:
@@ -253,6 +267,27 @@ export function mapRelayError(server: string, err: unknown): unknown {
       return failure(kind, `the relay refused the request (${err.status} ${err.code}: ${err.message})`, { relay });
   }
 }
+
+const QUOTA_WORDS: Record<string, string> = {
+  stored_bytes: 'stored bytes',
+  devices: 'devices',
+  pairings: 'live pairing sessions',
+  commits_per_day: 'snapshot commits per day',
+  pushes_per_day: 'changeset pushes per day',
+};
+
+/** "this vault's quota of stored bytes is reached (10.0 GiB of 10.0 GiB)", from the 507 answer's data. */
+function quotaText(err: RelayHttpError): string {
+  const d = err.doc;
+  const name = typeof d.quota === 'string' && Object.hasOwn(QUOTA_WORDS, d.quota) ? d.quota : null;
+  const n = (x: unknown) => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 ? x : null);
+  const limit = n(d.limit);
+  const used = n(d.used);
+  if (name === null) return "this vault reached one of the relay's quotas";
+  const fmt = (x: number) => (name === 'stored_bytes' ? formatBytes(x) : String(x));
+  return `this vault's quota of ${QUOTA_WORDS[name]} is reached${limit !== null && used !== null ? ` (${fmt(used)} of ${fmt(limit)})` : ''}`;
+}
+
 
 /** No answer from the relay (refused, reset, timed out): exit 5, naming the URL and the system's code. */
 export function unreachable(server: string, err: unknown): CasaError {

@@ -30,6 +30,7 @@ import { UPLOAD_KINDS, deleteBlobs } from './blobs.js';
 import { pruneChangesets, vaultsToPrune } from './changeset-db.js';
 import { deleteExpiredChallenges } from './db.js';
 import type { Env } from './env.js';
+import { quotasOf } from './quotas.js';
 import { deleteOldPairings } from './pairing-db.js';
 import {
   deleteStalePendingManifests,
@@ -64,6 +65,8 @@ export interface CronReport {
   /** Blobs no row names (packs, manifests, changesets). */
   orphansDeleted: number;
   pairingSessionsDeleted: number;
+  /** Audit rows past a vault's QUOTA_AUDIT_ROWS (worker/quotas.ts). */
+  auditRowsDeleted: number;
 }
 
 /** A var as a whole number (at least `min`), or the default when unset or malformed. */
@@ -108,6 +111,7 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     changesetsPruned: 0,
     orphansDeleted: 0,
     pairingSessionsDeleted: 0,
+    auditRowsDeleted: 0,
   };
 
   // 1. Snapshots older than the window that their day, week or month does not keep, with their references and manifests.
@@ -156,7 +160,33 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     report.pairingSessionsDeleted += n;
     if (n < BATCH) break;
   }
+
+  // 7. Audit rows beyond each vault's quota, oldest first; membership events are never dropped.
+  report.auditRowsDeleted = await pruneAudit(env.DB, quotasOf(env).auditRows, BATCH);
   return report;
+}
+
+/** Events that are the vault's membership history: kept whatever the quota (bounded by the devices quota). */
+const KEPT_EVENTS = "('vault_created', 'device_enrolled', 'device_revoked', 'epoch_created', 'paper_replaced')";
+
+/** Deletes the oldest other audit rows of vaults that hold more than `keep` rows, at most `batch` vaults per run. */
+export async function pruneAudit(db: D1Database, keep: number, batch: number): Promise<number> {
+  const over = await db
+    .prepare(`SELECT vault_id FROM audit_log GROUP BY vault_id HAVING count(*) > ?1 LIMIT ?2`)
+    .bind(keep, batch)
+    .all<{ vault_id: string }>();
+  let deleted = 0;
+  for (const { vault_id } of over.results) {
+    const res = await db
+      .prepare(
+        `DELETE FROM audit_log WHERE vault_id = ?1 AND event NOT IN ${KEPT_EVENTS}
+           AND id <= (SELECT id FROM audit_log WHERE vault_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)`,
+      )
+      .bind(vault_id, keep)
+      .run();
+    deleted += res.meta.changes ?? 0;
+  }
+  return deleted;
 }
 
 /** Lists up to ROUNDS × BATCH keys under `prefix` from the saved cursor, deleting the unnamed old ones. */

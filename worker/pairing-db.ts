@@ -48,7 +48,7 @@ export async function getVaultPairing(db: D1Database, vaultId: string, nameplate
 }
 
 /** Open, joined or confirmed sessions of the vault that have not expired. */
-async function countLivePairings(db: D1Database, vaultId: string, now: number): Promise<number> {
+export async function countLivePairings(db: D1Database, vaultId: string, now: number): Promise<number> {
   const row = await db
     .prepare(`SELECT COUNT(*) AS n FROM pairing_sessions WHERE vault_id = ?1 AND state IN ${LIVE} AND expires_at > ?2`)
     .bind(vaultId, now)

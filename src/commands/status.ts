@@ -5,7 +5,7 @@
  */
 import { statSync } from 'node:fs';
 import { readState, SECRET_PHRASE } from '../state.js';
-import { sanitize as printable } from '../ui/format.js';
+import { formatBytes, sanitize as printable } from '../ui/format.js';
 import { RelayHttpError } from '../relay/client.js';
 import { CasaError, RestartCommand } from '../errors.js';
 import { deviceSession, loadPaired, vaultKeys, type Context, type Paired } from './context.js';
@@ -41,6 +41,17 @@ export interface StatusReport {
   keys: { epoch: number | null; relay_epoch: number | null; phrase_held: boolean | null } | null;
   /** Enrolments, revocations, key epochs and paper replacements of the last 7 days, newest first (`casa devices --log`). */
   recent_events: { at: number; event: string; device: string | null; by: string | null }[];
+  /** The vault's usage of the relay beside the quotas its operator set (docs/RELAY-API.md "Quotas"), or null. */
+  usage: {
+    stored_bytes: number;
+    stored_bytes_quota: number;
+    devices: number;
+    devices_quota: number;
+    commits_today: number;
+    commits_per_day_quota: number;
+    pushes_today: number;
+    pushes_per_day_quota: number;
+  } | null;
   /** Changeset sync: local changes not pushed yet, and how far this device has applied the vault's changesets. */
   changesets: {
     pending_local: number | null;
@@ -86,6 +97,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     rollback_detected: false,
     keys: state?.vault ? { epoch: null, relay_epoch: null, phrase_held: null } : null,
     recent_events: [],
+    usage: null,
     changesets: null,
   };
 
@@ -123,6 +135,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
       report.device_status = 'active';
       if (report.keys) report.keys.relay_epoch = session.relayEpoch?.epoch ?? null;
       report.recent_events = recentEvents(d, ctx.deps.now());
+      report.usage = usageOf(d);
       const head = new SnapshotApi(session).headOf(d);
       if (head) {
         report.relay_head = { snapshot_id: head.id, seq: head.seq, time: head.time, device_id: head.deviceId, device_name: head.deviceName };
@@ -153,6 +166,27 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
 }
 
 const NOTABLE = new Set(['device_enrolled', 'device_revoked', 'epoch_created', 'paper_replaced']);
+
+/** Usage and quotas from the status answer (null from a relay without them). */
+function usageOf(d: Record<string, unknown>): StatusReport['usage'] {
+  const u = d.usage as Record<string, unknown> | undefined;
+  const q = d.quotas as Record<string, unknown> | undefined;
+  const n = (x: unknown) => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 ? x : null);
+  if (!u || !q || typeof u !== 'object' || typeof q !== 'object') return null;
+  const v = [n(u.storedBytes), n(q.storedBytes), n(u.devices), n(q.devices), n(u.commitsToday), n(q.commitsPerDay), n(u.pushesToday), n(q.pushesPerDay)];
+  if (v.some((x) => x === null)) return null;
+  const [sb, sq, dv, dq, ct, cq, pt, pq] = v as number[];
+  return {
+    stored_bytes: sb!,
+    stored_bytes_quota: sq!,
+    devices: dv!,
+    devices_quota: dq!,
+    commits_today: ct!,
+    commits_per_day_quota: cq!,
+    pushes_today: pt!,
+    pushes_per_day_quota: pq!,
+  };
+}
 
 /** The vault's security events of the last 7 days, from the status answer (names from its device list). */
 function recentEvents(d: Record<string, unknown>, now: number): StatusReport['recent_events'] {
@@ -247,6 +281,10 @@ function formatStatus(r: StatusReport): string {
       const relayEpoch = r.keys.relay_epoch !== null && r.keys.relay_epoch !== r.keys.epoch ? ` (the relay is at epoch ${r.keys.relay_epoch}: the next command picks it up)` : '';
       const phrase = r.keys.phrase_held === null ? '' : r.keys.phrase_held ? '; recovery phrase: HELD on this device (`casa show-phrase --forget` removes it)' : '; recovery phrase: not on this device';
       row('keys', `${r.keys.epoch === null ? 'format 1 (upgraded by the next command)' : `epoch ${r.keys.epoch}`}${relayEpoch}${phrase}`);
+    }
+    if (r.usage) {
+      const u = r.usage;
+      row('usage', `${formatBytes(u.stored_bytes)} of ${formatBytes(u.stored_bytes_quota)} stored, ${u.devices} of ${u.devices_quota} devices, today ${u.commits_today} of ${u.commits_per_day_quota} snapshots and ${u.pushes_today} of ${u.pushes_per_day_quota} changesets`);
     }
     for (const e of r.recent_events) {
       const what = { device_enrolled: 'joined', device_revoked: 'revoked', epoch_created: 'new keys', paper_replaced: 'recovery phrase replaced' }[e.event] ?? e.event;

@@ -50,6 +50,8 @@ export type RelayErrorCode =
   | 'stale_epoch'
   /** 409: a request's X-Casa-Expect-Epoch is not the vault's current epoch; nothing was done (the answer carries `epoch` and `keyId`). */
   | 'epoch_moved'
+  /** 507: the vault reached one of its quotas (docs/RELAY-API.md "Quotas"); the answer carries `quota`, `limit` and `used`; nothing was stored. */
+  | 'quota_exceeded'
   | 'internal';
 
 /** The largest sealed changeset batch the relay takes (413 beyond) and a client seals. */

@@ -9,6 +9,7 @@
  * again with a new token and picks the epoch up), a refused token is
  * dropped and replaced, and a revoked device's kept token is removed.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -147,6 +148,39 @@ describe("the relay's default rate limits (wrangler.jsonc)", () => {
     } finally {
       for (const m of ms) m.cleanup();
       await home.stop();
+    }
+  }, 120_000);
+});
+
+describe("the relay's quotas, as a user meets them", () => {
+  it('a snapshot past the stored-bytes quota exits 1 naming it, nothing is committed, and casa status shows the usage', async () => {
+    const small = await startTestRelay({ vars: { QUOTA_STORED_BYTES: '20000' } });
+    const ms: Machine[] = [];
+    try {
+      const a = machine(small.url, 'quota-a');
+      ms.push(a);
+      await ok(a, ['pair', '--new', '--phrase-out', join(a.home, 'phrase.txt'), '--device-name', 'quota-a']);
+      const db = new Database(a.env.CASA_DB!);
+      db.exec('CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)');
+      const ins = db.prepare('INSERT INTO notes VALUES (?, ?)');
+      for (let i = 0; i < 200; i++) ins.run(`n${i}`, randomBytes(600).toString('base64')); // incompressible: well past 20,000 bytes sealed
+      db.close();
+      const r = await a.run(['snapshot', '--json']);
+      expect(r.code).toBe(1);
+      const err = JSON.parse(r.stderr.trim().split('\n').pop()!) as { reason: string; message: string; hints: string[] };
+      expect(err.reason).toBe('quota_exceeded');
+      expect(err.message).toMatch(/quota of stored bytes is reached \(.* of 20 KiB\); nothing was stored/);
+      expect(err.hints.join(' ')).toContain('casa status');
+      const human = await a.run(['snapshot']);
+      expect(human.code).toBe(1);
+      expect(human.stderr).toMatch(/^casa: error: the relay refused: this vault's quota of stored bytes is reached/m);
+      const st = JSON.parse((await ok(a, ['status', '--json'])).stdout) as { usage: Record<string, number>; relay_head: unknown };
+      expect(st.relay_head).toBeNull();
+      expect(st.usage).toMatchObject({ stored_bytes_quota: 20000, devices: 1, devices_quota: 20, commits_today: 0 });
+      expect((await ok(a, ['status'])).stdout).toMatch(/usage: .* of 20 KiB stored, 1 of 20 devices/);
+    } finally {
+      for (const m of ms) m.cleanup();
+      await small.stop();
     }
   }, 120_000);
 });

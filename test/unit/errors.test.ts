@@ -250,6 +250,8 @@ const relayRows: RelayRow[] = [
   { failure: 'relay 500', answer: relayError(500, 'internal'), exit: EXIT.failure, reason: 'failure', transient: true, status: 500 },
   { failure: 'relay 503', answer: relayError(503, 'unavailable'), exit: EXIT.failure, reason: 'failure', transient: true, status: 503 },
   { failure: 'relay 429', answer: relayError(429, 'rate_limited', { 'retry-after': '7' }), exit: EXIT.failure, reason: 'rate_limited', transient: true, status: 429 },
+  // A quota the operator set (docs/RELAY-API.md "Quotas"): 1, and never retried by --watch although its status is 5xx.
+  { failure: 'relay 507 quota', answer: relayError(507, 'quota_exceeded'), exit: EXIT.failure, reason: 'quota_exceeded', transient: false, status: 507 },
   // casa(1): 4 "wrong phrase, unknown vault, revoked device".
   { failure: 'relay 401', answer: relayError(401, 'unauthorized'), exit: EXIT.auth, reason: 'auth_failed', transient: false, status: 401 },
   { failure: 'relay 403 revoked', answer: relayError(403, 'device_revoked'), exit: EXIT.auth, reason: 'device_revoked', transient: false, status: 403 },

@@ -385,27 +385,31 @@ describe('pairing: vaults and tokens', () => {
     const s = [];
     for (let i = 0; i < 3; i++) s.push(await openPairing(relay.url, v, token));
     const refused = await open(v, token, pairingBody());
-    expect(await json(refused, 409)).toEqual({
-      error: { code: 'conflict', message: 'the vault already has 3 pairing sessions in progress: finish or cancel one first' },
+    // The live-session quota (QUOTA_PAIRINGS, default 3): 507 quota_exceeded, naming it.
+    expect(await json(refused, 507)).toEqual({
+      error: { code: 'quota_exceeded', message: 'this vault has reached its quota of live pairing sessions (3 of 3)' },
+      quota: 'pairings',
+      limit: 3,
+      used: 3,
     });
     // Another device of the vault: the limit is the vault's.
     const d2 = await enrollDevice(relay.url, vault);
     const t2 = await getToken(relay.url, v, d2);
-    await expectError(await open(v, t2, pairingBody()), 409, 'conflict');
+    await expectError(await open(v, t2, pairingBody()), 507, 'quota_exceeded');
     // Another vault is not affected.
     const other = await setupVault(relay.url);
     await openPairing(relay.url, other.vault.vaultId, other.token);
 
     await json(await cancel(v, token, s[0]!.nameplate));
     s.push(await openPairing(relay.url, v, token));
-    await expectError(await open(v, token, pairingBody()), 409, 'conflict');
+    await expectError(await open(v, token, pairingBody()), 507, 'quota_exceeded');
     await setExpiry(s[1]!.nameplate, Date.now() - 1);
     s.push(await openPairing(relay.url, v, token));
     // Joined and confirmed sessions are live too.
     const joinToken = await joinPairing(relay.url, s[2]!.nameplate);
     await json(await finish(v, token, s[2]!.nameplate, { ok: true, msgFinal: pakeMessage() }));
     expect(joinToken).toBeTruthy();
-    await expectError(await open(v, token, pairingBody()), 409, 'conflict');
+    await expectError(await open(v, token, pairingBody()), 507, 'quota_exceeded');
   });
 
   it('draws short decimal nameplates without leading zeros', async () => {

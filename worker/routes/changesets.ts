@@ -12,6 +12,7 @@
 import { Hono, type Context } from 'hono';
 import { CHANGESET_MAX_BYTES, CHANGESET_PULL_MAX_LIMIT, SEQ_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
+import { checkQuota, uploadSize } from '../quotas.js';
 import { changesetUploadKey, deleteBlobs, getBlob } from '../blobs.js';
 import { changesetHeads, getChangesetState, listChangesets, pushChangeset, type ChangesetRow } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
@@ -51,6 +52,7 @@ changesetRoutes.post('/:vaultId/changesets', requireDevice(), async (c) => {
   const deviceId = c.var.deviceId;
   const seq = seqHeader(c);
   const { keyId, upload } = await peekKeyId(await readUpload(c, CHANGESET_MAX_BYTES));
+  await checkQuota(c, vaultId, { stored: uploadSize(upload), push: true });
   const key = changesetUploadKey(vaultId, deviceId, seq);
   const bytes = await storeUpload(c, key, upload);
   const out = await pushChangeset(c.env.DB, { vaultId, deviceId, seq, r2Key: key, bytes, sha256: upload.sha256, keyId, now: Date.now() });

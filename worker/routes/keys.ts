@@ -59,6 +59,7 @@ import {
 } from '../http.js';
 import { announce, disconnectDevice } from '../hub.js';
 import { limitByIp } from '../limits.js';
+import { checkQuota } from '../quotas.js';
 import {
   deviceIdTaken,
   findVaultByRecoveryId,
@@ -249,6 +250,7 @@ keyRoutes.post('/:vaultId/devices', limitByIp('ENROLL_LIMITER'), jsonBodyLimit, 
       return answer(existing.id);
     }
     if (attempt > 0) break;
+    await checkQuota(c, vaultId, { device: true });
     const row = {
       vaultId,
       deviceId: k.cert.deviceId,

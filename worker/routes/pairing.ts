@@ -35,6 +35,7 @@ import {
   str,
   unauthorized,
 } from '../http.js';
+import { quotaExceeded, quotasOf } from '../quotas.js';
 import { RETRY_AFTER_SECONDS, clientIp, clientNetwork, limit, limitByIp } from '../limits.js';
 import {
   cancelPairing,
@@ -53,8 +54,6 @@ export const pairingVaultRoutes = new Hono<AppEnv>();
 /** Mounted at /v1/pairings: the join side (no credentials; then the join token). */
 export const pairingRoutes = new Hono<AppEnv>();
 
-/** Open, joined or confirmed sessions per vault. */
-export const MAX_LIVE_PAIRINGS = 3;
 export const DEFAULT_TTL_SECONDS = 600;
 export const MIN_TTL_SECONDS = 60;
 export const MAX_TTL_SECONDS = 1800;
@@ -179,17 +178,18 @@ pairingVaultRoutes.post('/:vaultId/pairings', requireDevice(), limitPairByDevice
     }
   }
   const now = Date.now();
+  const quotas = quotasOf(c.env);
   const expiresAt = now + ttl * 1000;
   for (let attempt = 0; attempt < NAMEPLATE_TRIES; attempt++) {
     const nameplate = String(attempt < SHORT_TRIES ? randomInt(1, 10_000) : randomInt(10_000, 1_000_000));
     const outcome = await createPairing(
       c.env.DB,
       { nameplate, vaultId: c.var.vaultId, offerDeviceId: c.var.deviceId, sid, msgA, now, expiresAt },
-      MAX_LIVE_PAIRINGS,
+      quotas.pairings,
     );
     if (outcome === 'created') return c.json({ nameplate, expiresAt }, 201);
     if (outcome === 'full') {
-      throw conflict(`the vault already has ${MAX_LIVE_PAIRINGS} pairing sessions in progress: finish or cancel one first`);
+      throw quotaExceeded('pairings', quotas.pairings, quotas.pairings);
     }
   }
   // Only when the number space is crowded (many sessions at once): a later try will find room.

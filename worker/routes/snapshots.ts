@@ -12,6 +12,7 @@ import { Hono, type Context } from 'hono';
 import { isPackId, isSnapshotId } from '../../src/protocol/ids.js';
 import { MAX_PACK_IDS, SHA256_HEADER } from '../../src/protocol/messages.js';
 import { requireDevice } from '../auth.js';
+import { checkQuota, uploadSize } from '../quotas.js';
 import { deleteBlobs, getBlob, uploadKey } from '../blobs.js';
 import { getChangesetState } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
@@ -84,6 +85,7 @@ snapshotRoutes.put('/:vaultId/packs/:packId', requireDevice(), async (c) => {
     await checkDiscarded(upload);
     return c.json({ id: packId, bytes: existing, created: false }, 201);
   }
+  await checkQuota(c, vaultId, { stored: uploadSize(upload) });
   const key = uploadKey('packs', vaultId, packId);
   const bytes = await storeUpload(c, key, upload);
   const now = Date.now();
@@ -117,6 +119,7 @@ snapshotRoutes.put('/:vaultId/snapshots/:snapshotId/manifest', requireDevice(), 
   if (await isCommitted(c.env.DB, vaultId, snapshotId)) throw committed();
   // The key id it was sealed under: refused below, in the row's own statement, unless the vault's current one.
   const { keyId, upload } = await peekKeyId(raw);
+  await checkQuota(c, vaultId, { stored: uploadSize(upload) });
   const key = uploadKey('manifests', vaultId, snapshotId);
   const bytes = await storeUpload(c, key, upload);
   // Until the commit a new upload replaces the pending one (whose blob becomes an orphan).
@@ -154,6 +157,8 @@ snapshotRoutes.post('/:vaultId/snapshots', requireDevice(), jsonBodyLimitOf(LARG
   if (changesetWatermark > (await getChangesetState(c.env.DB, vaultId)).head) {
     throw badRequest("changesetWatermark is past the vault's changeset head");
   }
+  // A retry of a committed snapshot is answered as before, quota or not.
+  if (!(await isCommitted(c.env.DB, vaultId, snapshotId))) await checkQuota(c, vaultId, { commit: true });
   const now = Date.now();
   const out = await commitSnapshot(c.env.DB, {
     vaultId,

@@ -3,7 +3,8 @@
  * status` shows from the relay, in one answer — the devices, the recent
  * audit events, the snapshot head and the changeset heads, each exactly as
  * its own route answers it (GET devices, log, snapshots/head,
- * changesets/heads), so a device that reuses its token spends one round trip.
+ * changesets/heads), and the vault's usage beside its quotas (worker/quotas.ts),
+ * so a device that reuses its token spends one round trip.
  */
 import { Hono } from 'hono';
 import { requireDevice } from '../auth.js';
@@ -11,6 +12,7 @@ import { changesetHeads } from '../changeset-db.js';
 import type { AppEnv } from '../env.js';
 import { listMembers, readLog } from '../membership-db.js';
 import { getHead } from '../snapshot-db.js';
+import { quotasOf, usageOf } from '../quotas.js';
 import { memberView } from './keys.js';
 
 /** The audit events the status answer carries (newest first). */
@@ -20,11 +22,12 @@ export const statusRoutes = new Hono<AppEnv>();
 
 statusRoutes.get('/:vaultId/status', requireDevice(), async (c) => {
   const vaultId = c.var.vaultId;
-  const [members, log, head, heads] = await Promise.all([
+  const [members, log, head, heads, usage] = await Promise.all([
     listMembers(c.env.DB, vaultId),
     readLog(c.env.DB, vaultId, STATUS_LOG_LIMIT),
     getHead(c.env.DB, vaultId),
     changesetHeads(c.env.DB, vaultId),
+    usageOf(c.env.DB, vaultId, Date.now()),
   ]);
   return c.json({
     version: c.env.RELAY_VERSION,
@@ -36,5 +39,7 @@ statusRoutes.get('/:vaultId/status', requireDevice(), async (c) => {
       prunedThrough: heads.prunedThrough,
       devices: heads.devices.map((d) => ({ deviceId: d.device_id, seq: d.seq, cursor: d.cursor })),
     },
+    usage,
+    quotas: quotasOf(c.env),
   });
 });
