@@ -19,6 +19,15 @@
  * - What this device remembers (CASA_HOME, beside the sync state) holds no
  *   digest: a keyed MAC of what it last published, the highest record seq
  *   seen per device, and the last comparison's verdicts (for `casa status`).
+ * - With a key view source (`casa verify --sync`), the record also carries
+ *   this device's view of the key history (src/changesets/key-view.ts), and
+ *   every other device's view is compared with it before, and whatever, the
+ *   tables compare: another device at a newer epoch, or whose slot is sealed
+ *   under keys this device does not hold, first makes this device pick up
+ *   the relay's newest epoch (once); one that verified a revocation of a
+ *   device this one counts as a member first makes it read the membership
+ *   records again (once). What is still apart afterwards is in the report
+ *   (`keys` of each device) for the caller to refuse (exit 6).
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import type Database from 'better-sqlite3';
@@ -30,6 +39,7 @@ import { objectFailure } from '../failures.js';
 import { isDeviceId } from '../protocol/ids.js';
 import { writeFileAtomic } from '../state.js';
 import { pendingCount } from './change-log.js';
+import { compareKeyViews, keyViewOf, type KeyComparison, type KeyView } from './key-view.js';
 import {
   differingTables,
   MAX_SEALED_RECORD,
@@ -136,6 +146,37 @@ export class DigestApi {
 
 export type PeerStatus = 'same' | 'differs' | 'not_comparable';
 
+/**
+ * The other device's key history against this device's (key-view.ts), or:
+ * `unknown` — its record carries none (casa before key views) or it has no
+ * record; `unreadable` — its record is sealed under keys this device does not
+ * hold even after picking up the relay's newest epoch.
+ */
+export type PeerKeyStatus = KeyComparison['status'] | 'unknown' | 'unreadable';
+
+export interface PeerKeys {
+  status: PeerKeyStatus;
+  /** The epoch its record names (null: unknown or unreadable). */
+  epoch: number | null;
+  /** Revocations it verified of devices this device counts as members: hidden from this device. */
+  hiddenRevocations: string[];
+  /** Revocations this device verified that it has not. */
+  missingRevocations: string[];
+}
+
+/** What a key view needs beyond the vault keys: the membership, verified from signed records (src/keys). */
+export interface MembershipView {
+  /** Device ids this device verified revoked (now, and remembered from before). */
+  revoked: string[];
+  /** Device ids it counts as members (certified, not revoked). */
+  members: string[];
+}
+
+export interface KeyViewSource {
+  /** Reads and verifies the vault's membership records afresh. */
+  membership(): Promise<MembershipView>;
+}
+
 export interface PeerResult {
   deviceId: string;
   name: string;
@@ -147,6 +188,8 @@ export interface PeerResult {
   /** The other device's record: its cursor and when it computed it (null: none). */
   cursor: number | null;
   at: number | null;
+  /** Its key history against this device's (null: not compared, no key view source). */
+  keys: PeerKeys | null;
 }
 
 /** The last comparison, as `casa status` shows it. */
@@ -213,6 +256,8 @@ export interface DigestReport {
   published: boolean;
   /** Every other device that is not revoked, by name. */
   devices: PeerResult[];
+  /** This device's view of the key history, as published (null: no key view source). */
+  keys: KeyView | null;
 }
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
@@ -241,8 +286,13 @@ function tampered(server: string, name: string, what: string): IntegrityError {
   });
 }
 
-/** Opens a slot as its device's, refusing anything the relay could have altered, moved or rolled back. */
-function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number): DigestRecord {
+/**
+ * Opens a slot as its device's, refusing anything the relay could have
+ * altered, moved or rolled back. With `unknownKeys`, a slot sealed under keys
+ * this device does not hold is null (the caller tells a newer epoch from a
+ * fork), else exit 4 as every wrong key.
+ */
+function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number, unknownKeys = false): DigestRecord | null {
   let r: DigestRecord;
   try {
     r = openRecord(env.keys, slot.deviceId, slot.bytes);
@@ -250,6 +300,7 @@ function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number)
     if (err instanceof AuthenticationError || err instanceof ObjectFormatError || err instanceof RecordFormatError) {
       throw tampered(env.server, name, 'failed its integrity check');
     }
+    if (err instanceof WrongKeyError && unknownKeys) return null;
     // Exit 4 like every wrong key (casa-verify(1)), not 6: the phrase or the relay's vault is not this one.
     if (err instanceof WrongKeyError) throw objectFailure('wrong_key', `the digest the relay holds for device ${name}`, { server: env.server });
     throw err;
@@ -258,8 +309,13 @@ function openSlot(env: SyncEnv, slot: DigestSlot, name: string, seenSeq: number)
   return r;
 }
 
-function compare(me: { cursor: number; fingerprint: string; tables: Record<string, string> | null; why: string | null }, other: DigestRecord | null): Pick<PeerResult, 'status' | 'tablesDiffer' | 'why'> {
+function compare(
+  me: { cursor: number; fingerprint: string; tables: Record<string, string> | null; why: string | null },
+  other: DigestRecord | null,
+  unreadable = false,
+): Pick<PeerResult, 'status' | 'tablesDiffer' | 'why'> {
   const nc = (why: string) => ({ status: 'not_comparable' as const, tablesDiffer: [], why });
+  if (unreadable) return nc('its digest is sealed under keys this device does not hold');
   if (me.tables === null) return nc(`this device is not in a comparable state: ${me.why}`);
   if (other === null) return nc('it has not published a digest yet');
   if (other.fingerprint !== me.fingerprint) return nc('it syncs another schema (another app version?)');
@@ -268,17 +324,27 @@ function compare(me: { cursor: number; fingerprint: string; tables: Record<strin
   return differ.length === 0 ? { status: 'same', tablesDiffer: [], why: null } : { status: 'differs', tablesDiffer: differ, why: null };
 }
 
+/** Another device's key view against this one's; `unknown` without a record or without a view in it. */
+function keysOf(mine: { keys: VaultKeys; view: KeyView; members: ReadonlySet<string> }, r: DigestRecord | null, unreadable: boolean): PeerKeys {
+  if (unreadable) return { status: 'unreadable', epoch: null, hiddenRevocations: [], missingRevocations: [] };
+  if (r?.keys === undefined) return { status: 'unknown', epoch: null, hiddenRevocations: [], missingRevocations: [] };
+  return { ...compareKeyViews(mine, r.keys), epoch: r.keys.epoch };
+}
+
 /**
  * Computes this device's digest (when it is in a comparable state),
  * publishes it unless the relay already holds an equal record of this
  * device (`publish: false`: never), reads every other device's record and
  * compares. Throws IntegrityError for a relay that tampers with a slot.
+ * With `keyView`, the record carries this device's key view and every other
+ * device's is compared with it (the module's invariants): the verdicts are
+ * in each device's `keys`, for the caller to act on.
  */
 export async function exchangeDigests(
   env: SyncEnv,
   db: Database.Database,
   schema: SyncSchema,
-  opts: { publish: boolean } = { publish: true },
+  opts: { publish: boolean; keyView?: KeyViewSource } = { publish: true },
 ): Promise<DigestReport> {
   const api = new DigestApi(env.api.session);
   const memory = readDigestMemory(env.home, env.keys, env.dbPath) ?? emptyMemory();
@@ -286,29 +352,63 @@ export async function exchangeDigests(
   const { why, digest } = measure(db, schema, st, env.deviceId);
   env.trace?.(digest ? `digest of ${digest.rows} rows in ${digest.ms} ms` : `not comparable: ${why}`);
 
-  const [devices, slots] = await Promise.all([api.devices(), api.list()]);
+  const [devices, slots, firstMembership] = await Promise.all([api.devices(), api.list(), opts.keyView?.membership()]);
+  let membership = firstMembership ?? null;
   const names = new Map(devices.map((d) => [d.id, d.name]));
   const active = new Set(devices.filter((d) => d.revokedAt === null).map((d) => d.id));
   const records = new Map<string, DigestRecord>();
+  const unreadable = new Map<string, DigestSlot>();
   const seen = { ...memory.seen };
-  for (const slot of slots) {
-    // A revoked device's slot, or one of a device the vault does not list, is not compared.
-    if (!active.has(slot.deviceId)) continue;
+  const take = (slot: DigestSlot): void => {
     const own = slot.deviceId === env.deviceId;
-    const r = openSlot(env, slot, names.get(slot.deviceId) ?? slot.deviceId, own ? 0 : (seen[slot.deviceId] ?? 0));
+    const r = openSlot(env, slot, names.get(slot.deviceId) ?? slot.deviceId, own ? 0 : (seen[slot.deviceId] ?? 0), opts.keyView !== undefined && !own);
+    if (r === null) {
+      unreadable.set(slot.deviceId, slot);
+      return;
+    }
+    unreadable.delete(slot.deviceId);
     records.set(slot.deviceId, r);
     if (!own) seen[slot.deviceId] = Math.max(seen[slot.deviceId] ?? 0, r.seq);
+  };
+  for (const slot of slots) {
+    // A revoked device's slot, or one of a device the vault does not list, is not compared.
+    if (active.has(slot.deviceId)) take(slot);
+  }
+
+  // The key views: a newer epoch elsewhere, or a slot under keys not held here, is picked up first (once);
+  // a revocation verified elsewhere of a device this one counts as a member makes it read the records again (once).
+  type Mine = { keys: VaultKeys; view: KeyView; members: ReadonlySet<string> };
+  const viewOf = (m: MembershipView): Mine => ({ keys: env.keys, view: keyViewOf(env.keys, m.revoked), members: new Set(m.members) });
+  const peerRecords = () => [...records.entries()].filter(([id]) => id !== env.deviceId).map(([, r]) => r);
+  let mine: Mine | null = null;
+  if (membership && opts.keyView) {
+    mine = viewOf(membership);
+    const epoch = mine.view.epoch;
+    const ahead = peerRecords().some((r) => r.keys !== undefined && r.keys.epoch > epoch);
+    if ((ahead || unreadable.size > 0) && env.refreshKeys) {
+      env.trace?.('another device holds keys this one does not: picking up the newest epoch');
+      env.keys = await env.refreshKeys();
+      for (const slot of [...unreadable.values()]) take(slot);
+      mine = viewOf(membership);
+    }
+    const now = mine;
+    if (peerRecords().some((r) => r.keys !== undefined && compareKeyViews(now, r.keys).hiddenRevocations.length > 0)) {
+      env.trace?.('another device verified a revocation this one has not: reading the membership again');
+      membership = await opts.keyView.membership();
+      mine = viewOf(membership);
+    }
   }
 
   let published = false;
   let pub = memory.published;
   if (digest && opts.publish) {
-    const mac = recordMac(env.keys, { cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables });
+    const keys = mine?.view;
+    const mac = recordMac(env.keys, { cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables, ...(keys ? { keys } : {}) });
     const onRelay = records.get(env.deviceId);
     if (pub === null || pub.mac !== mac || onRelay === undefined || onRelay.seq !== pub.seq) {
       const seq = Math.max(pub?.seq ?? 0, onRelay?.seq ?? 0) + 1;
       const at = env.now();
-      const record: DigestRecord = { deviceId: env.deviceId, seq, cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables, at };
+      const record: DigestRecord = { deviceId: env.deviceId, seq, cursor: st.cursor, fingerprint: schema.fingerprint, tables: digest.tables, ...(keys ? { keys } : {}), at };
       await api.put(sealRecord(env.keys, record, env.random));
       pub = { seq, cursor: st.cursor, fingerprint: schema.fingerprint, mac, at };
       published = true;
@@ -321,7 +421,15 @@ export async function exchangeDigests(
     .sort((a, b) => (a.name === b.name ? (a.id < b.id ? -1 : 1) : a.name < b.name ? -1 : 1))
     .map((d) => {
       const r = records.get(d.id) ?? null;
-      return { deviceId: d.id, name: d.name, ...compare(me, r), cursor: r?.cursor ?? null, at: r?.at ?? null };
+      const sealedAway = unreadable.has(d.id);
+      return {
+        deviceId: d.id,
+        name: d.name,
+        ...compare(me, r, sealedAway),
+        cursor: r?.cursor ?? null,
+        at: r?.at ?? null,
+        keys: mine ? keysOf(mine, r, sealedAway) : null,
+      };
     });
 
   writeDigestMemory(env, {
@@ -345,5 +453,6 @@ export async function exchangeDigests(
     ms: digest?.ms ?? 0,
     published,
     devices: peers,
+    keys: mine ? mine.view : null,
   };
 }

@@ -20,9 +20,12 @@
  *   (syncDigest opens one if none is open), so the digest is one committed
  *   state of the database.
  * - Read-only: nothing in the database changes.
- * - The record (cursor, fingerprint, table digests) leaves the device only
+ * - The record (cursor, fingerprint, table digests, and in format 2 the
+ *   device's key view: src/changesets/key-view.ts) leaves the device only
  *   sealed (type 7, a fresh random salt each time, padded to 1 KiB steps): the
- *   relay sees neither the digests nor whether two devices' are equal.
+ *   relay sees neither the digests nor the view nor whether two devices' are
+ *   equal. A format-1 record (casa before key views) opens as it always did,
+ *   and a record without a view seals to the same bytes it did.
  */
 import { createHash, createHmac } from 'node:crypto';
 import type Database from 'better-sqlite3';
@@ -32,6 +35,7 @@ import { keysFor } from '../crypto/keyring.js';
 import { Codec, ObjectType, openObject, SALT_BYTES, sealObject } from '../crypto/objects.js';
 import { isDeviceId, isLowerHex, isVaultId } from '../protocol/ids.js';
 import { DIGEST_MAX_BYTES } from '../protocol/messages.js';
+import { KEY_HISTORY_HEX, type KeyView } from './key-view.js';
 import { quoteId, type SyncSchema, type SyncTable } from './rules.js';
 
 /** Hex characters of a table digest (the first 128 bits of its SHA-256). */
@@ -237,8 +241,14 @@ export function syncDigest(db: Database.Database, schema: SyncSchema, now: () =>
 
 // ---------------------------------------------------------------- the record
 
-/** The record format (the plaintext's JSON `format`). */
-export const RECORD_FORMAT = 1;
+/**
+ * The record format (the plaintext's JSON `format`): 1 without a key view
+ * (casa before key views; still opened and compared), 2 with one (what this
+ * casa seals when it knows its key view).
+ */
+export const RECORD_FORMAT = 2;
+/** The format of a record without a key view. */
+export const RECORD_FORMAT_NO_KEYS = 1;
 /** The largest sealed record: the relay's cap on `PUT /digest` (413 beyond). */
 export const MAX_SEALED_RECORD = DIGEST_MAX_BYTES;
 /** Plaintexts are padded with zero bytes to a multiple of this: the size says little about the tables. */
@@ -248,7 +258,8 @@ const MAX_RECORD_PLAINTEXT = Math.floor((MAX_SEALED_RECORD - 48 - 16) / RECORD_P
 export const DIGEST_KEY_LABEL = 'casa/v1/digest-key';
 export const DIGEST_MAC_LABEL = 'casa/v1/digest-local-mac';
 
-const RECORD_KEYS = ['format', 'vaultId', 'deviceId', 'seq', 'cursor', 'fingerprint', 'tables', 'at'] as const;
+const RECORD_KEYS = ['format', 'vaultId', 'deviceId', 'seq', 'cursor', 'fingerprint', 'tables', 'keys', 'at'] as const;
+const KEY_VIEW_KEYS = ['epoch', 'history', 'revoked'] as const;
 
 /** What a device publishes: its state (cursor, schema) and its digests there. */
 export interface DigestRecord {
@@ -260,6 +271,8 @@ export interface DigestRecord {
   /** The synced schema's fingerprint (rules.ts). */
   fingerprint: string;
   tables: Record<string, string>;
+  /** The device's view of the key history (format 2); absent in a record of casa before key views (format 1). */
+  keys?: KeyView;
   /** The device's clock when it computed the digest, ms. */
   at: number;
 }
@@ -273,7 +286,8 @@ function digestKeys(keys: VaultKeys): { sealKey: Uint8Array; macKey: Uint8Array 
   };
 }
 
-const recordIdentity = (deviceId: string): string => `digest:v${RECORD_FORMAT}:${deviceId}`;
+/** The object identity: `digest:v1:` in both record formats (the reader learns the format only once it opened the object). */
+const recordIdentity = (deviceId: string): string => `digest:v1:${deviceId}`;
 
 /** An authenticated record that breaks the record format (only a device holding the vault keys can make one). */
 export class RecordFormatError extends Error {
@@ -285,8 +299,26 @@ export class RecordFormatError extends Error {
 
 const uint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
+function keyViewProblem(k: unknown): string | null {
+  if (typeof k !== 'object' || k === null || Array.isArray(k)) return 'keys must be an object';
+  const v = k as Record<string, unknown>;
+  if (Object.keys(v).join(',') !== KEY_VIEW_KEYS.join(',')) return 'keys must hold epoch, history and revoked';
+  if (!uint(v.epoch) || v.epoch < 1) return 'keys.epoch must be a positive integer';
+  if (!isLowerHex(v.history, KEY_HISTORY_HEX)) return 'keys.history must be 64 lowercase hex characters';
+  const revoked = v.revoked;
+  if (!Array.isArray(revoked) || !revoked.every((id, i) => isDeviceId(id) && (i === 0 || (revoked[i - 1] as string) < id))) {
+    return 'keys.revoked must be device ids, sorted, each once';
+  }
+  return null;
+}
+
 function recordProblem(r: Record<string, unknown>): string | null {
-  if (r.format !== RECORD_FORMAT) return 'unsupported format';
+  if (r.format !== RECORD_FORMAT && r.format !== RECORD_FORMAT_NO_KEYS) return 'unsupported format';
+  if (r.format === RECORD_FORMAT_NO_KEYS ? 'keys' in r : !('keys' in r)) return r.format === RECORD_FORMAT_NO_KEYS ? 'unknown field' : 'keys missing';
+  if ('keys' in r) {
+    const k = keyViewProblem(r.keys);
+    if (k !== null) return k;
+  }
   if (!isVaultId(r.vaultId)) return 'vaultId must be 32 lowercase hex characters';
   if (!isDeviceId(r.deviceId)) return 'deviceId must be 16 lowercase hex characters';
   if (!uint(r.seq) || r.seq < 1) return 'seq must be a positive integer';
@@ -302,10 +334,17 @@ function recordProblem(r: Record<string, unknown>): string | null {
   return null;
 }
 
-/** The record's JSON, fields in a fixed order and tables by name: the same record gives the same bytes. */
+/**
+ * The record's JSON, fields in a fixed order and tables by name: the same
+ * record gives the same bytes. Without a key view it is format 1, byte for
+ * byte what casa before key views sealed.
+ */
 function recordJson(vaultId: string, r: DigestRecord): string {
   const tables = Object.fromEntries(Object.keys(r.tables).sort().map((k) => [k, r.tables[k]!]));
-  return JSON.stringify({ format: RECORD_FORMAT, vaultId, deviceId: r.deviceId, seq: r.seq, cursor: r.cursor, fingerprint: r.fingerprint, tables, at: r.at });
+  const head = { vaultId, deviceId: r.deviceId, seq: r.seq, cursor: r.cursor, fingerprint: r.fingerprint, tables };
+  if (r.keys === undefined) return JSON.stringify({ format: RECORD_FORMAT_NO_KEYS, ...head, at: r.at });
+  const keys = { epoch: r.keys.epoch, history: r.keys.history, revoked: [...r.keys.revoked] };
+  return JSON.stringify({ format: RECORD_FORMAT, ...head, keys, at: r.at });
 }
 
 /**
@@ -368,23 +407,30 @@ export function openRecord(vaultKeys: VaultKeys, deviceId: string, bytes: Uint8A
   const problem = recordProblem(r);
   if (problem !== null) throw new RecordFormatError(problem);
   if (r.vaultId !== keys.vaultId || r.deviceId !== deviceId) throw new RecordFormatError('it names another vault or device');
-  return { deviceId, seq: r.seq as number, cursor: r.cursor as number, fingerprint: r.fingerprint as string, tables: r.tables as Record<string, string>, at: r.at as number };
+  const out: DigestRecord = { deviceId, seq: r.seq as number, cursor: r.cursor as number, fingerprint: r.fingerprint as string, tables: r.tables as Record<string, string>, at: r.at as number };
+  if (r.keys !== undefined) {
+    const k = r.keys as KeyView;
+    out.keys = { epoch: k.epoch, history: k.history, revoked: [...k.revoked] };
+  }
+  return out;
 }
 
 /**
  * A keyed MAC of what a record says about the database (cursor, schema,
- * digests: not seq or time), kept in CASA_HOME to tell whether the record
- * to publish differs from the last one without keeping the digests there
- * (an unkeyed digest would let a reader of CASA_HOME confirm a guess of a
- * whole table).
+ * digests: not seq or time) and, when it carries one, the key view, kept in
+ * CASA_HOME to tell whether the record to publish differs from the last one
+ * without keeping the digests there (an unkeyed digest would let a reader
+ * of CASA_HOME confirm a guess of a whole table).
  */
-export function recordMac(keys: VaultKeys, r: Pick<DigestRecord, 'cursor' | 'fingerprint' | 'tables'>): string {
+export function recordMac(keys: VaultKeys, r: Pick<DigestRecord, 'cursor' | 'fingerprint' | 'tables' | 'keys'>): string {
   const tables = Object.keys(r.tables)
     .sort()
     .map((k) => [k, r.tables[k]]);
-  return createHmac('sha256', digestKeys(keys).macKey)
-    .update(JSON.stringify(['casa/v1/digest-published', r.cursor, r.fingerprint, tables]), 'utf8')
-    .digest('hex');
+  const what =
+    r.keys === undefined
+      ? ['casa/v1/digest-published', r.cursor, r.fingerprint, tables]
+      : ['casa/v2/digest-published', r.cursor, r.fingerprint, tables, [r.keys.epoch, r.keys.history, r.keys.revoked]];
+  return createHmac('sha256', digestKeys(keys).macKey).update(JSON.stringify(what), 'utf8').digest('hex');
 }
 
 /** The tables whose digests differ, or that one side lacks, by name. */

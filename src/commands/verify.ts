@@ -12,7 +12,11 @@
  * (sealed) and compared with every other device's that is in the same state
  * (same changeset cursor and schema, nothing left to push). Exit 6 when a
  * table differs, so a split between devices is never silent; devices not in
- * a comparable state are listed with what to run there.
+ * a comparable state are listed with what to run there. The record also
+ * carries this device's view of the key history (epoch, history hash,
+ * verified revocations): exit 6 when another device's shows the relay gave
+ * the two devices different key histories (a fork, an epoch or a revocation
+ * withheld from this device), checked whether or not the tables compare.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,7 +24,9 @@ import { join } from 'node:path';
 import { AuthError, CasaError, EXIT, IntegrityError, UsageError } from '../errors.js';
 import { acquireLock } from '../lock.js';
 import { readState } from '../state.js';
-import { exchangeDigests, type DigestReport } from '../changesets/digest-exchange.js';
+import { exchangeDigests, type DigestReport, type PeerResult } from '../changesets/digest-exchange.js';
+import type { KeyView } from '../changesets/key-view.js';
+import { membershipView, openVaultKeys } from '../keys/open.js';
 import { removeWithSidecars, restoreToTemp, shortId } from '../snapshots/restore.js';
 import { loadSyncState, pullRound, syncRound } from '../changesets/sync-run.js';
 import type { SnapshotInfo } from '../relay/snapshots.js';
@@ -28,7 +34,8 @@ import { progress } from '../ui/progress.js';
 import type { Context } from './context.js';
 import { formatBytes, plural } from '../ui/format.js';
 import { listChecked, noSnapshotError, noteVerifiedSeq, openVault, resolveSnapshot } from './vault.js';
-import { openSynced, syncEnv } from './synced.js';
+import { openSynced, syncEnvOf } from './synced.js';
+import { deviceSession, loadPaired } from './context.js';
 
 export interface VerifyOptions {
   all?: boolean;
@@ -51,9 +58,24 @@ export interface VerifySyncReport {
   comparable: boolean;
   why: string | null;
   published: boolean;
-  devices: { device_id: string; name: string; status: 'same' | 'differs' | 'not_comparable'; tables_differ: string[]; why: string | null }[];
+  devices: {
+    device_id: string;
+    name: string;
+    status: 'same' | 'differs' | 'not_comparable';
+    tables_differ: string[];
+    why: string | null;
+    /** Its key history against this device's (FORMAT.md §8 "Key view"). */
+    key_history: {
+      status: 'same' | 'behind' | 'ahead' | 'fork' | 'unknown' | 'unreadable';
+      epoch: number | null;
+      hidden_revocations: string[];
+      missing_revocations: string[];
+    } | null;
+  }[];
   digest_ms: number;
   rows: number;
+  /** This device's view of the key history, as published. */
+  key_history: { epoch: number; history: string; revoked: string[] } | null;
 }
 
 export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<VerifyReport | VerifySyncReport> {
@@ -121,7 +143,9 @@ export async function runVerify(ctx: Context, opts: VerifyOptions): Promise<Veri
 
 /** One sync round, then the digest exchange, under the database's sync lock (as `casa sync` takes it). */
 async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
-  const env = await syncEnv(ctx);
+  const p = loadPaired(ctx);
+  const session = await deviceSession(p);
+  const env = syncEnvOf(ctx, p, session, await openVaultKeys(ctx, p, session));
   const lock = acquireLock(ctx.globals.home, `${ctx.globals.db}#sync`, 'verify --sync');
   let report: DigestReport;
   try {
@@ -135,7 +159,7 @@ async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
       // A batch pushed while another device pushed lands after the cursor: one more pull takes it in.
       const st = loadSyncState(env);
       if (st.pushed.seq > (st.chains[env.deviceId]?.seq ?? 0)) await pullRound(env, db, schema);
-      report = await exchangeDigests(env, db, schema, { publish: true });
+      report = await exchangeDigests(env, db, schema, { publish: true, keyView: { membership: () => membershipView(ctx, p, session) } });
     } finally {
       db.close();
     }
@@ -151,9 +175,17 @@ async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
     comparable: report.tables !== null,
     why: report.why,
     published: report.published,
-    devices: report.devices.map((d) => ({ device_id: d.deviceId, name: d.name, status: d.status, tables_differ: d.tablesDiffer, why: d.why })),
+    devices: report.devices.map((d) => ({
+      device_id: d.deviceId,
+      name: d.name,
+      status: d.status,
+      tables_differ: d.tablesDiffer,
+      why: d.why,
+      key_history: d.keys && { status: d.keys.status, epoch: d.keys.epoch, hidden_revocations: d.keys.hiddenRevocations, missing_revocations: d.keys.missingRevocations },
+    })),
     digest_ms: report.ms,
     rows: report.rows,
+    key_history: report.keys && { epoch: report.keys.epoch, history: report.keys.history, revoked: report.keys.revoked },
   };
   ctx.out.print(formatVerifySync(name, report));
   ctx.out.result({ ...doc });
@@ -163,9 +195,65 @@ async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
       ctx.out.note(`hint: on ${d.name}, run \`casa verify --sync\` (it syncs first), then run \`casa verify --sync\` here again`);
     }
   }
+  // The key history first: a relay that showed the devices different keys makes every other verdict moot.
+  const keyProblem = keyHistoryError(report, env.server, `this device (${name})`);
+  if (keyProblem) throw keyProblem;
   const differ = report.devices.filter((d) => d.status === 'differs');
   if (differ.length > 0) throw divergenceError(differ);
   return doc;
+}
+
+/** What to do when the relay showed this device a key history other than another device's. */
+function keyHints(server: string): string[] {
+  return [
+    `the relay at ${server} showed this device and another different key histories: treat it as hostile (nothing was changed here)`,
+    'from a device you trust, start new keys for the members it verified (`casa rotate`), then run `casa verify --sync` on every device; ' +
+      'a device still apart afterwards: pair it again with the recovery phrase (`casa pair --join`); see docs/SECURITY.md §4.5',
+  ];
+}
+
+/**
+ * The first key-history verdict that says the relay showed the devices
+ * different histories (FORMAT.md §8 "Key view"), as an IntegrityError; null
+ * when there is none (a device behind, or one of casa before key views, is
+ * only listed).
+ */
+export function keyHistoryError(report: Pick<DigestReport, 'devices' | 'keys'>, server: string, selfName = 'this device'): IntegrityError | null {
+  const label = (d: PeerResult) => `device ${d.name} (${d.deviceId.slice(0, 8)})`;
+  const mine = report.keys;
+  for (const d of report.devices) {
+    if (d.keys?.status === 'fork') {
+      const at = d.keys.epoch === mine?.epoch ? `epoch ${d.keys.epoch}` : `epoch ${d.keys.epoch}, which this device holds too`;
+      return new IntegrityError(`the relay showed ${selfName} and ${label(d)} different key histories: other keys or records at ${at} (a fork)`, { hints: keyHints(server) });
+    }
+  }
+  for (const d of report.devices) {
+    if (d.keys?.status === 'ahead') {
+      return new IntegrityError(`the relay withholds epoch ${d.keys.epoch} that ${label(d)} holds (this device holds epoch ${mine?.epoch ?? '?'})`, {
+        hints: [`this device may seal to devices revoked since: do not run \`casa rotate\` or \`casa devices revoke\` here until this is resolved`, ...keyHints(server)],
+      });
+    }
+    if (d.keys?.status === 'unreadable') {
+      return new IntegrityError(
+        `the digest of ${label(d)} is sealed under keys the relay does not serve this device: the relay showed the two devices different key histories (an epoch withheld from this device, or a fork)`,
+        { hints: [`this device may seal to devices revoked since: do not run \`casa rotate\` or \`casa devices revoke\` here until this is resolved`, ...keyHints(server)] },
+      );
+    }
+  }
+  for (const d of report.devices) {
+    const hidden = d.keys?.hiddenRevocations ?? [];
+    if (hidden.length > 0) {
+      const names = new Map(report.devices.map((x) => [x.deviceId, x.name]));
+      const list = hidden.map((id) => (names.has(id) ? `${names.get(id)} (${id})` : id)).join(', ');
+      return new IntegrityError(`${label(d)} verified the revocation of ${list}, which the relay does not show this device`, {
+        hints: [
+          `this device would seal the next keys to ${hidden.length === 1 ? 'it' : 'them'}: revoke ${hidden.length === 1 ? 'it' : 'them'} here as well (\`casa devices revoke ${hidden[0]}\`): this device then remembers the revocation whatever the relay shows`,
+          ...keyHints(server),
+        ],
+      });
+    }
+  }
+  return null;
 }
 
 function divergenceError(differ: DigestReport['devices']): IntegrityError {
@@ -182,6 +270,24 @@ function divergenceError(differ: DigestReport['devices']): IntegrityError {
 
 const STATUS_WORD = { same: 'same', differs: 'DIFFERS', not_comparable: 'not comparable' } as const;
 
+/** This device's key view and how the others' compare, in one line. */
+function keyLine(k: KeyView, devices: PeerResult[]): string {
+  const parts = [`epoch ${k.epoch}, ${plural(k.revoked.length, 'revocation')} verified`];
+  const by = (s: string) => devices.filter((d) => d.keys?.status === s);
+  const names = (ds: PeerResult[], withEpoch = false) => ds.map((d) => (withEpoch ? `${d.name} (epoch ${d.keys!.epoch})` : d.name)).join(', ');
+  if (by('same').length > 0) parts.push(`same as ${names(by('same'))}`);
+  if (by('behind').length > 0) parts.push(`behind: ${names(by('behind'), true)}`);
+  if (by('ahead').length > 0) parts.push(`AHEAD (withheld here): ${names(by('ahead'), true)}`);
+  if (by('fork').length > 0) parts.push(`FORKED: ${names(by('fork'), true)}`);
+  if (by('unreadable').length > 0) parts.push(`UNREADABLE (keys not served here): ${names(by('unreadable'))}`);
+  const hidden = devices.filter((d) => (d.keys?.hiddenRevocations.length ?? 0) > 0);
+  if (hidden.length > 0) parts.push(`REVOCATIONS HIDDEN here: ${hidden.map((d) => `${d.name} verified ${d.keys!.hiddenRevocations.join(', ')}`).join('; ')}`);
+  const missing = devices.filter((d) => (d.keys?.missingRevocations.length ?? 0) > 0);
+  if (missing.length > 0) parts.push(`not yet verified by ${missing.map((d) => `${d.name}: ${d.keys!.missingRevocations.join(', ')}`).join('; ')}`);
+  if (by('unknown').length > 0) parts.push(`unknown (no digest yet, or an older casa): ${names(by('unknown'))}`);
+  return parts.join('; ');
+}
+
 function formatVerifySync(name: string, r: DigestReport): string {
   const lines: string[] = [];
   const self =
@@ -189,6 +295,7 @@ function formatVerifySync(name: string, r: DigestReport): string {
       ? `not comparable: ${r.why}`
       : `${r.rows.toLocaleString('en-US')} rows in ${Object.keys(r.tables).length} tables digested in ${r.ms} ms`;
   lines.push(`this device  ${name} (${r.deviceId.slice(0, 8)}) at changeset ${r.cursor}: ${self}`);
+  if (r.keys) lines.push(`key history  ${keyLine(r.keys, r.devices)}`);
   if (r.devices.length === 0) {
     lines.push('no other device in the vault');
     return lines.join('\n');

@@ -26,7 +26,7 @@ interface Paired {
   vault: PairedVault;
   keystore: Keystore;
 }
-import { EpochMovedError, keysOf, loadRing, makeCert, pickUp, postEpoch, saveRing, type KeyEnv, type StoredRing } from './epochs.js';
+import { EpochMovedError, keysOf, loadRing, makeCert, pickUp, postEpoch, saveRing, verifiedMembers, type KeyEnv, type StoredRing } from './epochs.js';
 
 /** The key operations' environment; the device key is the session's (read from the keystore once per command). */
 export async function keyEnv(ctx: Context, p: Paired, session: DeviceSession): Promise<KeyEnv> {
@@ -92,6 +92,20 @@ export async function openKeyring(ctx: Context, p: Paired, session: DeviceSessio
   // openVaultKeys leaves both in place (it upgrades a format-1 device first): their absence is a damaged home.
   if (!held || !env.paper) throw new FailureError(`this device's keyring or the recovery phrase's public keys are missing from ${ctx.globals.home}`, { hints: ['pair this device again (`casa pair --join`, or a code from another device)'] });
   return { keys, env, held, paper: env.paper };
+}
+
+/**
+ * The vault's membership as this device verifies it now, from signed records
+ * only (src/keys/verify.ts): the device ids it holds revoked (the records
+ * that verify, and those it remembers) and its members. For the key view of
+ * `casa verify --sync` (src/changesets/key-view.ts); call after
+ * openVaultKeys (which records the paper of a format-1 device).
+ */
+export async function membershipView(ctx: Context, p: Paired, session: DeviceSession): Promise<{ revoked: string[]; members: string[] }> {
+  const env = await keyEnv(ctx, p, session);
+  if (!env.paper) throw new FailureError(`the recovery phrase's public keys are missing from ${ctx.globals.home}`, { hints: ['pair this device again (`casa pair --join`, or a code from another device)'] });
+  const { m } = await verifiedMembers(env, env.paper);
+  return { revoked: [...new Set([...m.revoked.keys(), ...env.knownRevoked])].sort(), members: [...m.members].sort() };
 }
 
 /**

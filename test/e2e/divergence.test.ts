@@ -18,6 +18,8 @@ const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
 
 const sql = sqlOn;
+/** Two devices of a vault that never rotated, with an honest relay: the same key history (epoch 1). */
+const SAME_KEYS = { status: 'same', epoch: 1, hidden_revocations: [], missing_revocations: [] };
 
 /** A write casa's triggers do not see: capture silenced as casa silences it while applying. */
 function uncaptured(m: Machine, query: string, ...params: unknown[]): void {
@@ -45,9 +47,10 @@ interface VerifySync {
   device: string;
   cursor: number;
   tables: Record<string, string>;
-  devices: { device_id: string; name: string; status: string; tables_differ: string[]; why: string | null }[];
+  devices: { device_id: string; name: string; status: string; tables_differ: string[]; why: string | null; key_history: unknown }[];
   digest_ms: number;
   rows: number;
+  key_history: { epoch: number; history: string; revoked: string[] } | null;
 }
 
 async function verifyJson(m: Machine, code = 0): Promise<{ doc: VerifySync; r: RunResult }> {
@@ -82,7 +85,9 @@ describe('casa verify --sync', () => {
     expect(first.doc.rows).toBeGreaterThan(1000);
     expect(first.doc.digest_ms).toEqual(expect.any(Number));
     const fromB = await verifyJson(b);
-    expect(fromB.doc.devices).toEqual([{ device_id: ids.a, name: 'split-a', status: 'same', tables_differ: [], why: null }]);
+    expect(fromB.doc.devices).toEqual([{ device_id: ids.a, name: 'split-a', status: 'same', tables_differ: [], why: null, key_history: SAME_KEYS }]);
+    expect(first.doc.devices[0]!.key_history).toEqual({ status: 'unknown', epoch: null, hidden_revocations: [], missing_revocations: [] });
+    expect(fromB.doc.key_history).toEqual({ epoch: 1, history: first.doc.key_history!.history, revoked: [] });
     expect(fromB.doc.tables).toEqual(first.doc.tables);
     expect(fromB.doc.cursor).toBe(first.doc.cursor);
     const human = await ok(a, ['verify', '--sync']);
@@ -96,7 +101,7 @@ describe('casa verify --sync', () => {
     for (const m of [a, b]) expect(JSON.parse((await ok(m, ['sync', '--json'])).stdout)).toMatchObject({ pushed_changes: 0, pending_local: 0 });
 
     const split = await verifyJson(b, 6);
-    expect(split.doc.devices).toEqual([{ device_id: ids.a, name: 'split-a', status: 'differs', tables_differ: ['transactions'], why: null }]);
+    expect(split.doc.devices).toEqual([{ device_id: ids.a, name: 'split-a', status: 'differs', tables_differ: ['transactions'], why: null, key_history: SAME_KEYS }]);
     expect(split.doc.tables.transactions).not.toBe(first.doc.tables.transactions);
     expect(split.doc.tables.accounts).toBe(first.doc.tables.accounts);
     const err = JSON.parse(split.r.stderr.trim().split('\n').pop()!) as { code: number; reason: string; message: string; hints: string[] };
@@ -126,7 +131,7 @@ describe('casa verify --sync', () => {
     expect(r.stdout).toMatch(/^behind-b \([0-9a-f]{8}\) +not comparable +it is at changeset \d+, this device at \d+$/m);
     expect(r.stderr).toMatch(/^casa: hint: on behind-b, run `casa verify --sync` \(it syncs first\), then run `casa verify --sync` here again$/m);
     // b catches up and compares: same.
-    expect((await verifyJson(b)).doc.devices).toEqual([{ device_id: ids.a, name: 'behind-a', status: 'same', tables_differ: [], why: null }]);
+    expect((await verifyJson(b)).doc.devices).toEqual([{ device_id: ids.a, name: 'behind-a', status: 'same', tables_differ: [], why: null, key_history: SAME_KEYS }]);
   });
 
   it('refuses a relay that serves an altered or moved slot (exit 6)', async () => {

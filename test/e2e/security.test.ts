@@ -4,7 +4,8 @@
  * the device out for good while the others carry on with nothing to type;
  * the relay cannot slip in a device of its own; one device's commits cannot
  * push the history out; a replaced phrase opens nothing; a vault of casa 0.1
- * upgrades in place.
+ * upgrades in place; a relay that hides a revocation or an epoch from one
+ * device, or forks the epochs, is caught by `casa verify --sync` there.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -283,5 +284,127 @@ describe('a vault made by casa 0.1 (format 1)', () => {
     // And the phrase still joins a new device.
     const fresh = relay.machine('old-fresh');
     await ok(fresh, ['restore', '--yes', '--phrase-stdin', '--device-name', 'new'], phrase);
+  }, 120_000);
+});
+
+describe('a relay that shows devices different key histories (casa verify --sync)', () => {
+  interface KeyHistory {
+    status: string;
+    epoch: number | null;
+    hidden_revocations: string[];
+    missing_revocations: string[];
+  }
+  interface VerifySync {
+    key_history: { epoch: number; history: string; revoked: string[] };
+    devices: { device_id: string; name: string; status: string; key_history: KeyHistory }[];
+  }
+  const verify = async (m: Machine, code: number): Promise<{ doc: VerifySync; r: RunResult }> => {
+    const r = await m.run(['verify', '--sync', '--json']);
+    expect(r.code, r.stderr).toBe(code);
+    return { doc: JSON.parse(r.stdout) as VerifySync, r };
+  };
+  const byName = (doc: VerifySync, name: string) => doc.devices.find((d) => d.name === name)!;
+  const errorOf = (r: RunResult) => JSON.parse(r.stderr.trim().split('\n').pop()!) as { code: number; reason: string; message: string; hints: string[] };
+  const idOf = (m: Machine) => JSON.parse(readFileSync(join(m.home, 'state.json'), 'utf8')).vault.deviceId as string;
+
+  it('an honest relay: same key history everywhere; a hidden revocation, then a withheld epoch: exit 6 on the device kept apart, naming the other', async () => {
+    const a = relay.machine('kh-desk');
+    const b = relay.machine('kh-laptop');
+    const c = relay.machine('kh-phone');
+    const paper = join(relay.machine('kh-paper').home, 'phrase.txt');
+    const vault = json(await ok(a, ['pair', '--new', '--phrase-out', paper, '--device-name', 'desk', '--json'])).vault_id as string;
+    await ok(b, ['pair', '--join', '--phrase-file', paper, '--device-name', 'laptop']);
+    await ok(c, ['pair', '--join', '--phrase-file', paper, '--device-name', 'phone']);
+    for (const m of [a, b, c]) txTable(m);
+    for (const m of [a, b, c]) await ok(m, ['sync']);
+    const cId = idOf(c);
+
+    // Honest: every device at epoch 1, the same history, no fork.
+    await verify(a, 0);
+    await verify(c, 0);
+    const honest = await verify(b, 0);
+    expect(honest.doc.key_history).toMatchObject({ epoch: 1, revoked: [] });
+    expect(honest.doc.key_history.history).toMatch(/^[0-9a-f]{64}$/);
+    for (const name of ['desk', 'phone']) {
+      expect(byName(honest.doc, name).key_history).toEqual({ status: 'same', epoch: 1, hidden_revocations: [], missing_revocations: [] });
+    }
+    expect((await ok(b, ['verify', '--sync'])).stdout).toMatch(/^key history {2}epoch 1, 0 revocations verified; same as desk, phone$/m);
+
+    // The desk revokes the phone (epoch 2); with an honest relay the laptop picks it up and agrees.
+    await ok(a, ['devices', 'revoke', cId]);
+    const fromA = await verify(a, 0);
+    expect(fromA.doc.key_history).toMatchObject({ epoch: 2, revoked: [cId] });
+    const afterRevoke = await verify(b, 0);
+    expect(afterRevoke.doc.key_history).toMatchObject({ epoch: 2, revoked: [cId], history: fromA.doc.key_history.history });
+    expect(byName(afterRevoke.doc, 'desk').key_history).toEqual({ status: 'same', epoch: 2, hidden_revocations: [], missing_revocations: [] });
+
+    // The relay now hides the revocation (it shows the phone as a member again), still serving epoch 2:
+    // the laptop would seal the next epoch to the phone. Its verify --sync names the desk, which verified it.
+    await d1().prepare('UPDATE devices SET revoked_at = NULL, revocation = NULL WHERE vault_id = ? AND id = ?').bind(vault, cId).run();
+    const hidden = await verify(b, 6);
+    expect(byName(hidden.doc, 'desk').key_history).toEqual({ status: 'same', epoch: 2, hidden_revocations: [cId], missing_revocations: [] });
+    expect(hidden.doc.key_history.revoked).toEqual([]);
+    const e1 = errorOf(hidden.r);
+    expect(e1).toMatchObject({ code: 6, reason: 'integrity' });
+    expect(e1.message).toMatch(new RegExp(`^device desk \\([0-9a-f]{8}\\) verified the revocation of phone \\(${cId}\\), which the relay does not show this device$`));
+    expect(e1.hints.join('\n')).toMatch(/casa devices revoke/);
+    const human = await b.run(['verify', '--sync']);
+    expect(human.code).toBe(6);
+    expect(human.stdout).toMatch(/^key history {2}.*REVOCATIONS HIDDEN here: desk verified /m);
+    expect(human.stderr).toMatch(/^casa: error: device desk \([0-9a-f]{8}\) verified the revocation of phone/m);
+    // The desk remembers the revocation it verified: for it the laptop is only behind on it, not an error.
+    expect(byName((await verify(a, 0)).doc, 'laptop').key_history).toMatchObject({ status: 'same', missing_revocations: [cId] });
+
+    // The hint: revoking it here too makes the laptop remember it (and start epoch 3 without it); the desk is then behind, which is not an error.
+    await ok(b, ['devices', 'revoke', cId]);
+    const kept = await verify(b, 0);
+    expect(kept.doc.key_history).toMatchObject({ epoch: 3, revoked: [cId] });
+    expect(byName(kept.doc, 'desk').key_history).toEqual({ status: 'behind', epoch: 2, hidden_revocations: [], missing_revocations: [] });
+
+    // The desk picks up epoch 3 and starts epoch 4; the relay withholds epoch 4 from the laptop.
+    await ok(a, ['rotate']);
+    expect((await verify(a, 0)).doc.key_history.epoch).toBe(4);
+    const epoch3 = await d1().prepare("SELECT json_extract(record, '$.keyId') AS keyId FROM epochs WHERE vault_id = ? AND epoch = 3").bind(vault).first<{ keyId: string }>();
+    await d1().batch([
+      d1().prepare('UPDATE vaults SET epoch = 3, epoch_key_id = ? WHERE id = ?').bind(epoch3!.keyId, vault),
+      d1().prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 4').bind(vault),
+      d1().prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 4').bind(vault),
+    ]);
+    const withheld = await verify(b, 6);
+    expect(withheld.doc.key_history.epoch).toBe(3);
+    expect(byName(withheld.doc, 'desk')).toMatchObject({ status: 'not_comparable', key_history: { status: 'unreadable', epoch: null } });
+    const e2 = errorOf(withheld.r);
+    expect(e2).toMatchObject({ code: 6, reason: 'integrity' });
+    expect(e2.message).toMatch(/^the digest of device desk \([0-9a-f]{8}\) is sealed under keys the relay does not serve this device: the relay showed the two devices different key histories/);
+  }, 180_000);
+
+  it('a fork (the relay took two epoch-2 records and shows each device its own): exit 6 on both, the laptop naming the desk', async () => {
+    const a = relay.machine('fk-desk');
+    const b = relay.machine('fk-laptop');
+    const paper = join(relay.machine('fk-paper').home, 'phrase.txt');
+    const vault = json(await ok(a, ['pair', '--new', '--phrase-out', paper, '--device-name', 'desk', '--json'])).vault_id as string;
+    await ok(b, ['pair', '--join', '--phrase-file', paper, '--device-name', 'laptop']);
+    for (const m of [a, b]) txTable(m);
+    for (const m of [a, b]) await ok(m, ['sync']);
+    await verify(a, 0);
+    await verify(b, 0);
+    const epoch1 = await d1().prepare('SELECT epoch_key_id AS keyId FROM vaults WHERE id = ?').bind(vault).first<{ keyId: string }>();
+    // The desk starts epoch 2 and publishes its digest under it; the relay then drops that epoch and takes the laptop's.
+    await ok(a, ['rotate']);
+    expect((await verify(a, 0)).doc.key_history.epoch).toBe(2);
+    await d1().batch([
+      d1().prepare('UPDATE vaults SET epoch = 1, epoch_key_id = ? WHERE id = ?').bind(epoch1!.keyId, vault),
+      d1().prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 2').bind(vault),
+      d1().prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 2').bind(vault),
+    ]);
+    await ok(b, ['rotate']);
+    const forked = await verify(b, 6);
+    expect(forked.doc.key_history.epoch).toBe(2);
+    expect(byName(forked.doc, 'desk').key_history.status).toBe('unreadable');
+    expect(errorOf(forked.r).message).toMatch(/^the digest of device desk \([0-9a-f]{8}\) is sealed under keys the relay does not serve this device/);
+    // The desk, shown the laptop's epoch 2, refuses it before it compares anything.
+    const onA = await a.run(['verify', '--sync']);
+    expect(onA.code, onA.stderr).toBe(6);
+    expect(onA.stderr).toMatch(/^casa: error: the relay names other keys for epoch 2 than this device holds$/m);
   }, 120_000);
 });

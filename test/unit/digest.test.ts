@@ -6,15 +6,28 @@
  * changes that table's digest and no other; casa_* tables never count; the
  * bytes hashed are exactly the documented encoding (checked against an
  * independent encoder here). And the sealed record: round trip, bound to its
- * device, padded, a fresh salt each time.
+ * device, padded, a fresh salt each time; with and without the key view
+ * (format 2 and 1), a record sealed by casa before key views opening as it
+ * did, and a malformed key view refused.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { vaultKeysFromRoot } from '../../src/crypto/kdf.js';
-import { AuthenticationError } from '../../src/crypto/objects.js';
-import { differingTables, openRecord, recordMac, sealRecord, syncDigest, tableDigest, type DigestRecord } from '../../src/changesets/digest.js';
+import { hkdfSha256, vaultKeysFromRoot } from '../../src/crypto/kdf.js';
+import { AuthenticationError, Codec, ObjectType, SALT_BYTES, sealObject } from '../../src/crypto/objects.js';
+import {
+  DIGEST_KEY_LABEL,
+  differingTables,
+  openRecord,
+  recordMac,
+  RecordFormatError,
+  sealRecord,
+  syncDigest,
+  tableDigest,
+  type DigestRecord,
+} from '../../src/changesets/digest.js';
 import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';
 
 const RUNS = process.env.SLOW === '1' ? 300 : 30;
@@ -282,5 +295,93 @@ describe('the digest record', () => {
     expect(recordMac(keys, { ...record, fingerprint: 'x' })).not.toBe(m);
     expect(recordMac(keys, { ...record, tables: { ...record.tables, tags: 'ce'.repeat(16) } })).not.toBe(m);
     expect(recordMac(vaultKeysFromRoot(new Uint8Array(32).fill(4)), record)).not.toBe(m);
+  });
+});
+
+describe('the digest record with a key view (format 2)', () => {
+  const keys = vaultKeysFromRoot(new Uint8Array(32).fill(3));
+  const random = (n: number) => new Uint8Array(randomBytes(n));
+  const fixedSalt = (n: number) => new Uint8Array(n).fill(0x5a);
+  const record: DigestRecord = { deviceId: 'a1b2c3d4e5f60718', seq: 3, cursor: 120, fingerprint: '0123456789abcdef', tables: { accounts: 'ab'.repeat(16), tags: 'cd'.repeat(16) }, at: 1_795_000_000_000 };
+  const view = { epoch: 4, history: 'e0'.repeat(32), revoked: ['0000000000000001', 'fedcba9876543210'] };
+
+  /** Seals `json` as a record's plaintext would be, under the digest key: what a device holding the keys could make. */
+  function sealJson(json: unknown, deviceId = record.deviceId): Uint8Array {
+    const body = Buffer.from(JSON.stringify(json), 'utf8');
+    const plaintext = new Uint8Array(1024);
+    new DataView(plaintext.buffer).setUint32(0, body.length, false);
+    plaintext.set(body, 4);
+    return sealObject({
+      type: ObjectType.digest,
+      codec: Codec.none,
+      keyId: keys.keyId,
+      purposeKey: hkdfSha256(keys.changesetKey, new Uint8Array(0), new TextEncoder().encode(DIGEST_KEY_LABEL), 32),
+      vaultId: keys.vaultId,
+      identity: `digest:v1:${deviceId}`,
+      plaintext,
+      salt: random(SALT_BYTES),
+    });
+  }
+
+  it('a record sealed by casa before key views (frozen bytes) still opens, to the record without a view; sealing it again gives the same bytes', () => {
+    const frozen = new Uint8Array(Buffer.from(readFileSync(new URL('../fixtures/digest-record-v1.hex', import.meta.url), 'utf8').trim(), 'hex'));
+    const opened = openRecord(keys, record.deviceId, frozen);
+    expect(opened).toEqual(record);
+    expect(opened.keys).toBeUndefined();
+    expect(Buffer.from(sealRecord(keys, record, fixedSalt)).equals(Buffer.from(frozen))).toBe(true);
+  });
+
+  it('round-trips the view inside the encryption (the relay sees neither it nor its size beyond 1 KiB steps)', () => {
+    const sealed = sealRecord(keys, { ...record, keys: view }, random);
+    expect(sealed.length).toBe(48 + 1024 + 16);
+    expect(openRecord(keys, record.deviceId, sealed)).toEqual({ ...record, keys: view });
+    expect(Buffer.from(sealed).includes(Buffer.from(view.history))).toBe(false);
+    expect(Buffer.from(sealed).includes(Buffer.from(view.revoked[1]!))).toBe(false);
+    // No revocation verified: an empty list.
+    const none = { ...view, revoked: [] };
+    expect(openRecord(keys, record.deviceId, sealRecord(keys, { ...record, keys: none }, random)).keys).toEqual(none);
+  });
+
+  it('the plaintext is format 2 with the view between tables and at, and format 1 without', () => {
+    const json = (r: DigestRecord) => {
+      const plain = JSON.stringify({ format: r.keys ? 2 : 1, vaultId: keys.vaultId, deviceId: r.deviceId, seq: r.seq, cursor: r.cursor, fingerprint: r.fingerprint, tables: r.tables, ...(r.keys ? { keys: r.keys } : {}), at: r.at });
+      return plain;
+    };
+    // Sealed by hand from the documented JSON, each opens to the record sealRecord would make.
+    expect(openRecord(keys, record.deviceId, sealJson(JSON.parse(json({ ...record, keys: view }))))).toEqual({ ...record, keys: view });
+    expect(openRecord(keys, record.deviceId, sealJson(JSON.parse(json(record))))).toEqual(record);
+  });
+
+  it('refuses a malformed view, a view in format 1, and format 2 without one (RecordFormatError); sealRecord refuses a bad view', () => {
+    const base = { format: 2, vaultId: keys.vaultId, deviceId: record.deviceId, seq: 1, cursor: 0, fingerprint: 'f', tables: {} };
+    const bad: [string, unknown][] = [
+      ['format 2 without keys', { ...base, at: 1 }],
+      ['format 1 with keys', { ...base, format: 1, keys: view, at: 1 }],
+      ['format 3', { ...base, format: 3, keys: view, at: 1 }],
+      ['epoch 0', { ...base, keys: { ...view, epoch: 0 }, at: 1 }],
+      ['short history', { ...base, keys: { ...view, history: 'ab'.repeat(16) }, at: 1 }],
+      ['uppercase history', { ...base, keys: { ...view, history: 'AB'.repeat(32) }, at: 1 }],
+      ['unsorted revoked', { ...base, keys: { ...view, revoked: [...view.revoked].reverse() }, at: 1 }],
+      ['a revoked id twice', { ...base, keys: { ...view, revoked: [view.revoked[0], view.revoked[0]] }, at: 1 }],
+      ['not a device id', { ...base, keys: { ...view, revoked: ['recovery'] }, at: 1 }],
+      ['an extra field in keys', { ...base, keys: { ...view, members: [] }, at: 1 }],
+      ['keys not an object', { ...base, keys: [4], at: 1 }],
+    ];
+    for (const [what, json] of bad) expect(() => openRecord(keys, record.deviceId, sealJson(json)), what).toThrow(RecordFormatError);
+    expect(() => sealRecord(keys, { ...record, keys: { ...view, revoked: ['zz'] } }, random)).toThrow(RangeError);
+    expect(() => sealRecord(keys, { ...record, keys: { ...view, epoch: 0 } }, random)).toThrow(RangeError);
+  });
+
+  it('the local MAC changes with the view (so a device publishes again when its keys change), and stays as before without one', () => {
+    const m = recordMac(keys, record);
+    const withView = recordMac(keys, { ...record, keys: view });
+    expect(withView).not.toBe(m);
+    expect(recordMac(keys, { ...record, keys: { ...view, epoch: 5 } })).not.toBe(withView);
+    expect(recordMac(keys, { ...record, keys: { ...view, history: 'e1'.repeat(32) } })).not.toBe(withView);
+    expect(recordMac(keys, { ...record, keys: { ...view, revoked: [] } })).not.toBe(withView);
+    // Without a view: the MAC casa before key views kept.
+    const macKey = hkdfSha256(keys.changesetKey, new Uint8Array(0), new TextEncoder().encode('casa/v1/digest-local-mac'), 32);
+    const tables = Object.keys(record.tables).sort().map((k) => [k, record.tables[k]]);
+    expect(m).toBe(createHmac('sha256', macKey).update(JSON.stringify(['casa/v1/digest-published', record.cursor, record.fingerprint, tables])).digest('hex'));
   });
 });

@@ -2,8 +2,9 @@
 // workerd: one slot per device, stored, replaced and listed byte for byte;
 // the 16 KiB cap; the 404/403/401 rules; nothing but ciphertext stored. Then
 // the client (src/changesets/digest-exchange.ts) against it with real SQLite databases:
-// same, differs, not comparable, revoked devices left out; and a relay that
-// alters, moves, replays or garbles a slot (IntegrityError, exit 6).
+// same, differs, not comparable, revoked devices left out; key views (with a
+// record of casa before them); and a relay that alters, moves, replays or
+// garbles a slot (IntegrityError, exit 6).
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -329,6 +330,40 @@ describe('the client (src/changesets/digest-exchange.ts)', () => {
     expect((await exchange(a)).devices[0]!.status).toBe('differs');
     await setRow(b.device.deviceId, good);
     expect((await refused(a)).message).toMatch(/older/);
+  });
+
+  it('key views: a record of casa before them compares as before; a newer epoch is picked up first, a revocation read again, before either is reported', async () => {
+    const { a, b } = await twoDevices();
+    const C = 'c0c0c0c0c0c0c0c0';
+    // b is casa before key views (format 1 record); a carries its view.
+    await exchange(b);
+    let reads = 0;
+    const view = (revoked: string[], members: string[]) => ({ membership: async () => (reads++, { revoked, members }) });
+    const first = await exchangeDigests(a.env, a.db, deriveSyncSchema(a.db), { publish: true, keyView: view([], [a.device.deviceId, b.device.deviceId, C]) });
+    expect(first.keys).toMatchObject({ epoch: 1, revoked: [] });
+    expect(first.devices).toEqual([expect.objectContaining({ status: 'same', keys: { status: 'unknown', epoch: null, hiddenRevocations: [], missingRevocations: [] } })]);
+    expect(reads).toBe(1);
+    // What a published opens with its view; b (no view source) still compares its tables, and reports no key verdict.
+    expect((await exchange(b)).devices[0]).toMatchObject({ status: 'same', keys: null });
+
+    // b now says epoch 2 (its record still opens here: same keys) and that it verified C's revocation.
+    let refreshed = 0;
+    b.env.keys = { ...b.env.keys, epoch: 2 };
+    await exchangeDigests(b.env, b.db, deriveSyncSchema(b.db), { publish: true, keyView: view([C], [a.device.deviceId, b.device.deviceId]) });
+    a.env.refreshKeys = async () => (refreshed++, a.env.keys);
+    reads = 0;
+    const second = await exchangeDigests(a.env, a.db, deriveSyncSchema(a.db), { publish: true, keyView: view([], [a.device.deviceId, b.device.deviceId, C]) });
+    expect(refreshed).toBe(1);
+    expect(reads).toBe(2);
+    expect(second.devices[0]).toMatchObject({ status: 'same', keys: { status: 'ahead', epoch: 2, hiddenRevocations: [C], missingRevocations: [] } });
+    // Once the relay serves both here, they are the same again (and nothing is refreshed).
+    a.env.keys = { ...a.env.keys, epoch: 2 };
+    refreshed = 0;
+    reads = 0;
+    const third = await exchangeDigests(a.env, a.db, deriveSyncSchema(a.db), { publish: true, keyView: view([C], [a.device.deviceId, b.device.deviceId]) });
+    expect(third.devices[0]!.keys).toEqual({ status: 'same', epoch: 2, hiddenRevocations: [], missingRevocations: [] });
+    expect([refreshed, reads]).toEqual([0, 1]);
+    expect(third.published).toBe(true); // the view changed: published again
   });
 
   describe('against a relay that lies', () => {
