@@ -14,6 +14,7 @@ import { connect } from 'node:net';
  * @typedef {object} CountingProxy
  * @property {string} url the proxy's base URL, to give casa as the relay
  * @property {string[]} seen every request since the last reset, as "METHOD /path" (query dropped)
+ * @property {{ up: number, down: number }} bytes body bytes sent to the relay and received from it since the last reset
  * @property {() => void} reset
  * @property {() => Promise<void>} close
  */
@@ -31,6 +32,7 @@ export async function startCountingProxy(target, opts = {}) {
   const delay = opts.delayMs ?? 0;
   /** @type {string[]} */
   const seen = [];
+  const bytes = { up: 0, down: 0 };
   /** @type {Set<import('node:net').Socket>} */
   const sockets = new Set();
   const record = (req) => seen.push(`${req.method} ${(req.url ?? '/').split('?')[0]}`);
@@ -43,6 +45,7 @@ export async function startCountingProxy(target, opts = {}) {
         (r) => {
           const answer = () => {
             res.writeHead(r.statusCode ?? 502, r.headers);
+            r.on('data', (d) => (bytes.down += d.length));
             r.pipe(res);
           };
           if (delay > 0) void sleep(delay).then(answer);
@@ -53,6 +56,7 @@ export async function startCountingProxy(target, opts = {}) {
         if (!res.headersSent) res.writeHead(502).end();
         else res.destroy();
       });
+      req.on('data', (d) => (bytes.up += d.length));
       req.pipe(up);
     };
     if (delay > 0) void sleep(delay).then(go);
@@ -94,8 +98,11 @@ export async function startCountingProxy(target, opts = {}) {
   return {
     url: `http://127.0.0.1:${addr.port}`,
     seen,
+    bytes,
     reset: () => {
       seen.length = 0;
+      bytes.up = 0;
+      bytes.down = 0;
     },
     close: () =>
       new Promise((resolve) => {
