@@ -17,6 +17,7 @@ import { formatSync, parseSyncArgs, runSync, syncResults } from './sync.mjs';
 import { epochResults, formatEpoch, runEpoch } from './epoch.mjs';
 import { formatLatency, latencyResults, runLatency } from './latency.mjs';
 import { formatLoad, loadResults, runLoad } from './load.mjs';
+import { detectorResults, formatDetector, runDetector } from './detector.mjs';
 
 const suites = {
   foundation: async () => {
@@ -38,6 +39,10 @@ const suites = {
   latency: async () => {
     const report = await runLatency({ mb: 100, delayMs: 25, reps: 5 });
     return { results: latencyResults(report), text: formatLatency(report), detail: report };
+  },
+  detector: async () => {
+    const report = await runDetector({ mb: 100, reps: 5 });
+    return { results: detectorResults(report), text: formatDetector(report), detail: report };
   },
   load: async () => {
     const report = await runLoad({ devices: 200, vaults: 50, seconds: 60 });
