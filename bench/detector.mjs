@@ -17,16 +17,13 @@
 //
 //   node bench/detector.mjs [--mb 100] [--reps 5] [--json]
 
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { makeDb } from './lib/make-db.mjs';
+import { pathToFileURL } from 'node:url';
 import { startCountingProxy } from './lib/proxy.mjs';
 import { startRelay } from './sync.mjs';
-
-const CASA = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'casa');
+import { casa, median, twoDevices } from './lib/two-devices.mjs';
 
 export function parseDetectorArgs(argv) {
   const o = { mb: 100, reps: 5, json: false };
@@ -42,52 +39,14 @@ export function parseDetectorArgs(argv) {
   return o;
 }
 
-/** One casa command, timed, without blocking the proxy in this process; 10 minutes at most. */
-function casa(env, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, [CASA, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => {
-      if (err.length < 65536) err += d;
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 600_000);
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      if (code !== 0) reject(new Error(`casa ${args.join(' ')} exited ${code}: ${err}`));
-      else resolve({ ms: performance.now() - t0, stdout: out });
-    });
-  });
-}
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 export async function runDetector(o) {
   const w = mkdtempSync(path.join(os.tmpdir(), 'casa-bench-detector-'));
   const relay = await startRelay(w);
   const proxy = await startCountingProxy(relay.url);
   try {
-    const base = { ...process.env, CASA_KEYSTORE: 'file', CASA_SERVER: proxy.url };
-    for (const k of ['CASA_HOME', 'CASA_DB', 'CASA_TMPDIR']) delete base[k];
-    const dev = (n) => {
-      const home = path.join(w, n);
-      mkdirSync(home, { recursive: true, mode: 0o700 });
-      return { ...base, CASA_HOME: home, CASA_DB: path.join(home, 'casa.db') };
-    };
-    const [A, B] = ['a', 'b'].map(dev);
-    const phrase = path.join(w, 'phrase.txt');
-    await casa(A, ['pair', '--new', '--phrase-out', phrase, '--device-name', 'bench-a']);
-    makeDb({ out: A.CASA_DB, sizeMb: o.mb, seed: 3 });
-    await casa(A, ['sync', '--quiet']);
-    await casa(A, ['snapshot', '--quiet']);
-    await casa(B, ['restore', '--yes', '--quiet', '--phrase-file', phrase, '--device-name', 'bench-b']);
-    rmSync(phrase);
+    const { A, B } = await twoDevices(w, proxy.url, { mb: o.mb, seed: 3 });
     for (const e of [A, B]) await casa(e, ['sync', '--quiet']);
     await casa(B, ['verify', '--sync', '--quiet']);
 

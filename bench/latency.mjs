@@ -27,18 +27,15 @@
 //
 //   node bench/latency.mjs [--mb 100] [--delay-ms 25] [--reps 5] [--json]
 
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
-import { makeDb } from './lib/make-db.mjs';
 import { mutateDb } from './lib/mutate.mjs';
 import { startCountingProxy } from './lib/proxy.mjs';
 import { startRelay } from './sync.mjs';
-
-const CASA = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'casa');
+import { casa, median, twoDevices } from './lib/two-devices.mjs';
 
 export function parseLatencyArgs(argv) {
   const o = { mb: 100, delayMs: 25, reps: 5, json: false };
@@ -56,53 +53,14 @@ export function parseLatencyArgs(argv) {
   return o;
 }
 
-/** One casa command, timed, without blocking the proxy that runs in this process; 10 minutes at most. */
-function casa(env, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn(process.execPath, [CASA, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => {
-      if (err.length < 65536) err += d;
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 600_000);
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      if (code !== 0) reject(new Error(`casa ${args.join(' ')} exited ${code}: ${err}`));
-      else resolve({ ms, stdout: out });
-    });
-  });
-}
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 export async function runLatency(o) {
   const w = mkdtempSync(path.join(os.tmpdir(), 'casa-bench-latency-'));
   const relay = await startRelay(w);
   const proxy = await startCountingProxy(relay.url, { delayMs: o.delayMs });
   try {
-    const base = { ...process.env, CASA_KEYSTORE: 'file', CASA_SERVER: proxy.url };
-    for (const k of ['CASA_HOME', 'CASA_DB', 'CASA_TMPDIR']) delete base[k];
-    const dev = (n) => {
-      const home = path.join(w, n);
-      mkdirSync(home, { recursive: true, mode: 0o700 });
-      return { ...base, CASA_HOME: home, CASA_DB: path.join(home, 'casa.db') };
-    };
-    const [A, B] = ['a', 'b'].map(dev);
-    const phrase = path.join(w, 'phrase.txt');
-    await casa(A, ['pair', '--new', '--phrase-out', phrase, '--device-name', 'bench-a']);
-    makeDb({ out: A.CASA_DB, sizeMb: o.mb, seed: 11 });
-    await casa(A, ['sync', '--quiet']);
-    await casa(A, ['snapshot', '--quiet']);
-    await casa(B, ['restore', '--yes', '--quiet', '--phrase-file', phrase, '--device-name', 'bench-b']);
-    rmSync(phrase);
+    const { A, B } = await twoDevices(w, proxy.url, { mb: o.mb, seed: 11 });
 
     let edit = 0;
     const oneChange = () => {
