@@ -68,27 +68,31 @@ export interface Usage {
   pushesToday: number;
 }
 
+/** One statement per count, so a check reads only what it checks (a push does not count devices). */
+const COUNTS = {
+  storedBytes: `SELECT (SELECT coalesce(sum(bytes), 0) FROM packs WHERE vault_id = ?1)
+                  + (SELECT coalesce(sum(bytes), 0) FROM changesets WHERE vault_id = ?1)
+                  + (SELECT coalesce(sum(bytes), 0) FROM manifest_uploads WHERE vault_id = ?1) AS n`,
+  devices: 'SELECT count(*) AS n FROM devices WHERE vault_id = ?1 AND revoked_at IS NULL',
+  commitsToday: 'SELECT count(*) AS n FROM snapshots WHERE vault_id = ?1 AND time > ?2',
+  pushesToday: 'SELECT count(*) AS n FROM changesets WHERE vault_id = ?1 AND created_at > ?2',
+} as const;
+
+async function count(db: D1Database, what: keyof typeof COUNTS, vaultId: string, now: number): Promise<number> {
+  const st = db.prepare(COUNTS[what]);
+  const row = await (COUNTS[what].includes('?2') ? st.bind(vaultId, now - DAY_MS) : st.bind(vaultId)).first<{ n: number }>();
+  return row?.n ?? 0;
+}
+
 export async function usageOf(db: D1Database, vaultId: string, now: number): Promise<Usage> {
-  const since = now - DAY_MS;
-  const row = await db
-    .prepare(
-      `SELECT
-         (SELECT coalesce(sum(bytes), 0) FROM packs WHERE vault_id = ?1)
-           + (SELECT coalesce(sum(bytes), 0) FROM changesets WHERE vault_id = ?1)
-           + (SELECT coalesce(sum(bytes), 0) FROM manifest_uploads WHERE vault_id = ?1) AS stored,
-         (SELECT count(*) FROM devices WHERE vault_id = ?1 AND revoked_at IS NULL) AS devices,
-         (SELECT count(*) FROM snapshots WHERE vault_id = ?1 AND time > ?2) AS commits,
-         (SELECT count(*) FROM changesets WHERE vault_id = ?1 AND created_at > ?2) AS pushes`,
-    )
-    .bind(vaultId, since)
-    .first<{ stored: number; devices: number; commits: number; pushes: number }>();
-  return {
-    storedBytes: row?.stored ?? 0,
-    devices: row?.devices ?? 0,
-    pairings: await countLivePairings(db, vaultId, now),
-    commitsToday: row?.commits ?? 0,
-    pushesToday: row?.pushes ?? 0,
-  };
+  const [storedBytes, devices, commitsToday, pushesToday, pairings] = await Promise.all([
+    count(db, 'storedBytes', vaultId, now),
+    count(db, 'devices', vaultId, now),
+    count(db, 'commitsToday', vaultId, now),
+    count(db, 'pushesToday', vaultId, now),
+    countLivePairings(db, vaultId, now),
+  ]);
+  return { storedBytes, devices, pairings, commitsToday, pushesToday };
 }
 
 const WHAT: Record<keyof Quotas, string> = {
@@ -117,20 +121,25 @@ export function quotaExceeded(quota: keyof Quotas, limit: number, used: number):
   });
 }
 
-type Check = { stored?: number; device?: true; pairing?: true; commit?: true; push?: true };
+type Check = { stored?: number; device?: true; commit?: true; push?: true };
 
 /**
  * 507 unless the vault has room for what the request adds: `stored` bytes,
- * one more device, pairing session, commit or push.
+ * one more device, commit or push (live pairing sessions are counted where
+ * a session is opened, in its own statement: worker/pairing-db.ts).
  */
 export async function checkQuota(c: Context<AppEnv>, vaultId: string, add: Check): Promise<void> {
   const q = quotasOf(c.env);
-  const u = await usageOf(c.env.DB, vaultId, Date.now());
-  if (add.stored !== undefined && u.storedBytes + add.stored > q.storedBytes) throw quotaExceeded('storedBytes', q.storedBytes, u.storedBytes);
-  if (add.device && u.devices + 1 > q.devices) throw quotaExceeded('devices', q.devices, u.devices);
-  if (add.pairing && u.pairings + 1 > q.pairings) throw quotaExceeded('pairings', q.pairings, u.pairings);
-  if (add.commit && u.commitsToday + 1 > q.commitsPerDay) throw quotaExceeded('commitsPerDay', q.commitsPerDay, u.commitsToday);
-  if (add.push && u.pushesToday + 1 > q.pushesPerDay) throw quotaExceeded('pushesPerDay', q.pushesPerDay, u.pushesToday);
+  const db = c.env.DB;
+  const now = Date.now();
+  const over = async (what: keyof typeof COUNTS, quota: keyof Quotas, adding: number) => {
+    const used = await count(db, what, vaultId, now);
+    if (used + adding > q[quota]) throw quotaExceeded(quota, q[quota], used);
+  };
+  if (add.stored !== undefined) await over('storedBytes', 'storedBytes', add.stored);
+  if (add.device) await over('devices', 'devices', 1);
+  if (add.commit) await over('commitsToday', 'commitsPerDay', 1);
+  if (add.push) await over('pushesToday', 'pushesPerDay', 1);
 }
 
 /** The size an upload will store: its declared length, or the bytes read. */
