@@ -21,5 +21,7 @@ await build({
   external: ['cloudflare:*'],
   sourcemap: true,
   legalComments: 'none',
+  // migrations/*.sql are the vault object's schema (worker/schema.ts), bundled as text as wrangler's default Text rule does.
+  loader: { '.sql': 'text' },
   logLevel: 'warning',
 });

@@ -1,7 +1,9 @@
 /**
- * The scheduled handler (wrangler.jsonc `triggers.crons`; locally the
- * launcher's own timer): retention (docs/RELAY-API.md "Retention"),
- * covered changesets, expired challenges and old pairing sessions. Each step is idempotent and
+ * The retention job of one vault, run by the vault's object (worker/vault.ts)
+ * on its own database when its alarm is due (RETENTION_EVERY_MS), or when
+ * the local launcher pokes it (`casa relay --retention-every`, tests'
+ * runCron): retention (docs/RELAY-API.md "Retention"), covered changesets,
+ * expired challenges and old pairing sessions. Each step is idempotent and
  * safe to run twice, concurrently, or beside uploads and commits:
  *
  * - retention is by age, from times the relay recorded itself (a snapshot's
@@ -9,7 +11,7 @@
  *   RETENTION_WINDOW goes, older snapshots are thinned to one per day, week
  *   or month, the head always stays (docs/SECURITY.md §4.7). No count is
  *   involved, so no number of commits from one device pushes anything out;
- * - D1 first, R2 second: a blob is deleted only after the row naming it is
+ * - the database first, R2 second: a blob is deleted only after the row naming it is
  *   gone, by the key that row named (keys are per upload, so a later upload
  *   of the same pack has another key and is never touched);
  * - a pack row is deleted by one statement that re-checks, as it deletes,
@@ -24,12 +26,12 @@
  *
  * Work per run is bounded: BATCH rows or keys per step and round, at most
  * ROUNDS rounds; the R2 sweep resumes where the last run stopped (a cursor
- * per prefix in cron_state). Whatever is left waits for the next run.
+ * per prefix in the vault's cron_state). Whatever is left waits for the next run.
  */
 import { UPLOAD_KINDS, deleteBlobs } from './blobs.js';
 import { pruneChangesets, vaultsToPrune } from './changeset-db.js';
 import { deleteExpiredChallenges } from './db.js';
-import type { Env } from './env.js';
+import type { RouteEnv } from './env.js';
 import { quotasOf } from './quotas.js';
 import { deleteOldPairings } from './pairing-db.js';
 import {
@@ -76,7 +78,7 @@ function numberVar(text: string | undefined, fallback: number, min: number): num
   return Number.isSafeInteger(n) ? Math.max(n, min) : fallback;
 }
 
-function retentionSettings(env: Env): { windowMs: number; graceMs: number } {
+function retentionSettings(env: RouteEnv): { windowMs: number; graceMs: number } {
   return {
     // A malformed window falls back to the default, never to no protection.
     windowMs: numberVar(env.RETENTION_WINDOW, DEFAULT_RETENTION_WINDOW_MS, 0),
@@ -99,7 +101,8 @@ export function thinningAt(now: number, windowMs: number): Thinning {
   };
 }
 
-export async function runCron(env: Env, now: number): Promise<CronReport> {
+/** The retention job for one vault, run in its object (worker/vault.ts) on its own database. */
+export async function runCron(env: RouteEnv, now: number, vaultId: string): Promise<CronReport> {
   const { windowMs, graceMs } = retentionSettings(env);
   const thinning = thinningAt(now, windowMs);
   const cutoff = now - graceMs;
@@ -148,8 +151,8 @@ export async function runCron(env: Env, now: number): Promise<CronReport> {
     }
   }
 
-  // 4. Blobs under packs/, manifests/ and changesets/ that no row names, older than the grace period.
-  for (const kind of UPLOAD_KINDS) report.orphansDeleted += await sweepOrphans(env, `${kind}/`, cutoff);
+  // 4. Blobs under the vault's packs/, manifests/ and changesets/ prefixes that no row names, older than the grace period.
+  for (const kind of UPLOAD_KINDS) report.orphansDeleted += await sweepOrphans(env, `${kind}/${vaultId}/`, cutoff);
 
   // 5. Expired challenges.
   report.expiredChallenges = await deleteExpiredChallenges(env.DB, now);
@@ -190,7 +193,7 @@ export async function pruneAudit(db: D1Database, keep: number, batch: number): P
 }
 
 /** Lists up to ROUNDS × BATCH keys under `prefix` from the saved cursor, deleting the unnamed old ones. */
-async function sweepOrphans(env: Env, prefix: string, cutoff: number): Promise<number> {
+async function sweepOrphans(env: RouteEnv, prefix: string, cutoff: number): Promise<number> {
   const cursorName = `sweep:${prefix}`;
   let startAfter = (await getCronState(env.DB, cursorName)) ?? undefined;
   let deleted = 0;

@@ -1,72 +1,84 @@
 /**
- * casa-relay: the Worker entry (docs/RELAY-API.md is the contract).
- * Stores only ciphertext and public keys. Every response carries
- * X-Casa-Time; every error is {"error":{"code","message"}} rendered in one
- * place (app.onError), and anything unexpected is a bare 500.
+ * casa-relay: the Worker entry (docs/RELAY-API.md is the contract; the
+ * route tree is worker/app.ts).
+ *
+ * Each vault's state lives in its own Durable Object (worker/vault.ts), so
+ * the Worker mostly routes:
+ * - /v1/vaults/{vaultId}/... (a well-formed id) → the vault's object, as is
+ *   (headers, body, a WebSocket upgrade): it runs the routes on its own SQLite;
+ * - /v1/pairings/{nameplate}/... → the object of the vault whose session
+ *   holds the nameplate (the global index in D1, worker/index-db.ts);
+ * - everything else runs here, on a DB that holds no vault: health, POST
+ *   /v1/vaults (validated here, then created in its object by RPC),
+ *   GET /v1/recovery/{id} (index, then the object), a malformed vault id or
+ *   an unknown nameplate (the same answers as for a vault with no rows).
+ * The cron touches no vault: it only trims the global index. Retention runs
+ * in each vault's object, by its alarm.
  */
-import { Hono } from 'hono';
-import { HTTPException } from 'hono/http-exception';
-import { RELAY_SERVICE, TIME_HEADER, type RelayErrorCode } from '../src/protocol/messages.js';
-import { runCron } from './cron.js';
-import type { AppEnv, Env } from './env.js';
-import { ApiError, errorBody } from './http.js';
-import { changesetRoutes } from './routes/changesets.js';
-import { deviceRoutes } from './routes/devices.js';
-import { digestRoutes } from './routes/digests.js';
-import { keyRoutes, recoveryRoutes } from './routes/keys.js';
-import { pairingRoutes, pairingVaultRoutes } from './routes/pairing.js';
-import { snapshotRoutes } from './routes/snapshots.js';
-import { statusRoutes } from './routes/status.js';
-import { vaultRoutes } from './routes/vaults.js';
+import { TIME_HEADER } from '../src/protocol/messages.js';
+import { app } from './app.js';
+import { DoDatabase } from './do-sql.js';
+import { vaultStub, type Env, type RouteEnv } from './env.js';
+import { JSON_BODY_LIMIT, errorBody } from './http.js';
+import { deleteOldNameplates, vaultOfNameplate } from './index-db.js';
+import { PAIRING_KEEP_MS } from './cron.js';
 
-export { VaultHub } from './hub.js';
+export { Vault } from './vault.js';
 
-const app = new Hono<AppEnv>();
+const VAULT_PATH = /^\/v1\/vaults\/([0-9a-f]{32})\//;
+const PAIRING_PATH = /^\/v1\/pairings\/([1-9][0-9]{0,8})(?:\/|$)/;
 
-app.use('*', async (c, next) => {
-  await next();
-  // A 101 from the hub carries its own header (its headers are immutable).
-  if (c.res.status !== 101) c.res.headers.set(TIME_HEADER, String(Date.now()));
-});
+/** A DB with no vault in it: every read finds nothing, every write changes nothing. */
+const NO_VAULT = new DoDatabase(null as unknown as DurableObjectStorage, () => false).asD1();
 
-app.get('/v1/health', (c) =>
-  c.json({ ok: true, service: RELAY_SERVICE, version: c.env.RELAY_VERSION, time: Date.now() }),
-);
-app.route('/v1/vaults', vaultRoutes);
-app.route('/v1/vaults', deviceRoutes);
-app.route('/v1/vaults', keyRoutes);
-app.route('/v1/vaults', snapshotRoutes);
-app.route('/v1/vaults', changesetRoutes);
-app.route('/v1/vaults', digestRoutes);
-app.route('/v1/vaults', pairingVaultRoutes);
-app.route('/v1/vaults', statusRoutes);
-app.route('/v1/pairings', pairingRoutes);
-app.route('/v1/recovery', recoveryRoutes);
+function workerEnv(env: Env): RouteEnv {
+  return { ...env, DB: NO_VAULT, INDEX: env.DB };
+}
 
-app.notFound((c) => c.json(errorBody('not_found', 'not found'), 404));
-
-const CODE_FOR_STATUS: Partial<Record<number, RelayErrorCode>> = {
-  400: 'bad_request',
-  401: 'unauthorized',
-  404: 'not_found',
-  413: 'too_large',
-};
-
-app.onError((err, c) => {
-  if (err instanceof ApiError) {
-    return c.json({ ...errorBody(err.code, err.message), ...err.extra }, err.status, err.headers);
+/**
+ * Sends the request to the vault's object. A small declared body (a JSON
+ * request) is teed: once the object has answered, whatever of it the
+ * object did not read (an answer before the body: a 401 on a bad token) is
+ * still read here, so the client's connection is not reset for unread
+ * bytes. Uploads and chunked bodies go through as they are.
+ */
+async function toVault(env: Env, vaultId: string, request: Request, ctx: ExecutionContext): Promise<Response> {
+  const length = Number(request.headers.get('content-length') ?? NaN);
+  if (request.body === null || !Number.isSafeInteger(length) || length > JSON_BODY_LIMIT) {
+    return vaultStub(env, vaultId).fetch(request);
   }
-  const code = err instanceof HTTPException ? CODE_FOR_STATUS[err.status] : undefined;
-  if (err instanceof HTTPException && code !== undefined) {
-    return c.json(errorBody(code, code.replace('_', ' ')), err.status);
+  const [body, rest] = request.body.tee();
+  try {
+    return await vaultStub(env, vaultId).fetch(new Request(request, { body }));
+  } finally {
+    ctx.waitUntil(rest.pipeTo(new WritableStream()).catch(() => undefined));
   }
-  console.error('casa-relay: internal error:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
-  return c.json(errorBody('internal', 'internal error'), 500);
-});
+}
+
+async function route(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+  const path = new URL(request.url).pathname;
+  const vault = VAULT_PATH.exec(path);
+  if (vault) return toVault(env, vault[1]!, request, ctx);
+  const pairing = PAIRING_PATH.exec(path);
+  if (pairing) {
+    let vaultId: string | null;
+    try {
+      vaultId = await vaultOfNameplate(env.DB, pairing[1]!);
+    } catch (err) {
+      console.error('casa-relay: internal error:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
+      return Response.json(errorBody('internal', 'internal error'), { status: 500, headers: { [TIME_HEADER]: String(Date.now()) } });
+    }
+    if (vaultId !== null) return toVault(env, vaultId, request, ctx);
+  }
+  return app.fetch(request, workerEnv(env), ctx);
+}
 
 export default {
-  fetch: app.fetch,
+  fetch: route,
   async scheduled(_controller: ScheduledController, env: Env, _ctx: ExecutionContext): Promise<void> {
-    await runCron(env, Date.now());
+    // Nameplates an hour past their session's expiry (their sessions are gone from the vaults by then too).
+    for (let round = 0; round < 4; round++) {
+      if ((await deleteOldNameplates(env.DB, Date.now() - PAIRING_KEEP_MS, 500)) < 500) break;
+    }
   },
 } satisfies ExportedHandler<Env>;

@@ -7,16 +7,24 @@
  *   so the config has one source.
  * - State lives under dataDir in wrangler's layout (v3/d1, v3/r2, v3/do), and
  *   D1 is keyed by the config's database_id, so `wrangler d1 ... --local
- *   --persist-to DIR` sees the same database.
- * - migrations/*.sql are applied at start with wrangler's own d1_migrations
- *   bookkeeping (one batch, i.e. one transaction, per file), so files already
- *   applied — by us or by wrangler — are skipped.
+ *   --persist-to DIR` sees the same database. Each vault's state is in its
+ *   own Durable Object (v3/do/<name>-Vault/<object id>.sqlite), which
+ *   migrates its own schema (migrations/*.sql, worker/schema.ts); D1 holds
+ *   only the global index.
+ * - The index's migrations (the config's migrations_dir, migrations/d1) are
+ *   applied at start with wrangler's own d1_migrations bookkeeping (one
+ *   batch, i.e. one transaction, per file), so files already applied — by
+ *   us or by wrangler — are skipped.
  * - JWT_SECRET is generated once into dataDir/jwt-secret (0600) and reused,
  *   so tokens survive a restart.
- * - Miniflare never fires cron triggers, so a timer calls the worker's
- *   scheduled() handler every cronIntervalMs (`casa relay --retention-every`),
- *   skipping a tick while the previous run is still going; it is unref'd
- *   and cleared by stop().
+ * - Retention runs in each vault's object by its alarm every
+ *   cronIntervalMs (`casa relay --retention-every`: the var
+ *   RETENTION_EVERY_MS; 0 disables the alarms). Miniflare never fires cron
+ *   triggers, so a timer calls the worker's scheduled() handler (it trims
+ *   the global index) at the same interval, skipping a tick while the
+ *   previous run is still going; it is unref'd and cleared by stop().
+ *   runCron() does both at once: the scheduled handler, then every vault's
+ *   retention (each object on disk is poked).
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -26,6 +34,9 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Log, LogLevel, Miniflare } from 'miniflare';
+import { splitSql } from '../protocol/sql-split.js';
+
+export { splitSql };
 
 export type LimiterName =
   | 'CREATE_LIMITER'
@@ -61,8 +72,10 @@ export interface RunningRelay {
   url: string;
   stop(): Promise<void>;
   mf: Miniflare;
-  /** Runs the scheduled handler once, now. */
+  /** Runs the scheduled handler and every vault's retention job once, now. */
   runCron(): Promise<void>;
+  /** The ids (hex) of the vault objects on disk. */
+  vaultObjectIds(): Promise<string[]>;
 }
 
 export type D1 = Awaited<ReturnType<Miniflare['getD1Database']>>;
@@ -70,7 +83,8 @@ export type D1 = Awaited<ReturnType<Miniflare['getD1Database']>>;
 /** The package root: this file is src/local-relay/launcher.ts or dist/local-relay/launcher.js. */
 export const PACKAGE_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const WORKER_BUNDLE = join(PACKAGE_ROOT, 'dist', 'worker', 'index.js');
-const MIGRATIONS_DIR = join(PACKAGE_ROOT, 'migrations');
+/** The global index's migrations (wrangler.jsonc migrations_dir); the vault schema, migrations/*.sql, is applied inside each vault's object. */
+const MIGRATIONS_DIR = join(PACKAGE_ROOT, 'migrations', 'd1');
 const WRANGLER_CONFIG = join(PACKAGE_ROOT, 'wrangler.jsonc');
 const MIGRATIONS_TABLE = 'd1_migrations';
 const DEFAULT_CRON_MS = 15 * 60 * 1000;
@@ -85,7 +99,7 @@ interface WranglerConfig {
   d1_databases: { binding: string; database_id: string; migrations_dir?: string }[];
   r2_buckets: { binding: string; bucket_name: string }[];
   durable_objects: { bindings: { name: string; class_name: string }[] };
-  migrations?: { new_sqlite_classes?: string[] }[];
+  migrations?: { new_sqlite_classes?: string[]; renamed_classes?: { from: string; to: string }[] }[];
   triggers?: { crons?: string[] };
   ratelimits?: { name: string; namespace_id: string; simple: { limit: number; period: number } }[];
 }
@@ -123,52 +137,6 @@ export function stripJsonc(text: string): string {
 async function readWranglerConfig(path = WRANGLER_CONFIG): Promise<WranglerConfig> {
   // Twice: the first pass removes comments, the second the commas they hid.
   return JSON.parse(stripJsonc(stripJsonc(await readFile(path, 'utf8')))) as WranglerConfig;
-}
-
-/**
- * Splits a migration file into statements on `;` outside strings, comments and
- * CREATE TRIGGER ... BEGIN ... END bodies (D1's prepare() takes one statement).
- */
-export function splitSql(sql: string): string[] {
-  const out: string[] = [];
-  let cur = '';
-  let depth = 0; // BEGIN ... END nesting inside a trigger body
-  let i = 0;
-  const word = (at: number): string => /^[A-Za-z_]+/.exec(sql.slice(at))?.[0]?.toUpperCase() ?? '';
-  while (i < sql.length) {
-    const ch = sql[i]!;
-    if (ch === "'" || ch === '"' || ch === '`') {
-      let j = i + 1;
-      while (j < sql.length) {
-        if (sql[j] === ch) {
-          if (sql[j + 1] === ch) j += 2;
-          else break;
-        } else j++;
-      }
-      cur += sql.slice(i, j + 1);
-      i = j + 1;
-    } else if (ch === '-' && sql[i + 1] === '-') {
-      while (i < sql.length && sql[i] !== '\n') i++;
-    } else if (ch === '/' && sql[i + 1] === '*') {
-      const end = sql.indexOf('*/', i + 2);
-      i = end < 0 ? sql.length : end + 2;
-    } else if (/[A-Za-z_]/.test(ch) && (i === 0 || !/[A-Za-z0-9_]/.test(sql[i - 1]!))) {
-      const w = word(i);
-      if (w === 'BEGIN' && /\bTRIGGER\b/i.test(cur)) depth++;
-      else if (w === 'END' && depth > 0) depth--;
-      cur += sql.slice(i, i + w.length);
-      i += w.length;
-    } else if (ch === ';' && depth === 0) {
-      if (cur.trim()) out.push(cur.trim());
-      cur = '';
-      i++;
-    } else {
-      cur += ch;
-      i++;
-    }
-  }
-  if (cur.trim()) out.push(cur.trim());
-  return out;
 }
 
 /**
@@ -274,7 +242,12 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
   const db = cfg.d1_databases.find((d) => d.binding === 'DB');
   const bucket = cfg.r2_buckets.find((b) => b.binding === 'BLOBS');
   if (!db || !bucket) throw new Error('wrangler.jsonc lacks the DB or BLOBS binding');
-  const sqliteClasses = new Set((cfg.migrations ?? []).flatMap((m) => m.new_sqlite_classes ?? []));
+  // The SQLite-backed classes after every migration, in order (a renamed class keeps its backend).
+  const sqliteClasses = new Set<string>();
+  for (const m of cfg.migrations ?? []) {
+    for (const c of m.new_sqlite_classes ?? []) sqliteClasses.add(c);
+    for (const r of m.renamed_classes ?? []) if (sqliteClasses.delete(r.from)) sqliteClasses.add(r.to);
+  }
 
   const ratelimits: Record<string, { simple: { limit: number; period: 10 | 60 } }> = {};
   for (const r of cfg.ratelimits ?? []) {
@@ -308,7 +281,12 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     modulesRoot: dirname(WORKER_BUNDLE),
     compatibilityDate: cfg.compatibility_date,
     compatibilityFlags: cfg.compatibility_flags ?? [],
-    bindings: { ...(cfg.vars ?? {}), ...(opts.vars ?? {}), JWT_SECRET: secret },
+    bindings: {
+      ...(cfg.vars ?? {}),
+      RETENTION_EVERY_MS: String(Math.min(opts.cronIntervalMs ?? DEFAULT_CRON_MS, MAX_TIMER_MS)),
+      ...(opts.vars ?? {}),
+      JWT_SECRET: secret,
+    },
     d1Databases: { [db.binding]: db.database_id },
     r2Buckets: { [bucket.binding]: bucket.bucket_name },
     durableObjects: Object.fromEntries(
@@ -340,7 +318,7 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
   let url: URL;
   try {
     url = await mf.ready;
-    const applied = await applyMigrations(await mf.getD1Database(db.binding), join(PACKAGE_ROOT, db.migrations_dir ?? 'migrations'));
+    const applied = await applyMigrations(await mf.getD1Database(db.binding), join(PACKAGE_ROOT, db.migrations_dir ?? 'migrations/d1'));
     for (const name of applied) log(`applied migration ${name}`);
   } catch (err) {
     await stop().catch(() => {});
@@ -349,10 +327,25 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     throw err;
   }
 
-  const cron = cfg.triggers?.crons?.[0] ?? '*/15 * * * *';
-  const runCron = async (): Promise<void> => {
+  const cron = cfg.triggers?.crons?.[0] ?? '17 * * * *';
+  const vaultBinding = cfg.durable_objects.bindings[0]!;
+  const vaultDir = join(v3, 'do', `${cfg.name}-${vaultBinding.class_name}`);
+  const vaultObjectIds = async (): Promise<string[]> => {
+    const names = await readdir(vaultDir).catch(() => [] as string[]);
+    return names.filter((n) => /^[0-9a-f]{64}\.sqlite$/.test(n)).map((n) => n.slice(0, 64));
+  };
+  const runScheduled = async (): Promise<void> => {
     const worker = await mf.getWorker();
     await worker.scheduled({ cron, scheduledTime: new Date() });
+  };
+  const runCron = async (): Promise<void> => {
+    await runScheduled();
+    const ns = await mf.getDurableObjectNamespace(vaultBinding.name);
+    for (const id of await vaultObjectIds()) {
+      const res = await ns.get(ns.idFromString(id)).fetch('http://vault.internal/_relay/retention', { method: 'POST' });
+      const text = await res.text();
+      if (res.status !== 200) throw new Error(`retention of vault object ${id}: ${res.status} ${text}`);
+    }
   };
   const every = opts.cronIntervalMs ?? DEFAULT_CRON_MS;
   if (every > 0) {
@@ -360,12 +353,12 @@ export async function startRelay(opts: StartRelayOptions): Promise<RunningRelay>
     timer = setInterval(() => {
       if (busy) return;
       busy = true;
-      runCron()
+      runScheduled()
         .catch((err: unknown) => log(`cron failed: ${err instanceof Error ? err.message : String(err)}`))
         .finally(() => (busy = false));
     }, Math.min(every, MAX_TIMER_MS));
     timer.unref();
   }
 
-  return { url: url.origin, stop, mf, runCron };
+  return { url: url.origin, stop, mf, runCron, vaultObjectIds };
 }

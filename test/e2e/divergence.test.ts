@@ -138,7 +138,7 @@ describe('casa verify --sync', () => {
     const { a, b, vaultId, ids } = await pair('tamper');
     await verifyJson(a);
     await verifyJson(b);
-    const d1 = relay.relay.d1();
+    const d1 = relay.relay.vaults();
     const slot = async (deviceId: string) =>
       (await d1.prepare('SELECT data FROM digests WHERE vault_id = ?1 AND device_id = ?2').bind(vaultId, deviceId).first<{ data: string }>())!.data;
     const serve = (deviceId: string, data: string) =>

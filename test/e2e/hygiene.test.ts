@@ -181,7 +181,7 @@ describe('restore and pull', () => {
   it('only a seq whose manifest was authenticated is remembered: a head the relay merely lists is not', async () => {
     const seen = highestSeq(b)!;
     const vaultId = json((await b.run(['status', '--json'])).stdout).vault_id as string;
-    const d1 = relay.relay.d1();
+    const d1 = relay.relay.vaults();
     const head = await d1.prepare('SELECT * FROM snapshots WHERE vault_id = ?1 ORDER BY seq DESC LIMIT 1').bind(vaultId).first<Record<string, unknown>>();
     const fake = { ...head!, id: randomBytes(16).toString('hex'), seq: 99, manifest_key: `forged-${randomBytes(8).toString('hex')}` };
     const cols = Object.keys(fake);
@@ -214,7 +214,7 @@ describe('restore and pull', () => {
 describe('text from the relay', () => {
   it('a device name with escape sequences reaches the terminal without them (devices, snapshots, restore)', async () => {
     const vaultId = json((await a.run(['status', '--json'])).stdout).vault_id as string;
-    const d1 = relay.relay.d1();
+    const d1 = relay.relay.vaults();
     const hostile = 'evil\x1b[2J\x1b[H\x1b]0;owned\x07\u009b31m\x7fname';
     await d1.prepare('UPDATE devices SET name = ?1 WHERE vault_id = ?2 AND id = ?3').bind(hostile, vaultId, deviceA).run();
     try {

@@ -26,7 +26,7 @@ import { WrongKeyError } from '../../src/crypto/objects.js';
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
 const json = (r: RunResult) => JSON.parse(r.stdout) as Record<string, unknown>;
-const d1 = () => relay.relay.d1();
+const d1 = () => relay.relay.vaults();
 
 async function ok(m: Machine, args: string[], input?: string): Promise<RunResult> {
   const r = await m.run(args, input === undefined ? {} : { input });

@@ -168,7 +168,7 @@ async function rebuild(m: Machine, snapshotId: string, seq: number, out: string)
 }
 
 async function snapshotRows(vaultId: string): Promise<{ id: string; seq: number }[]> {
-  const r = await relay.relay.d1().prepare('SELECT id, seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(vaultId).all<{ id: string; seq: number }>();
+  const r = await relay.relay.vaults().prepare('SELECT id, seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(vaultId).all<{ id: string; seq: number }>();
   return r.results;
 }
 
@@ -402,7 +402,7 @@ describe('casa snapshot, errors a cron job meets', () => {
     const two = await snapshot(m, ['--force']);
     const { vaultId } = vaultOf(m);
     expect(vaultOf(m).highestSeq).toBe(2);
-    await relay.relay.d1().prepare('DELETE FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(vaultId, two.snapshot_id).run();
+    await relay.relay.vaults().prepare('DELETE FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(vaultId, two.snapshot_id).run();
     updateRows(m.env.CASA_DB, 5);
     const r = await m.run(['snapshot']);
     expect(r.code).toBe(6);
@@ -474,7 +474,7 @@ describe('casa snapshot, interrupted and concurrent', () => {
     child.stdout!.on('data', (d) => (stdout += d));
     child.stderr!.on('data', (d) => (stderr += d));
     const exited = new Promise<RunResult>((r) => child.on('close', (code, signal) => r({ code, signal, stdout, stderr })));
-    const d1 = relay.relay.d1();
+    const d1 = relay.relay.vaults();
     const deadline = Date.now() + 30_000;
     let packs = 0;
     while (Date.now() < deadline) {

@@ -190,11 +190,11 @@ describe('casa sync', () => {
     // Two snapshots that both include it (the oldest retained snapshot's watermark decides), then retention.
     await ok(a, ['snapshot', '--quiet', '--force']);
     const vaultId = JSON.parse((await ok(a, ['status', '--json'])).stdout).vault_id as string;
-    await relay.relay.d1().prepare('DELETE FROM snapshots WHERE vault_id = ? AND changeset_watermark = 0').bind(vaultId).run();
+    await relay.relay.vaults().prepare('DELETE FROM snapshots WHERE vault_id = ? AND changeset_watermark = 0').bind(vaultId).run();
     // Changesets received within the protection window are never pruned: these were received long ago.
-    await relay.relay.d1().prepare('UPDATE changesets SET created_at = 0 WHERE vault_id = ?').bind(vaultId).run();
+    await relay.relay.vaults().prepare('UPDATE changesets SET created_at = 0 WHERE vault_id = ?').bind(vaultId).run();
     await relay.relay.runCron();
-    const heads = await relay.relay.d1().prepare('SELECT pruned_through FROM changeset_state WHERE vault_id = ?').bind(vaultId).first<{ pruned_through: number }>();
+    const heads = await relay.relay.vaults().prepare('SELECT pruned_through FROM changeset_state WHERE vault_id = ?').bind(vaultId).first<{ pruned_through: number }>();
     expect(heads?.pruned_through).toBeGreaterThan(0);
     sql(b, 'UPDATE transactions SET memo = ? WHERE id = ?', 'b edits meanwhile', t2);
     const behind = await b.run(['sync']);
@@ -227,7 +227,7 @@ describe('casa sync', () => {
       await syncJson(a);
       const before = dump(b);
       const vaultId = JSON.parse((await ok(a, ['status', '--json'])).stdout).vault_id as string;
-      const rows = (await relay.relay.d1().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ? ORDER BY cursor').bind(vaultId).all())
+      const rows = (await relay.relay.vaults().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ? ORDER BY cursor').bind(vaultId).all())
         .results as { cursor: number; r2_key: string }[];
       expect(rows.length).toBe(2);
       return { a, b, before, rows };
@@ -248,13 +248,13 @@ describe('casa sync', () => {
       await relay.relay.r2().put(last.r2_key, bytes);
       // A relay that serves the altered bytes consistently, with their own SHA-256.
       const sha = createHash('sha256').update(bytes).digest('hex');
-      await relay.relay.d1().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, last.r2_key).run();
+      await relay.relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, last.r2_key).run();
       await expectRefused(b, before);
     });
 
     it('a dropped batch', async () => {
       const { b, before, rows } = await setup('drop');
-      await relay.relay.d1().prepare('DELETE FROM changesets WHERE r2_key = ?').bind(rows[0]!.r2_key).run();
+      await relay.relay.vaults().prepare('DELETE FROM changesets WHERE r2_key = ?').bind(rows[0]!.r2_key).run();
       await expectRefused(b, before);
     });
 
@@ -265,7 +265,7 @@ describe('casa sync', () => {
       const bytes = new Uint8Array(await obj!.arrayBuffer());
       await relay.relay.r2().put(second.r2_key, bytes);
       const sha = createHash('sha256').update(bytes).digest('hex');
-      await relay.relay.d1().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, second.r2_key).run();
+      await relay.relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, second.r2_key).run();
       await expectRefused(b, before);
     });
   });

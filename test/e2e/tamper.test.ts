@@ -21,7 +21,7 @@ let vaultId: string;
 /** seq → snapshot id */
 const ids: string[] = [];
 
-const d1 = () => relay.relay.d1();
+const d1 = () => relay.relay.vaults();
 const r2 = () => relay.relay.r2();
 
 async function blob(key: string): Promise<Uint8Array> {

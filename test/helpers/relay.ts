@@ -21,15 +21,72 @@ import { startRelay, type StartRelayOptions } from '../../src/local-relay/launch
 
 type D1Database = Awaited<ReturnType<Miniflare['getD1Database']>>;
 type R2Bucket = Awaited<ReturnType<Miniflare['getR2Bucket']>>;
+type DurableObjectId = ReturnType<Awaited<ReturnType<Miniflare['getDurableObjectNamespace']>>['idFromName']>;
 
 export interface TestRelay {
   url: string;
   dataDir: string;
   stop(): Promise<void>;
   mf: Miniflare;
+  /** The global index (D1: nameplates and recovery ids only). */
   d1(): D1Database;
   r2(): R2Bucket;
+  /** Runs the cron and every vault's retention job, now. */
   runCron(): Promise<void>;
+  /** SQL in one vault's object (worker/vault.ts test hook), D1-shaped. */
+  vault(vaultId: string): VaultSql;
+  /** SQL in every vault's object at once: rows of all, changes summed (for tests that query by another key than the vault). */
+  vaults(): VaultSql;
+}
+
+interface SqlAnswer {
+  results: Record<string, unknown>[];
+  changes: number;
+}
+
+/** The D1 subset tests use (prepare, bind, first, all, run), over the vault objects' test hook. */
+export interface VaultSql {
+  prepare(sql: string): VaultStatement;
+  /** One transaction in one vault's object (vault() only). */
+  batch(statements: VaultStatement[]): Promise<{ results: Record<string, unknown>[]; meta: { changes: number } }[]>;
+}
+export interface VaultStatement {
+  readonly sql: string;
+  readonly params: unknown[];
+  bind(...params: unknown[]): VaultStatement;
+  first<T = Record<string, unknown>>(): Promise<T | null>;
+  all<T = Record<string, unknown>>(): Promise<{ results: T[] }>;
+  run(): Promise<{ results: Record<string, unknown>[]; meta: { changes: number } }>;
+}
+
+/**
+ * The hook is POST /_relay/sql on the object itself, reached through
+ * Miniflare only (never the relay's URL), and answered only because the
+ * test relay sets CASA_TEST_HOOKS=1.
+ */
+function vaultSql(
+  run: (sql: string, params: unknown[]) => Promise<SqlAnswer>,
+  batch?: (statements: { sql: string; params: unknown[] }[]) => Promise<SqlAnswer[]>,
+): VaultSql {
+  const statement = (sql: string, params: unknown[]): VaultStatement => ({
+    sql,
+    params,
+    bind: (...p: unknown[]) => statement(sql, p),
+    first: async <T>() => ((await run(sql, params)).results[0] as T | undefined) ?? null,
+    all: async <T>() => ({ results: (await run(sql, params)).results as T[] }),
+    run: async () => {
+      const r = await run(sql, params);
+      return { results: r.results, meta: { changes: r.changes } };
+    },
+  });
+  return {
+    prepare: (sql: string) => statement(sql, []),
+    batch: async (statements) => {
+      if (batch === undefined) throw new Error('batch runs in one vault: use vault(vaultId)');
+      const rs = await batch(statements.map((s) => ({ sql: s.sql, params: s.params })));
+      return rs.map((r) => ({ results: r.results, meta: { changes: r.changes } }));
+    },
+  };
 }
 
 /** Generous limits unless a test asks for small ones: many tests share 127.0.0.1. */
@@ -55,10 +112,18 @@ export async function startTestRelay(
     dataDir,
     cronIntervalMs: opts.cronIntervalMs ?? 0,
     rateLimits: { ...TEST_LIMITS, ...opts.rateLimits },
+    vars: { CASA_TEST_HOOKS: '1', ...opts.vars },
   });
   try {
     const d1 = await relay.mf.getD1Database('DB');
     const r2 = await relay.mf.getR2Bucket('BLOBS');
+    const ns = await relay.mf.getDurableObjectNamespace('VAULT');
+    const inObject = async (id: DurableObjectId, sql: string, params: unknown[]): Promise<SqlAnswer> => {
+      const res = await ns.get(id).fetch('http://vault.internal/_relay/sql', { method: 'POST', body: JSON.stringify({ sql, params }) });
+      const body = (await res.json()) as SqlAnswer & { error?: string };
+      if (res.status !== 200) throw new Error(`vault SQL: ${body.error ?? res.status}`);
+      return body;
+    };
     return {
       url: relay.url,
       dataDir,
@@ -66,6 +131,33 @@ export async function startTestRelay(
       runCron: relay.runCron,
       d1: () => d1,
       r2: () => r2,
+      vault: (vaultId: string) =>
+        vaultSql(
+          (sql, params) => inObject(ns.idFromName(vaultId), sql, params),
+          async (statements) => {
+            const res = await ns.get(ns.idFromName(vaultId)).fetch('http://vault.internal/_relay/sql', { method: 'POST', body: JSON.stringify({ batch: statements }) });
+            const body = (await res.json()) as { batch: SqlAnswer[]; error?: string };
+            if (res.status !== 200) throw new Error(`vault SQL: ${body.error ?? res.status}`);
+            return body.batch;
+          },
+        ),
+      vaults: () =>
+        vaultSql(async (sql, params) => {
+          const all: SqlAnswer = { results: [], changes: 0 };
+          // A statement that names a vault (a parameter that is a vault's id) runs in that vault only,
+          // so an aggregate over it (COUNT(*) ... WHERE vault_id = ?1) is that vault's alone.
+          const ids = await relay.vaultObjectIds();
+          const named = params
+            .filter((p): p is string => typeof p === 'string' && /^[0-9a-f]{32}$/.test(p))
+            .map((p) => ns.idFromName(p).toString())
+            .filter((id) => ids.includes(id));
+          for (const id of named.length > 0 ? [...new Set(named)] : ids) {
+            const r = await inObject(ns.idFromString(id), sql, params);
+            all.results.push(...r.results);
+            all.changes += r.changes;
+          }
+          return all;
+        }),
       async stop() {
         await relay.stop();
         if (ownDir) await rm(dataDir, { recursive: true, force: true });

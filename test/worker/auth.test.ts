@@ -67,11 +67,11 @@ describe('challenge and token', () => {
     // Consumed: replaying it fails, and the row is gone.
     const replay = await post(`${relay.url}/v1/vaults/${v.vaultId}/auth/token`, tokenBody(v.vaultId, d, challenge));
     expect(await errorOf(replay)).toEqual({ status: 401, code: 'unauthorized' });
-    expect(await relay.d1().prepare('SELECT 1 FROM challenges WHERE challenge = ?1').bind(challenge).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM challenges WHERE challenge = ?1').bind(challenge).first()).toBeNull();
 
-    const audit = await relay.d1().prepare("SELECT device_id FROM audit_log WHERE vault_id = ?1 AND event = 'token_issued'").bind(v.vaultId).all();
+    const audit = await relay.vaults().prepare("SELECT device_id FROM audit_log WHERE vault_id = ?1 AND event = 'token_issued'").bind(v.vaultId).all();
     expect(audit.results).toEqual([{ device_id: d.deviceId }]);
-    const dev = await relay.d1().prepare('SELECT last_seen_at FROM devices WHERE id = ?1').bind(d.deviceId).first<{ last_seen_at: number }>();
+    const dev = await relay.vaults().prepare('SELECT last_seen_at FROM devices WHERE id = ?1').bind(d.deviceId).first<{ last_seen_at: number }>();
     expect(dev?.last_seen_at).toBeGreaterThan(0);
   });
 
@@ -103,7 +103,7 @@ describe('challenge and token', () => {
     const v = await createVault(relay.url);
     const d = await enrollDevice(relay.url, v);
     const challenge = await getChallenge(relay.url, v.vaultId, d.deviceId);
-    await relay.d1().prepare('UPDATE challenges SET expires_at = ?2 WHERE challenge = ?1').bind(challenge, Date.now() - 1).run();
+    await relay.vaults().prepare('UPDATE challenges SET expires_at = ?2 WHERE challenge = ?1').bind(challenge, Date.now() - 1).run();
     const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/auth/token`, tokenBody(v.vaultId, d, challenge));
     expect(await errorOf(res)).toEqual({ status: 401, code: 'unauthorized' });
   });
@@ -215,7 +215,7 @@ describe('tokens on authenticated routes', () => {
     );
     expect(revokeB.status).toBe(404);
     expect(await revokeB.text()).toBe(bodyB);
-    expect(await relay.d1().prepare('SELECT revoked_at FROM devices WHERE id = ?1').bind(b.device.deviceId).first()).toEqual({ revoked_at: null });
+    expect(await relay.vaults().prepare('SELECT revoked_at FROM devices WHERE id = ?1').bind(b.device.deviceId).first()).toEqual({ revoked_at: null });
   });
 });
 
@@ -268,7 +268,7 @@ describe('devices', () => {
     const again = await post(`${relay.url}/v1/vaults/${vault.vaultId}/devices/${other.deviceId}/revoke`, revokeBody(vault, other.deviceId), bearer(token).headers);
     expect(again.status).toBe(200);
     expect(((await again.json()) as { revokedAt: number }).revokedAt).toBe(body.revokedAt);
-    const audit = await relay.d1().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_revoked'").bind(vault.vaultId).all();
+    const audit = await relay.vaults().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_revoked'").bind(vault.vaultId).all();
     expect(audit.results).toEqual([{ device_id: other.deviceId, actor_id: device.deviceId }]);
     // The first revocation is the one kept.
     const listed = (await (await fetch(`${relay.url}/v1/vaults/${vault.vaultId}/devices`, bearer(token))).json()) as { devices: { id: string; revocation: unknown }[] };

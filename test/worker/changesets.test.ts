@@ -81,7 +81,7 @@ async function r2Keys(prefix: string): Promise<string[]> {
 }
 
 async function rows(vaultId: string): Promise<{ cursor: number; device_id: string; seq: number }[]> {
-  const { results } = await relay.d1().prepare('SELECT cursor, device_id, seq FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(vaultId).all<{ cursor: number; device_id: string; seq: number }>();
+  const { results } = await relay.vaults().prepare('SELECT cursor, device_id, seq FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(vaultId).all<{ cursor: number; device_id: string; seq: number }>();
   return results;
 }
 
@@ -109,7 +109,7 @@ describe('push and pull', () => {
     expect(heads).toEqual({ head: 3, prunedThrough: 0, devices: [{ deviceId: device.deviceId, seq: 3, cursor: 3 }] });
 
     // D1 names each blob by a fresh per-upload key; R2 holds exactly what was sent.
-    const { results } = await relay.d1().prepare('SELECT * FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(v).all<Record<string, unknown>>();
+    const { results } = await relay.vaults().prepare('SELECT * FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(v).all<Record<string, unknown>>();
     expect(Object.keys(results[0]!).sort()).toEqual(['bytes', 'created_at', 'cursor', 'device_id', 'r2_key', 'seq', 'sha256', 'vault_id']);
     for (const [i, r] of results.entries()) {
       expect(r.r2_key).toMatch(new RegExp(`^changesets/${v}/${device.deviceId}/${i + 1}/[0-9a-f]{32}$`));
@@ -237,7 +237,7 @@ describe('push and pull', () => {
   it('answers 503 storage_inconsistent when a row names a blob R2 lost', async () => {
     const { vault, token } = await setupVault(relay.url);
     await pushOk(vault.vaultId, token, 1);
-    const { r2_key } = (await relay.d1().prepare('SELECT r2_key FROM changesets WHERE vault_id = ?1').bind(vault.vaultId).first<{ r2_key: string }>())!;
+    const { r2_key } = (await relay.vaults().prepare('SELECT r2_key FROM changesets WHERE vault_id = ?1').bind(vault.vaultId).first<{ r2_key: string }>())!;
     await relay.r2().delete(r2_key);
     expect(await errorOf(await get(`${relay.url}/v1/vaults/${vault.vaultId}/changesets?after=0`, token))).toEqual({ status: 503, code: 'storage_inconsistent' });
   });
@@ -273,7 +273,7 @@ describe('uploads and access', () => {
     expect(await errorOf(await push(v, token, 1, new Uint8Array(0)))).toEqual({ status: 400, code: 'bad_request' });
     expect(await r2Keys(`changesets/${v}/`)).toEqual([]);
     expect(await rows(v)).toEqual([]);
-    expect(await relay.d1().prepare('SELECT 1 FROM changeset_devices WHERE vault_id = ?1').bind(v).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM changeset_devices WHERE vault_id = ?1').bind(v).first()).toBeNull();
     expect(await pushOk(v, token, 1, body)).toBe(1);
   });
 
@@ -374,7 +374,7 @@ describe('snapshot watermarks and pruning', () => {
     const { vault, device, token } = await setupVault(relay.url);
     const v = vault.vaultId;
     for (let seq = 1; seq <= 6; seq++) await pushOk(v, token, seq);
-    const keyOf = async () => new Map((await relay.d1().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ?1').bind(v).all<{ cursor: number; r2_key: string }>()).results.map((r) => [r.cursor, r.r2_key]));
+    const keyOf = async () => new Map((await relay.vaults().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ?1').bind(v).all<{ cursor: number; r2_key: string }>()).results.map((r) => [r.cursor, r.r2_key]));
     const keys = await keyOf();
     // No snapshot: nothing is covered.
     await relay.runCron();
@@ -387,9 +387,9 @@ describe('snapshot watermarks and pruning', () => {
     expect((await rows(v)).length).toBe(6);
     // As the relay would hold them 40 days on (its own arrival times; the snapshots' commit times on one day).
     const old = Math.floor((Date.now() - 40 * DAY) / DAY) * DAY;
-    await relay.d1().prepare('UPDATE changesets SET created_at = ?2 WHERE vault_id = ?1').bind(v, old).run();
+    await relay.vaults().prepare('UPDATE changesets SET created_at = ?2 WHERE vault_id = ?1').bind(v, old).run();
     const committedOn = (seq: number) =>
-      relay.d1().prepare('UPDATE snapshots SET time = ?3 WHERE vault_id = ?1 AND seq = ?2').bind(v, seq, old + seq * 60_000).run();
+      relay.vaults().prepare('UPDATE snapshots SET time = ?3 WHERE vault_id = ?1 AND seq = ?2').bind(v, seq, old + seq * 60_000).run();
     await relay.runCron();
     expect((await rows(v)).map((r) => r.cursor)).toEqual([3, 4, 5, 6]); // min(2, 4)
     for (const c of [1, 2]) expect(await relay.r2().head(keys.get(c)!)).toBeNull();
@@ -486,7 +486,7 @@ describe('the client (src/relay/changesets.ts)', () => {
     for (const o of (await relay.r2().list({ prefix: `changesets/${v}/` })).objects) {
       expect(Buffer.from(await (await relay.r2().get(o.key))!.arrayBuffer()).includes(needle)).toBe(false);
     }
-    const dump = JSON.stringify((await relay.d1().prepare('SELECT * FROM changesets WHERE vault_id = ?1').bind(v).all()).results);
+    const dump = JSON.stringify((await relay.vaults().prepare('SELECT * FROM changesets WHERE vault_id = ?1').bind(v).all()).results);
     expect(dump).not.toContain('SECRET');
   });
 

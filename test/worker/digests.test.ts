@@ -71,7 +71,7 @@ async function slots(vaultId: string, token: string): Promise<{ deviceId: string
 }
 
 async function rows(vaultId: string): Promise<Record<string, unknown>[]> {
-  return (await relay.d1().prepare('SELECT * FROM digests WHERE vault_id = ?1 ORDER BY device_id').bind(vaultId).all<Record<string, unknown>>()).results;
+  return (await relay.vaults().prepare('SELECT * FROM digests WHERE vault_id = ?1 ORDER BY device_id').bind(vaultId).all<Record<string, unknown>>()).results;
 }
 
 const r2Count = async (): Promise<number> => (await relay.r2().list()).objects.length;
@@ -304,9 +304,9 @@ describe('the client (src/changesets/digest-exchange.ts)', () => {
     await exchange(a);
     await exchange(b);
     const rowOf = async (deviceId: string) =>
-      (await relay.d1().prepare('SELECT data FROM digests WHERE vault_id = ?1 AND device_id = ?2').bind(vault.vaultId, deviceId).first<{ data: string }>())!.data;
+      (await relay.vaults().prepare('SELECT data FROM digests WHERE vault_id = ?1 AND device_id = ?2').bind(vault.vaultId, deviceId).first<{ data: string }>())!.data;
     const setRow = (deviceId: string, data: string) =>
-      relay.d1().prepare('UPDATE digests SET data = ?3, bytes = ?4 WHERE vault_id = ?1 AND device_id = ?2').bind(vault.vaultId, deviceId, data, fromB64u(data).length).run();
+      relay.vaults().prepare('UPDATE digests SET data = ?3, bytes = ?4 WHERE vault_id = ?1 AND device_id = ?2').bind(vault.vaultId, deviceId, data, fromB64u(data).length).run();
     const refused = async (d: Dev) => {
       const err = await exchange(d).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(IntegrityError);

@@ -244,7 +244,7 @@ describe('enrollment by certificate', () => {
     for (const c of [cert(x.v, b, x.a.deviceId, forger), cert(x.v, b, RECOVERY, forger)]) {
       expect(await errorOf(await enroll(x.v, c))).toEqual({ status: 401, code: 'unauthorized' });
     }
-    expect(await relay.d1().prepare('SELECT id FROM devices WHERE id = ?1').bind(b.deviceId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT id FROM devices WHERE id = ?1').bind(b.deviceId).first()).toBeNull();
 
     const vouched = cert(x.v, b, x.a.deviceId, x.a.secret, { name: 'phone' });
     expect(await json(await enroll(x.v, vouched), 201)).toMatchObject({ deviceId: b.deviceId });
@@ -276,7 +276,7 @@ describe('enrollment by certificate', () => {
     const old = newDevice();
     const oldId = randomHex(8); // a version-1 id, chosen by the relay then
     await relay
-      .d1()
+      .vaults()
       .prepare('INSERT INTO devices (id, vault_id, public_key, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)')
       .bind(oldId, x.v, old.publicKey, 'v1 desktop', Date.now())
       .run();
@@ -295,7 +295,7 @@ describe('enrollment by certificate', () => {
 
     const own = cert(x.v, v1, RECOVERY, x.paper.authSeed, { name: 'desktop' });
     expect(await json(await put({ cert: own }))).toEqual({ deviceId: oldId });
-    expect(await relay.d1().prepare('SELECT name, cert FROM devices WHERE id = ?1').bind(oldId).first()).toEqual({ name: 'desktop', cert: JSON.stringify(own) });
+    expect(await relay.vaults().prepare('SELECT name, cert FROM devices WHERE id = ?1').bind(oldId).first()).toEqual({ name: 'desktop', cert: JSON.stringify(own) });
     expect((await log(x))[0]).toMatchObject({ event: 'device_certified', deviceId: oldId, actorId: null });
     // Certified, it vouches.
     expect((await enroll(x.v, cert(x.v, c, oldId, old.secret))).status).toBe(201);
@@ -320,7 +320,7 @@ describe('revocation by a signed record', () => {
     const byB = revocation(x.v, c.deviceId, b.deviceId, b.secret);
     const out = await json<{ id: string; revokedAt: number }>(await revoke(x, tokenB, byB));
     expect(out.id).toBe(c.deviceId);
-    const row = await relay.d1().prepare('SELECT revoked_at, revocation FROM devices WHERE id = ?1').bind(c.deviceId).first();
+    const row = await relay.vaults().prepare('SELECT revoked_at, revocation FROM devices WHERE id = ?1').bind(c.deviceId).first();
     expect(row).toEqual({ revoked_at: out.revokedAt, revocation: JSON.stringify(byB) });
     expect((await log(x))[0]).toMatchObject({ event: 'device_revoked', deviceId: c.deviceId, actorId: b.deviceId });
 
@@ -408,7 +408,7 @@ describe('epochs', () => {
     expect([r1.status, r2.status].sort()).toEqual([201, 409]);
     const winner = r1.status === 201 ? one : two;
     expect(await json(await fetch(url(x.v, '/epochs'), { headers: bearer(x.tokenA) }))).toMatchObject({ epoch: 1, keyId: winner.keyId });
-    expect(await relay.d1().prepare('SELECT COUNT(*) AS n FROM epoch_wraps WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 2 });
+    expect(await relay.vaults().prepare('SELECT COUNT(*) AS n FROM epoch_wraps WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 2 });
     expect((await log(x)).filter((e) => e.event === 'epoch_created')).toHaveLength(1);
   });
 
@@ -431,7 +431,7 @@ describe('epochs', () => {
     const e3 = epochRecord(x.v, { epoch: 1, keyId: randomHex(8), prevKeyId: '', recoveryKey: x.paper.exchangeKey, issuer: RECOVERY, signer: x.paper.authSeed, to: [x.a.deviceId], ...(await heads(x)) });
     expect(e3).toMatchObject({ markCursor: 1, markSeq: 1 });
     expect((await postEpoch(x, x.tokenA, e3)).status).toBe(201);
-    expect(await relay.d1().prepare('SELECT COUNT(*) AS n FROM epochs WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 1 });
+    expect(await relay.vaults().prepare('SELECT COUNT(*) AS n FROM epochs WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 1 });
   });
 
   it('refuses wraps that do not match the recipients, and a revoked recipient (400); a signer other than the paper or the caller (401)', async () => {
@@ -461,7 +461,7 @@ describe('epochs', () => {
     const toRevoked = epochRecord(x.v, { ...base, to: [x.a.deviceId, b.deviceId, RECOVERY] });
     expect(await errorOf(await postEpoch(x, x.tokenA, toRevoked))).toEqual({ status: 400, code: 'bad_request' });
     expect(await errorOf(await postEpoch(x, tokenB, epochRecord(x.v, { ...base, issuer: b.deviceId, signer: b.secret, to: [x.a.deviceId] })))).toEqual({ status: 403, code: 'device_revoked' });
-    expect(await relay.d1().prepare('SELECT epoch FROM vaults WHERE id = ?1').bind(x.v).first()).toEqual({ epoch: 0 });
+    expect(await relay.vaults().prepare('SELECT epoch FROM vaults WHERE id = ?1').bind(x.v).first()).toEqual({ epoch: 0 });
   });
 });
 
@@ -486,7 +486,7 @@ describe('uploads sealed under an old epoch', () => {
       expect(await errorOf(await pushChangeset(x, x.tokenA, 1, sealedUnder(e1.keyId), opts))).toEqual({ status: 409, code: 'stale_epoch' });
       expect(await errorOf(await pushChangeset(x, x.tokenA, 1, new Uint8Array(10), opts))).toEqual({ status: 409, code: 'stale_epoch' });
     }
-    expect(await relay.d1().prepare('SELECT COUNT(*) AS n FROM changesets WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
+    expect(await relay.vaults().prepare('SELECT COUNT(*) AS n FROM changesets WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
     expect((await relay.r2().list({ prefix: `changesets/${x.v}/` })).objects).toEqual([]);
     const ok = sealedUnder(e2.keyId, 70_000);
     expect(await json(await pushChangeset(x, tokenB, 1, ok), 201)).toEqual({ cursor: 1, seq: 1 });
@@ -505,11 +505,11 @@ describe('uploads sealed under an old epoch', () => {
       } as RequestInit);
     expect(await errorOf(await manifest(sealedUnder(e1.keyId)))).toEqual({ status: 409, code: 'stale_epoch' });
     expect(await errorOf(await manifest(sealedUnder(e1.keyId), true))).toEqual({ status: 409, code: 'stale_epoch' });
-    expect(await relay.d1().prepare('SELECT COUNT(*) AS n FROM manifest_uploads WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
+    expect(await relay.vaults().prepare('SELECT COUNT(*) AS n FROM manifest_uploads WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
     expect((await relay.r2().list({ prefix: `manifests/${x.v}/` })).objects).toEqual([]);
     const fresh = sealedUnder(e2.keyId, 200_000);
     expect((await manifest(fresh)).status).toBe(201);
-    expect(await relay.d1().prepare('SELECT key_id, bytes FROM manifest_uploads WHERE vault_id = ?1').bind(x.v).first()).toEqual({ key_id: e2.keyId, bytes: fresh.length });
+    expect(await relay.vaults().prepare('SELECT key_id, bytes FROM manifest_uploads WHERE vault_id = ?1').bind(x.v).first()).toEqual({ key_id: e2.keyId, bytes: fresh.length });
     const back = await fetch(url(x.v, `/snapshots/${snap}/manifest`), { headers: bearer(x.tokenA) });
     expect(new Uint8Array(await back.arrayBuffer())).toEqual(fresh);
   });
@@ -523,7 +523,7 @@ describe('uploads sealed under an old epoch', () => {
     const e2 = epochRecord(x.v, { epoch: 2, keyId: randomHex(8), prevKeyId: e1.keyId, recoveryKey: x.paper.exchangeKey, issuer: RECOVERY, signer: x.paper.authSeed, to: [x.a.deviceId, RECOVERY], ...(await heads(x)) });
     expect((await postEpoch(x, x.tokenA, e2)).status).toBe(201);
     expect(await errorOf(await commit(relay.url, x.v, x.tokenA, commitBody(snap, 1, [pack])))).toEqual({ status: 409, code: 'stale_epoch' });
-    expect(await relay.d1().prepare('SELECT COUNT(*) AS n FROM snapshots WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
+    expect(await relay.vaults().prepare('SELECT COUNT(*) AS n FROM snapshots WHERE vault_id = ?1').bind(x.v).first()).toEqual({ n: 0 });
     expect((await putObject(url(x.v, `/snapshots/${snap}/manifest`), x.tokenA, sealedUnder(e2.keyId))).status).toBe(201);
     expect((await commit(relay.url, x.v, x.tokenA, commitBody(snap, 1, [pack]))).status).toBe(201);
   });

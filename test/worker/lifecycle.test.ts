@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobChecksumError, blobKey, deleteBlobs, getBlob, putBlob } from '../../worker/blobs.js';
 import { PACKAGE_ROOT, applyMigrations, splitSql, stripJsonc } from '../../src/local-relay/launcher.js';
-import { createBody, getChallenge, newVault, post, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
+import { createBody, enrollBody, getChallenge, newDevice, newVault, post, setupVault, startTestRelay, type TestRelay } from '../helpers/relay.js';
 
 describe('cron', () => {
   let relay: TestRelay;
@@ -23,10 +23,10 @@ describe('cron', () => {
     const { vault, device } = await setupVault(relay.url);
     const expired = await getChallenge(relay.url, vault.vaultId, device.deviceId);
     const live = await getChallenge(relay.url, vault.vaultId, device.deviceId);
-    await relay.d1().prepare('UPDATE challenges SET expires_at = ?2 WHERE challenge = ?1').bind(expired, Date.now() - 1000).run();
+    await relay.vaults().prepare('UPDATE challenges SET expires_at = ?2 WHERE challenge = ?1').bind(expired, Date.now() - 1000).run();
     await relay.runCron();
     await relay.runCron();
-    const { results } = await relay.d1().prepare('SELECT challenge FROM challenges WHERE device_id = ?1').bind(device.deviceId).all();
+    const { results } = await relay.vaults().prepare('SELECT challenge FROM challenges WHERE device_id = ?1').bind(device.deviceId).all();
     expect(results).toEqual([{ challenge: live }]);
   });
 });
@@ -49,12 +49,17 @@ describe('launcher persistence', () => {
       const s = await setupVault(first.url);
       vaultId = s.vault.vaultId;
       token = s.token;
-      const { results } = await first.d1().prepare('SELECT name FROM d1_migrations ORDER BY id').all();
-      // Every file of migrations/, in name order (0001_init.sql first).
+      // The vault's object applied every file of migrations/, in name order (0001_init.sql first), and the bundle lists them all.
+      const { results } = await first.vault(vaultId).prepare('SELECT name FROM d1_migrations ORDER BY id').all();
       expect(files[0]).toBe('0001_init.sql');
       expect(files).toContain('0007_keys.sql');
       expect(results).toEqual(files.map((name) => ({ name })));
-      // Running the migrations again finds nothing to do.
+      const listed = [...(await readFile(join(PACKAGE_ROOT, 'worker', 'schema.ts'), 'utf8')).matchAll(/^  \['([^']+\.sql)', m\d+\],$/gm)].map((m) => m[1]);
+      expect(listed).toEqual(files);
+      // The global index (D1) has its own, migrations/d1; running them again finds nothing to do.
+      const index = (await readdir(join(PACKAGE_ROOT, 'migrations', 'd1'))).filter((f) => f.endsWith('.sql')).sort();
+      const applied = await first.d1().prepare('SELECT name FROM d1_migrations ORDER BY id').all();
+      expect(applied.results).toEqual(index.map((name) => ({ name })));
       expect(await applyMigrations(first.d1())).toEqual([]);
     } finally {
       await first.stop();
@@ -68,9 +73,9 @@ describe('launcher persistence', () => {
     const second = await startTestRelay({ dataDir, log: (l) => lines.push(l) });
     try {
       expect(lines.filter((l) => l.includes('migration'))).toEqual([]);
-      const { results } = await second.d1().prepare('SELECT name FROM d1_migrations').all();
+      const { results } = await second.vault(vaultId).prepare('SELECT name FROM d1_migrations').all();
       expect(results).toHaveLength(files.length);
-      expect(await second.d1().prepare('SELECT id FROM vaults WHERE id = ?1').bind(vaultId).first()).toEqual({ id: vaultId });
+      expect(await second.vault(vaultId).prepare('SELECT id FROM vaults WHERE id = ?1').bind(vaultId).first()).toEqual({ id: vaultId });
       expect(await readFile(join(dataDir, 'jwt-secret'), 'utf8')).toBe(secret);
       const res = await fetch(`${second.url}/v1/vaults/${vaultId}/devices`, { headers: { Authorization: `Bearer ${token}` } });
       expect(res.status).toBe(200);
@@ -146,8 +151,11 @@ describe('unexpected failures', () => {
     const lines: string[] = [];
     const relay = await startTestRelay({ log: (l) => lines.push(l) });
     try {
-      await relay.d1().prepare('DROP TABLE audit_log').run();
-      const res = await post(`${relay.url}/v1/vaults`, createBody(newVault()));
+      // A vault whose object lost a table: the next write that needs it fails.
+      const v = newVault();
+      expect((await post(`${relay.url}/v1/vaults`, createBody(v))).status).toBe(201);
+      await relay.vault(v.vaultId).prepare('DROP TABLE audit_log').run();
+      const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, newDevice()));
       expect(res.status).toBe(500);
       expect(res.headers.get('X-Casa-Time')).toMatch(/^\d+$/);
       expect(await res.text()).toBe('{"error":{"code":"internal","message":"internal error"}}');

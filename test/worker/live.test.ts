@@ -105,8 +105,8 @@ function firstFrame(url: string, timeoutMs: number): Promise<{ opcode: number; c
 }
 
 async function announce(vaultId: string, message: Record<string, unknown>): Promise<{ delivered: number }> {
-  const ns = await relay.mf.getDurableObjectNamespace('HUB');
-  const res = await ns.get(ns.idFromName(vaultId)).fetch('https://hub.internal/announce', {
+  const ns = await relay.mf.getDurableObjectNamespace('VAULT');
+  const res = await ns.get(ns.idFromName(vaultId)).fetch('http://vault.internal/_relay/announce', {
     method: 'POST',
     body: JSON.stringify(message),
   });

@@ -73,11 +73,11 @@ async function expectError(res: Response, status: number, code: string): Promise
 }
 
 async function row(nameplate: string): Promise<Record<string, unknown> | null> {
-  return relay.d1().prepare('SELECT * FROM pairing_sessions WHERE nameplate = ?1').bind(nameplate).first();
+  return relay.vaults().prepare('SELECT * FROM pairing_sessions WHERE nameplate = ?1').bind(nameplate).first();
 }
 
 async function setExpiry(nameplate: string, expiresAt: number): Promise<void> {
-  await relay.d1().prepare('UPDATE pairing_sessions SET expires_at = ?2 WHERE nameplate = ?1').bind(nameplate, expiresAt).run();
+  await relay.vaults().prepare('UPDATE pairing_sessions SET expires_at = ?2 WHERE nameplate = ?1').bind(nameplate, expiresAt).run();
 }
 
 /** A vault with its offering device, one session in it, joined. */
@@ -459,7 +459,7 @@ describe('pairing: input checks', () => {
     }
     await expectError(await open(v, token, 'not json'), 400, 'bad_request');
     await expectError(await open(v, token, [1, 2]), 400, 'bad_request');
-    const { results } = await relay.d1().prepare('SELECT nameplate FROM pairing_sessions WHERE vault_id = ?1').bind(v).all();
+    const { results } = await relay.vaults().prepare('SELECT nameplate FROM pairing_sessions WHERE vault_id = ?1').bind(v).all();
     expect(results).toEqual([]);
     // The edges are accepted.
     await openPairing(relay.url, v, token, pairingBody({ msgA: b64u(randomBytes(33)), ttlSeconds: 60 }));
@@ -597,8 +597,12 @@ describe('pairing: retention and pairing-db.ts', () => {
     expect((await row(recent.nameplate))!.state).toBe('open');
   });
 
-  // The SQL on the relay's own D1 (nameplates of 9 digits, which the relay never draws).
-  const db = () => relay.d1() as unknown as D1Database;
+  // The SQL in a vault's own object (nameplates of 9 digits, which the relay never draws; vault ids of sessions are free-form there).
+  let scratch = '';
+  beforeAll(async () => {
+    scratch = (await setupVault(relay.url)).vault.vaultId;
+  });
+  const db = () => relay.vault(scratch) as unknown as D1Database;
   const session = (nameplate: string, vaultId: string, now = Date.now()) => ({
     nameplate,
     vaultId,
@@ -618,10 +622,10 @@ describe('pairing: retention and pairing-db.ts', () => {
     expect(await createPairing(db(), session(n, vb), 3)).toBe('taken');
     expect((await getPairing(db(), n))!.vault_id).toBe(va);
     // Ended just now: still taken (both sides may still be reading how it ended).
-    await relay.d1().prepare("UPDATE pairing_sessions SET state = 'failed', msg_b = 'x', join_token_hash = 'h', updated_at = ?2 WHERE nameplate = ?1").bind(n, Date.now()).run();
+    await relay.vaults().prepare("UPDATE pairing_sessions SET state = 'failed', msg_b = 'x', join_token_hash = 'h', updated_at = ?2 WHERE nameplate = ?1").bind(n, Date.now()).run();
     expect(await createPairing(db(), session(n, vb), 3)).toBe('taken');
     // Ended over a minute ago: replaced, every column reset.
-    await relay.d1().prepare('UPDATE pairing_sessions SET updated_at = ?2 WHERE nameplate = ?1').bind(n, Date.now() - 61_000).run();
+    await relay.vaults().prepare('UPDATE pairing_sessions SET updated_at = ?2 WHERE nameplate = ?1').bind(n, Date.now() - 61_000).run();
     const fresh = session(n, vb);
     expect(await createPairing(db(), fresh, 3)).toBe('created');
     expect(await getPairing(db(), n)).toEqual({

@@ -114,10 +114,10 @@ describe('quotas', () => {
   it('audit rows: the retention job keeps the newest and every membership event', async () => {
     const { vault, device } = await setupVault(relay.url);
     for (let i = 0; i < 8; i++) await getToken(relay.url, vault.vaultId, device);
-    const before = (await relay.d1().prepare('SELECT count(*) AS n FROM audit_log WHERE vault_id = ?1').bind(vault.vaultId).first<{ n: number }>())!.n;
+    const before = (await relay.vault(vault.vaultId).prepare('SELECT count(*) AS n FROM audit_log WHERE vault_id = ?1').bind(vault.vaultId).first<{ n: number }>())!.n;
     expect(before).toBeGreaterThan(6);
     await relay.runCron();
-    const rows = (await relay.d1().prepare('SELECT event FROM audit_log WHERE vault_id = ?1 ORDER BY id').bind(vault.vaultId).all<{ event: string }>()).results.map((r) => r.event);
+    const rows = (await relay.vault(vault.vaultId).prepare('SELECT event FROM audit_log WHERE vault_id = ?1 ORDER BY id').bind(vault.vaultId).all<{ event: string }>()).results.map((r) => r.event);
     expect(rows).toContain('vault_created');
     expect(rows).toContain('device_enrolled');
     expect(rows.filter((e) => e === 'token_issued').length).toBeLessThanOrEqual(6);

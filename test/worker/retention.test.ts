@@ -47,12 +47,12 @@ const dayStart = (t: number): number => Math.floor(t / DAY) * DAY;
 
 /** Sets the relay's commit time of snapshot `seq`, as if it had been committed then. */
 async function setTime(vaultId: string, seq: number, time: number): Promise<void> {
-  const res = await relay.d1().prepare('UPDATE snapshots SET time = ?3 WHERE vault_id = ?1 AND seq = ?2').bind(vaultId, seq, time).run();
+  const res = await relay.vaults().prepare('UPDATE snapshots SET time = ?3 WHERE vault_id = ?1 AND seq = ?2').bind(vaultId, seq, time).run();
   expect(res.meta.changes).toBe(1);
 }
 
 async function packRows(vaultId: string): Promise<Map<string, string>> {
-  const { results } = await relay.d1().prepare('SELECT id, r2_key FROM packs WHERE vault_id = ?1').bind(vaultId).all<{ id: string; r2_key: string }>();
+  const { results } = await relay.vaults().prepare('SELECT id, r2_key FROM packs WHERE vault_id = ?1').bind(vaultId).all<{ id: string; r2_key: string }>();
   return new Map(results.map((r) => [r.id, r.r2_key]));
 }
 
@@ -61,13 +61,13 @@ async function r2Has(key: string): Promise<boolean> {
 }
 
 async function seqs(vaultId: string): Promise<number[]> {
-  const { results } = await relay.d1().prepare('SELECT seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(vaultId).all<{ seq: number }>();
+  const { results } = await relay.vaults().prepare('SELECT seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(vaultId).all<{ seq: number }>();
   return results.map((r) => r.seq);
 }
 
 /** Everything D1 and R2 hold for the vault, for comparing runs. */
 async function state(vaultId: string): Promise<unknown> {
-  const d1 = relay.d1();
+  const d1 = relay.vaults();
   const tables = await Promise.all(
     ['SELECT id, r2_key FROM packs', 'SELECT id, manifest_key FROM snapshots', 'SELECT snapshot_id, pack_id FROM snapshot_packs', 'SELECT snapshot_id, r2_key FROM manifest_uploads'].map(
       async (q) => (await d1.prepare(`${q} WHERE vault_id = ?1 ORDER BY 1, 2`).bind(vaultId).all()).results,
@@ -80,7 +80,7 @@ async function state(vaultId: string): Promise<unknown> {
 /** No retained snapshot references a pack whose row or blob is gone. */
 async function expectReferencesIntact(vaultId: string): Promise<void> {
   const { results } = await relay
-    .d1()
+    .vaults()
     .prepare(
       `SELECT sp.pack_id, p.r2_key FROM snapshot_packs sp LEFT JOIN packs p ON p.vault_id = sp.vault_id AND p.id = sp.pack_id
        WHERE sp.vault_id = ?1`,
@@ -103,7 +103,7 @@ describe('retention', () => {
     for (let seq = 1; seq <= 5; seq++) {
       own.push(await uploadPack(relay.url, v, token));
       const sid = await commitSnapshot(relay.url, v, token, seq, [shared, own[seq - 1]!]);
-      manifestKeys.push((await relay.d1().prepare('SELECT manifest_key FROM snapshots WHERE id = ?1').bind(sid).first<{ manifest_key: string }>())!.manifest_key);
+      manifestKeys.push((await relay.vaults().prepare('SELECT manifest_key FROM snapshots WHERE id = ?1').bind(sid).first<{ manifest_key: string }>())!.manifest_key);
     }
     const uncommitted = await uploadPack(relay.url, v, token);
     const pendingSid = randomHex(16);
@@ -122,10 +122,10 @@ describe('retention', () => {
     expect(await seqs(v)).toEqual([3, 4, 5]);
     for (const key of manifestKeys.slice(0, 2)) expect(await r2Has(key)).toBe(false);
     for (const key of manifestKeys.slice(2)) expect(await r2Has(key)).toBe(true);
-    expect((await relay.d1().prepare('SELECT COUNT(*) AS n FROM snapshot_packs WHERE vault_id = ?1').bind(v).first())!.n).toBe(6);
+    expect((await relay.vaults().prepare('SELECT COUNT(*) AS n FROM snapshot_packs WHERE vault_id = ?1').bind(v).first())!.n).toBe(6);
     expect([...(await packRows(v)).keys()].sort()).toEqual([shared, ...own, uncommitted].sort());
     for (const key of orphans) expect(await r2Has(key)).toBe(true);
-    expect(await relay.d1().prepare('SELECT 1 FROM manifest_uploads WHERE snapshot_id = ?1').bind(pendingSid).first()).not.toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM manifest_uploads WHERE snapshot_id = ?1').bind(pendingSid).first()).not.toBeNull();
 
     // After it: the dropped snapshots' own packs, the uncommitted pack, the pending manifest and the orphans go.
     await sleep(GRACE_MS + 200);
@@ -135,7 +135,7 @@ describe('retention', () => {
     for (const id of kept) expect(await r2Has(keysOf.get(id)!)).toBe(true);
     for (const id of [...own.slice(0, 2), uncommitted]) expect(await r2Has(keysOf.get(id)!)).toBe(false);
     for (const key of orphans) expect(await r2Has(key)).toBe(false);
-    expect(await relay.d1().prepare('SELECT 1 FROM manifest_uploads WHERE snapshot_id = ?1').bind(pendingSid).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM manifest_uploads WHERE snapshot_id = ?1').bind(pendingSid).first()).toBeNull();
     expect(await relay.r2().list({ prefix: `manifests/${v}/${pendingSid}/` })).toHaveProperty('objects', []);
     expect(await seqs(v)).toEqual([3, 4, 5]);
     await expectReferencesIntact(v);
@@ -164,12 +164,12 @@ describe('retention', () => {
     for (let i = 0; i < 36; i++) {
       // An old pack nothing references (past its grace period), and a fresh one.
       const old = await uploadPack(relay.url, v, token);
-      await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1 AND id = ?2').bind(v, old).run();
+      await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1 AND id = ?2').bind(v, old).run();
       const fresh = await uploadPack(relay.url, v, token, new Uint8Array(randomBytes(2000)));
       const sid = randomHex(16);
       await uploadManifest(relay.url, v, token, sid);
       // Every snapshot so far was committed on one day beyond the window: the cron thins them to the head as we commit.
-      await relay.d1().prepare('UPDATE snapshots SET time = ?2 + seq WHERE vault_id = ?1').bind(v, old).run();
+      await relay.vaults().prepare('UPDATE snapshots SET time = ?2 + seq WHERE vault_id = ?1').bind(v, old).run();
       const client = async (): Promise<Response> => {
         // Some iterations touch the old pack first (as a real client does), some race the cron bare.
         if (i % 3 === 0) await post(`${relay.url}/v1/vaults/${v}/packs/check`, { ids: [old, fresh] }, bearer(token));
@@ -192,7 +192,7 @@ describe('retention', () => {
     expect(outcomes.committed).toBeGreaterThan(0);
     expect(outcomes.committed + outcomes.missingPacks).toBe(36);
     // Once more with nothing racing: still intact, the head alone left of that day.
-    await relay.d1().prepare('UPDATE snapshots SET time = ?2 + seq WHERE vault_id = ?1').bind(v, old).run();
+    await relay.vaults().prepare('UPDATE snapshots SET time = ?2 + seq WHERE vault_id = ?1').bind(v, old).run();
     await relay.runCron();
     await expectReferencesIntact(v);
     expect(await seqs(v)).toEqual([head]);
@@ -204,7 +204,7 @@ describe('retention', () => {
     const data = new Uint8Array([4, 5, 6]);
     const packId = await uploadPack(relay.url, v, token, data);
     const firstKey = (await packRows(v)).get(packId)!;
-    await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
+    await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
     await relay.runCron();
     expect(await r2Has(firstKey)).toBe(false);
     const again = await fetch(`${relay.url}/v1/vaults/${v}/packs/${packId}`, {
@@ -244,7 +244,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
   }
 
   async function cursors(vaultId: string): Promise<number[]> {
-    const { results } = await relay.d1().prepare('SELECT cursor FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(vaultId).all<{ cursor: number }>();
+    const { results } = await relay.vaults().prepare('SELECT cursor FROM changesets WHERE vault_id = ?1 ORDER BY cursor').bind(vaultId).all<{ cursor: number }>();
     return results.map((r) => r.cursor);
   }
 
@@ -254,7 +254,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
   }
 
   const received = (vaultId: string, time: number, upTo = Number.MAX_SAFE_INTEGER) =>
-    relay.d1().prepare('UPDATE changesets SET created_at = ?2 WHERE vault_id = ?1 AND cursor <= ?3').bind(vaultId, time, upTo).run();
+    relay.vaults().prepare('UPDATE changesets SET created_at = ?2 WHERE vault_id = ?1 AND cursor <= ?3').bind(vaultId, time, upTo).run();
 
   it('keeps what another device committed inside the window, and its packs, after 40 commits from one device', async () => {
     const { vault, device, token } = await setupVault(relay.url);
@@ -271,12 +271,12 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
     // The compromised device: 40 junk snapshots, each over a pack of its own, each claiming every changeset.
     for (let seq = 2; seq <= 41; seq++) await commitWith(v, thiefToken, seq, [await uploadPack(relay.url, v, thiefToken)], 5);
     // No pack is protected by its grace period any more: only references keep them.
-    await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
+    await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
     const keysOf = await packRows(v);
 
     await relay.runCron();
     expect(await seqs(v)).toEqual(Array.from({ length: 41 }, (_, i) => i + 1));
-    const real = await relay.d1().prepare('SELECT device_id, manifest_key FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(v, realSid).first<{ device_id: string; manifest_key: string }>();
+    const real = await relay.vaults().prepare('SELECT device_id, manifest_key FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(v, realSid).first<{ device_id: string; manifest_key: string }>();
     expect(real?.device_id).toBe(device.deviceId);
     expect(await r2Has(real!.manifest_key)).toBe(true);
     for (const id of realPacks) {
@@ -313,7 +313,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
     for (let seq = 1; seq <= 3; seq++) await commitWith(v, token, seq, [], 5);
     const old = dayStart(Date.now() - 200 * DAY);
     for (let seq = 1; seq <= 3; seq++) await setTime(v, seq, old + seq * HOUR);
-    const keys = new Map((await relay.d1().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ?1').bind(v).all<{ cursor: number; r2_key: string }>()).results.map((r) => [r.cursor, r.r2_key]));
+    const keys = new Map((await relay.vaults().prepare('SELECT cursor, r2_key FROM changesets WHERE vault_id = ?1').bind(v).all<{ cursor: number; r2_key: string }>()).results.map((r) => [r.cursor, r.r2_key]));
 
     await relay.runCron();
     expect(await seqs(v)).toEqual([3]); // thinned to the head
@@ -330,7 +330,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
     expect(await prunedThrough(v, token)).toBe(3);
 
     // Batch 5 old, batch 4 not: nothing after a protected batch goes either (the rest is always everything after prunedThrough).
-    await relay.d1().prepare('UPDATE changesets SET created_at = 0 WHERE vault_id = ?1 AND cursor = 5').bind(v).run();
+    await relay.vaults().prepare('UPDATE changesets SET created_at = 0 WHERE vault_id = ?1 AND cursor = 5').bind(v).run();
     await relay.runCron();
     expect(await cursors(v)).toEqual([4, 5]);
     expect(await prunedThrough(v, token)).toBe(3);
@@ -378,7 +378,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
 
     // The thinned snapshots' packs go after the grace period; the kept ones' stay.
     const keysOf = await packRows(v);
-    await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
+    await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(v).run();
     await relay.runCron();
     const left = await packRows(v);
     for (const [i, [what, , keep]] of plan.entries()) {
@@ -396,7 +396,7 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
     await uploadManifest(relay.url, v, token, sid);
     const res = await commit(relay.url, v, token, { ...commitBody(sid, 1, []), time: 1 });
     expect(res.status).toBe(201);
-    const stored = (await relay.d1().prepare('SELECT time FROM snapshots WHERE id = ?1').bind(sid).first<{ time: number }>())!.time;
+    const stored = (await relay.vaults().prepare('SELECT time FROM snapshots WHERE id = ?1').bind(sid).first<{ time: number }>())!.time;
     expect(stored).toBeGreaterThanOrEqual(t);
     await relay.runCron();
     expect(await seqs(v)).toEqual([1]);

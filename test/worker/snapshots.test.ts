@@ -61,7 +61,7 @@ describe('packs', () => {
     const res = await putObject(url, token, data);
     expect(res.status).toBe(201);
     expect(await res.json()).toEqual({ id: packId, bytes: data.length, created: true });
-    const row = await relay.d1().prepare('SELECT r2_key, bytes, touched_at FROM packs WHERE vault_id = ?1 AND id = ?2').bind(vault.vaultId, packId).first<{ r2_key: string; bytes: number; touched_at: number }>();
+    const row = await relay.vaults().prepare('SELECT r2_key, bytes, touched_at FROM packs WHERE vault_id = ?1 AND id = ?2').bind(vault.vaultId, packId).first<{ r2_key: string; bytes: number; touched_at: number }>();
     expect(row!.r2_key).toMatch(new RegExp(`^packs/${vault.vaultId}/${packId}/[0-9a-f]{32}$`));
     expect(row!.bytes).toBe(data.length);
 
@@ -73,13 +73,13 @@ describe('packs', () => {
     expect(new Uint8Array(await got.arrayBuffer())).toEqual(data);
 
     // Again, streamed or chunked: accepted, not stored twice, the row touched.
-    await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE id = ?1').bind(packId).run();
+    await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE id = ?1').bind(packId).run();
     for (const again of [await putObject(url, token, data), await putChunked(url, token, data)]) {
       expect(again.status).toBe(201);
       expect(await again.json()).toEqual({ id: packId, bytes: data.length, created: false });
     }
     expect(await r2Keys(`packs/${vault.vaultId}/${packId}/`)).toEqual([row!.r2_key]);
-    const touched = await relay.d1().prepare('SELECT touched_at FROM packs WHERE id = ?1').bind(packId).first<{ touched_at: number }>();
+    const touched = await relay.vaults().prepare('SELECT touched_at FROM packs WHERE id = ?1').bind(packId).first<{ touched_at: number }>();
     expect(touched!.touched_at).toBeGreaterThan(Date.now() - 60_000);
   });
 
@@ -105,8 +105,8 @@ describe('packs', () => {
     expect(await errorOf(await putObject(murl, token, data, wrong))).toEqual({ status: 400, code: 'bad_request' });
     expect(await r2Keys(`packs/${vault.vaultId}/`)).toEqual([]);
     expect(await r2Keys(`manifests/${vault.vaultId}/`)).toEqual([]);
-    expect(await relay.d1().prepare('SELECT id FROM packs WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
-    expect(await relay.d1().prepare('SELECT 1 FROM manifest_uploads WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT id FROM packs WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM manifest_uploads WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
     expect((await get(url, token)).status).toBe(404);
 
     // A re-upload of a stored pack is checked too, and changes nothing.
@@ -156,13 +156,13 @@ describe('packs', () => {
     const { vault, token } = await setupVault(relay.url);
     const a = await uploadPack(relay.url, vault.vaultId, token);
     const b = await uploadPack(relay.url, vault.vaultId, token);
-    await relay.d1().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(vault.vaultId).run();
+    await relay.vaults().prepare('UPDATE packs SET touched_at = 0 WHERE vault_id = ?1').bind(vault.vaultId).run();
     const x = randomHex(32);
     const y = randomHex(32);
     const res = await post(`${relay.url}/v1/vaults/${vault.vaultId}/packs/check`, { ids: [y, a, x, a, y] }, bearer(token));
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ missing: [y, x] });
-    const { results } = await relay.d1().prepare('SELECT id, touched_at FROM packs WHERE vault_id = ?1').bind(vault.vaultId).all<{ id: string; touched_at: number }>();
+    const { results } = await relay.vaults().prepare('SELECT id, touched_at FROM packs WHERE vault_id = ?1').bind(vault.vaultId).all<{ id: string; touched_at: number }>();
     const touched = Object.fromEntries(results.map((r) => [r.id, r.touched_at]));
     expect(touched[a]).toBeGreaterThan(Date.now() - 60_000);
     expect(touched[b]).toBe(0);
@@ -199,12 +199,12 @@ describe('commit', () => {
     expect(body).toEqual({ snapshotId, seq: 1, time: expect.any(Number) });
     expect(body.time).toBeGreaterThanOrEqual(before - 1000);
 
-    const row = await relay.d1().prepare('SELECT seq, device_id, time, db_bytes, stored_bytes, new_bytes, pack_count, manifest_key FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(v, snapshotId).first();
+    const row = await relay.vaults().prepare('SELECT seq, device_id, time, db_bytes, stored_bytes, new_bytes, pack_count, manifest_key FROM snapshots WHERE vault_id = ?1 AND id = ?2').bind(v, snapshotId).first();
     expect(row).toEqual({ seq: 1, device_id: device.deviceId, time: body.time, db_bytes: 8192, stored_bytes: 2000, new_bytes: 2000, pack_count: 2, manifest_key: expect.stringMatching(new RegExp(`^manifests/${v}/${snapshotId}/[0-9a-f]{32}$`)) });
-    const refs = await relay.d1().prepare('SELECT pack_id FROM snapshot_packs WHERE vault_id = ?1 AND snapshot_id = ?2 ORDER BY pack_id').bind(v, snapshotId).all();
+    const refs = await relay.vaults().prepare('SELECT pack_id FROM snapshot_packs WHERE vault_id = ?1 AND snapshot_id = ?2 ORDER BY pack_id').bind(v, snapshotId).all();
     expect(refs.results).toEqual([...packs].sort().map((pack_id) => ({ pack_id })));
-    expect(await relay.d1().prepare('SELECT 1 FROM manifest_uploads WHERE vault_id = ?1').bind(v).first()).toBeNull();
-    const audit = await relay.d1().prepare("SELECT device_id, at FROM audit_log WHERE vault_id = ?1 AND event = 'snapshot_committed'").bind(v).all();
+    expect(await relay.vaults().prepare('SELECT 1 FROM manifest_uploads WHERE vault_id = ?1').bind(v).first()).toBeNull();
+    const audit = await relay.vaults().prepare("SELECT device_id, at FROM audit_log WHERE vault_id = ?1 AND event = 'snapshot_committed'").bind(v).all();
     expect(audit.results).toEqual([{ device_id: device.deviceId, at: body.time }]);
 
     // The manifest is served, and can no longer be replaced.
@@ -217,7 +217,7 @@ describe('commit', () => {
     const retry = await commit(relay.url, v, token, commitBody(snapshotId, 1, packs));
     expect(retry.status).toBe(201);
     expect(await retry.json()).toEqual(body);
-    expect((await relay.d1().prepare('SELECT COUNT(*) AS n FROM snapshots WHERE vault_id = ?1').bind(v).first())!.n).toBe(1);
+    expect((await relay.vaults().prepare('SELECT COUNT(*) AS n FROM snapshots WHERE vault_id = ?1').bind(v).first())!.n).toBe(1);
   });
 
   it('replaces a pending manifest until the commit', async () => {
@@ -239,8 +239,8 @@ describe('commit', () => {
     const res = await commit(relay.url, vault.vaultId, token, commitBody(sid, 1, [have, lost]));
     expect(res.status).toBe(409);
     expect(await res.json()).toEqual({ error: { code: 'missing_packs', message: expect.any(String) }, missing: [lost] });
-    expect(await relay.d1().prepare('SELECT 1 FROM snapshots WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
-    expect(await relay.d1().prepare('SELECT 1 FROM snapshot_packs WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM snapshots WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM snapshot_packs WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
     // Upload it and the same commit goes through.
     await fetch(`${relay.url}/v1/vaults/${vault.vaultId}/packs/${lost}`, { method: 'PUT', headers: { ...bearer(token), 'X-Casa-Sha256': sha256Hex(new Uint8Array([7])) }, body: new Uint8Array([7]) });
     expect((await commit(relay.url, vault.vaultId, token, commitBody(sid, 1, [have, lost]))).status).toBe(201);
@@ -272,7 +272,7 @@ describe('commit', () => {
       expect(body.error.code).toBe('conflict');
       expect(body.head).toMatchObject({ id: winner, seq });
     }
-    const { results } = await relay.d1().prepare('SELECT seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(v).all<{ seq: number }>();
+    const { results } = await relay.vaults().prepare('SELECT seq FROM snapshots WHERE vault_id = ?1 ORDER BY seq').bind(v).all<{ seq: number }>();
     expect(results.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
 
     // A stale parent, or a snapshot id already used by another commit: 409 conflict too.
@@ -281,7 +281,7 @@ describe('commit', () => {
     const stale = await commit(relay.url, v, token, commitBody(sid, 3, [pack]));
     expect(stale.status).toBe(409);
     expect(await stale.json()).toMatchObject({ error: { code: 'conflict' }, head: { seq: 8 } });
-    const [first] = (await relay.d1().prepare('SELECT id FROM snapshots WHERE vault_id = ?1 AND seq = 1').bind(v).all<{ id: string }>()).results;
+    const [first] = (await relay.vaults().prepare('SELECT id FROM snapshots WHERE vault_id = ?1 AND seq = 1').bind(v).all<{ id: string }>()).results;
     expect(await errorOf(await commit(relay.url, v, token, commitBody(first!.id, 9, [pack])))).toEqual({ status: 409, code: 'conflict' });
   });
 
@@ -303,7 +303,7 @@ describe('commit', () => {
     ]) {
       expect(await errorOf(await commit(relay.url, vault.vaultId, token, bad))).toEqual({ status: 400, code: 'bad_request' });
     }
-    expect(await relay.d1().prepare('SELECT 1 FROM snapshots WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT 1 FROM snapshots WHERE vault_id = ?1').bind(vault.vaultId).first()).toBeNull();
   });
 });
 

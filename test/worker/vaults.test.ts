@@ -50,9 +50,9 @@ describe('POST /v1/vaults', () => {
     expect(res.headers.get('X-Casa-Time')).toMatch(/^\d+$/);
     const body = (await res.json()) as { vaultId: string; time: number };
     expect(body.vaultId).toBe(v.vaultId);
-    const row = await relay.d1().prepare('SELECT auth_public_key, canary FROM vaults WHERE id = ?1').bind(v.vaultId).first();
+    const row = await relay.vaults().prepare('SELECT auth_public_key, canary FROM vaults WHERE id = ?1').bind(v.vaultId).first();
     expect(row).toEqual({ auth_public_key: v.authPublicKey, canary: v.canary });
-    const audit = await relay.d1().prepare('SELECT event FROM audit_log WHERE vault_id = ?1').bind(v.vaultId).all();
+    const audit = await relay.vaults().prepare('SELECT event FROM audit_log WHERE vault_id = ?1').bind(v.vaultId).all();
     expect(audit.results).toEqual([{ event: 'vault_created' }]);
   });
 
@@ -60,7 +60,7 @@ describe('POST /v1/vaults', () => {
     const v = newVault();
     const res = await post(`${relay.url}/v1/vaults`, createBody(v, Date.now(), ed25519.utils.randomSecretKey()));
     expect(await errorOf(res)).toEqual({ status: 401, code: 'unauthorized' });
-    expect(await relay.d1().prepare('SELECT id FROM vaults WHERE id = ?1').bind(v.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT id FROM vaults WHERE id = ?1').bind(v.vaultId).first()).toBeNull();
   });
 
   it('refuses a signature over other fields (canary swapped) with 401', async () => {
@@ -137,16 +137,16 @@ describe('POST /v1/vaults/:vaultId/devices (enroll)', () => {
     expect(answer.deviceId).toBe(d.deviceId);
     expect(answer.epoch).toBe(0);
     expect(answer.canary).toBe(v.canary);
-    const row = await relay.d1().prepare('SELECT vault_id, public_key, name, revoked_at, cert FROM devices WHERE id = ?1').bind(d.deviceId).first();
+    const row = await relay.vaults().prepare('SELECT vault_id, public_key, name, revoked_at, cert FROM devices WHERE id = ?1').bind(d.deviceId).first();
     expect(row).toEqual({ vault_id: v.vaultId, public_key: d.publicKey, name: 'laptop ✓', revoked_at: null, cert: JSON.stringify(body.cert) });
-    const audit = await relay.d1().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_enrolled'").bind(v.vaultId).all();
+    const audit = await relay.vaults().prepare("SELECT device_id, actor_id FROM audit_log WHERE vault_id = ?1 AND event = 'device_enrolled'").bind(v.vaultId).all();
     expect(audit.results).toEqual([{ device_id: d.deviceId, actor_id: null }]);
 
     // The same key again (a retry) gets the same device, not a second one.
     const again = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, body);
     expect(again.status).toBe(201);
     expect(((await again.json()) as { deviceId: string }).deviceId).toBe(d.deviceId);
-    expect((await relay.d1().prepare('SELECT COUNT(*) AS n FROM devices WHERE vault_id = ?1').bind(v.vaultId).first())).toEqual({ n: 1 });
+    expect((await relay.vaults().prepare('SELECT COUNT(*) AS n FROM devices WHERE vault_id = ?1').bind(v.vaultId).first())).toEqual({ n: 1 });
   });
 
   it('answers 404 for an unknown vault', async () => {
@@ -159,7 +159,7 @@ describe('POST /v1/vaults/:vaultId/devices (enroll)', () => {
     const v = await createVault(relay.url);
     const res = await post(`${relay.url}/v1/vaults/${v.vaultId}/devices`, enrollBody(v, newDevice(), 'x', ed25519.utils.randomSecretKey()));
     expect(await errorOf(res)).toEqual({ status: 401, code: 'unauthorized' });
-    expect(await relay.d1().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
   });
 
   it('refuses a bad name, key, device id, vault or the old body form with 400', async () => {
@@ -183,6 +183,6 @@ describe('POST /v1/vaults/:vaultId/devices (enroll)', () => {
         code: 'bad_request',
       });
     }
-    expect(await relay.d1().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
+    expect(await relay.vaults().prepare('SELECT id FROM devices WHERE vault_id = ?1').bind(v.vaultId).first()).toBeNull();
   });
 });

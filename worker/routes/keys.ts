@@ -41,7 +41,8 @@ import {
 import type { SignedPurpose } from '../../src/protocol/messages.js';
 import { checkPublicKey, requireDevice, verifySigned } from '../auth.js';
 import { getDeviceByKey } from '../db.js';
-import type { AppEnv } from '../env.js';
+import { vaultStub, type AppEnv } from '../env.js';
+import { claimRecoveryId, keepRecoveryId, releaseRecoveryId, vaultOfRecoveryId } from '../index-db.js';
 import {
   ApiError,
   LARGE_JSON_BODY_LIMIT,
@@ -62,7 +63,6 @@ import { limitByIp } from '../limits.js';
 import { checkQuota } from '../quotas.js';
 import {
   deviceIdTaken,
-  findVaultByRecoveryId,
   getMember,
   getVaultKeyState,
   insertEpoch,
@@ -71,7 +71,6 @@ import {
   listMembers,
   listRecoveryRecords,
   readLog,
-  recoveryIdTaken,
   replaceCert,
   replacePaper,
   revokeMember,
@@ -488,21 +487,40 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
   if (!verifySigned('recovery', fields, sigNew, authKey)) throw unauthorized("bad signatureNew: not authKey's");
   const e = await checkEpoch(c, vault, body.epoch, [r.authKey, vault.auth_public_key]);
   if (e.rec.recoveryKey !== r.exchangeKey || !Object.hasOwn(e.rec.wraps, RECOVERY)) throw badRequest('the epoch must be sealed to the new paper');
-  if (await recoveryIdTaken(c.env.DB, r.recoveryId)) throw new ApiError(409, 'conflict', 'this recovery id is taken');
+  if (await recoveryIdTaken(c, r.recoveryId)) throw new ApiError(409, 'conflict', 'this recovery id is taken');
+  // The id is global: claimed in the index before the replacement, given back if it does not happen.
+  if (!(await claimRecoveryId(c.env.INDEX, r.recoveryId, vaultId))) throw new ApiError(409, 'conflict', 'this recovery id is taken');
   // Signed by either paper, the epoch stands or falls with the old one still being the vault's (the replacement's guard).
   const epoch = e.input.signer.paperKey !== null ? { ...e.input, signer: { paperKey: vault.auth_public_key, deviceId: null } } : e.input;
   const out = await replacePaper(c.env.DB, { vaultId, n: r.n, recoveryId: r.recoveryId, oldAuthKey: vault.auth_public_key, authKey: r.authKey, record, epoch });
   if (!out.inserted) {
     if (out.storedPaper === record) return epochAnswer(c, e.rec.epoch, e.rec.keyId); // a retry
+    if ((await listRecoveryIds(c, vaultId)) !== r.recoveryId) await releaseRecoveryId(c.env.INDEX, r.recoveryId, vaultId);
     if (out.recoveryN !== vault.recovery_n || out.authKey !== vault.auth_public_key) {
       throw new ApiError(409, 'conflict', 'the paper was replaced meanwhile');
     }
-    if (await recoveryIdTaken(c.env.DB, r.recoveryId)) throw new ApiError(409, 'conflict', 'this recovery id is taken');
+    if (await recoveryIdTaken(c, r.recoveryId)) throw new ApiError(409, 'conflict', 'this recovery id is taken');
     return notInserted(c, e, { ...out, stored: null });
   }
+  await keepRecoveryId(c.env.INDEX, vaultId, r.recoveryId);
   announceEpoch(c, e.rec.epoch);
   return epochAnswer(c, e.rec.epoch, e.rec.keyId);
 });
+
+/** True if `id` is a vault's id, or another vault's recovery id (the index, confirmed by that vault's object). */
+async function recoveryIdTaken(c: Context<AppEnv>, id: string): Promise<boolean> {
+  if (await vaultStub(c.env, id).isVault()) return true;
+  const holder = await vaultOfRecoveryId(c.env.INDEX, id);
+  if (holder === null) return false;
+  if (holder === c.var.vaultId) return (await listRecoveryIds(c, holder)) === id;
+  return (await vaultStub(c.env, holder).recoveryVault(id)) === holder;
+}
+
+/** This vault's current recovery id, if its paper was replaced. */
+async function listRecoveryIds(c: Context<AppEnv>, vaultId: string): Promise<string | null> {
+  const row = await c.env.DB.prepare('SELECT recovery_id FROM recovery_ids WHERE vault_id = ?1').bind(vaultId).first<{ recovery_id: string }>();
+  return row?.recovery_id ?? null;
+}
 
 keyRoutes.get('/:vaultId/recovery', requireDevice(), async (c) => {
   const records = await listRecoveryRecords(c.env.DB, c.var.vaultId);
@@ -512,7 +530,11 @@ keyRoutes.get('/:vaultId/recovery', requireDevice(), async (c) => {
 recoveryRoutes.get('/:recoveryId', limitByIp('ENROLL_LIMITER'), async (c) => {
   const recoveryId = c.req.param('recoveryId');
   if (!isVaultId(recoveryId)) throw badRequest('recoveryId must be 32 lowercase hex characters');
-  const vaultId = await findVaultByRecoveryId(c.env.DB, recoveryId);
+  // Runs in the Worker: the index names a replaced paper's vault, whose object confirms it; else a vault of that id never replaced.
+  const indexed = await vaultOfRecoveryId(c.env.INDEX, recoveryId);
+  const vaultId =
+    (indexed === null ? null : await vaultStub(c.env, indexed).recoveryVault(recoveryId)) ??
+    (await vaultStub(c.env, recoveryId).recoveryVault(recoveryId));
   if (vaultId === null) throw notFound();
   return c.json({ vaultId });
 });

@@ -19,6 +19,7 @@ import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { isPairingSessionId } from '../../src/protocol/ids.js';
 import { requireDevice } from '../auth.js';
 import type { AppEnv } from '../env.js';
+import { claimNameplate, endNameplate, releaseNameplate } from '../index-db.js';
 import {
   ApiError,
   b64uDecode,
@@ -143,6 +144,16 @@ async function poll<T>(c: Context<AppEnv>, waitMs: number, read: () => Promise<T
   return v;
 }
 
+/** The session ended (failed, done, cancelled) at `at`: its nameplate is free in the index ENDED_HOLD_MS later. */
+function ended(c: Context<AppEnv>, nameplate: string, at: number): void {
+  const vaultId = c.var.vaultId ?? null;
+  const done = (async () => {
+    const row = vaultId === null ? await getPairing(c.env.DB, nameplate) : { vault_id: vaultId };
+    if (row !== null) await endNameplate(c.env.INDEX, nameplate, row.vault_id, at);
+  })();
+  c.executionCtx.waitUntil(done.catch(() => undefined));
+}
+
 const conflict = (message: string): ApiError => new ApiError(409, 'conflict', message);
 
 /** 409 for a move the session's state does not allow. */
@@ -182,12 +193,15 @@ pairingVaultRoutes.post('/:vaultId/pairings', requireDevice(), limitPairByDevice
   const expiresAt = now + ttl * 1000;
   for (let attempt = 0; attempt < NAMEPLATE_TRIES; attempt++) {
     const nameplate = String(attempt < SHORT_TRIES ? randomInt(1, 10_000) : randomInt(10_000, 1_000_000));
+    // Nameplates are global (the join side knows no vault): claimed in the index first, then the session is opened here.
+    if (!(await claimNameplate(c.env.INDEX, nameplate, c.var.vaultId, expiresAt, now))) continue;
     const outcome = await createPairing(
       c.env.DB,
       { nameplate, vaultId: c.var.vaultId, offerDeviceId: c.var.deviceId, sid, msgA, now, expiresAt },
       quotas.pairings,
     );
     if (outcome === 'created') return c.json({ nameplate, expiresAt }, 201);
+    await releaseNameplate(c.env.INDEX, nameplate, c.var.vaultId, expiresAt);
     if (outcome === 'full') {
       throw quotaExceeded('pairings', quotas.pairings, quotas.pairings);
     }
@@ -222,7 +236,10 @@ pairingVaultRoutes.post('/:vaultId/pairings/:nameplate/finish', requireDevice(),
   const now = Date.now();
   const vaultId = c.var.vaultId;
   const state = ok ? 'confirmed' : 'failed';
-  if (await finishPairing(c.env.DB, vaultId, nameplate, msgFinal, now)) return c.json({ state });
+  if (await finishPairing(c.env.DB, vaultId, nameplate, msgFinal, now)) {
+    if (!ok) ended(c, nameplate, now);
+    return c.json({ state });
+  }
   const row = await getVaultPairing(c.env.DB, vaultId, nameplate);
   if (row === null) throw notFound();
   // A retry whose answer was lost: the same answer again.
@@ -235,6 +252,7 @@ pairingVaultRoutes.delete('/:vaultId/pairings/:nameplate', requireDevice(), asyn
   const now = Date.now();
   const row = await cancelPairing(c.env.DB, c.var.vaultId, nameplate, now);
   if (row === null) throw notFound();
+  if (row.state === 'cancelled' && row.updated_at === now) ended(c, nameplate, now);
   return c.json({ state: viewState(row, now) });
 });
 
@@ -307,7 +325,10 @@ pairingRoutes.post('/:nameplate/done', limitByIp('PAIR_JOIN_LIMITER'), jsonBodyL
   const tokenHash = await joinTokenHash(c);
   const deviceId = deviceIdField(await readJson(c));
   const now = Date.now();
-  if (await completePairing(c.env.DB, nameplate, tokenHash, deviceId, now)) return c.json({ state: 'done' });
+  if (await completePairing(c.env.DB, nameplate, tokenHash, deviceId, now)) {
+    ended(c, nameplate, now);
+    return c.json({ state: 'done' });
+  }
   const row = tokenSession(await getPairing(c.env.DB, nameplate), tokenHash);
   // A retry whose answer was lost: the same answer again.
   if (row.state === 'done' && row.joined_device_id === deviceId) return c.json({ state: 'done' });

@@ -8,12 +8,11 @@ import { isVaultId } from '../../src/protocol/ids.js';
 import { CHALLENGE_TTL_MS, checkPublicKey, checkSignedTime, signToken, verifySigned } from '../auth.js';
 import {
   consumeChallenge,
-  createVault,
   getDevice,
   insertChallenge,
   recordTokenIssued,
 } from '../db.js';
-import type { AppEnv } from '../env.js';
+import { vaultStub, type AppEnv } from '../env.js';
 import {
   ApiError,
   b64uDecode,
@@ -63,7 +62,8 @@ vaultRoutes.post(
     const fields = [vaultId, authKeyText, hex(await sha256(canary)), time];
     if (!verifySigned('create-vault', fields, signature, authPublicKey)) throw unauthorized('bad signature');
     checkPublicKey('authPublicKey', authPublicKey);
-    const created = await createVault(c.env.DB, {
+    // Runs in the Worker (the vault id is in the body); the vault is created in its own object.
+    const created = await vaultStub(c.env, vaultId).createVault({
       id: vaultId,
       auth_public_key: authKeyText,
       canary: str(body, 'canary'),

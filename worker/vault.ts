@@ -1,0 +1,324 @@
+/**
+ * Vault: one SQLite-backed Durable Object per vault (named by the vault id:
+ * env.VAULT.idFromName(vaultId)) that holds everything about its vault in
+ * its own database (ctx.storage.sql): the vault row, devices, challenges,
+ * snapshots and their head, the packs index, changesets and cursors,
+ * digests, key epochs and membership records, its pairing sessions, its
+ * audit log and its retention cursors (schema: migrations/*.sql through
+ * worker/schema.ts). Blobs stay in R2 under the vault's prefixes.
+ *
+ * - Requests: the Worker (worker/index.ts) forwards every
+ *   /v1/vaults/{vaultId}/... request, and the join side of a pairing found
+ *   by its nameplate, to this object, which runs the same route tree
+ *   (worker/app.ts) with DB bound to a D1-shaped adapter over its own
+ *   SQLite (worker/do-sql.ts), INDEX to the global D1 and LIVE to itself.
+ * - Schema: versioned in the object (d1_migrations), migrated in the
+ *   constructor under blockConcurrencyWhile. An object whose vault was
+ *   never created has no schema and gets none: every read finds nothing and
+ *   every write changes nothing (do-sql.ts), so an unknown vault id answers
+ *   as before and leaves no storage behind. createVault() creates it.
+ * - Live sockets (the former VaultHub): hibernatable WebSockets
+ *   (ctx.acceptWebSocket) with their state as attachments (see Attachment);
+ *   the first message authenticates (docs/RELAY-API.md `/live`).
+ * - Retention: the object's alarm runs the retention job (worker/cron.ts)
+ *   for this vault every RETENTION_EVERY_MS (0: never; `casa relay` sets
+ *   it from --retention-every), the same alarm that closes sockets whose
+ *   auth deadline passed.
+ *
+ * Internal paths (never reached from the public URL: the Worker only
+ * forwards /v1/... paths):
+ *   POST /_relay/retention   runs the retention job now; 200 CronReport JSON (the launcher's runCron)
+ *   POST /_relay/announce    JSON object → sent to every authenticated socket; 200 {"delivered": n}
+ *   POST /_relay/sql         {"sql","params"} → {"results","changes"}: test-only, and only when the
+ *                            binding CASA_TEST_HOOKS is "1" (set by test/helpers/relay.ts, never in
+ *                            wrangler.jsonc); else 404
+ */
+import { DurableObject } from 'cloudflare:workers';
+import {
+  LIVE_AUTH_TIMEOUT_MS,
+  WS_CLOSE_DEVICE_REVOKED,
+  WS_CLOSE_DEVICE_REVOKED_REASON,
+  WS_CLOSE_UNAUTHORIZED,
+  WS_CLOSE_UNAUTHORIZED_REASON,
+} from '../src/protocol/messages.js';
+import { app } from './app.js';
+import { deviceOfToken } from './auth.js';
+import { runCron, type CronReport } from './cron.js';
+import { createVault, type VaultRow } from './db.js';
+import { DoDatabase } from './do-sql.js';
+import type { Env, Live, RouteEnv } from './env.js';
+import { getCronState, setCronState } from './snapshot-db.js';
+import { hasSchema, migrate } from './schema.js';
+
+/** A socket's state, kept as its attachment (it survives hibernation). */
+type Attachment =
+  /** Waiting for its auth message until `deadline` (ms). */
+  | { vaultId: string; deadline: number }
+  /** Authenticated as `deviceId`. */
+  | { vaultId: string; deviceId: string };
+
+function attachmentOf(ws: WebSocket): Attachment | null {
+  try {
+    const a = ws.deserializeAttachment() as Attachment | null;
+    return a && typeof a === 'object' && typeof a.vaultId === 'string' ? a : null;
+  } catch {
+    return null;
+  }
+}
+
+const deviceOf = (ws: WebSocket): string | null => {
+  const a = attachmentOf(ws);
+  return a !== null && 'deviceId' in a ? a.deviceId : null;
+};
+
+/** The token of a first message `{"type":"auth","token":"..."}`, or null. */
+function authToken(message: string | ArrayBuffer): string | null {
+  if (typeof message !== 'string' || message.length > 4096) return null;
+  try {
+    const m = JSON.parse(message) as Record<string, unknown>;
+    return m !== null && typeof m === 'object' && m.type === 'auth' && typeof m.token === 'string' ? m.token : null;
+  } catch {
+    return null;
+  }
+}
+
+function close(ws: WebSocket, code: number, reason: string): void {
+  try {
+    ws.close(code, reason);
+  } catch {
+    // already closing
+  }
+}
+
+/** When the next retention run is due (the vault's cron_state). */
+const RETENTION_NEXT = 'retention:next';
+
+/** RETENTION_EVERY_MS as a whole number of ms; 0 (or malformed): the alarm never runs retention. */
+export function retentionEvery(env: Env): number {
+  const text = env.RETENTION_EVERY_MS?.trim() ?? '';
+  return /^\d+$/.test(text) ? Number(text) : 0;
+}
+
+export class Vault extends DurableObject<Env> implements Live {
+  private readonly db: DoDatabase;
+  private ready = false;
+  private readonly routeEnv: RouteEnv;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.db = new DoDatabase(ctx.storage, () => this.ready);
+    this.routeEnv = { ...env, DB: this.db.asD1(), INDEX: env.DB, LIVE: this };
+    // Answered by the runtime without waking the object.
+    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('{"type":"ping"}', '{"type":"pong"}'));
+    void ctx.blockConcurrencyWhile(async () => {
+      if (!hasSchema(ctx.storage.sql)) return;
+      migrate(ctx.storage);
+      this.ready = true;
+      await this.scheduleRetention(false);
+    });
+  }
+
+  // ---- requests -----------------------------------------------------------------
+
+  override async fetch(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname.startsWith('/_relay/')) return this.internal(request, url.pathname);
+    return app.fetch(request, this.routeEnv, {
+      waitUntil: (p: Promise<unknown>) => this.ctx.waitUntil(p),
+      passThroughOnException: () => {},
+      props: {},
+    } as ExecutionContext);
+  }
+
+  private async internal(request: Request, path: string): Promise<Response> {
+    if (request.method !== 'POST') return new Response('not found', { status: 404 });
+    if (path === '/_relay/retention') return Response.json(await this.runRetention(Date.now()));
+    if (path === '/_relay/announce') {
+      let msg: unknown;
+      try {
+        msg = await request.json();
+      } catch {
+        return new Response('bad json', { status: 400 });
+      }
+      if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return new Response('bad json', { status: 400 });
+      return Response.json({ delivered: await this.announce(msg as Record<string, unknown>) });
+    }
+    if (path === '/_relay/sql' && this.env.CASA_TEST_HOOKS === '1') {
+      const { sql, params, batch } = await request.json<{ sql: string; params?: unknown[]; batch?: { sql: string; params: unknown[] }[] }>();
+      try {
+        if (batch !== undefined) {
+          const rs = await this.db.batch(batch.map((b) => this.db.prepare(b.sql).bind(...b.params)));
+          return Response.json({ batch: rs.map((r) => ({ results: r.results, changes: r.meta.changes })) });
+        }
+        const r = await this.db.prepare(sql).bind(...(params ?? [])).run();
+        return Response.json({ results: r.results, changes: r.meta.changes });
+      } catch (err) {
+        return Response.json({ error: err instanceof Error ? err.message : String(err) }, { status: 500 });
+      }
+    }
+    return new Response('not found', { status: 404 });
+  }
+
+  // ---- RPC from the Worker (worker/routes/vaults.ts, keys.ts) ------------------------
+
+  /** Creates the vault in this object (its schema first); false if it exists already. */
+  async createVault(row: VaultRow): Promise<boolean> {
+    if (!this.ready) {
+      migrate(this.ctx.storage);
+      this.ready = true;
+    }
+    const created = await createVault(this.db.asD1(), row);
+    if (created) await this.scheduleRetention(true);
+    return created;
+  }
+
+  /**
+   * This vault's id if a paper with `recoveryId` opens it: its current
+   * replacement's id, or its own id while its paper was never replaced.
+   */
+  async recoveryVault(recoveryId: string): Promise<string | null> {
+    const row = await this.db
+      .prepare(
+        `SELECT COALESCE(
+           (SELECT vault_id FROM recovery_ids WHERE recovery_id = ?1),
+           (SELECT id FROM vaults WHERE id = ?1 AND recovery_n = 0)) AS vault_id`,
+      )
+      .bind(recoveryId)
+      .first<{ vault_id: string | null }>();
+    return row?.vault_id ?? null;
+  }
+
+  /** True if this object holds a vault. */
+  async isVault(): Promise<boolean> {
+    return this.ready && (await this.db.prepare('SELECT 1 FROM vaults').first()) !== null;
+  }
+
+  // ---- retention --------------------------------------------------------------------
+
+  private vaultId(): string | null {
+    if (!this.ready) return null;
+    return this.ctx.storage.sql.exec<{ id: string }>('SELECT id FROM vaults LIMIT 1').toArray()[0]?.id ?? null;
+  }
+
+  /** The retention job for this vault (worker/cron.ts), now; nothing for an object without a vault. */
+  async runRetention(now: number): Promise<CronReport | null> {
+    const vaultId = this.vaultId();
+    if (vaultId === null) return null;
+    return runCron(this.routeEnv, now, vaultId);
+  }
+
+  /** Sets the next retention run (now + RETENTION_EVERY_MS) if none is set, or afresh when `reset`. */
+  private async scheduleRetention(reset: boolean): Promise<void> {
+    const every = retentionEvery(this.env);
+    if (every <= 0) return;
+    let due = Number((await getCronState(this.db.asD1(), RETENTION_NEXT)) ?? NaN);
+    if (reset || !Number.isFinite(due)) {
+      due = Date.now() + every;
+      await setCronState(this.db.asD1(), RETENTION_NEXT, String(due));
+    }
+    await this.armAlarm(due);
+  }
+
+  // ---- live sockets (Live) -------------------------------------------------------------
+
+  /** Accepts the upgrade; the socket waits for its auth message until LIVE_AUTH_TIMEOUT_MS. */
+  async connectLive(vaultId: string): Promise<Response> {
+    const pair = new WebSocketPair();
+    const server = pair[1];
+    this.ctx.acceptWebSocket(server);
+    const deadline = Date.now() + LIVE_AUTH_TIMEOUT_MS;
+    server.serializeAttachment({ vaultId, deadline } satisfies Attachment);
+    await this.armAlarm(deadline);
+    return new Response(null, { status: 101, webSocket: pair[0] });
+  }
+
+  /** Sends `{"type":"announce", ...message}` to every authenticated socket; how many. */
+  async announce(message: Record<string, unknown>): Promise<number> {
+    const { type: _ignored, ...fields } = message;
+    const text = JSON.stringify({ type: 'announce', ...fields });
+    let delivered = 0;
+    for (const ws of this.ctx.getWebSockets()) {
+      if (deviceOf(ws) === null) continue;
+      try {
+        ws.send(text);
+        delivered++;
+      } catch {
+        // a socket closing under us: it will get webSocketClose
+      }
+    }
+    return delivered;
+  }
+
+  /** Closes a revoked device's sockets. */
+  async disconnect(deviceId: string): Promise<number> {
+    let closed = 0;
+    for (const ws of this.ctx.getWebSockets()) {
+      if (deviceOf(ws) !== deviceId) continue;
+      close(ws, WS_CLOSE_DEVICE_REVOKED, WS_CLOSE_DEVICE_REVOKED_REASON);
+      closed++;
+    }
+    return closed;
+  }
+
+  /** The first message authenticates the socket; after that, clients only listen (the ping is auto-answered). */
+  override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+    const a = attachmentOf(ws);
+    if (a === null) return close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
+    if ('deviceId' in a) return;
+    const token = authToken(message);
+    const who = token === null ? 'unauthorized' : await deviceOfToken(this.routeEnv, a.vaultId, token, Date.now());
+    if (who === 'revoked') return close(ws, WS_CLOSE_DEVICE_REVOKED, WS_CLOSE_DEVICE_REVOKED_REASON);
+    if (who === 'unauthorized') return close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
+    // A second auth message sent before the first was answered: one hello.
+    const now = attachmentOf(ws);
+    if (now === null || 'deviceId' in now) return;
+    ws.serializeAttachment({ vaultId: a.vaultId, deviceId: who.deviceId } satisfies Attachment);
+    ws.send(JSON.stringify({ type: 'hello', time: Date.now() }));
+  }
+
+  override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
+    close(ws, code === 1005 || code === 1006 ? 1000 : code, reason);
+  }
+
+  override async webSocketError(ws: WebSocket): Promise<void> {
+    close(ws, 1011, 'error');
+  }
+
+  // ---- the alarm ---------------------------------------------------------------------------
+
+  /**
+   * Closes every socket whose auth deadline passed and, when due, runs the
+   * retention job; then sets the alarm again for whichever comes next.
+   */
+  override async alarm(): Promise<void> {
+    const now = Date.now();
+    let next = Infinity;
+    for (const ws of this.ctx.getWebSockets()) {
+      const a = attachmentOf(ws);
+      if (a === null || 'deviceId' in a) continue;
+      if (a.deadline <= now) close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
+      else next = Math.min(next, a.deadline);
+    }
+    const every = retentionEvery(this.env);
+    if (this.ready && every > 0) {
+      let due = Number((await getCronState(this.db.asD1(), RETENTION_NEXT)) ?? 0);
+      if (!Number.isFinite(due) || due <= now) {
+        try {
+          await this.runRetention(now);
+        } catch (err) {
+          console.error('casa-relay: retention failed:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
+        }
+        due = Date.now() + every;
+        await setCronState(this.db.asD1(), RETENTION_NEXT, String(due));
+      }
+      next = Math.min(next, due);
+    }
+    if (next !== Infinity) await this.ctx.storage.setAlarm(next);
+  }
+
+  /** The alarm at `at`, unless one is already set as early. */
+  private async armAlarm(at: number): Promise<void> {
+    const current = await this.ctx.storage.getAlarm();
+    if (current === null || current > at) await this.ctx.storage.setAlarm(at);
+  }
+}
