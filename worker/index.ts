@@ -22,8 +22,12 @@ import { vaultStub, type Env, type RouteEnv } from './env.js';
 import { JSON_BODY_LIMIT, errorBody } from './http.js';
 import { deleteOldNameplates, vaultOfNameplate } from './index-db.js';
 import { PAIRING_KEEP_MS } from './cron.js';
+import { legacyVaultIds } from './legacy.js';
 
 export { Vault } from './vault.js';
+
+/** How many vaults the cron moves out of an older relay's D1 per run (worker/legacy.ts); requests move theirs at once. */
+const LEGACY_PER_RUN = 500;
 
 const VAULT_PATH = /^\/v1\/vaults\/([0-9a-f]{32})\//;
 const PAIRING_PATH = /^\/v1\/pairings\/([1-9][0-9]{0,8})(?:\/|$)/;
@@ -76,6 +80,14 @@ async function route(request: Request, env: Env, ctx: ExecutionContext): Promise
 export default {
   fetch: route,
   async scheduled(_controller: ScheduledController, env: Env, _ctx: ExecutionContext): Promise<void> {
+    // Vaults still in an older relay's D1 move into their objects, LEGACY_PER_RUN a run (worker/legacy.ts).
+    for (const vaultId of await legacyVaultIds(env.DB, LEGACY_PER_RUN)) {
+      try {
+        await vaultStub(env, vaultId).adoptLegacy(vaultId);
+      } catch (err) {
+        console.error(`casa-relay: moving vault ${vaultId} out of D1 failed:`, err instanceof Error ? err.message : 'non-error thrown');
+      }
+    }
     // Nameplates an hour past their session's expiry (their sessions are gone from the vaults by then too).
     for (let round = 0; round < 4; round++) {
       if ((await deleteOldNameplates(env.DB, Date.now() - PAIRING_KEEP_MS, 500)) < 500) break;

@@ -37,21 +37,23 @@ export function hasSchema(sql: SqlStorage): boolean {
 
 /** Applies the migrations not yet applied, all in one transaction (all or nothing); returns their names. */
 export function migrate(storage: DurableObjectStorage): string[] {
-  const sql = storage.sql;
-  return storage.transactionSync(() => {
-    sql.exec(`CREATE TABLE IF NOT EXISTS ${TABLE} (
-      id         INTEGER PRIMARY KEY AUTOINCREMENT,
-      name       TEXT UNIQUE,
-      applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
-    )`);
-    const done = new Set(sql.exec<{ name: string }>(`SELECT name FROM ${TABLE}`).toArray().map((r) => r.name));
-    const applied: string[] = [];
-    for (const [name, text] of MIGRATIONS) {
-      if (done.has(name)) continue;
-      for (const statement of splitSql(text)) sql.exec(statement);
-      sql.exec(`INSERT INTO ${TABLE} (name) VALUES (?1)`, name);
-      applied.push(name);
-    }
-    return applied;
-  });
+  return storage.transactionSync(() => migrateIn(storage.sql));
+}
+
+/** migrate() inside a transaction the caller holds. */
+export function migrateIn(sql: SqlStorage): string[] {
+  sql.exec(`CREATE TABLE IF NOT EXISTS ${TABLE} (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT UNIQUE,
+    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
+  )`);
+  const done = new Set(sql.exec<{ name: string }>(`SELECT name FROM ${TABLE}`).toArray().map((r) => r.name));
+  const applied: string[] = [];
+  for (const [name, text] of MIGRATIONS) {
+    if (done.has(name)) continue;
+    for (const statement of splitSql(text)) sql.exec(statement);
+    sql.exec(`INSERT INTO ${TABLE} (name) VALUES (?1)`, name);
+    applied.push(name);
+  }
+  return applied;
 }

@@ -48,7 +48,8 @@ import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
 import type { Env, Live, RouteEnv } from './env.js';
 import { getCronState, setCronState } from './snapshot-db.js';
-import { hasSchema, migrate } from './schema.js';
+import { deleteLegacyVault, readLegacyVault, writeLegacyRows } from './legacy.js';
+import { hasSchema, migrate, migrateIn } from './schema.js';
 
 /** A socket's state, kept as its attachment (it survives hibernation). */
 type Attachment =
@@ -90,6 +91,9 @@ function close(ws: WebSocket, code: number, reason: string): void {
   }
 }
 
+/** A request that names its vault (the Worker forwards only well-formed ids). */
+const VAULT_PATH = /^\/v1\/vaults\/([0-9a-f]{32})\//;
+
 /** When the next retention run is due (the vault's cron_state). */
 const RETENTION_NEXT = 'retention:next';
 
@@ -103,6 +107,8 @@ export class Vault extends DurableObject<Env> implements Live {
   private readonly db: DoDatabase;
   private ready = false;
   private readonly routeEnv: RouteEnv;
+  /** A move from an older relay's D1 under way (worker/legacy.ts). */
+  private adopting: Promise<void> | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -123,6 +129,8 @@ export class Vault extends DurableObject<Env> implements Live {
   override async fetch(request: Request): Promise<Response> {
     const url = new URL(request.url);
     if (url.pathname.startsWith('/_relay/')) return this.internal(request, url.pathname);
+    const named = VAULT_PATH.exec(url.pathname);
+    if (named !== null) await this.ensure(named[1]!);
     return app.fetch(request, this.routeEnv, {
       waitUntil: (p: Promise<unknown>) => this.ctx.waitUntil(p),
       passThroughOnException: () => {},
@@ -163,6 +171,7 @@ export class Vault extends DurableObject<Env> implements Live {
 
   /** Creates the vault in this object (its schema first); false if it exists already. */
   async createVault(row: VaultRow): Promise<boolean> {
+    await this.ensure(row.id);
     if (!this.ready) {
       migrate(this.ctx.storage);
       this.ready = true;
@@ -176,7 +185,8 @@ export class Vault extends DurableObject<Env> implements Live {
    * This vault's id if a paper with `recoveryId` opens it: its current
    * replacement's id, or its own id while its paper was never replaced.
    */
-  async recoveryVault(recoveryId: string): Promise<string | null> {
+  async recoveryVault(vaultId: string, recoveryId: string): Promise<string | null> {
+    await this.ensure(vaultId);
     const row = await this.db
       .prepare(
         `SELECT COALESCE(
@@ -188,9 +198,52 @@ export class Vault extends DurableObject<Env> implements Live {
     return row?.vault_id ?? null;
   }
 
-  /** True if this object holds a vault. */
-  async isVault(): Promise<boolean> {
+  /** True if this object holds the vault `vaultId` (its name). */
+  async isVault(vaultId: string): Promise<boolean> {
+    await this.ensure(vaultId);
     return this.ready && (await this.db.prepare('SELECT 1 FROM vaults').first()) !== null;
+  }
+
+  /**
+   * The cron's move of a vault still in an older relay's D1 (worker/legacy.ts):
+   * adopts its rows unless this object holds the vault already, then deletes
+   * them from D1 (again, if an earlier delete failed).
+   */
+  async adoptLegacy(vaultId: string): Promise<void> {
+    await this.ensure(vaultId);
+    if (this.ready) await deleteLegacyVault(this.env.DB, vaultId);
+  }
+
+  /**
+   * Before anything else is asked of the vault `vaultId` (this object's
+   * name): if the object holds nothing yet and an older relay's D1 holds
+   * the vault, its rows move here first, with no other request let in
+   * meanwhile (blockConcurrencyWhile).
+   */
+  private async ensure(vaultId: string): Promise<void> {
+    if (this.ready) return;
+    this.adopting ??= this.ctx.blockConcurrencyWhile(() => this.adopt(vaultId)).finally(() => {
+      this.adopting = null;
+    });
+    await this.adopting;
+  }
+
+  private async adopt(vaultId: string): Promise<void> {
+    if (this.ready) return;
+    const rows = await readLegacyVault(this.env.DB, vaultId);
+    if (rows === null) return;
+    const n = this.ctx.storage.transactionSync(() => {
+      migrateIn(this.ctx.storage.sql);
+      return writeLegacyRows(this.ctx.storage.sql, rows);
+    });
+    this.ready = true;
+    console.log(`casa-relay: moved vault ${vaultId} from D1 into its object (${n} rows)`);
+    try {
+      await deleteLegacyVault(this.env.DB, vaultId);
+    } catch (err) {
+      console.error('casa-relay: deleting a moved vault from D1 failed (the cron retries):', err instanceof Error ? err.message : 'non-error thrown');
+    }
+    await this.scheduleRetention(true);
   }
 
   // ---- retention --------------------------------------------------------------------

@@ -33,6 +33,8 @@ export interface TestRelay {
   r2(): R2Bucket;
   /** Runs the cron and every vault's retention job, now. */
   runCron(): Promise<void>;
+  /** The ids (hex) of the vault objects on disk. */
+  vaultObjectIds(): Promise<string[]>;
   /** SQL in one vault's object (worker/vault.ts test hook), D1-shaped. */
   vault(vaultId: string): VaultSql;
   /** SQL in every vault's object at once: rows of all, changes summed (for tests that query by another key than the vault). */
@@ -129,6 +131,7 @@ export async function startTestRelay(
       dataDir,
       mf: relay.mf,
       runCron: relay.runCron,
+      vaultObjectIds: relay.vaultObjectIds,
       d1: () => d1,
       r2: () => r2,
       vault: (vaultId: string) =>

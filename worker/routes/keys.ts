@@ -509,11 +509,11 @@ keyRoutes.post('/:vaultId/recovery', requireDevice(), jsonBodyLimitOf(LARGE_JSON
 
 /** True if `id` is a vault's id, or another vault's recovery id (the index, confirmed by that vault's object). */
 async function recoveryIdTaken(c: Context<AppEnv>, id: string): Promise<boolean> {
-  if (await vaultStub(c.env, id).isVault()) return true;
+  if (await vaultStub(c.env, id).isVault(id)) return true;
   const holder = await vaultOfRecoveryId(c.env.INDEX, id);
   if (holder === null) return false;
   if (holder === c.var.vaultId) return (await listRecoveryIds(c, holder)) === id;
-  return (await vaultStub(c.env, holder).recoveryVault(id)) === holder;
+  return (await vaultStub(c.env, holder).recoveryVault(holder, id)) === holder;
 }
 
 /** This vault's current recovery id, if its paper was replaced. */
@@ -533,8 +533,8 @@ recoveryRoutes.get('/:recoveryId', limitByIp('ENROLL_LIMITER'), async (c) => {
   // Runs in the Worker: the index names a replaced paper's vault, whose object confirms it; else a vault of that id never replaced.
   const indexed = await vaultOfRecoveryId(c.env.INDEX, recoveryId);
   const vaultId =
-    (indexed === null ? null : await vaultStub(c.env, indexed).recoveryVault(recoveryId)) ??
-    (await vaultStub(c.env, recoveryId).recoveryVault(recoveryId));
+    (indexed === null ? null : await vaultStub(c.env, indexed).recoveryVault(indexed, recoveryId)) ??
+    (await vaultStub(c.env, recoveryId).recoveryVault(recoveryId, recoveryId));
   if (vaultId === null) throw notFound();
   return c.json({ vaultId });
 });
