@@ -78,7 +78,7 @@ function numberVar(text: string | undefined, fallback: number, min: number): num
   return Number.isSafeInteger(n) ? Math.max(n, min) : fallback;
 }
 
-function retentionSettings(env: RouteEnv): { windowMs: number; graceMs: number } {
+export function retentionSettings(env: Pick<RouteEnv, 'RETENTION_WINDOW' | 'PACK_GRACE_MS'>): { windowMs: number; graceMs: number } {
   return {
     // A malformed window falls back to the default, never to no protection.
     windowMs: numberVar(env.RETENTION_WINDOW, DEFAULT_RETENTION_WINDOW_MS, 0),

@@ -43,11 +43,21 @@ import {
 } from '../src/protocol/messages.js';
 import { app } from './app.js';
 import { deviceOfToken } from './auth.js';
-import { runCron, type CronReport } from './cron.js';
+import { retentionSettings, runCron, type CronReport } from './cron.js';
 import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
 import type { Env, Live, RouteEnv } from './env.js';
 import { getCronState, setCronState } from './snapshot-db.js';
+import {
+  abandonedSettings,
+  deleteVaultBlobs,
+  expiringVault,
+  finishExpiry,
+  lastSeen,
+  reportAbandoned,
+  wipeRows,
+  type AbandonedState,
+} from './abandoned.js';
 import { deleteLegacyVault, readLegacyVault, writeLegacyRows } from './legacy.js';
 import { hasSchema, migrate, migrateIn } from './schema.js';
 
@@ -94,6 +104,10 @@ function close(ws: WebSocket, code: number, reason: string): void {
 /** A request that names its vault (the Worker forwards only well-formed ids). */
 const VAULT_PATH = /^\/v1\/vaults\/([0-9a-f]{32})\//;
 
+/** How many blobs an expiring vault deletes per step, and how soon the next step comes. */
+const EXPIRY_BLOBS_PER_STEP = 10_000;
+const EXPIRY_STEP_MS = 30_000;
+
 /** When the next retention run is due (the vault's cron_state). */
 const RETENTION_NEXT = 'retention:next';
 
@@ -117,7 +131,11 @@ export class Vault extends DurableObject<Env> implements Live {
     // Answered by the runtime without waking the object.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('{"type":"ping"}', '{"type":"pong"}'));
     void ctx.blockConcurrencyWhile(async () => {
-      if (!hasSchema(ctx.storage.sql)) return;
+      if (!hasSchema(ctx.storage.sql)) {
+        // A vault being expired (worker/abandoned.ts) goes on deleting its blobs.
+        if (expiringVault(ctx.storage.sql) !== null) await this.armAlarm(Date.now() + EXPIRY_STEP_MS);
+        return;
+      }
       migrate(ctx.storage);
       this.ready = true;
       await this.scheduleRetention(false);
@@ -172,6 +190,8 @@ export class Vault extends DurableObject<Env> implements Live {
   /** Creates the vault in this object (its schema first); false if it exists already. */
   async createVault(row: VaultRow): Promise<boolean> {
     await this.ensure(row.id);
+    // An expired vault's id is taken again only once its blobs are gone.
+    if (expiringVault(this.ctx.storage.sql) !== null) return false;
     if (!this.ready) {
       migrate(this.ctx.storage);
       this.ready = true;
@@ -253,11 +273,46 @@ export class Vault extends DurableObject<Env> implements Live {
     return this.ctx.storage.sql.exec<{ id: string }>('SELECT id FROM vaults LIMIT 1').toArray()[0]?.id ?? null;
   }
 
-  /** The retention job for this vault (worker/cron.ts), now; nothing for an object without a vault. */
-  async runRetention(now: number): Promise<CronReport | null> {
+  /**
+   * The retention job for this vault (worker/cron.ts), now, then the
+   * abandoned-vault check (worker/abandoned.ts); for an object expiring its
+   * vault, the next step of that; nothing for an object without a vault.
+   */
+  async runRetention(now: number): Promise<(CronReport & { abandoned: AbandonedState }) | null> {
     const vaultId = this.vaultId();
-    if (vaultId === null) return null;
-    return runCron(this.routeEnv, now, vaultId);
+    if (vaultId === null) {
+      await this.continueExpiry(now);
+      return null;
+    }
+    const report = await runCron(this.routeEnv, now, vaultId);
+    const settings = abandonedSettings(this.env, retentionSettings(this.routeEnv).windowMs);
+    let abandoned: AbandonedState = 'active';
+    if (await reportAbandoned(this.env.DB, vaultId, lastSeen(this.ctx.storage.sql), now, settings.afterMs)) {
+      abandoned = 'reported';
+      if (settings.policy === 'expire') {
+        console.log(`casa-relay: expiring abandoned vault ${vaultId} (ABANDONED_POLICY=expire)`);
+        for (const ws of this.ctx.getWebSockets()) close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
+        wipeRows(this.ctx.storage, vaultId, now);
+        this.ready = false;
+        await this.continueExpiry(now);
+        abandoned = 'expired';
+      }
+    }
+    return { ...report, abandoned };
+  }
+
+  /** Deletes the next EXPIRY_BLOBS_PER_STEP blobs of an expiring vault; once none are left, its index rows and this object's storage. */
+  private async continueExpiry(now: number): Promise<void> {
+    const vaultId = expiringVault(this.ctx.storage.sql);
+    if (vaultId === null) return;
+    if (!(await deleteVaultBlobs(this.env.BLOBS, vaultId, EXPIRY_BLOBS_PER_STEP))) {
+      await this.armAlarm(now + EXPIRY_STEP_MS);
+      return;
+    }
+    await finishExpiry(this.env.DB, vaultId, now);
+    await this.ctx.storage.deleteAlarm();
+    await this.ctx.storage.deleteAll();
+    console.log(`casa-relay: vault ${vaultId} expired`);
   }
 
   /** Sets the next retention run (now + RETENTION_EVERY_MS) if none is set, or afresh when `reset`. */
@@ -352,6 +407,7 @@ export class Vault extends DurableObject<Env> implements Live {
       if (a.deadline <= now) close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
       else next = Math.min(next, a.deadline);
     }
+    if (!this.ready && expiringVault(this.ctx.storage.sql) !== null) return this.continueExpiry(now);
     const every = retentionEvery(this.env);
     if (this.ready && every > 0) {
       let due = Number((await getCronState(this.db.asD1(), RETENTION_NEXT)) ?? 0);
