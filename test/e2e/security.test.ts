@@ -365,10 +365,11 @@ describe('a relay that shows devices different key histories (casa verify --sync
     await ok(a, ['rotate']);
     expect((await verify(a, 0)).doc.key_history.epoch).toBe(4);
     const epoch3 = await d1().prepare("SELECT json_extract(record, '$.keyId') AS keyId FROM epochs WHERE vault_id = ? AND epoch = 3").bind(vault).first<{ keyId: string }>();
-    await d1().batch([
-      d1().prepare('UPDATE vaults SET epoch = 3, epoch_key_id = ? WHERE id = ?').bind(epoch3!.keyId, vault),
-      d1().prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 4').bind(vault),
-      d1().prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 4').bind(vault),
+    const inVault = relay.relay.vault(vault);
+    await inVault.batch([
+      inVault.prepare('UPDATE vaults SET epoch = 3, epoch_key_id = ? WHERE id = ?').bind(epoch3!.keyId, vault),
+      inVault.prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 4').bind(vault),
+      inVault.prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 4').bind(vault),
     ]);
     const withheld = await verify(b, 6);
     expect(withheld.doc.key_history.epoch).toBe(3);
@@ -392,10 +393,11 @@ describe('a relay that shows devices different key histories (casa verify --sync
     // The desk starts epoch 2 and publishes its digest under it; the relay then drops that epoch and takes the laptop's.
     await ok(a, ['rotate']);
     expect((await verify(a, 0)).doc.key_history.epoch).toBe(2);
-    await d1().batch([
-      d1().prepare('UPDATE vaults SET epoch = 1, epoch_key_id = ? WHERE id = ?').bind(epoch1!.keyId, vault),
-      d1().prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 2').bind(vault),
-      d1().prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 2').bind(vault),
+    const inVault = relay.relay.vault(vault);
+    await inVault.batch([
+      inVault.prepare('UPDATE vaults SET epoch = 1, epoch_key_id = ? WHERE id = ?').bind(epoch1!.keyId, vault),
+      inVault.prepare('DELETE FROM epoch_wraps WHERE vault_id = ? AND epoch >= 2').bind(vault),
+      inVault.prepare('DELETE FROM epochs WHERE vault_id = ? AND epoch >= 2').bind(vault),
     ]);
     await ok(b, ['rotate']);
     const forked = await verify(b, 6);
