@@ -6,8 +6,10 @@
  * reports the vault's usage beside its quotas.
  *
  * - stored bytes: the vault's packs, changesets and pending manifests as
- *   stored (ciphertext sizes), checked before a pack, manifest or changeset
- *   is written; concurrent uploads may pass it by at most their own sizes;
+ *   stored (ciphertext sizes), kept as a counter by triggers in the vault's
+ *   object (migrations/0008_usage.sql), checked before a pack, manifest or
+ *   changeset is written; concurrent uploads may pass it by at most their
+ *   own sizes;
  * - devices: certified devices not revoked, checked at enrolment;
  * - live pairing sessions: checked when a session is opened;
  * - commits and changeset pushes per day: those the relay received in the
@@ -70,17 +72,17 @@ export interface Usage {
 
 /** One statement per count, so a check reads only what it checks (a push does not count devices). */
 const COUNTS = {
-  storedBytes: `SELECT (SELECT coalesce(sum(bytes), 0) FROM packs WHERE vault_id = ?1)
-                  + (SELECT coalesce(sum(bytes), 0) FROM changesets WHERE vault_id = ?1)
-                  + (SELECT coalesce(sum(bytes), 0) FROM manifest_uploads WHERE vault_id = ?1) AS n`,
+  // Kept by triggers in the vault's object (migrations/0008_usage.sql): one row read, however big the vault.
+  storedBytes: "SELECT value AS n FROM usage WHERE name = 'stored_bytes'",
   devices: 'SELECT count(*) AS n FROM devices WHERE vault_id = ?1 AND revoked_at IS NULL',
   commitsToday: 'SELECT count(*) AS n FROM snapshots WHERE vault_id = ?1 AND time > ?2',
   pushesToday: 'SELECT count(*) AS n FROM changesets WHERE vault_id = ?1 AND created_at > ?2',
 } as const;
 
 async function count(db: D1Database, what: keyof typeof COUNTS, vaultId: string, now: number): Promise<number> {
-  const st = db.prepare(COUNTS[what]);
-  const row = await (COUNTS[what].includes('?2') ? st.bind(vaultId, now - DAY_MS) : st.bind(vaultId)).first<{ n: number }>();
+  const sql = COUNTS[what];
+  const params = sql.includes('?2') ? [vaultId, now - DAY_MS] : sql.includes('?1') ? [vaultId] : [];
+  const row = await db.prepare(sql).bind(...params).first<{ n: number }>();
   return row?.n ?? 0;
 }
 

@@ -18,6 +18,7 @@ import m0003 from '../migrations/0003_pairing.sql';
 import m0004 from '../migrations/0004_changesets.sql';
 import m0005 from '../migrations/0005_digests.sql';
 import m0007 from '../migrations/0007_keys.sql';
+import m0008 from '../migrations/0008_usage.sql';
 
 export const MIGRATIONS: readonly (readonly [name: string, sql: string])[] = [
   ['0001_init.sql', m0001],
@@ -26,6 +27,7 @@ export const MIGRATIONS: readonly (readonly [name: string, sql: string])[] = [
   ['0004_changesets.sql', m0004],
   ['0005_digests.sql', m0005],
   ['0007_keys.sql', m0007],
+  ['0008_usage.sql', m0008],
 ];
 
 const TABLE = 'd1_migrations';

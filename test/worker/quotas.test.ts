@@ -45,8 +45,8 @@ async function refusal(res: Response): Promise<Record<string, unknown>> {
   return body;
 }
 
-function push(vaultId: string, token: string, seq: number, body: Uint8Array): Promise<Response> {
-  return fetch(`${relay.url}/v1/vaults/${vaultId}/changesets`, {
+function push(vaultId: string, token: string, seq: number, body: Uint8Array, base = relay.url): Promise<Response> {
+  return fetch(`${base}/v1/vaults/${vaultId}/changesets`, {
     method: 'POST',
     headers: { ...bearer(token), 'content-type': 'application/octet-stream', 'X-Casa-Sha256': sha256Hex(body), 'X-Casa-Seq': String(seq) },
     body,
@@ -122,5 +122,41 @@ describe('quotas', () => {
     expect(rows).toContain('device_enrolled');
     expect(rows.filter((e) => e === 'token_issued').length).toBeLessThanOrEqual(6);
     expect(rows.length).toBeLessThan(before);
+  });
+
+  it('stored bytes is a counter in the vault object that stays the sum of what is stored, through uploads, re-uploads, commits and retention', async () => {
+    const r = await startTestRelay({ vars: { RETENTION_WINDOW: '0', PACK_GRACE_MS: '0' } });
+    try {
+      const { vault, token } = await setupVault(r.url);
+      const v = vault.vaultId;
+      const sum = async () =>
+        (await r.vault(v).prepare(
+          `SELECT (SELECT coalesce(sum(bytes), 0) FROM packs) + (SELECT coalesce(sum(bytes), 0) FROM changesets)
+                  + (SELECT coalesce(sum(bytes), 0) FROM manifest_uploads) AS n, (SELECT value FROM usage WHERE name = 'stored_bytes') AS kept`,
+        ).first<{ n: number; kept: number }>())!;
+      const used = async () => {
+        const res = await fetch(`${r.url}/v1/vaults/${v}/status`, { headers: bearer(token) });
+        return ((await res.json()) as { usage: { storedBytes: number } }).usage.storedBytes;
+      };
+      const packA = await uploadPack(r.url, v, token, randomBytes(700));
+      const packB = await uploadPack(r.url, v, token, randomBytes(300));
+      await putObject(`${r.url}/v1/vaults/${v}/packs/${packA}`, token, randomBytes(700)); // a re-upload keeps the first copy
+      await push(v, token, 1, randomBytes(50), r.url).then((res) => expect(res.status).toBe(201));
+      const pending = randomHex(16);
+      await uploadManifest(r.url, v, token, pending, randomBytes(40));
+      await uploadManifest(r.url, v, token, pending, randomBytes(90)); // replaced before its commit
+      let now = await sum();
+      expect(now.kept).toBe(now.n);
+      expect(now.n).toBe(700 + 300 + 50 + 90);
+      expect(await used()).toBe(now.n);
+      await commitSnapshot(r.url, v, token, 1, [packA]);
+      await r.runCron(); // packB: unreferenced past its (zero) grace, deleted
+      now = await sum();
+      expect(now.kept).toBe(now.n);
+      expect(await used()).toBe(now.n);
+      expect((await r.vault(v).prepare('SELECT count(*) AS n FROM packs WHERE id = ?1').bind(packB).first<{ n: number }>())!.n).toBe(0);
+    } finally {
+      await r.stop();
+    }
   });
 });
