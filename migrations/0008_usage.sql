@@ -37,5 +37,20 @@ BEGIN UPDATE usage SET value = value - OLD.bytes + NEW.bytes WHERE name = 'store
 CREATE TRIGGER usage_manifests_delete AFTER DELETE ON manifest_uploads
 BEGIN UPDATE usage SET value = value - OLD.bytes WHERE name = 'stored_bytes'; END;
 
+-- The audit rows likewise (`audit_rows`): the retention job prunes past
+-- QUOTA_AUDIT_ROWS without counting the log each run.
+INSERT INTO usage (name, value) VALUES ('audit_rows', (SELECT count(*) FROM audit_log));
+CREATE TRIGGER usage_audit_insert AFTER INSERT ON audit_log
+BEGIN UPDATE usage SET value = value + 1 WHERE name = 'audit_rows'; END;
+CREATE TRIGGER usage_audit_delete AFTER DELETE ON audit_log
+BEGIN UPDATE usage SET value = value - 1 WHERE name = 'audit_rows'; END;
+
+-- Orphan sweeps list R2, which is billed per call: the retention job sweeps
+-- only after an upload (worker/vault.ts marks `sweep:due`), so an idle
+-- vault lists nothing. An object that held its vault before this migration
+-- sweeps once after it (a new one has nothing to sweep yet).
+INSERT INTO cron_state (name, value) SELECT 'sweep:due', '0' WHERE EXISTS (SELECT 1 FROM vaults)
+  ON CONFLICT (name) DO NOTHING;
+
 CREATE INDEX snapshots_time ON snapshots (time);
 CREATE INDEX changesets_created ON changesets (created_at);

@@ -69,6 +69,8 @@ export interface CronReport {
   pairingSessionsDeleted: number;
   /** Audit rows past a vault's QUOTA_AUDIT_ROWS (worker/quotas.ts). */
   auditRowsDeleted: number;
+  /** R2 list calls made (billed per call: an idle vault makes none). */
+  r2Lists: number;
 }
 
 /** A var as a whole number (at least `min`), or the default when unset or malformed. */
@@ -115,6 +117,7 @@ export async function runCron(env: RouteEnv, now: number, vaultId: string): Prom
     orphansDeleted: 0,
     pairingSessionsDeleted: 0,
     auditRowsDeleted: 0,
+    r2Lists: 0,
   };
 
   // 1. Snapshots older than the window that their day, week or month does not keep, with their references and manifests.
@@ -151,8 +154,22 @@ export async function runCron(env: RouteEnv, now: number, vaultId: string): Prom
     }
   }
 
-  // 4. Blobs under the vault's packs/, manifests/ and changesets/ prefixes that no row names, older than the grace period.
-  for (const kind of UPLOAD_KINDS) report.orphansDeleted += await sweepOrphans(env, `${kind}/${vaultId}/`, cutoff);
+  // 4. Blobs under the vault's packs/, manifests/ and changesets/ prefixes that no row names, older than the grace period:
+  //    only once an upload (the only way to leave one) is past the grace period, so an idle vault lists nothing in R2.
+  const due = Number((await getCronState(env.DB, SWEEP_DUE)) ?? NaN);
+  if (Number.isFinite(due) && due < cutoff) {
+    let done = true;
+    for (const kind of UPLOAD_KINDS) {
+      const r = await sweepOrphans(env, `${kind}/${vaultId}/`, cutoff, report);
+      report.orphansDeleted += r.deleted;
+      done &&= r.done;
+    }
+    if (done) {
+      // Uploads since the cutoff are not covered yet: the next sweep comes once the newest of them is past the grace period.
+      const last = Number((await getCronState(env.DB, UPLOAD_LAST)) ?? 0);
+      await setCronState(env.DB, SWEEP_DUE, last >= cutoff ? String(last) : null);
+    }
+  }
 
   // 5. Expired challenges.
   report.expiredChallenges = await deleteExpiredChallenges(env.DB, now);
@@ -165,40 +182,36 @@ export async function runCron(env: RouteEnv, now: number, vaultId: string): Prom
   }
 
   // 7. Audit rows beyond each vault's quota, oldest first; membership events are never dropped.
-  report.auditRowsDeleted = await pruneAudit(env.DB, quotasOf(env).auditRows, BATCH);
+  report.auditRowsDeleted = await pruneAudit(env.DB, quotasOf(env).auditRows);
   return report;
 }
 
 /** Events that are the vault's membership history: kept whatever the quota (bounded by the devices quota). */
 const KEPT_EVENTS = "('vault_created', 'device_enrolled', 'device_revoked', 'epoch_created', 'paper_replaced')";
 
-/** Deletes the oldest other audit rows of vaults that hold more than `keep` rows, at most `batch` vaults per run. */
-export async function pruneAudit(db: D1Database, keep: number, batch: number): Promise<number> {
-  const over = await db
-    .prepare(`SELECT vault_id FROM audit_log GROUP BY vault_id HAVING count(*) > ?1 LIMIT ?2`)
-    .bind(keep, batch)
-    .all<{ vault_id: string }>();
-  let deleted = 0;
-  for (const { vault_id } of over.results) {
-    const res = await db
-      .prepare(
-        `DELETE FROM audit_log WHERE vault_id = ?1 AND event NOT IN ${KEPT_EVENTS}
-           AND id <= (SELECT id FROM audit_log WHERE vault_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)`,
-      )
-      .bind(vault_id, keep)
-      .run();
-    deleted += res.meta.changes ?? 0;
-  }
-  return deleted;
+/** Deletes the oldest other audit rows once the vault holds more than a tenth past `keep`, down to `keep` (its object holds one vault). */
+export async function pruneAudit(db: D1Database, keep: number): Promise<number> {
+  // The count is kept by triggers (migrations/0008_usage.sql); prune only a tenth past the quota, so a run reads one row.
+  const rows = await db.prepare("SELECT value AS n FROM usage WHERE name = 'audit_rows'").first<{ n: number }>();
+  if ((rows?.n ?? 0) <= keep + Math.floor(keep / 10)) return 0;
+  const res = await db
+    .prepare(
+      `DELETE FROM audit_log WHERE event NOT IN ${KEPT_EVENTS}
+         AND id <= (SELECT id FROM audit_log ORDER BY id DESC LIMIT 1 OFFSET ?1)`,
+    )
+    .bind(keep)
+    .run();
+  return res.meta.changes ?? 0;
 }
 
 /** Lists up to ROUNDS × BATCH keys under `prefix` from the saved cursor, deleting the unnamed old ones. */
-async function sweepOrphans(env: RouteEnv, prefix: string, cutoff: number): Promise<number> {
+async function sweepOrphans(env: RouteEnv, prefix: string, cutoff: number, report: CronReport): Promise<{ deleted: number; done: boolean }> {
   const cursorName = `sweep:${prefix}`;
   let startAfter = (await getCronState(env.DB, cursorName)) ?? undefined;
   let deleted = 0;
   for (let round = 0; round < ROUNDS; round++) {
     const page = await env.BLOBS.list({ prefix, limit: BATCH, ...(startAfter === undefined ? {} : { startAfter }) });
+    report.r2Lists++;
     const old = page.objects.filter((o) => o.uploaded.getTime() < cutoff).map((o) => o.key);
     const orphans = await unnamedKeys(env.DB, old);
     await deleteBlobs(env.BLOBS, orphans);
@@ -208,5 +221,9 @@ async function sweepOrphans(env: RouteEnv, prefix: string, cutoff: number): Prom
     if (startAfter === undefined) break;
   }
   await setCronState(env.DB, cursorName, startAfter ?? null);
-  return deleted;
+  return { deleted, done: startAfter === undefined };
 }
+
+/** cron_state names: the earliest upload not yet covered by a finished sweep, and the newest upload (worker/vault.ts markUpload). */
+export const SWEEP_DUE = 'sweep:due';
+export const UPLOAD_LAST = 'uploads:last';

@@ -44,6 +44,7 @@ export class DoStatement {
     if (!this.db.ready()) return { results: [], success: true, meta: { ...EMPTY_META } };
     const cursor = this.db.sql.exec(this.sql, ...this.params);
     const results = cursor.toArray() as T[];
+    this.db.rowsRead += cursor.rowsRead;
     const { n, id } = this.db.sql.exec('SELECT changes() AS n, last_insert_rowid() AS id').one() as { n: number; id: number };
     return {
       results,
@@ -72,6 +73,9 @@ export class DoStatement {
 }
 
 export class DoDatabase {
+  /** Rows read by every statement so far (SqlStorageCursor.rowsRead, what Durable Object SQL bills). */
+  rowsRead = 0;
+
   constructor(
     readonly storage: DurableObjectStorage,
     readonly ready: () => boolean,

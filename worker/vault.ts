@@ -43,7 +43,7 @@ import {
 } from '../src/protocol/messages.js';
 import { app } from './app.js';
 import { deviceOfToken } from './auth.js';
-import { retentionSettings, runCron, type CronReport } from './cron.js';
+import { SWEEP_DUE, UPLOAD_LAST, retentionSettings, runCron, type CronReport } from './cron.js';
 import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
 import type { Env, Live, RouteEnv } from './env.js';
@@ -104,6 +104,13 @@ function close(ws: WebSocket, code: number, reason: string): void {
 /** A request that names its vault (the Worker forwards only well-formed ids). */
 const VAULT_PATH = /^\/v1\/vaults\/([0-9a-f]{32})\//;
 
+/** The routes that store a blob: PUT packs/{id}, PUT snapshots/{id}/manifest, POST changesets. */
+function isUpload(method: string, path: string): boolean {
+  const rest = path.slice('/v1/vaults/'.length + 33);
+  if (method === 'PUT') return /^packs\/[^/]+$/.test(rest) || /^snapshots\/[^/]+\/manifest$/.test(rest);
+  return method === 'POST' && rest === 'changesets';
+}
+
 /** How many blobs an expiring vault deletes per step, and how soon the next step comes. */
 const EXPIRY_BLOBS_PER_STEP = 10_000;
 const EXPIRY_STEP_MS = 30_000;
@@ -149,6 +156,7 @@ export class Vault extends DurableObject<Env> implements Live {
     if (url.pathname.startsWith('/_relay/')) return this.internal(request, url.pathname);
     const named = VAULT_PATH.exec(url.pathname);
     if (named !== null) await this.ensure(named[1]!);
+    if (this.ready && isUpload(request.method, url.pathname)) this.markUpload(Date.now());
     return app.fetch(request, this.routeEnv, {
       waitUntil: (p: Promise<unknown>) => this.ctx.waitUntil(p),
       passThroughOnException: () => {},
@@ -254,7 +262,10 @@ export class Vault extends DurableObject<Env> implements Live {
     if (rows === null) return;
     const n = this.ctx.storage.transactionSync(() => {
       migrateIn(this.ctx.storage.sql);
-      return writeLegacyRows(this.ctx.storage.sql, rows);
+      const n = writeLegacyRows(this.ctx.storage.sql, rows);
+      // The old relay may have left blobs no row names: the first retention run sweeps (worker/cron.ts step 4).
+      this.ctx.storage.sql.exec("INSERT INTO cron_state (name, value) VALUES (?1, '0') ON CONFLICT (name) DO NOTHING", SWEEP_DUE);
+      return n;
     });
     this.ready = true;
     console.log(`casa-relay: moved vault ${vaultId} from D1 into its object (${n} rows)`);
@@ -264,6 +275,17 @@ export class Vault extends DurableObject<Env> implements Live {
       console.error('casa-relay: deleting a moved vault from D1 failed (the cron retries):', err instanceof Error ? err.message : 'non-error thrown');
     }
     await this.scheduleRetention(true);
+  }
+
+  /**
+   * An upload may leave a blob no row names (a retry's surplus copy, a
+   * request cut off after its put): the retention job sweeps for those only
+   * after an upload (worker/cron.ts step 4), so it is noted here.
+   */
+  private markUpload(now: number): void {
+    const sql = this.ctx.storage.sql;
+    sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING', SWEEP_DUE, String(now));
+    sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value', UPLOAD_LAST, String(now));
   }
 
   // ---- retention --------------------------------------------------------------------
@@ -278,12 +300,13 @@ export class Vault extends DurableObject<Env> implements Live {
    * abandoned-vault check (worker/abandoned.ts); for an object expiring its
    * vault, the next step of that; nothing for an object without a vault.
    */
-  async runRetention(now: number): Promise<(CronReport & { abandoned: AbandonedState }) | null> {
+  async runRetention(now: number): Promise<(CronReport & { abandoned: AbandonedState; rowsRead: number }) | null> {
     const vaultId = this.vaultId();
     if (vaultId === null) {
       await this.continueExpiry(now);
       return null;
     }
+    const readBefore = this.db.rowsRead;
     const report = await runCron(this.routeEnv, now, vaultId);
     const settings = abandonedSettings(this.env, retentionSettings(this.routeEnv).windowMs);
     let abandoned: AbandonedState = 'active';
@@ -298,7 +321,8 @@ export class Vault extends DurableObject<Env> implements Live {
         abandoned = 'expired';
       }
     }
-    return { ...report, abandoned };
+    // Rows the job read in the vault's SQLite (billed per row): what one run costs.
+    return { ...report, abandoned, rowsRead: this.db.rowsRead - readBefore };
   }
 
   /** Deletes the next EXPIRY_BLOBS_PER_STEP blobs of an expiring vault; once none are left, its index rows and this object's storage. */

@@ -35,6 +35,8 @@ export interface TestRelay {
   runCron(): Promise<void>;
   /** The ids (hex) of the vault objects on disk. */
   vaultObjectIds(): Promise<string[]>;
+  /** Runs one vault's retention job now; its report (worker/vault.ts runRetention), null for no vault. */
+  retention(vaultId: string): Promise<Record<string, unknown> | null>;
   /** SQL in one vault's object (worker/vault.ts test hook), D1-shaped. */
   vault(vaultId: string): VaultSql;
   /** SQL in every vault's object at once: rows of all, changes summed (for tests that query by another key than the vault). */
@@ -132,6 +134,11 @@ export async function startTestRelay(
       mf: relay.mf,
       runCron: relay.runCron,
       vaultObjectIds: relay.vaultObjectIds,
+      retention: async (vaultId: string) => {
+        const res = await ns.get(ns.idFromName(vaultId)).fetch('http://vault.internal/_relay/retention', { method: 'POST' });
+        if (res.status !== 200) throw new Error(`retention: ${res.status} ${await res.text()}`);
+        return (await res.json()) as Record<string, unknown> | null;
+      },
       d1: () => d1,
       r2: () => r2,
       vault: (vaultId: string) =>

@@ -416,4 +416,31 @@ describe('retention by age (docs/SECURITY.md §4.7)', () => {
     await relay.runCron();
     expect(await seqs(v)).toEqual([3, 4]);
   });
+
+  it('what a run costs: an idle vault lists nothing in R2 and reads few rows; an upload brings one sweep once past the grace period', async () => {
+    const { vault, token } = await setupVault(relay.url);
+    const v = vault.vaultId;
+    const packs = [];
+    for (let i = 0; i < 20; i++) packs.push(await uploadPack(relay.url, v, token, randomBytes(200)));
+    for (let seq = 1; seq <= 10; seq++) await commitSnapshot(relay.url, v, token, seq, packs.slice(0, seq * 2));
+    // The uploads are inside the grace period: nothing to sweep yet.
+    const fresh = (await relay.retention(v))!;
+    expect(fresh.r2Lists).toBe(0);
+    await sleep(GRACE_MS + 200);
+    const swept = (await relay.retention(v))!;
+    expect(swept.r2Lists).toBeGreaterThan(0);
+    // Idle from here on: no R2 list, and the rows read stay a small constant (the vault holds 10 snapshots, 20 packs).
+    const idle = [(await relay.retention(v))!, (await relay.retention(v))!];
+    for (const r of idle) {
+      expect(r.r2Lists).toBe(0);
+      expect(r.rowsRead as number).toBeLessThan(150);
+    }
+    expect(idle[1]!.rowsRead).toBe(idle[0]!.rowsRead);
+    // A new upload: swept again once it is past the grace period, then idle again.
+    await uploadPack(relay.url, v, token, randomBytes(200));
+    expect((await relay.retention(v))!.r2Lists).toBe(0);
+    await sleep(GRACE_MS + 200);
+    expect((await relay.retention(v))!.r2Lists).toBeGreaterThan(0);
+    expect((await relay.retention(v))!.r2Lists).toBe(0);
+  });
 });
