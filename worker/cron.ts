@@ -165,8 +165,9 @@ export async function runCron(env: RouteEnv, now: number, vaultId: string): Prom
       done &&= r.done;
     }
     if (done) {
-      // Uploads since the cutoff are not covered yet: the next sweep comes once the newest of them is past the grace period.
-      const last = Number((await getCronState(env.DB, UPLOAD_LAST)) ?? 0);
+      // Uploads since the cutoff are not covered yet: the next sweep comes once the newest of them is past the grace
+      // period. (An upload that stored no row is not seen here: what it left is swept after the vault's next upload.)
+      const last = await newestUpload(env.DB);
       await setCronState(env.DB, SWEEP_DUE, last >= cutoff ? String(last) : null);
     }
   }
@@ -224,6 +225,16 @@ async function sweepOrphans(env: RouteEnv, prefix: string, cutoff: number, repor
   return { deleted, done: startAfter === undefined };
 }
 
-/** cron_state names: the earliest upload not yet covered by a finished sweep, and the newest upload (worker/vault.ts markUpload). */
+/** cron_state: the earliest upload not yet covered by a finished sweep (worker/vault.ts markUpload). */
 export const SWEEP_DUE = 'sweep:due';
-export const UPLOAD_LAST = 'uploads:last';
+
+/** When the vault last stored a blob, by its rows (each read through an index: three rows). */
+async function newestUpload(db: D1Database): Promise<number> {
+  const row = await db
+    .prepare(
+      `SELECT max(coalesce((SELECT max(touched_at) FROM packs), 0), coalesce((SELECT max(created_at) FROM changesets), 0),
+                  coalesce((SELECT max(created_at) FROM manifest_uploads), 0)) AS t`,
+    )
+    .first<{ t: number }>();
+  return row?.t ?? 0;
+}

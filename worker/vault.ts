@@ -43,7 +43,7 @@ import {
 } from '../src/protocol/messages.js';
 import { app } from './app.js';
 import { deviceOfToken } from './auth.js';
-import { SWEEP_DUE, UPLOAD_LAST, retentionSettings, runCron, type CronReport } from './cron.js';
+import { SWEEP_DUE, retentionSettings, runCron, type CronReport } from './cron.js';
 import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
 import type { Env, Live, RouteEnv } from './env.js';
@@ -283,9 +283,8 @@ export class Vault extends DurableObject<Env> implements Live {
    * after an upload (worker/cron.ts step 4), so it is noted here.
    */
   private markUpload(now: number): void {
-    const sql = this.ctx.storage.sql;
-    sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING', SWEEP_DUE, String(now));
-    sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value', UPLOAD_LAST, String(now));
+    // Writes a row only when no sweep is due yet (rows written are billed).
+    this.ctx.storage.sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING', SWEEP_DUE, String(now));
   }
 
   // ---- retention --------------------------------------------------------------------
