@@ -107,7 +107,7 @@ export async function insertMember(db: D1Database, m: NewMember): Promise<boolea
   return (inserted!.meta.changes ?? 0) === 1;
 }
 
-/** True if a device of any vault has this id (device ids are unique across the relay). */
+/** True if a device of this vault has this id (the database is the vault's own object: ids are unique within a vault). */
 export async function deviceIdTaken(db: D1Database, deviceId: string): Promise<boolean> {
   return (await db.prepare('SELECT 1 AS ok FROM devices WHERE id = ?1').bind(deviceId).first()) !== null;
 }

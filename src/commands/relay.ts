@@ -1,10 +1,12 @@
 /**
- * `casa relay`: runs the relay Worker in workerd (Miniflare) with D1, R2 and
- * the Durable Object persisted under --data (default CASA_HOME/relay), the
- * migrations applied at start. The first stdout line holds the URL; SIGINT or
- * SIGTERM stops it cleanly (exit 0). --retention-every sets how often the
- * retention job runs, --retention-window its protection window
- * (RETENTION_WINDOW, docs/RELAY-API.md "Retention").
+ * `casa relay`: runs the relay Worker in workerd (Miniflare) with its D1
+ * index, R2 and one Durable Object per vault persisted under --data (default
+ * CASA_HOME/relay), the index's migrations applied at start (each vault's
+ * object migrates its own). The first stdout line holds the URL; SIGINT or
+ * SIGTERM stops it cleanly (exit 0). --retention-every sets how often each
+ * vault's object runs the retention job by its alarm (RETENTION_EVERY_MS),
+ * --retention-window its protection window (RETENTION_WINDOW,
+ * docs/RELAY-API.md "Retention").
  */
 import { join, resolve } from 'node:path';
 import { FailureError, UsageError } from '../errors.js';
@@ -20,7 +22,7 @@ export interface RelayOptions {
 
 const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 const MS_PER_DAY = UNIT_MS.d;
-/** The retention job's default period (wrangler.jsonc's cron runs it every 15 minutes). */
+/** The retention job's default period on a local relay (a deployed one: RETENTION_EVERY_MS in wrangler.jsonc, 6 hours). */
 const DEFAULT_RETENTION_EVERY_MS = 15 * UNIT_MS.m;
 const MAX_RETENTION_EVERY_MS = UNIT_MS.d;
 const MAX_RETENTION_WINDOW_MS = 36_500 * MS_PER_DAY;
