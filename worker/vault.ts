@@ -46,6 +46,7 @@ import { deviceOfToken } from './auth.js';
 import { SWEEP_DUE, retentionSettings, runCron, type CronReport } from './cron.js';
 import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
+import { findVaultByRecoveryId } from './membership-db.js';
 import type { Env, Live, RouteEnv } from './env.js';
 import { getCronState, setCronState } from './snapshot-db.js';
 import {
@@ -215,15 +216,7 @@ export class Vault extends DurableObject<Env> implements Live {
    */
   async recoveryVault(vaultId: string, recoveryId: string): Promise<string | null> {
     await this.ensure(vaultId);
-    const row = await this.db
-      .prepare(
-        `SELECT COALESCE(
-           (SELECT vault_id FROM recovery_ids WHERE recovery_id = ?1),
-           (SELECT id FROM vaults WHERE id = ?1 AND recovery_n = 0)) AS vault_id`,
-      )
-      .bind(recoveryId)
-      .first<{ vault_id: string | null }>();
-    return row?.vault_id ?? null;
+    return findVaultByRecoveryId(this.db.asD1(), recoveryId);
   }
 
   /** True if this object holds the vault `vaultId` (its name). */
