@@ -7,21 +7,32 @@
  *   index's abandoned_vaults (migrations/d1/0009_abandoned.sql) with when it
  *   was last seen, and logged once. Nothing is deleted. A device seen again
  *   takes it off the list at the next run.
- * - "expire": as "report", then the vault is deleted: first its rows, in one
+ * - "expire": as "report", then, once listed for 30 days and still abandoned,
+ *   the vault is deleted: first its rows, in one
  *   transaction that leaves only a marker (table `expired`) — from then on
  *   the vault is unknown to every request, as if never created — then its
  *   blobs under its R2 prefixes, a bounded number per run (the alarm comes
  *   back soon while any are left), then its index rows, and last the
  *   object's storage. The list keeps the row with expired_at set.
  *
- * A vault in its protection window is never abandoned: the window
- * (RETENTION_WINDOW, 30 days) is the floor of ABANDONED_AFTER_MS.
+ * ABANDONED_AFTER_MS under 90 days (MIN_ABANDONED_AFTER_MS) is taken for a
+ * mistake and the default applies; with "expire", a vault is deleted only
+ * once it has been listed for EXPIRE_AFTER_LISTED_MS (30 days) and is still
+ * abandoned at that moment.
  */
 import { UPLOAD_KINDS } from './blobs.js';
 import type { RouteEnv } from './env.js';
 
+const DAY_MS = 24 * 60 * 60 * 1000;
+
 /** 400 days: a vault used once a year is never abandoned. */
-export const DEFAULT_ABANDONED_AFTER_MS = 400 * 24 * 60 * 60 * 1000;
+export const DEFAULT_ABANDONED_AFTER_MS = 400 * DAY_MS;
+
+/** The shortest ABANDONED_AFTER_MS taken (a shorter one is a mistake, e.g. days written for ms: the default applies). */
+export const MIN_ABANDONED_AFTER_MS = 90 * DAY_MS;
+
+/** With ABANDONED_POLICY "expire", a vault is deleted only once it has been listed this long (the operator sees it first). */
+export const EXPIRE_AFTER_LISTED_MS = 30 * DAY_MS;
 
 export type AbandonedPolicy = 'report' | 'expire';
 
@@ -30,11 +41,16 @@ export interface AbandonedSettings {
   policy: AbandonedPolicy;
 }
 
-/** The operator's settings; a malformed value falls back to the default (never to a shorter time or to expiry). */
-export function abandonedSettings(env: Pick<RouteEnv, 'ABANDONED_AFTER_MS' | 'ABANDONED_POLICY'>, windowMs: number): AbandonedSettings {
+/**
+ * The operator's settings; a malformed value, or a time under
+ * MIN_ABANDONED_AFTER_MS, falls back to the default (never to a shorter
+ * time or to expiry).
+ */
+export function abandonedSettings(env: Pick<RouteEnv, 'ABANDONED_AFTER_MS' | 'ABANDONED_POLICY'>): AbandonedSettings {
   const text = env.ABANDONED_AFTER_MS?.trim() ?? '';
-  const after = /^\d+$/.test(text) && Number.isSafeInteger(Number(text)) ? Number(text) : DEFAULT_ABANDONED_AFTER_MS;
-  return { afterMs: Math.max(after, windowMs), policy: env.ABANDONED_POLICY?.trim() === 'expire' ? 'expire' : 'report' };
+  const n = /^\d{1,16}$/.test(text) ? Number(text) : NaN;
+  const after = Number.isSafeInteger(n) && n >= MIN_ABANDONED_AFTER_MS ? n : DEFAULT_ABANDONED_AFTER_MS;
+  return { afterMs: after, policy: env.ABANDONED_POLICY?.trim() === 'expire' ? 'expire' : 'report' };
 }
 
 /** When a device of the vault was last seen (or the vault or a device was created): the newest of them. */
@@ -51,24 +67,40 @@ export function lastSeen(sql: SqlStorage): number {
 /** What the check found, for the retention report. */
 export type AbandonedState = 'active' | 'reported' | 'expired';
 
-/** Lists the vault in the index if abandoned, or takes it off if seen again; true if abandoned. */
-export async function reportAbandoned(index: D1Database, vaultId: string, seenAt: number, now: number, afterMs: number): Promise<boolean> {
+/** cron_state: set while the vault is listed in the index (so an active vault's run touches no D1). */
+const LISTED = 'abandoned:listed';
+
+/**
+ * Lists the vault in the index if abandoned (logged once), or takes it off
+ * if a device was seen again; when it was first listed, or null when it is
+ * not abandoned. D1 is written only when the state changes.
+ */
+export async function reportAbandoned(index: D1Database, sql: SqlStorage, vaultId: string, now: number, afterMs: number): Promise<number | null> {
+  const seenAt = lastSeen(sql);
+  const listed = sql.exec<{ value: string }>('SELECT value FROM cron_state WHERE name = ?1', LISTED).toArray()[0];
   if (now - seenAt < afterMs) {
-    await index.prepare('DELETE FROM abandoned_vaults WHERE vault_id = ?1 AND expired_at IS NULL').bind(vaultId).run();
-    return false;
+    if (listed !== undefined) {
+      await index.prepare('DELETE FROM abandoned_vaults WHERE vault_id = ?1 AND expired_at IS NULL').bind(vaultId).run();
+      sql.exec('DELETE FROM cron_state WHERE name = ?1', LISTED);
+    }
+    return null;
   }
+  if (listed !== undefined) return Number(listed.value);
+  // A vault once expired and created again under the same id starts a new row.
   const row = await index
     .prepare(
       `INSERT INTO abandoned_vaults (vault_id, last_seen_at, reported_at, expired_at) VALUES (?1, ?2, ?3, NULL)
-       ON CONFLICT (vault_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+       ON CONFLICT (vault_id) DO UPDATE SET last_seen_at = excluded.last_seen_at,
+         reported_at = CASE WHEN abandoned_vaults.expired_at IS NULL THEN abandoned_vaults.reported_at ELSE excluded.reported_at END,
+         expired_at = NULL
        RETURNING reported_at`,
     )
     .bind(vaultId, seenAt, now)
     .first<{ reported_at: number }>();
-  if (row?.reported_at === now) {
-    console.log(`casa-relay: vault ${vaultId} is abandoned (no device seen since ${new Date(seenAt).toISOString()})`);
-  }
-  return true;
+  const reportedAt = row?.reported_at ?? now;
+  sql.exec('INSERT INTO cron_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value', LISTED, String(reportedAt));
+  console.log(`casa-relay: vault ${vaultId} is abandoned (no device seen since ${new Date(seenAt).toISOString()})`);
+  return reportedAt;
 }
 
 /** The marker table an expiring vault's object keeps while its blobs are deleted. */

@@ -84,7 +84,8 @@ export function retentionSettings(env: Pick<RouteEnv, 'RETENTION_WINDOW' | 'PACK
   return {
     // A malformed window falls back to the default, never to no protection.
     windowMs: numberVar(env.RETENTION_WINDOW, DEFAULT_RETENTION_WINDOW_MS, 0),
-    graceMs: numberVar(env.PACK_GRACE_MS, DEFAULT_PACK_GRACE_MS, 0),
+    // At least a second: an upload's blob lands a moment before its row, and a sweep must not fall between the two.
+    graceMs: numberVar(env.PACK_GRACE_MS, DEFAULT_PACK_GRACE_MS, 1000),
   };
 }
 

@@ -43,7 +43,7 @@ import {
 } from '../src/protocol/messages.js';
 import { app } from './app.js';
 import { deviceOfToken } from './auth.js';
-import { SWEEP_DUE, retentionSettings, runCron, type CronReport } from './cron.js';
+import { SWEEP_DUE, runCron, type CronReport } from './cron.js';
 import { createVault, type VaultRow } from './db.js';
 import { DoDatabase } from './do-sql.js';
 import { findVaultByRecoveryId } from './membership-db.js';
@@ -58,6 +58,7 @@ import {
   reportAbandoned,
   wipeRows,
   type AbandonedState,
+  EXPIRE_AFTER_LISTED_MS,
 } from './abandoned.js';
 import { deleteLegacyVault, readLegacyVault, writeLegacyRows } from './legacy.js';
 import { hasSchema, migrate, migrateIn } from './schema.js';
@@ -116,13 +117,17 @@ function isUpload(method: string, path: string): boolean {
 const EXPIRY_BLOBS_PER_STEP = 10_000;
 const EXPIRY_STEP_MS = 30_000;
 
+const MAX_RETENTION_EVERY_MS = 30 * 24 * 60 * 60 * 1000;
+
 /** When the next retention run is due (the vault's cron_state). */
 const RETENTION_NEXT = 'retention:next';
 
 /** RETENTION_EVERY_MS as a whole number of ms; 0 (or malformed): the alarm never runs retention. */
 export function retentionEvery(env: Env): number {
   const text = env.RETENTION_EVERY_MS?.trim() ?? '';
-  return /^\d+$/.test(text) ? Number(text) : 0;
+  const n = /^\d{1,16}$/.test(text) ? Number(text) : 0;
+  // 0 (or malformed): never; else between a second (`casa relay --retention-every 1s`) and 30 days.
+  return n <= 0 ? 0 : Math.min(Math.max(n, 1000), MAX_RETENTION_EVERY_MS);
 }
 
 export class Vault extends DurableObject<Env> implements Live {
@@ -157,12 +162,21 @@ export class Vault extends DurableObject<Env> implements Live {
     if (url.pathname.startsWith('/_relay/')) return this.internal(request, url.pathname);
     const named = VAULT_PATH.exec(url.pathname);
     if (named !== null) await this.ensure(named[1]!);
-    if (this.ready && isUpload(request.method, url.pathname)) this.markUpload(Date.now());
-    return app.fetch(request, this.routeEnv, {
-      waitUntil: (p: Promise<unknown>) => this.ctx.waitUntil(p),
-      passThroughOnException: () => {},
-      props: {},
-    } as ExecutionContext);
+    const upload = isUpload(request.method, url.pathname);
+    let res: Response;
+    try {
+      res = await app.fetch(request, this.routeEnv, {
+        waitUntil: (p: Promise<unknown>) => this.ctx.waitUntil(p),
+        passThroughOnException: () => {},
+        props: {},
+      } as ExecutionContext);
+    } catch (err) {
+      if (upload && this.ready) this.markUpload(Date.now());
+      throw err;
+    }
+    // An upload refused before its blob was stored (4xx: unauthenticated, malformed, over quota) leaves nothing to sweep.
+    if (upload && this.ready && (res.status < 400 || res.status >= 500)) this.markUpload(Date.now());
+    return res;
   }
 
   private async internal(request: Request, path: string): Promise<Response> {
@@ -300,11 +314,15 @@ export class Vault extends DurableObject<Env> implements Live {
     }
     const readBefore = this.db.rowsRead;
     const report = await runCron(this.routeEnv, now, vaultId);
-    const settings = abandonedSettings(this.env, retentionSettings(this.routeEnv).windowMs);
+    const settings = abandonedSettings(this.env);
     let abandoned: AbandonedState = 'active';
-    if (await reportAbandoned(this.env.DB, vaultId, lastSeen(this.ctx.storage.sql), now, settings.afterMs)) {
+    const listed = await reportAbandoned(this.env.DB, this.ctx.storage.sql, vaultId, now, settings.afterMs);
+    if (listed !== null) {
       abandoned = 'reported';
-      if (settings.policy === 'expire') {
+      // Expired only a while after it was first listed (the operator sees it listed first), and only if still
+      // abandoned now: a device may have come back during the awaits above.
+      const sql = this.ctx.storage.sql;
+      if (settings.policy === 'expire' && listed <= now - EXPIRE_AFTER_LISTED_MS && Date.now() - lastSeen(sql) >= settings.afterMs) {
         console.log(`casa-relay: expiring abandoned vault ${vaultId} (ABANDONED_POLICY=expire)`);
         for (const ws of this.ctx.getWebSockets()) close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
         wipeRows(this.ctx.storage, vaultId, now);
@@ -416,6 +434,33 @@ export class Vault extends DurableObject<Env> implements Live {
    */
   override async alarm(): Promise<void> {
     const now = Date.now();
+    if (!this.ready && expiringVault(this.ctx.storage.sql) !== null) {
+      this.closeLateSockets(now);
+      return this.continueExpiry(now);
+    }
+    const every = retentionEvery(this.env);
+    let due = Infinity;
+    if (this.ready && every > 0) {
+      due = Number((await getCronState(this.db.asD1(), RETENTION_NEXT)) ?? 0);
+      if (!Number.isFinite(due) || due <= now) {
+        try {
+          await this.runRetention(now);
+        } catch (err) {
+          console.error('casa-relay: retention failed:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
+        }
+        // The run expired the vault: the expiry keeps its own alarm (continueExpiry).
+        if (!this.ready) return;
+        due = Date.now() + every;
+        await setCronState(this.db.asD1(), RETENTION_NEXT, String(due));
+      }
+    }
+    // Deadlines read after the run's awaits (a socket may have connected meanwhile), and an alarm set meanwhile kept.
+    const next = Math.min(due, this.closeLateSockets(Date.now()), (await this.ctx.storage.getAlarm()) ?? Infinity);
+    if (next !== Infinity) await this.ctx.storage.setAlarm(next);
+  }
+
+  /** Closes every socket whose auth deadline passed; the earliest deadline still to come (Infinity: none). */
+  private closeLateSockets(now: number): number {
     let next = Infinity;
     for (const ws of this.ctx.getWebSockets()) {
       const a = attachmentOf(ws);
@@ -423,23 +468,9 @@ export class Vault extends DurableObject<Env> implements Live {
       if (a.deadline <= now) close(ws, WS_CLOSE_UNAUTHORIZED, WS_CLOSE_UNAUTHORIZED_REASON);
       else next = Math.min(next, a.deadline);
     }
-    if (!this.ready && expiringVault(this.ctx.storage.sql) !== null) return this.continueExpiry(now);
-    const every = retentionEvery(this.env);
-    if (this.ready && every > 0) {
-      let due = Number((await getCronState(this.db.asD1(), RETENTION_NEXT)) ?? 0);
-      if (!Number.isFinite(due) || due <= now) {
-        try {
-          await this.runRetention(now);
-        } catch (err) {
-          console.error('casa-relay: retention failed:', err instanceof Error ? `${err.name}: ${err.message}` : 'non-error thrown');
-        }
-        due = Date.now() + every;
-        await setCronState(this.db.asD1(), RETENTION_NEXT, String(due));
-      }
-      next = Math.min(next, due);
-    }
-    if (next !== Infinity) await this.ctx.storage.setAlarm(next);
+    return next;
   }
+
 
   /** The alarm at `at`, unless one is already set as early. */
   private async armAlarm(at: number): Promise<void> {

@@ -150,7 +150,8 @@ describe('quotas', () => {
       expect(now.n).toBe(700 + 300 + 50 + 90);
       expect(await used()).toBe(now.n);
       await commitSnapshot(r.url, v, token, 1, [packA]);
-      await r.runCron(); // packB: unreferenced past its (zero) grace, deleted
+      await new Promise((res) => setTimeout(res, 1100)); // the grace period's floor (1 s)
+      await r.runCron(); // packB: unreferenced past its grace, deleted
       now = await sum();
       expect(now.kept).toBe(now.n);
       expect(await used()).toBe(now.n);
