@@ -22,7 +22,7 @@ import { vaultStub, type Env, type RouteEnv } from './env.js';
 import { JSON_BODY_LIMIT, errorBody } from './http.js';
 import { deleteOldNameplates, vaultOfNameplate } from './index-db.js';
 import { PAIRING_KEEP_MS } from './cron.js';
-import { legacyVaultIds } from './legacy.js';
+import { dropLegacyTables, legacyVaultIds } from './legacy.js';
 
 export { Vault } from './vault.js';
 
@@ -80,8 +80,11 @@ async function route(request: Request, env: Env, ctx: ExecutionContext): Promise
 export default {
   fetch: route,
   async scheduled(_controller: ScheduledController, env: Env, _ctx: ExecutionContext): Promise<void> {
-    // Vaults still in an older relay's D1 move into their objects, LEGACY_PER_RUN a run (worker/legacy.ts).
-    for (const vaultId of await legacyVaultIds(env.DB, LEGACY_PER_RUN)) {
+    // Vaults still in an older relay's D1 move into their objects, LEGACY_PER_RUN a run (worker/legacy.ts);
+    // when none is left, the old tables go.
+    const legacy = await legacyVaultIds(env.DB, LEGACY_PER_RUN);
+    if (legacy.length === 0 && (await dropLegacyTables(env.DB))) console.log('casa-relay: every vault has moved out of D1; its old tables are dropped');
+    for (const vaultId of legacy) {
       try {
         await vaultStub(env, vaultId).adoptLegacy(vaultId);
       } catch (err) {

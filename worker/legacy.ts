@@ -10,11 +10,15 @@
  * moves the vaults nobody asked about yet, a bounded number per run
  * (worker/index.ts), so every vault is moved without a stop:
  *
- * 1. read every row of the vault from each table below (D1, async);
- * 2. write them into the object in one transaction, the object's schema
- *    first (all or nothing: a failure leaves the object empty and the D1
- *    rows in place, and the next request tries again);
- * 3. delete the vault's rows from D1 in one batch, its `vaults` row last.
+ * 1. the object's schema and a marker (table `legacy_move`: per table, the
+ *    last D1 rowid copied) in one transaction; while the marker is there,
+ *    the object does not hold the vault yet (worker/vault.ts);
+ * 2. table by table, MOVE_PAGE rows at a time: read from D1, then written
+ *    into the object with the marker's progress in one transaction. Memory
+ *    stays bounded, and a move cut off (the object reset, an error) goes
+ *    on from the last page written the next time anyone asks;
+ * 3. the marker dropped: the object holds the vault;
+ * 4. delete the vault's rows from D1 in one batch, its `vaults` row last.
  *    Should that fail, the object already holds the vault and never reads
  *    D1 for it again; the cron finds the `vaults` row still there, asks the
  *    object again, and the object (holding the vault) only deletes.
@@ -24,6 +28,8 @@
  * expired challenges and the old global cron cursors (the object's
  * retention starts its own). Recovery ids stay in D1 too, where the index
  * reads them (migrations/d1/0008_index.sql), and are copied into the object.
+ * When no vault is left, the cron drops the old tables, and from then on no
+ * request asks D1 about them.
  */
 type SqlStorageValue = string | number | null | ArrayBuffer;
 
@@ -46,50 +52,61 @@ export const LEGACY_TABLES = [
   'recovery_ids',
 ] as const;
 
+/** In the order a move copies them: the vault first (devices name it). */
+export const MOVED_TABLES = ['vaults', ...LEGACY_TABLES] as const;
+
 /** Tables deleted from D1 after the move but not copied. */
 const DROPPED_TABLES = ['pairing_sessions'] as const;
 
-export type LegacyRows = { table: string; rows: Record<string, SqlStorageValue>[] }[];
+/** Rows read from D1 and written into the object per step: memory stays bounded whatever the vault's size. */
+export const MOVE_PAGE = 1000;
+
+export type LegacyRow = Record<string, SqlStorageValue>;
+
+/**
+ * Once an isolate has seen D1 without the old tables, it never asks again
+ * (the cron drops them when the last vault has moved): after the upgrade,
+ * a request for an unknown vault id costs no D1 query.
+ */
+let legacyGone = false;
 
 /** True if this D1 still holds an older relay's per-vault tables. */
 export async function hasLegacyTables(d1: D1Database): Promise<boolean> {
+  if (legacyGone) return false;
   const row = await d1.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'vaults'").first();
+  if (row === null) legacyGone = true;
   return row !== null;
 }
 
-/** Every row of `vaultId` in an older relay's D1, or null if it holds no such vault. */
-export async function readLegacyVault(d1: D1Database, vaultId: string): Promise<LegacyRows | null> {
-  if (!(await hasLegacyTables(d1))) return null;
-  const vault = await d1.prepare('SELECT * FROM vaults WHERE id = ?1').bind(vaultId).all<Record<string, SqlStorageValue>>();
-  if (vault.results.length === 0) return null;
-  const out: LegacyRows = [{ table: 'vaults', rows: vault.results }];
-  const now = Date.now();
-  for (const table of LEGACY_TABLES) {
-    const where = table === 'challenges' ? 'vault_id = ?1 AND expires_at > ?2' : 'vault_id = ?1';
-    const stmt = d1.prepare(`SELECT * FROM ${table} WHERE ${where}`);
-    const rows = await (table === 'challenges' ? stmt.bind(vaultId, now) : stmt.bind(vaultId)).all<Record<string, SqlStorageValue>>();
-    out.push({ table, rows: rows.results });
-  }
-  return out;
+/** True if an older relay's D1 still holds the vault. */
+export async function legacyVaultExists(d1: D1Database, vaultId: string): Promise<boolean> {
+  if (!(await hasLegacyTables(d1))) return false;
+  return (await d1.prepare('SELECT 1 AS x FROM vaults WHERE id = ?1').bind(vaultId).first()) !== null;
 }
 
-/** Inserts the rows (inside the caller's transaction), each with the columns it came with. */
-export function writeLegacyRows(sql: SqlStorage, rows: LegacyRows): number {
-  let n = 0;
-  for (const { table, rows: list } of rows) {
-    for (const row of list) {
-      const cols = Object.keys(row);
-      if (!cols.every((c) => /^[a-z_][a-z0-9_]*$/.test(c))) throw new Error(`legacy ${table}: unexpected column name`);
-      const marks = cols.map((_, i) => `?${i + 1}`).join(', ');
-      sql.exec(`INSERT INTO ${table} (${cols.join(', ')}) VALUES (${marks})`, ...cols.map((c) => row[c]));
-      n++;
-    }
+/** Up to MOVE_PAGE rows of the vault in `table` after D1 rowid `after`, each with its rowid as `_rowid`. */
+export async function readLegacyPage(d1: D1Database, table: (typeof MOVED_TABLES)[number], vaultId: string, after: number, now: number): Promise<LegacyRow[]> {
+  const key = table === 'vaults' ? 'id' : 'vault_id';
+  // Expired challenges are not worth moving.
+  const live = table === 'challenges' ? ' AND expires_at > ?4' : '';
+  const stmt = d1.prepare(`SELECT rowid AS _rowid, * FROM ${table} WHERE ${key} = ?1 AND rowid > ?2${live} ORDER BY rowid LIMIT ?3`);
+  const bound = table === 'challenges' ? stmt.bind(vaultId, after, MOVE_PAGE, now) : stmt.bind(vaultId, after, MOVE_PAGE);
+  return (await bound.all<LegacyRow>()).results;
+}
+
+/** Inserts the rows (inside the caller's transaction), each with the columns it came with; the D1 rowid is not one of them. */
+export function writeLegacyRows(sql: SqlStorage, table: string, rows: LegacyRow[]): void {
+  for (const row of rows) {
+    const cols = Object.keys(row).filter((c) => c !== '_rowid');
+    if (!cols.every((c) => /^[a-z_][a-z0-9_]*$/.test(c))) throw new Error(`legacy ${table}: unexpected column name`);
+    const marks = cols.map((_, i) => `?${i + 1}`).join(', ');
+    sql.exec(`INSERT INTO ${table} (${cols.join(', ')}) VALUES (${marks})`, ...cols.map((c) => row[c]));
   }
-  return n;
 }
 
 /** Deletes the vault's rows from the old D1 tables, `vaults` last, in one batch. */
 export async function deleteLegacyVault(d1: D1Database, vaultId: string): Promise<void> {
+  if (!(await hasLegacyTables(d1))) return;
   const tables = [...LEGACY_TABLES.filter((t) => t !== 'recovery_ids'), ...DROPPED_TABLES];
   await d1.batch([
     ...tables.map((t) => d1.prepare(`DELETE FROM ${t} WHERE vault_id = ?1`).bind(vaultId)),
@@ -97,9 +114,26 @@ export async function deleteLegacyVault(d1: D1Database, vaultId: string): Promis
   ]);
 }
 
-/** Up to `limit` vault ids still in the old D1 tables (for the cron to move). */
+/**
+ * Up to `limit` vault ids still in the old D1 tables, in random order (a
+ * vault whose move keeps failing does not hold back the others).
+ */
 export async function legacyVaultIds(d1: D1Database, limit: number): Promise<string[]> {
   if (!(await hasLegacyTables(d1))) return [];
-  const rows = await d1.prepare('SELECT id FROM vaults ORDER BY id LIMIT ?1').bind(limit).all<{ id: string }>();
+  const rows = await d1.prepare('SELECT id FROM vaults ORDER BY random() LIMIT ?1').bind(limit).all<{ id: string }>();
   return rows.results.map((r) => r.id);
+}
+
+/**
+ * Once every vault has moved: drops the old per-vault tables (`devices`
+ * before `vaults`, which it names), keeping `recovery_ids`, which is the
+ * index's own table now. True if it dropped them.
+ */
+export async function dropLegacyTables(d1: D1Database): Promise<boolean> {
+  if (!(await hasLegacyTables(d1))) return false;
+  if ((await d1.prepare('SELECT 1 AS x FROM vaults LIMIT 1').first()) !== null) return false;
+  const tables = [...LEGACY_TABLES.filter((t) => t !== 'recovery_ids'), ...DROPPED_TABLES, 'cron_state', 'vaults'];
+  await d1.batch(tables.map((t) => d1.prepare(`DROP TABLE IF EXISTS ${t}`)));
+  legacyGone = true;
+  return true;
 }

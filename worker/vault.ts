@@ -60,7 +60,7 @@ import {
   type AbandonedState,
   EXPIRE_AFTER_LISTED_MS,
 } from './abandoned.js';
-import { deleteLegacyVault, readLegacyVault, writeLegacyRows } from './legacy.js';
+import { MOVED_TABLES, MOVE_PAGE, deleteLegacyVault, legacyVaultExists, readLegacyPage, writeLegacyRows } from './legacy.js';
 import { hasSchema, migrate, migrateIn } from './schema.js';
 
 /** A socket's state, kept as its attachment (it survives hibernation). */
@@ -113,6 +113,13 @@ function isUpload(method: string, path: string): boolean {
   return method === 'POST' && rest === 'changesets';
 }
 
+/** The marker of a move from an older relay's D1 under way: per table, the last D1 rowid copied (-1: all). */
+const MOVE_MARKER = 'legacy_move';
+
+function hasMoveMarker(sql: SqlStorage): boolean {
+  return sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '${MOVE_MARKER}'`).toArray().length > 0;
+}
+
 /** How many blobs an expiring vault deletes per step, and how soon the next step comes. */
 const EXPIRY_BLOBS_PER_STEP = 10_000;
 const EXPIRY_STEP_MS = 30_000;
@@ -136,6 +143,8 @@ export class Vault extends DurableObject<Env> implements Live {
   private readonly routeEnv: RouteEnv;
   /** A move from an older relay's D1 under way (worker/legacy.ts). */
   private adopting: Promise<void> | null = null;
+  /** This object's vault was found in no older relay's D1: never asked again (a request for an unknown id costs no D1 query). */
+  private noLegacy = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -144,7 +153,8 @@ export class Vault extends DurableObject<Env> implements Live {
     // Answered by the runtime without waking the object.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('{"type":"ping"}', '{"type":"pong"}'));
     void ctx.blockConcurrencyWhile(async () => {
-      if (!hasSchema(ctx.storage.sql)) {
+      // A move from D1 cut off: the vault is not here until it finishes (the next request goes on with it).
+      if (!hasSchema(ctx.storage.sql) || hasMoveMarker(ctx.storage.sql)) {
         // A vault being expired (worker/abandoned.ts) goes on deleting its blobs.
         if (expiringVault(ctx.storage.sql) !== null) await this.armAlarm(Date.now() + EXPIRY_STEP_MS);
         return;
@@ -246,7 +256,7 @@ export class Vault extends DurableObject<Env> implements Live {
    */
   async adoptLegacy(vaultId: string): Promise<void> {
     await this.ensure(vaultId);
-    if (this.ready) await deleteLegacyVault(this.env.DB, vaultId);
+    if (this.ready || expiringVault(this.ctx.storage.sql) !== null) await deleteLegacyVault(this.env.DB, vaultId);
   }
 
   /**
@@ -265,19 +275,42 @@ export class Vault extends DurableObject<Env> implements Live {
 
   private async adopt(vaultId: string): Promise<void> {
     if (this.ready) return;
-    const rows = await readLegacyVault(this.env.DB, vaultId);
-    if (rows === null) return;
-    const n = this.ctx.storage.transactionSync(() => {
-      migrateIn(this.ctx.storage.sql);
-      const n = writeLegacyRows(this.ctx.storage.sql, rows);
-      // The old relay may have left blobs no row names: the first retention run sweeps (worker/cron.ts step 4).
-      this.ctx.storage.sql.exec("INSERT INTO cron_state (name, value) VALUES (?1, '0') ON CONFLICT (name) DO NOTHING", SWEEP_DUE);
-      return n;
-    });
+    const sql = this.ctx.storage.sql;
+    const D1 = this.env.DB;
+    // An expiring vault is not brought back from D1's leftovers: they only go.
+    if (expiringVault(sql) !== null) return void (await deleteLegacyVault(D1, vaultId));
+    if (!hasMoveMarker(sql)) {
+      if (this.noLegacy || !(await legacyVaultExists(D1, vaultId))) {
+        this.noLegacy = true;
+        return;
+      }
+      this.ctx.storage.transactionSync(() => {
+        migrateIn(sql);
+        sql.exec(`CREATE TABLE ${MOVE_MARKER} (name TEXT PRIMARY KEY, after INTEGER NOT NULL)`);
+        // The old relay may have left blobs no row names: the first retention run sweeps (worker/cron.ts step 4).
+        sql.exec("INSERT INTO cron_state (name, value) VALUES (?1, '0') ON CONFLICT (name) DO NOTHING", SWEEP_DUE);
+      });
+    }
+    const now = Date.now();
+    let rows = 0;
+    for (const table of MOVED_TABLES) {
+      let after = sql.exec<{ after: number }>(`SELECT after FROM ${MOVE_MARKER} WHERE name = ?1`, table).toArray()[0]?.after ?? 0;
+      while (after >= 0) {
+        const page = await readLegacyPage(D1, table, vaultId, after, now);
+        const next = page.length < MOVE_PAGE ? -1 : Number(page[page.length - 1]!._rowid);
+        this.ctx.storage.transactionSync(() => {
+          writeLegacyRows(sql, table, page);
+          sql.exec(`INSERT INTO ${MOVE_MARKER} (name, after) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET after = excluded.after`, table, next);
+        });
+        rows += page.length;
+        after = next;
+      }
+    }
+    sql.exec(`DROP TABLE ${MOVE_MARKER}`);
     this.ready = true;
-    console.log(`casa-relay: moved vault ${vaultId} from D1 into its object (${n} rows)`);
+    console.log(`casa-relay: moved vault ${vaultId} from D1 into its object (${rows} rows in this step)`);
     try {
-      await deleteLegacyVault(this.env.DB, vaultId);
+      await deleteLegacyVault(D1, vaultId);
     } catch (err) {
       console.error('casa-relay: deleting a moved vault from D1 failed (the cron retries):', err instanceof Error ? err.message : 'non-error thrown');
     }

@@ -2,8 +2,9 @@
  * Upgrading a relay whose vaults live in D1 (before each vault had its own
  * Durable Object) loses nothing and stops nobody (worker/legacy.ts): a
  * vault's rows move into its object on the first request that names it,
- * the cron moves the vaults nobody asked about, and devices carry on with
- * the same tokens, snapshots and changesets.
+ * page by page (a vault bigger than one page included), the cron moves the
+ * vaults nobody asked about and then drops the old tables, and devices
+ * carry on with the same tokens, snapshots and changesets.
  *
  * The old relay's D1 is rebuilt from a real vault: two devices pair, sync
  * and snapshot on today's relay; every row of each vault is read out of its
@@ -123,6 +124,16 @@ describe('a relay upgraded from vaults in D1', () => {
       rmSync(join(data.dir, 'v3', 'do'), { recursive: true, force: true });
       relay = await startTestRelay({ dataDir: data.dir, port: Number(new URL(a.env.CASA_SERVER).port) });
       await writeOldD1(relay, dump);
+      // Enough rows that the move goes page by page (worker/legacy.ts MOVE_PAGE): 2,500 more audit rows for vault 1.
+      const auditBefore = dump.get('audit_log')!.filter((r) => r.vault_id === vaultA).length;
+      const d1 = relay.d1();
+      for (let i = 0; i < 2500; i += 100) {
+        await d1.batch(
+          Array.from({ length: 100 }, (_, j) =>
+            d1.prepare("INSERT INTO audit_log (vault_id, device_id, actor_id, event, at) VALUES (?1, NULL, NULL, 'token_issued', ?2)").bind(vaultA, Date.now() - 1e6 + i + j),
+          ),
+        );
+      }
       expect(await relay.vaultObjectIds()).toEqual([]);
       expect(await d1Count(relay, 'vaults')).toBe(2);
 
@@ -135,6 +146,8 @@ describe('a relay upgraded from vaults in D1', () => {
       expect(rows(b)).toEqual(rows(a));
       expect(rows(a)).toHaveLength(before.length + 1);
       await ok(a, ['verify']);
+      const audit = await relay.vault(vaultA).prepare('SELECT count(*) AS n FROM audit_log').first<{ n: number }>();
+      expect(audit!.n).toBeGreaterThanOrEqual(auditBefore + 2500);
       const moved = await dumpVaults(relay);
       for (const t of ['vaults', 'devices', 'snapshots', 'packs', 'changesets', 'changeset_state', 'epochs', 'epoch_wraps']) {
         const was = dump.get(t)!.filter((r) => (t === 'vaults' ? r.id : r.vault_id) === vaultA);
@@ -148,6 +161,11 @@ describe('a relay upgraded from vaults in D1', () => {
       await relay.runCron();
       expect(await d1Count(relay, 'vaults')).toBe(0);
       expect(await d1Count(relay, 'devices')).toBe(0);
+      // Nothing left to move: the next cron drops the old tables; the index keeps its recovery_ids.
+      await relay.runCron();
+      const tables = (await relay.d1().prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all<{ name: string }>()).results.map((r) => r.name);
+      for (const t of ['vaults', 'devices', 'changesets', 'snapshots', 'pairing_sessions']) expect(tables).not.toContain(t);
+      expect(tables).toEqual(expect.arrayContaining(['recovery_ids', 'pairing_nameplates', 'abandoned_vaults']));
       write(c, "INSERT INTO tx VALUES ('c2', 6, 'y')");
       await ok(c, ['snapshot', '--quiet']);
       await ok(c, ['verify']);
