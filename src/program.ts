@@ -215,11 +215,34 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--attach', 'after it: triggers back, every write made meanwhile caught up (any `casa sync` does this too)')
       .addHelpText(
         'after',
-        '\nTables sync by the rules in CASA_HOME/sync-tables.json (default: every table with a non-integer\n' +
-          'primary key, last writer wins per field; link tables as sets). --watch stops on Ctrl-C (exit 0).',
+        "\nTables sync by the vault's rules (`casa tables`; default: every table with a non-integer primary\n" +
+          'key, last writer wins per field; link tables as sets). --watch stops on Ctrl-C (exit 0).',
       ),
     async (ctx, _args, o) => {
       await (await import('./commands/sync.js')).runSync(ctx, o);
+    },
+  );
+
+  const tables = program
+    .command('tables')
+    .description("show each table of the database with the vault's rule for it (lww, set, snapshot-only) and why")
+    .addHelpText(
+      'after',
+      '\nSubcommand:\n  set TABLE RULE   declare RULE (lww, set, snapshot-only, or default) for TABLE, for the whole vault\n\n' +
+        "The rules are the vault's settings: synced to every device with the next `casa sync`, kept in snapshots,\n" +
+        'so a restored device uses them too.',
+    );
+  wire(tables, async (ctx) => {
+    await (await import('./commands/tables.js')).runTables(ctx);
+  });
+  wire(
+    tables
+      .command('set')
+      .description("declare how TABLE syncs, for the whole vault (carried by the next `casa sync`)")
+      .argument('<table>', 'a table of the database')
+      .argument('<rule>', 'lww, set, snapshot-only, or default (take the declaration back)'),
+    async (ctx, args) => {
+      await (await import('./commands/tables.js')).runTablesSet(ctx, String(args[0]), String(args[1]));
     },
   );
 

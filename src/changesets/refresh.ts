@@ -31,10 +31,15 @@ export function schemaVersion(db: Database.Database): number {
  * Derives the synced schema, (re)installs capture with its catch-up, and
  * applies what casa_pending now has room for. `now` is this device's time in
  * ms; `deviceId` stamps this device's log rows before the pending changes
- * merge (merge.ts). Throws SyncSchemaError when the schema cannot sync.
+ * merge (merge.ts). Throws SyncSchemaError when the schema cannot sync;
+ * `lenient`: tables that need a decision are left out (schema.undecided).
  */
-export function refreshCapture(db: Database.Database, decl: SyncDeclarations, opts: { now: number; deviceId: string | null }): Refreshed {
-  const schema = deriveSyncSchema(db, decl);
+export function refreshCapture(
+  db: Database.Database,
+  decl: SyncDeclarations,
+  opts: { now: number; deviceId: string | null; lenient?: boolean },
+): Refreshed {
+  const schema = deriveSyncSchema(db, decl, { lenient: opts.lenient === true });
   const refresh = installCapture(db, schema, { now: opts.now });
   let applied = 0;
   if (refresh.changed && opts.deviceId !== null && pendingRemoteCount(db) > 0) {

@@ -42,9 +42,23 @@ export interface SyncSchema {
   tables: SyncTable[];
   /** Tables left to snapshots (declared, or virtual/shadow), by name. */
   snapshotOnly: string[];
+  /**
+   * Tables that need a decision (keyed by the integer rowid, or with a
+   * reserved column name), by name: left out of sync until one is declared
+   * (`casa tables set`). Only a lenient derivation returns any.
+   */
+  undecided: { name: string; reason: string }[];
   /** 16 hex: a hash of the synced tables, their key and columns and kinds (a batch's "schema" field). */
   fingerprint: string;
 }
+
+/**
+ * The vault's sync settings: which tables sync and how, one row per declared
+ * table (`rule`: "lww", "set", "snapshot-only", or a rule object as JSON).
+ * casa's one table that syncs like the app's (last writer wins), so every
+ * device, and a restore, reads the same declarations (settings.ts).
+ */
+export const SETTINGS_TABLE = 'casa_tables';
 
 /** Column names casa_clock reserves for the row markers (docs/MERGE.md §3). */
 export const RESERVED_COLUMNS: readonly string[] = ['+', '-'];
@@ -52,10 +66,13 @@ export const RESERVED_COLUMNS: readonly string[] = ['+', '-'];
 /** The database's schema cannot sync as declared; `table` names the table at fault, when there is one. */
 export class SyncSchemaError extends FailureError {
   readonly table: string | null;
+  /** Every table that needs a decision, when that is the error (else empty). */
+  readonly undecided: string[];
 
-  constructor(message: string, table: string | null = null) {
+  constructor(message: string, table: string | null = null, undecided: string[] = []) {
     super(message, { code: 'usage' });
     this.table = table;
+    this.undecided = undecided;
   }
 }
 
@@ -91,12 +108,19 @@ function normaliseRule(name: string, rule: unknown): TableRule {
   throw new SyncSchemaError(`table ${name}: a rule is "lww", "set" or "snapshot-only"`, name);
 }
 
-function hint(name: string): string {
-  return `declare it snapshot-only: {"tables": {${JSON.stringify(name)}: "snapshot-only"}} in the sync declarations file`;
+/** The command that decides for `names`: each declared snapshot-only. */
+export function declareCommand(names: string[]): string {
+  return names.map((n) => `casa tables set ${/^[A-Za-z0-9_.-]+$/.test(n) ? n : JSON.stringify(n)} snapshot-only`).join(' && ');
 }
 
-/** Derives the synced schema from the database and the declarations; throws SyncSchemaError. */
-export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}): SyncSchema {
+/**
+ * Derives the synced schema from the database and the declarations; throws
+ * SyncSchemaError. A declaration naming a table the database lacks is kept
+ * for when the app creates it (the settings travel with the vault). Tables
+ * that need a decision: all named in one SyncSchemaError, or, `lenient`,
+ * left out of sync and listed in `undecided`.
+ */
+export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}, opts: { lenient?: boolean } = {}): SyncSchema {
   if (typeof decl !== 'object' || decl === null || Array.isArray(decl)) throw new SyncSchemaError('the sync declarations must be a JSON object');
   const extra = Object.keys(decl).filter((k) => k !== 'tables');
   if (extra.length > 0) throw new SyncSchemaError(`the sync declarations have an unknown key: ${extra[0]}`);
@@ -108,18 +132,15 @@ export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}): SyncSchem
   const list = db.prepare('PRAGMA main.table_list').all() as { name: string; type: string; wr: number }[];
   const userTables = new Map<string, { type: string; wr: number }>();
   for (const t of list) {
-    if (/^sqlite_/i.test(t.name) || /^casa_/i.test(t.name)) continue;
+    if (/^sqlite_/i.test(t.name) || (/^casa_/i.test(t.name) && t.name !== SETTINGS_TABLE)) continue;
     if (t.type === 'table' || t.type === 'virtual' || t.type === 'shadow') userTables.set(t.name, t);
   }
-  for (const name of Object.keys(declared)) {
-    if (!userTables.has(name)) throw new SyncSchemaError(`the sync declarations name table ${name}, which the database does not have`, name);
-  }
-
   const tables: SyncTable[] = [];
   const snapshotOnly: string[] = [];
+  const undecided: { name: string; reason: string }[] = [];
   for (const name of [...userTables.keys()].sort()) {
     const info = userTables.get(name)!;
-    const raw = declared[name];
+    const raw = name === SETTINGS_TABLE ? undefined : declared[name];
     const rule = raw === undefined ? null : normaliseRule(name, raw);
     if (rule?.kind === 'snapshot-only' || info.type !== 'table') {
       snapshotOnly.push(name);
@@ -130,15 +151,13 @@ export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}): SyncSchem
     const rowidKey =
       info.wr === 0 && (pkCols.length === 0 || (pkCols.length === 1 && pkCols[0]!.type.toUpperCase() === 'INTEGER'));
     if (rowidKey) {
-      throw new SyncSchemaError(
-        `table ${name} is keyed by the integer rowid, which two devices would assign alike: ${hint(name)}`,
-        name,
-      );
+      undecided.push({ name, reason: 'is keyed by the integer rowid, which two devices would assign alike' });
+      continue;
     }
-    for (const c of cols) {
-      if (RESERVED_COLUMNS.includes(c.name)) {
-        throw new SyncSchemaError(`table ${name} has a column named ${JSON.stringify(c.name)}, which casa reserves: ${hint(name)}`, name);
-      }
+    const reserved = cols.find((c) => RESERVED_COLUMNS.includes(c.name));
+    if (reserved !== undefined) {
+      undecided.push({ name, reason: `has a column named ${JSON.stringify(reserved.name)}, which casa reserves` });
+      continue;
     }
     const columns = cols.filter((c) => c.pk === 0).map((c) => c.name);
     let kind: 'lww' | 'set' = columns.length === 0 ? 'set' : 'lww';
@@ -155,7 +174,15 @@ export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}): SyncSchem
     tables.push({ name, kind, pk: pkCols.map((c) => c.name), columns });
   }
 
+  if (undecided.length > 0 && opts.lenient !== true) {
+    const names = undecided.map((u) => u.name);
+    const what =
+      undecided.length === 1
+        ? `table ${names[0]} ${undecided[0]!.reason}`
+        : `${undecided.length} tables need a decision: ${undecided.map((u) => `${u.name} (${u.reason})`).join('; ')}`;
+    throw new SyncSchemaError(`${what}: declare ${names.length === 1 ? 'it' : 'each'} snapshot-only (${declareCommand(names)})`, names[0]!, names);
+  }
   const canon = tables.map((t) => [t.name, t.kind, t.pk, [...t.columns].sort()]);
   const fingerprint = createHash('sha256').update(JSON.stringify(['casa-sync-schema/1', canon])).digest('hex').slice(0, 16);
-  return { tables, snapshotOnly, fingerprint };
+  return { tables, snapshotOnly, undecided, fingerprint };
 }

@@ -172,16 +172,18 @@ async function catchUpChangesets(ctx: Context, v: OpenVault, manifest: Manifest)
   } finally {
     db.close();
   }
-  const { syncEnvOf, openSynced } = await import('./synced.js');
+  const { syncEnvOf, openSynced, refreshSynced } = await import('./synced.js');
   const { loadSyncState, pullRound } = await import('../changesets/sync-run.js');
   const { writeSyncState } = await import('../changesets/sync-state.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
   const before = loadSyncState(env);
   const w = manifest.changesetWatermark;
   writeSyncState(env.home, env.keys, env.dbPath, { ...before, cursor: w, baseCursor: w, chains: {} });
-  const { db: synced, schema } = openSynced(ctx, v.p.vault.deviceId);
+  const { db: synced, schema } = openSynced(ctx, v.p.vault.deviceId, { lenient: true });
   try {
     const r = await pullRound(env, synced, schema);
+    // Settings the changesets carried (a table declared after the snapshot): derived again, and what waited for them applied.
+    refreshSynced(ctx, synced, v.p.vault.deviceId, { lenient: true });
     if (r.pulledChanges > 0) ctx.out.note(`caught up: applied ${r.applied} of ${r.pulledChanges} changes from ${r.pulledBatches} changesets after the snapshot`);
   } catch (err) {
     if (err instanceof UnreachableError) {

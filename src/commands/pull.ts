@@ -93,7 +93,7 @@ async function pushPending(ctx: Context, v: OpenVault): Promise<boolean> {
   const { syncEnvOf, openSynced } = await import('./synced.js');
   const { pushRound } = await import('../changesets/sync-run.js');
   const env = syncEnvOf(ctx, v.p, v.api.session, v.keys);
-  const { db, schema } = openSynced(ctx, v.p.vault.deviceId);
+  const { db, schema } = openSynced(ctx, v.p.vault.deviceId, { lenient: true });
   try {
     const r = await pushRound(env, db, schema);
     if (r.pushedChanges > 0) ctx.out.note(`pushed ${r.pushedChanges} local changes before replacing the database`);

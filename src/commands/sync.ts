@@ -24,11 +24,13 @@ import { detachCapture, detachedSince } from '../changesets/capture.js';
 import { pendingCount } from '../changesets/change-log.js';
 import { listConflicts } from '../changesets/merge.js';
 import { schemaVersion, type Refreshed } from '../changesets/refresh.js';
-import type { SyncSchema } from '../changesets/rules.js';
+import { SyncSchemaError, declareCommand, type SyncSchema } from '../changesets/rules.js';
+import { setRule } from '../changesets/settings.js';
+import { confirm } from '../ui/prompts.js';
 import { loadSyncState, syncRound, type SyncEnv, type SyncRound } from '../changesets/sync-run.js';
 import { WS_CLOSE_DEVICE_REVOKED } from '../protocol/messages.js';
 import { Context, loadPaired } from './context.js';
-import { openSynced, refreshSynced, syncEnv } from './synced.js';
+import { openSynced, refreshSynced, syncEnv, undecidedError } from './synced.js';
 
 export interface SyncOptions {
   watch?: boolean;
@@ -89,16 +91,69 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
   // exits at once; every request has its timeout).
   const env = await syncEnv(opts.watch ? new Context(ctx.globals, { ...ctx.deps, signal: new AbortController().signal }) : ctx);
   const lock = syncLock(ctx);
-  const { db, schema, refreshed } = openSynced(ctx, env.deviceId);
+  // Lenient: a table that needs a decision is left out until after the pull (another device may have decided).
+  const { db, schema, refreshed } = openSynced(ctx, env.deviceId, { lenient: true });
   try {
-    if (opts.watch) return await watch(ctx, env, db, refreshed);
-    const r = await syncRound(env, db, schema);
+    if (opts.watch) {
+      warnUndecided(ctx, schema);
+      return await watch(ctx, env, db, refreshed);
+    }
+    const r = await settledRound(ctx, env, db, schema);
     ctx.out.print(r.pushedChanges === 0 && r.pulledChanges === 0 ? `up to date (at ${r.cursor} of ${r.head})` : roundLine(r));
     ctx.out.result({ message_type: 'sync', ...roundDoc(r), schema: refreshDoc(refreshed) });
   } finally {
     db.close();
     lock.release();
   }
+}
+
+/**
+ * A sync round, then whatever the pull changed in the vault's settings or
+ * the schema (a table another device declared) derived again and sent in a
+ * second round; then every table that still needs a decision: on a
+ * terminal, one question for all of them (snapshot-only); without one,
+ * exit 2 naming them all and the command (what could sync has synced).
+ */
+async function settledRound(ctx: Context, env: SyncEnv, db: Database.Database, schema: SyncSchema): Promise<SyncRound> {
+  let r = await syncRound(env, db, schema);
+  let now = refreshSynced(ctx, db, env.deviceId, { lenient: true }).schema;
+  if (now.fingerprint !== schema.fingerprint) r = addRounds(r, await syncRound(env, db, now));
+  if (now.undecided.length === 0) return r;
+  const names = now.undecided.map((u) => u.name);
+  const list = now.undecided.map((u) => `${u.name} (${u.reason})`).join('; ');
+  if (ctx.out.interactive && !ctx.out.opts.json) {
+    ctx.out.note(`${names.length === 1 ? 'a table' : `${names.length} tables`} cannot sync field by field: ${list}`);
+    const yes = await confirm(ctx.out, `Leave ${names.join(', ')} to snapshots, for the whole vault?`, declareCommand(names));
+    if (yes) {
+      for (const n of names) setRule(db, n, 'snapshot-only');
+      now = refreshSynced(ctx, db, env.deviceId).schema;
+      ctx.out.note(`declared snapshot-only for the vault: ${names.join(', ')} (\`casa tables\` shows every table's rule)`);
+      return addRounds(r, await syncRound(env, db, now));
+    }
+  }
+  throw undecidedError(new SyncSchemaError(`${names.length === 1 ? 'table' : `${names.length} tables`} need a decision: ${list}`, names[0]!, names));
+}
+
+function addRounds(a: SyncRound, b: SyncRound): SyncRound {
+  return {
+    pushedBatches: a.pushedBatches + b.pushedBatches,
+    pushedChanges: a.pushedChanges + b.pushedChanges,
+    pulledBatches: a.pulledBatches + b.pulledBatches,
+    pulledChanges: a.pulledChanges + b.pulledChanges,
+    applied: a.applied + b.applied,
+    conflicts: a.conflicts + b.conflicts,
+    pending: b.pending,
+    cursor: b.cursor,
+    head: b.head,
+    pendingLocal: b.pendingLocal,
+  };
+}
+
+/** A watch cannot ask: it says once which tables are left out and how to decide. */
+function warnUndecided(ctx: Context, schema: SyncSchema): void {
+  if (schema.undecided.length === 0) return;
+  const names = schema.undecided.map((u) => u.name);
+  ctx.out.warn(`not synced until decided: ${names.join(', ')} (${declareCommand(names)})`);
 }
 
 // ---------------------------------------------------------------- --detach, --attach

@@ -5,12 +5,13 @@
  * (docs/MERGE.md §8), what the refresh found said once, and the environment
  * a sync round runs in. Shared by the commands; no command of its own.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { FailureError } from '../errors.js';
+import { FailureError, UsageError } from '../errors.js';
 import { refreshCapture, type Refreshed } from '../changesets/refresh.js';
-import { SyncSchemaError, type SyncDeclarations, type SyncSchema } from '../changesets/rules.js';
+import { SyncSchemaError, declareCommand, type SyncSchema } from '../changesets/rules.js';
+import { importDeclarationsFile, readSettings } from '../changesets/settings.js';
 import type { SyncEnv } from '../changesets/sync-run.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { ChangesetApi } from '../relay/changesets.js';
@@ -18,23 +19,9 @@ import type { DeviceSession } from '../relay/client.js';
 import { openVaultKeys } from '../keys/open.js';
 import { deviceSession, loadPaired, tracer, type Context, type Paired } from './context.js';
 
-/** Where a user declares which tables sync and how (rules.ts reads the declarations). */
+/** The file an earlier casa read the declarations from; imported once into the vault's settings (settings.ts). */
 export function declarationsPath(home: string): string {
   return join(home, 'sync-tables.json');
-}
-
-export function readDeclarations(home: string): SyncDeclarations {
-  const path = declarationsPath(home);
-  if (!existsSync(path)) return {};
-  try {
-    const d = JSON.parse(readFileSync(path, 'utf8')) as SyncDeclarations;
-    if (typeof d !== 'object' || d === null || Array.isArray(d)) throw new Error('not a JSON object');
-    return d;
-  } catch (err) {
-    throw new FailureError(`cannot read ${path} (${(err as Error).message})`, {
-      hints: ['it holds {"tables": {"NAME": "lww" | "set" | "snapshot-only"}}; see casa-sync(1)'],
-    });
-  }
 }
 
 /** The database open for sync, its capture refreshed (refreshSynced). */
@@ -51,7 +38,7 @@ export interface Synced {
  * made since a migration caught up. `deviceId` (when paired) lets received
  * changes waiting for the new schema be applied at once.
  */
-export function openSynced(ctx: Context, deviceId: string | null = null): Synced {
+export function openSynced(ctx: Context, deviceId: string | null = null, opts: { lenient?: boolean } = {}): Synced {
   const dbPath = ctx.globals.db;
   if (!existsSync(dbPath)) {
     throw new FailureError(`no database at ${dbPath}`, {
@@ -67,7 +54,7 @@ export function openSynced(ctx: Context, deviceId: string | null = null): Synced
     throw new FailureError(`cannot open the database ${dbPath} (${(err as Error).message})`);
   }
   try {
-    const refreshed = refreshSynced(ctx, db, deviceId);
+    const refreshed = refreshSynced(ctx, db, deviceId, opts);
     return { db, schema: refreshed.schema, refreshed };
   } catch (err) {
     db.close();
@@ -75,19 +62,23 @@ export function openSynced(ctx: Context, deviceId: string | null = null): Synced
   }
 }
 
-/** refreshCapture with the user's declarations, saying what a schema change led to; a schema that cannot sync is exit 2 with the way out. */
-export function refreshSynced(ctx: Context, db: Database.Database, deviceId: string | null): Refreshed {
-  const decl = readDeclarations(ctx.globals.home);
+/**
+ * refreshCapture with the vault's settings (the declarations file of an
+ * earlier casa imported into them first), saying what a schema change led
+ * to. A schema that cannot sync is exit 2 with the way out; `lenient`
+ * leaves tables that need a decision out instead (schema.undecided): a
+ * restore or pull never fails on settings, and a sync pulls first (another
+ * device may have decided).
+ */
+export function refreshSynced(ctx: Context, db: Database.Database, deviceId: string | null, opts: { lenient?: boolean } = {}): Refreshed {
+  const file = declarationsPath(ctx.globals.home);
+  const imported = importDeclarationsFile(db, file);
+  if (imported.length > 0) ctx.out.note(`the declarations in ${file} are now the vault's settings (${imported.join(', ')}): \`casa tables\` shows them; the file is renamed .imported`);
   let r: Refreshed;
   try {
-    r = refreshCapture(db, decl, { now: ctx.deps.now(), deviceId });
+    r = refreshCapture(db, readSettings(db), { now: ctx.deps.now(), deviceId, lenient: opts.lenient === true });
   } catch (err) {
-    if (err instanceof SyncSchemaError) {
-      throw new FailureError(err.message, {
-        code: 'usage',
-        hints: [`declare it in ${declarationsPath(ctx.globals.home)}, e.g. {"tables": {"${err.table ?? 'NAME'}": "snapshot-only"}}`],
-      });
-    }
+    if (err instanceof SyncSchemaError) throw undecidedError(err);
     throw err;
   }
   const { out } = ctx;
@@ -136,4 +127,12 @@ export function syncEnvOf(ctx: Context, p: Paired, session: DeviceSession, keys:
     server: p.client.server,
     trace: tracer(ctx),
   };
+}
+
+/** A schema that cannot sync as input needed (exit 2), with the command that decides every table at once. */
+export function undecidedError(err: SyncSchemaError): UsageError {
+  const names = err.undecided.length > 0 ? err.undecided : err.table !== null ? [err.table] : [];
+  return new UsageError(err.message, {
+    hints: names.length > 0 ? [`to sync the rest and leave ${names.length === 1 ? 'it' : 'them'} to snapshots: ${declareCommand(names)}`, 'see `casa tables`'] : ['see `casa tables`'],
+  });
 }

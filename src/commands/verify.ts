@@ -149,7 +149,7 @@ async function runVerifySync(ctx: Context): Promise<VerifySyncReport> {
   const lock = acquireLock(ctx.globals.home, `${ctx.globals.db}#sync`, 'verify --sync');
   let report: DigestReport;
   try {
-    const { db, schema } = openSynced(ctx, env.deviceId);
+    const { db, schema } = openSynced(ctx, env.deviceId, { lenient: true });
     try {
       const round = await syncRound(env, db, schema);
       if (round.pushedChanges > 0 || round.pulledChanges > 0) {

@@ -101,7 +101,7 @@ describe('sync schema', () => {
     expect(s.fingerprint).toMatch(/^[0-9a-f]{16}$/);
   });
 
-  it('refuses an integer-rowid table, naming it and the snapshot-only declaration', () => {
+  it('refuses integer-rowid tables, naming every one and the command that declares them, or (lenient) leaves them out', () => {
     app((db) => db.exec('CREATE TABLE budgets (id INTEGER PRIMARY KEY, month TEXT, amount INTEGER)'));
     const db = new Database(path);
     let err: unknown;
@@ -113,10 +113,19 @@ describe('sync schema', () => {
     expect(err).toBeInstanceOf(SyncSchemaError);
     expect((err as SyncSchemaError).table).toBe('budgets');
     expect((err as Error).message).toContain('budgets');
-    expect((err as Error).message).toContain('{"tables": {"budgets": "snapshot-only"}}');
-    // No declared key at all: the rowid again.
+    expect((err as Error).message).toContain('casa tables set budgets snapshot-only');
+    // No declared key at all: the rowid again. Both named in one error.
     db.exec('CREATE TABLE notes (body TEXT)');
+    expect(() => deriveSyncSchema(db, {})).toThrow(/2 tables need a decision: budgets .*; notes .*casa tables set budgets snapshot-only && casa tables set notes snapshot-only/);
+    try {
+      deriveSyncSchema(db, {});
+    } catch (e) {
+      expect((e as SyncSchemaError).undecided).toEqual(['budgets', 'notes']);
+    }
     expect(() => deriveSyncSchema(db, { tables: { budgets: 'snapshot-only' } })).toThrow(/notes/);
+    const lenient = deriveSyncSchema(db, {}, { lenient: true });
+    expect(lenient.undecided.map((u) => u.name)).toEqual(['budgets', 'notes']);
+    expect(lenient.tables.map((t) => t.name)).not.toContain('budgets');
     // A declaration cannot make it sync.
     expect(() => deriveSyncSchema(db, { tables: { budgets: 'lww', notes: 'snapshot-only' } })).toThrow(/budgets/);
     db.close();
@@ -132,14 +141,15 @@ describe('sync schema', () => {
     db.close();
   });
 
-  it('accepts a WITHOUT ROWID integer key, skips virtual tables, refuses unknown or impossible declarations', () => {
+  it('accepts a WITHOUT ROWID integer key, skips virtual tables, keeps a declaration for a table not here yet, refuses impossible ones', () => {
     app((db) => db.exec('CREATE TABLE fx (day INTEGER PRIMARY KEY, rate REAL) WITHOUT ROWID; CREATE VIRTUAL TABLE memo_fts USING fts5(memo)'));
     const db = new Database(path);
     const s = deriveSyncSchema(db, {});
     expect(s.tables.find((t) => t.name === 'fx')).toMatchObject({ kind: 'lww', pk: ['day'], columns: ['rate'] });
     expect(s.snapshotOnly).toContain('memo_fts');
     expect(s.snapshotOnly).toContain('memo_fts_data');
-    expect(() => deriveSyncSchema(db, { tables: { nope: 'lww' } })).toThrow(SyncSchemaError);
+    // The settings travel: a table another device's app created, not yet here, is not an error.
+    expect(deriveSyncSchema(db, { tables: { nope: 'lww' } }).fingerprint).toBe(s.fingerprint);
     expect(() => deriveSyncSchema(db, { tables: { accounts: 'set' } })).toThrow(/cannot be a set/);
     expect(() => deriveSyncSchema(db, { tables: { transaction_tags: 'lww' } })).toThrow(/declare it "set"/);
     expect(() => deriveSyncSchema(db, { tables: { accounts: { kind: 'lww', columns: { nope: 'lww' } } } })).toThrow(/accounts\.nope/);
