@@ -141,7 +141,15 @@ export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}, opts: { le
   for (const name of [...userTables.keys()].sort()) {
     const info = userTables.get(name)!;
     const raw = name === SETTINGS_TABLE ? undefined : declared[name];
-    const rule = raw === undefined ? null : normaliseRule(name, raw);
+    let rule: TableRule | null;
+    try {
+      rule = raw === undefined ? null : normaliseRule(name, raw);
+    } catch (err) {
+      // A rule another device declared that this casa cannot read: that table waits, the rest syncs.
+      if (!(err instanceof SyncSchemaError) || opts.lenient !== true) throw err;
+      undecided.push({ name, reason: `has a declared rule this casa cannot use (${err.message})` });
+      continue;
+    }
     if (rule?.kind === 'snapshot-only' || info.type !== 'table') {
       snapshotOnly.push(name);
       continue;
@@ -161,15 +169,19 @@ export function deriveSyncSchema(db: Db, decl: SyncDeclarations = {}, opts: { le
     }
     const columns = cols.filter((c) => c.pk === 0).map((c) => c.name);
     let kind: 'lww' | 'set' = columns.length === 0 ? 'set' : 'lww';
-    if (rule?.kind === 'set' && columns.length > 0) {
-      throw new SyncSchemaError(`table ${name} cannot be a set: columns outside its primary key (${columns.join(', ')})`, name);
-    }
+    let impossible: string | null = null;
+    if (rule?.kind === 'set' && columns.length > 0) impossible = `table ${name} cannot be a set: columns outside its primary key (${columns.join(', ')})`;
     if (rule?.kind === 'lww') {
-      if (columns.length === 0) throw new SyncSchemaError(`table ${name} has no columns outside its primary key: declare it "set"`, name);
-      for (const c of Object.keys(rule.columns ?? {})) {
-        if (!columns.includes(c)) throw new SyncSchemaError(`the sync declarations name column ${name}.${c}, which is not a synced column`, name);
-      }
+      if (columns.length === 0) impossible = `table ${name} has no columns outside its primary key: declare it "set"`;
+      const stray = Object.keys(rule.columns ?? {}).find((c) => !columns.includes(c));
+      if (stray !== undefined) impossible = `the sync declarations name column ${name}.${stray}, which is not a synced column`;
       kind = 'lww';
+    }
+    if (impossible !== null) {
+      // The app's schema changed under a declaration (or another device declared for its own schema): lenient, the table waits.
+      if (opts.lenient !== true) throw new SyncSchemaError(impossible, name);
+      undecided.push({ name, reason: `has a declared rule it cannot have here (${impossible})` });
+      continue;
     }
     tables.push({ name, kind, pk: pkCols.map((c) => c.name), columns });
   }
