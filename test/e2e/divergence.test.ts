@@ -81,7 +81,7 @@ describe('casa verify --sync', () => {
     const { a, b, ids } = await pair('split');
     const first = await verifyJson(a);
     expect(first.doc).toMatchObject({ message_type: 'verify_sync', device: ids.a, devices: [{ device_id: ids.b, name: 'split-b', status: 'not_comparable' }] });
-    expect(Object.keys(first.doc.tables).sort()).toEqual(['accounts', 'categories', 'payees', 'rules', 'transaction_tags', 'transactions']);
+    expect(Object.keys(first.doc.tables).sort()).toEqual(['accounts', 'casa_tables', 'categories', 'payees', 'rules', 'transaction_tags', 'transactions']);
     expect(first.doc.rows).toBeGreaterThan(1000);
     expect(first.doc.digest_ms).toEqual(expect.any(Number));
     const fromB = await verifyJson(b);
@@ -91,7 +91,7 @@ describe('casa verify --sync', () => {
     expect(fromB.doc.tables).toEqual(first.doc.tables);
     expect(fromB.doc.cursor).toBe(first.doc.cursor);
     const human = await ok(a, ['verify', '--sync']);
-    expect(human.stdout).toMatch(/^this device {2}split-a \([0-9a-f]{8}\) at changeset \d+: [\d,]+ rows in 6 tables digested in \d+ ms$/m);
+    expect(human.stdout).toMatch(/^this device {2}split-a \([0-9a-f]{8}\) at changeset \d+: [\d,]+ rows in 7 tables digested in \d+ ms$/m);
     expect(human.stdout).toMatch(/^split-b \([0-9a-f]{8}\) +same$/m);
 
     // A write casa does not capture: b's transactions now hold what a's do not, and sync cannot tell.
