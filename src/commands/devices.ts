@@ -134,7 +134,7 @@ function findDevice(devices: DeviceInfo[], q: string): DeviceInfo {
   throw new FailureError(`no device ${id} in this vault`, { hints: ['`casa devices` lists the ids'] });
 }
 
-function parseDevices(doc: Record<string, unknown>, currentId: string, server: string): DeviceInfo[] {
+export function parseDevices(doc: Record<string, unknown>, currentId: string, server: string): DeviceInfo[] {
   const list = doc.devices;
   const bad = () => new FailureError(`the relay at ${server} sent a malformed device list`);
   if (!Array.isArray(list)) throw bad();
