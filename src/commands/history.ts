@@ -111,6 +111,11 @@ export function jsonValue(v: SqlValue): unknown {
 
 export const OP_NAMES = { i: 'insert', u: 'update', d: 'delete' } as const;
 
+/** What every change carries in --json: when, which device, what op. */
+export function changeJson(ix: Indexed, e: Entry) {
+  return { time: e.wall, hlc: e.hlc, device_id: e.device, device_name: ix.names.get(e.device) ?? null, op: OP_NAMES[e.op] };
+}
+
 /** What the local database says of a table: its key and other columns, or null when it lacks it. */
 interface TableShape {
   pk: string[];
@@ -252,11 +257,7 @@ export async function runHistory(ctx: Context, opts: HistoryOptions): Promise<Hi
       column: col,
       window: windowJson(ix.window, ix.now),
       changes: entries.map((e) => ({
-        time: e.wall,
-        hlc: e.hlc,
-        device_id: e.device,
-        device_name: ix.names.get(e.device) ?? null,
-        op: OP_NAMES[e.op],
+        ...changeJson(ix, e),
         column: e.col,
         value: e.op === 'd' ? null : jsonValue(e.val),
       })),

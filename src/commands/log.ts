@@ -10,7 +10,7 @@ import { UsageError } from '../errors.js';
 import { logEntries, type Before, type LogEntry } from '../changesets/history.js';
 import { parseMoment } from '../ui/format.js';
 import type { Context } from './context.js';
-import { deviceLabel, formatMoment, formatValue, jsonValue, OP_NAMES, openIndexed, resolveTable, windowJson, windowText, type Indexed } from './history.js';
+import { changeJson, deviceLabel, formatMoment, formatValue, jsonValue, OP_NAMES, openIndexed, resolveTable, windowJson, windowText, type Indexed } from './history.js';
 
 export interface LogOptions {
   since?: string;
@@ -90,11 +90,7 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
       since: since ?? null,
       window: windowJson(ix.window, ix.now),
       changes: entries.map((e) => ({
-        time: e.wall,
-        hlc: e.hlc,
-        device_id: e.device,
-        device_name: ix.names.get(e.device) ?? null,
-        op: OP_NAMES[e.op],
+        ...changeJson(ix, e),
         table: e.tbl,
         key: e.pk,
         column: e.col,
