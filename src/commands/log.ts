@@ -38,14 +38,19 @@ export interface LogReport {
   }[];
 }
 
-/** --since: a moment within the window (named with its bounds when not). */
-export function parseSince(text: string, ix: Pick<Indexed, 'window' | 'now'>): number {
-  const at = parseMoment(text, ix.now);
+/** --since as a time (a duration is taken back from `now`); exit 2 when it is neither. */
+function parseSinceText(text: string, now: number): number {
+  const at = parseMoment(text, now);
   if (at === null) {
     throw new UsageError(`--since takes a time, not ${JSON.stringify(text)}`, {
       hints: ['ISO 8601 (2026-12-01, 2026-12-01T10:04:05Z) or a duration ago (30m, 3h, 1d)'],
     });
   }
+  return at;
+}
+
+/** --since: a moment within the window (named with its bounds when not). */
+export function checkSince(at: number, ix: Pick<Indexed, 'window' | 'now'>): number {
   if (at > ix.now) throw new UsageError(`--since ${formatMoment(at)} is in the future; the history window is ${windowText(ix.window, ix.now)}`);
   if (ix.window.start !== null && at < ix.window.start) {
     throw new UsageError(`--since ${formatMoment(at)} is before the history window, ${windowText(ix.window, ix.now)}: the relay pruned older changes`, {
@@ -79,9 +84,11 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
     limit = Number(opts.limit);
     if (!/^\d{1,9}$/.test(opts.limit) || limit < 1) throw new UsageError(`--limit takes a positive whole number, not ${JSON.stringify(opts.limit)}`);
   }
+  // Malformed input is refused before anything is fetched.
+  const asked = opts.since === undefined ? undefined : parseSinceText(opts.since, ctx.deps.now());
   const ix = await openIndexed(ctx);
   try {
-    const since = opts.since === undefined ? undefined : parseSince(opts.since, ix);
+    const since = asked === undefined ? undefined : checkSince(asked, ix);
     if (opts.table !== undefined) await resolveTable(ctx, ix, opts.table);
     const devices = opts.device === undefined ? undefined : resolveDevices(ix, opts.device);
     const entries = logEntries(ix.db, { since, devices, table: opts.table, limit });
