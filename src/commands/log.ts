@@ -32,7 +32,8 @@ export interface LogReport {
     table: string;
     key: string;
     column: string | null;
-    old_state: Before['kind'];
+    /** null for a delete (of a row, or of a set's element). */
+    old_state: Before['kind'] | null;
     old: unknown;
     new: unknown;
   }[];
@@ -101,8 +102,8 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
         table: e.tbl,
         key: e.pk,
         column: e.col,
-        old_state: e.before.kind,
-        old: e.before.kind === 'value' ? jsonValue(e.before.value) : null,
+        old_state: e.op === 'd' ? null : e.before.kind,
+        old: e.op !== 'd' && e.before.kind === 'value' ? jsonValue(e.before.value) : null,
         new: e.op === 'd' ? null : jsonValue(e.val),
       })),
     };
