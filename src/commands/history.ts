@@ -17,6 +17,7 @@ import { UsageError } from '../errors.js';
 import type { SqlValue } from '../changesets/change.js';
 import { historyPath, historyWindow, hasColumn, hasRow, indexedTables, openHistory, rowHistory, updateHistory, type Entry, type HistoryWindow } from '../changesets/history.js';
 import { decodePk, encodePk } from '../changesets/pk-text.js';
+import { quoteId } from '../changesets/rules.js';
 import { ChangesetApi } from '../relay/changesets.js';
 import { openVaultKeys } from '../keys/open.js';
 import { parseDevices } from './devices.js';
@@ -209,8 +210,12 @@ export function keyCandidates(key: string): string[] {
   return out;
 }
 
-/** The pk text of KEY in TABLE: the candidate the index has changes of, else the first that fits the key's width. */
-export function resolveKey(ix: Indexed, table: string, shape: TableShape | null, key: string): string {
+/**
+ * The pk text of KEY in TABLE: the candidate the index has changes of, else
+ * the one a row of the local database has; a key of the wrong width, or one
+ * that names no row in either, is a usage error.
+ */
+export async function resolveKey(ctx: Context, ix: Indexed, table: string, shape: TableShape | null, key: string): Promise<string> {
   const candidates = keyCandidates(key);
   const hit = candidates.find((pk) => hasRow(ix.db, table, pk));
   if (hit !== undefined) return hit;
@@ -220,7 +225,25 @@ export function resolveKey(ix: Indexed, table: string, shape: TableShape | null,
       hints: [`give the key as a JSON array in key order, e.g. '${JSON.stringify(shape.pk.map((c) => `<${c}>`))}'`],
     });
   }
-  return candidates[candidates.length - 1]!;
+  if (shape !== null && shape.pk.length === width) {
+    const local = await firstLocalRow(ctx, table, shape.pk, candidates);
+    if (local !== undefined) return local;
+  }
+  throw new UsageError(`no row ${JSON.stringify(key)} in ${table}: neither the database nor the history window (${windowText(ix.window, ix.now)}) has it`, {
+    hints: ['`casa log --table ' + table + '` lists the rows changed in the window, with their keys'],
+  });
+}
+
+/** The first candidate key a row of the local database has. */
+async function firstLocalRow(ctx: Context, table: string, pkCols: string[], candidates: string[]): Promise<string | undefined> {
+  const Sqlite = (await import('better-sqlite3')).default;
+  const db = new Sqlite(ctx.globals.db, { readonly: true, fileMustExist: true });
+  try {
+    const q = db.prepare(`SELECT 1 FROM ${quoteId(table)} WHERE ${pkCols.map((c) => `${quoteId(c)} IS ?`).join(' AND ')} LIMIT 1`);
+    return candidates.find((pk) => q.get(...decodePk(pk).map((v) => (v instanceof Uint8Array ? Buffer.from(v) : v))) !== undefined);
+  } finally {
+    db.close();
+  }
 }
 
 export interface HistoryOptions {
@@ -248,7 +271,7 @@ export async function runHistory(ctx: Context, opts: HistoryOptions): Promise<Hi
         hints: shape ? [`its columns: ${[...shape.pk, ...shape.columns].join(', ')}`] : [],
       });
     }
-    const pk = resolveKey(ix, opts.table, shape, opts.key);
+    const pk = await resolveKey(ctx, ix, opts.table, shape, opts.key);
     const entries = rowHistory(ix.db, opts.table, pk, col);
     const report: HistoryReport = {
       message_type: 'history',
@@ -264,7 +287,7 @@ export async function runHistory(ctx: Context, opts: HistoryOptions): Promise<Hi
     };
     const what = `${opts.table} ${pk}${col === null ? '' : ` ${col}`}`;
     if (entries.length === 0) {
-      ctx.out.print(`no change of ${what} in the history window (${windowText(ix.window, ix.now)})`);
+      ctx.out.print(`no change of ${what} in the history window (${windowText(ix.window, ix.now)}): its value${col === null ? 's' : ''} came before it`);
     } else {
       ctx.out.print([`${what}: ${entries.length} change${entries.length === 1 ? '' : 's'}, oldest first`, ...formatEntries(ix, entries)].join('\n'));
     }

@@ -10,7 +10,7 @@
  * window the relay pruned is named with its bounds.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -213,6 +213,18 @@ describe('history, log and restore --at on two devices', () => {
     const k = await a.run(['history', 'transaction_tags', 'just-one']);
     expect(k.code).toBe(2);
     expect(k.stderr).toMatch(/key has 2 columns \(transaction_id, tag\)/);
+    const row = await a.run(['history', 'payees', 'no-such-payee']);
+    expect(row.code).toBe(2);
+    expect(row.stderr).toMatch(/^casa: error: no row "no-such-payee" in payees: neither the database nor the history window \(.+ to .+\) has it$/m);
+    // A row that exists but did not change in the window: its values came before it.
+    const untouched = sql<{ id: string }>(a, "SELECT id FROM payees WHERE id <> ? ORDER BY id LIMIT 1", PAYEE)[0]!.id;
+    const quiet = await ok(a, ['history', 'payees', untouched]);
+    expect(quiet.stdout).toMatch(/^no change of payees \[".+"\] in the history window \(.+\): its values came before it$/m);
+    writeFileSync(join(a.home, 'sync-tables.json'), JSON.stringify({ tables: { rules: 'snapshot-only' } }));
+    const snap = await a.run(['history', 'rules', 'x']);
+    expect(snap.code).toBe(2);
+    expect(snap.stderr).toMatch(/table rules syncs by snapshot only/);
+    rmSync(join(a.home, 'sync-tables.json'));
     const l = await a.run(['log', '--table', 'nosuch']);
     expect(l.code).toBe(2);
     const d = await a.run(['log', '--device', 'nobody']);
