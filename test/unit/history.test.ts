@@ -16,7 +16,7 @@ import { changesAfter, historyWindow, logEntries, openHistory, rowHistory, updat
 import { formatHlc } from '../../src/changesets/hlc.js';
 import { encodePk } from '../../src/changesets/pk-text.js';
 import type { ChangesetApi, PulledChangeset, PullResult } from '../../src/relay/changesets.js';
-import { keyCandidates } from '../../src/commands/history.js';
+import { formatValue, jsonValue, keyCandidates } from '../../src/commands/history.js';
 import { CasaError } from '../../src/errors.js';
 import { parseMoment } from '../../src/ui/format.js';
 
@@ -242,5 +242,24 @@ describe('TIME as the user types it (parseMoment)', () => {
   });
   it('anything else is null', () => {
     for (const bad of ['', 'yesterday', '3 h', '2026-13-01', '2026-12-01T25:00', '-1d', '1w']) expect(parseMoment(bad, now), bad).toBeNull();
+  });
+});
+
+describe('values for people and for --json', () => {
+  it('people: NULL, integers, reals with their point, text quoted, blobs as x\'hex\'', () => {
+    expect([null, 42n, -0.5, 3, 'a "b"', new Uint8Array([0, 255])].map((v) => formatValue(v))).toEqual(['NULL', '42', '-0.5', '3.0', '"a \\"b\\""', "x'00ff'"]);
+  });
+  it('--json: lossless, an integer beyond 2^53, a whole or odd real and a blob spelled out', () => {
+    expect([null, 't', 42n, 2n ** 60n, 1.25, 3, -0, Infinity, new Uint8Array([1])].map((v) => jsonValue(v))).toEqual([
+      null,
+      't',
+      42,
+      { i: '1152921504606846976' },
+      1.25,
+      { r: '3' },
+      { r: '-0' },
+      { r: 'Infinity' },
+      { x: '01' },
+    ]);
   });
 });
