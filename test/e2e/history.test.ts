@@ -14,17 +14,10 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { makeDb } from '../../bench/lib/make-db.mjs';
-import { sqlOn as sql, useRelay, type RunResult } from '../helpers/cli.js';
+import { okOn as ok, pairedDevices, sqlOn as sql, useRelay } from '../helpers/cli.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
-
-async function ok(m: Machine, args: string[]): Promise<RunResult> {
-  const r = await m.run(args);
-  expect(r.code, `casa ${args.join(' ')}: ${r.stderr}`).toBe(0);
-  return r;
-}
 
 const json = async <T = Record<string, unknown>>(m: Machine, args: string[]): Promise<T> => JSON.parse((await ok(m, [...args, '--json'])).stdout) as T;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -47,17 +40,7 @@ function dumpFile(path: string): string {
   }
 }
 
-async function vault(name: string): Promise<{ a: Machine; b: Machine }> {
-  const a = relay.machine(`${name}-a`);
-  const phraseFile = join(a.home, 'phrase.txt');
-  await ok(a, ['pair', '--new', '--phrase-out', phraseFile, '--device-name', `${name}-a`]);
-  makeDb({ out: a.env.CASA_DB, sizeMb: 1, seed: 5 });
-  await ok(a, ['sync']);
-  await ok(a, ['snapshot', '--quiet']);
-  const b = relay.machine(`${name}-b`);
-  await ok(b, ['restore', '--yes', '--phrase-file', phraseFile, '--device-name', `${name}-b`]);
-  return { a, b };
-}
+const vault = (name: string) => pairedDevices(relay, name);
 
 const PAYEE = 'payee-history-1';
 
@@ -72,8 +55,7 @@ describe('history, log and restore --at on two devices', () => {
   let memoTx: string;
 
   beforeAll(async () => {
-    ({ a, b } = await vault('seq'));
-    ids = { a: (await json<{ device_id: string }>(a, ['status'])).device_id, b: (await json<{ device_id: string }>(b, ['status'])).device_id };
+    ({ a, b, ids } = await vault('seq'));
     sql(a, "INSERT INTO payees (id, name, notes, created_at) VALUES (?, 'Corner shop', 'first', '2026-12-01')", PAYEE);
     await ok(a, ['sync']);
     await ok(b, ['sync']);
@@ -255,10 +237,9 @@ describe('history, log and restore --at on two devices', () => {
 
 describe('history against a relay that tampers or prunes', () => {
   it('an altered batch is exit 6, and nothing of it is indexed', async () => {
-    const { a, b } = await vault('alter');
+    const { a, b, vaultId } = await vault('alter');
     sql(a, "INSERT INTO payees (id, name, created_at) VALUES ('p-alter', 'x', '2026-12-01')");
     await ok(a, ['sync']);
-    const vaultId = (await json<{ vault_id: string }>(a, ['status'])).vault_id;
     const rows = (await relay.relay.vaults().prepare('SELECT r2_key FROM changesets WHERE vault_id = ? ORDER BY cursor').bind(vaultId).all()).results as { r2_key: string }[];
     const last = rows[rows.length - 1]!;
     const obj = await relay.relay.r2().get(last.r2_key);
@@ -276,12 +257,11 @@ describe('history against a relay that tampers or prunes', () => {
   });
 
   it('after the relay pruned, a --since before the window is refused with its bounds', async () => {
-    const { a } = await vault('pruned');
+    const { a, vaultId } = await vault('pruned');
     sql(a, "INSERT INTO payees (id, name, created_at) VALUES ('p-old', 'old', '2026-12-01')");
     await ok(a, ['sync']);
     await ok(a, ['log']); // indexes the batch that is then pruned
     await ok(a, ['snapshot', '--quiet', '--force']);
-    const vaultId = (await json<{ vault_id: string }>(a, ['status'])).vault_id;
     await relay.relay.vaults().prepare('DELETE FROM snapshots WHERE vault_id = ? AND changeset_watermark = 0').bind(vaultId).run();
     await relay.relay.vaults().prepare('UPDATE changesets SET created_at = 0 WHERE vault_id = ?').bind(vaultId).run();
     await relay.relay.runCron();
