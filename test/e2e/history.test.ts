@@ -9,12 +9,12 @@
  * is refused with exit 2 and nothing written; a tampered batch is exit 6; a
  * window the relay pruned is named with its bounds.
  */
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { okOn as ok, pairedDevices, sqlOn as sql, useRelay } from '../helpers/cli.js';
+import { replaceChangeset } from '../helpers/relay.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
@@ -241,13 +241,7 @@ describe('history against a relay that tampers or prunes', () => {
     sql(a, "INSERT INTO payees (id, name, created_at) VALUES ('p-alter', 'x', '2026-12-01')");
     await ok(a, ['sync']);
     const rows = (await relay.relay.vaults().prepare('SELECT r2_key FROM changesets WHERE vault_id = ? ORDER BY cursor').bind(vaultId).all()).results as { r2_key: string }[];
-    const last = rows[rows.length - 1]!;
-    const obj = await relay.relay.r2().get(last.r2_key);
-    const bytes = new Uint8Array(await obj!.arrayBuffer());
-    bytes[bytes.length - 5]! ^= 1;
-    await relay.relay.r2().put(last.r2_key, bytes);
-    const sha = createHash('sha256').update(bytes).digest('hex');
-    await relay.relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, last.r2_key).run();
+    await replaceChangeset(relay.relay, rows[rows.length - 1]!.r2_key);
     const r = await b.run(['history', 'payees', 'p-alter']);
     expect(r.code, r.stderr).toBe(6);
     expect(r.stderr).toMatch(/^casa: error: .*changeset/m);
