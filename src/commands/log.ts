@@ -10,7 +10,7 @@ import { UsageError } from '../errors.js';
 import { logEntries, type Before, type LogEntry } from '../changesets/history.js';
 import { parseMoment } from '../ui/format.js';
 import type { Context } from './context.js';
-import { changeJson, deviceLabel, formatMoment, formatValue, jsonValue, OP_NAMES, openIndexed, resolveTable, windowJson, windowText, type Indexed } from './history.js';
+import { changeJson, deviceLabel, formatMoment, formatValue, jsonValue, OP_NAMES, openIndexed, resolveTable, windowJson, windowText, type Indexed } from './indexed.js';
 
 export interface LogOptions {
   since?: string;

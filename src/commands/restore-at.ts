@@ -31,7 +31,7 @@ import { fsyncDir } from '../state.js';
 import { formatBytes, parseMoment } from '../ui/format.js';
 import { progress } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
-import { formatMoment, openIndexed } from './history.js';
+import { formatMoment, openIndexed } from './indexed.js';
 import { readDeclarations } from './synced.js';
 import { listChecked, openSnapshot, openVault, type OpenedSnapshot } from './vault.js';
 

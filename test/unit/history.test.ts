@@ -16,7 +16,7 @@ import { changesAfter, historyWindow, logEntries, openHistory, rowHistory, updat
 import { formatHlc } from '../../src/changesets/hlc.js';
 import { encodePk } from '../../src/changesets/pk-text.js';
 import type { ChangesetApi, PulledChangeset, PullResult } from '../../src/relay/changesets.js';
-import { formatValue, jsonValue, keyCandidates } from '../../src/commands/history.js';
+import { formatValue, jsonValue, keyCandidates } from '../../src/commands/indexed.js';
 import { CasaError } from '../../src/errors.js';
 import { parseMoment } from '../../src/ui/format.js';
 
