@@ -9,7 +9,7 @@
  * is refused with exit 2 and nothing written; a tampered batch is exit 6; a
  * window the relay pruned is named with its bounds.
  */
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -172,6 +172,9 @@ describe('history, log and restore --at on two devices', () => {
     expect(r1.to).toBe(f1);
     expect(r1.seq).toBe(1); // the snapshot after t1 is not taken: the first one and the changes after it
     expect(dumpFile(f1)).toBe(dump1);
+    expect(statSync(f1).mode & 0o777).toBe(0o600);
+    expect(readdirSync(a.home).filter((n) => n.includes('casa-restore'))).toEqual([]);
+    expect(statSync(join(a.home, 'history.db')).mode & 0o777).toBe(0o600);
 
     const f2 = join(b.home, 'at-t2.db');
     const r2 = await json<{ seq: number }>(b, ['restore', '--at', new Date(t2).toISOString(), '--to', f2]);
