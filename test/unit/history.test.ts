@@ -16,7 +16,8 @@ import { changesAfter, historyWindow, logEntries, openHistory, rowHistory, updat
 import { formatHlc } from '../../src/changesets/hlc.js';
 import { encodePk } from '../../src/changesets/pk-text.js';
 import type { ChangesetApi, PulledChangeset, PullResult } from '../../src/relay/changesets.js';
-import { formatValue, jsonValue, keyCandidates } from '../../src/commands/indexed.js';
+import { formatValue, jsonValue, keyCandidates, windowText } from '../../src/commands/indexed.js';
+import { checkSince } from '../../src/commands/log.js';
 import { CasaError } from '../../src/errors.js';
 import { parseMoment } from '../../src/ui/format.js';
 
@@ -261,5 +262,31 @@ describe('values for people and for --json', () => {
       { r: 'Infinity' },
       { x: '01' },
     ]);
+  });
+});
+
+describe('--since against the window', () => {
+  const now = Date.parse('2026-12-06T12:00:00Z');
+  const pruned = { window: { prunedThrough: 9, head: 20, start: Date.parse('2026-11-06T12:00:00Z'), oldest: Date.parse('2026-11-07T00:00:00Z') }, now };
+  const whole = { window: { prunedThrough: 0, head: 20, start: null, oldest: Date.parse('2026-12-01T00:00:00Z') }, now };
+  const refused = (f: () => unknown): string => {
+    try {
+      f();
+    } catch (err) {
+      expect((err as CasaError).exitCode).toBe(2);
+      return (err as Error).message;
+    }
+    throw new Error('expected a refusal');
+  };
+  it('takes a time within the window, and any past time while nothing was pruned', () => {
+    expect(checkSince(now - 1000, pruned)).toBe(now - 1000);
+    expect(checkSince(Date.parse('2020-01-01'), whole)).toBe(Date.parse('2020-01-01'));
+  });
+  it('refuses one before the window once the relay pruned, or in the future, naming the bounds', () => {
+    expect(refused(() => checkSince(Date.parse('2026-11-01T00:00:00Z'), pruned))).toBe(
+      '--since 2026-11-01T00:00:00.000Z is before the history window, 2026-11-06T12:00:00.000Z to 2026-12-06T12:00:00.000Z: the relay pruned older changes',
+    );
+    expect(refused(() => checkSince(now + 60_000, whole))).toBe('--since 2026-12-06T12:01:00.000Z is in the future; the history window is 2026-12-01T00:00:00.000Z to 2026-12-06T12:00:00.000Z');
+    expect(windowText({ ...whole.window, oldest: null }, now)).toBe('nothing yet, up to 2026-12-06T12:00:00.000Z');
   });
 });
