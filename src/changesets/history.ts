@@ -298,6 +298,8 @@ export interface LogFilter {
  * the field's previous change in HLC order, `absent` when the row's newest
  * earlier event was a delete (or, for an insert, when nothing earlier is
  * known), `unknown` when no earlier change of the field is in the index.
+ * One statement: SQLite's window functions find each field's previous
+ * change and the row's last delete before it, over the rows `f` touches.
  */
 export function logEntries(db: Database.Database, f: LogFilter): LogEntry[] {
   const where: string[] = [];
@@ -316,39 +318,25 @@ export function logEntries(db: Database.Database, f: LogFilter): LogEntry[] {
   }
   const cond = where.length > 0 ? `WHERE ${where.join(' AND ')}` : '';
   const limit = f.limit === undefined ? '' : `LIMIT ${Math.max(0, Math.floor(f.limit))}`;
-  const picked = (db.prepare(`SELECT * FROM changes ${cond} ORDER BY hlc DESC, id ${limit}`).all(...args) as Record<string, unknown>[]).map(entryOf);
-  if (picked.length === 0) return [];
-  // The rows' earlier changes, read once per row, in HLC order.
-  const earlier = db.prepare('SELECT * FROM changes WHERE tbl = ? AND pk = ? AND hlc <= ? ORDER BY hlc, id');
-  const newest = new Map<string, string>();
-  for (const e of picked) {
-    const k = JSON.stringify([e.tbl, e.pk]);
-    const h = newest.get(k);
-    if (h === undefined || e.hlc > h) newest.set(k, e.hlc);
+  const scope = where.length > 0 ? `WHERE (tbl, pk) IN (SELECT tbl, pk FROM changes ${cond})` : '';
+  const stmt = db.prepare(`
+    WITH w AS (
+      SELECT *, lag(val) OVER field AS prev_val, lag(hlc) OVER field AS prev_hlc,
+        max(CASE WHEN op = 'd' THEN hlc END) OVER (PARTITION BY tbl, pk ORDER BY hlc, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS del_hlc
+      FROM changes ${scope}
+      WINDOW field AS (PARTITION BY tbl, pk, col ORDER BY hlc, id))
+    SELECT cursor, device, wall, hlc, tbl, pk, col, op, val, prev_val, prev_hlc, del_hlc FROM w ${cond} ORDER BY hlc DESC, id ${limit}`);
+  const out: LogEntry[] = [];
+  for (const r of stmt.raw().iterate(...args, ...args) as Iterable<unknown[]>) {
+    const [cursor, device, wall, hlc, tbl, pk, col, op, val, prevVal, prevHlc, delHlc] = r as [bigint, string, bigint, string, string, string, string | null, Entry['op'], SqlValue, SqlValue, string | null, string | null];
+    let before: Before;
+    if (op === 'd') before = { kind: 'value', value: null };
+    else if (delHlc !== null && (prevHlc === null || prevHlc < delHlc)) before = { kind: 'absent' };
+    else if (prevHlc !== null && col !== null) before = { kind: 'value', value: toBytes(prevVal) };
+    else before = op === 'i' ? { kind: 'absent' } : { kind: 'unknown' };
+    out.push({ cursor: Number(cursor), device, wall: Number(wall), hlc, tbl, pk, col, op, val: toBytes(val), before });
   }
-  const before = new Map<Entry, Before>();
-  const wanted = new Set(picked.map((e) => `${e.tbl}\u0000${e.pk}\u0000${e.hlc}\u0000${e.col ?? ''}`));
-  const pickedBy = new Map(picked.map((e) => [`${e.tbl}\u0000${e.pk}\u0000${e.hlc}\u0000${e.col ?? ''}`, e]));
-  for (const [k, upto] of newest) {
-    const [tbl, pk] = JSON.parse(k) as [string, string];
-    const fields = new Map<string, { hlc: string; value: SqlValue }>();
-    let deletedAt: string | null = null;
-    for (const r of (earlier.all(tbl, pk, upto) as Record<string, unknown>[]).map(entryOf)) {
-      const key = `${r.tbl}\u0000${r.pk}\u0000${r.hlc}\u0000${r.col ?? ''}`;
-      if (wanted.has(key)) {
-        const field = r.col === null ? undefined : fields.get(r.col);
-        let b: Before;
-        if (r.op === 'd') b = { kind: 'value', value: null };
-        else if (deletedAt !== null && (field === undefined || field.hlc < deletedAt)) b = { kind: 'absent' };
-        else if (field !== undefined) b = { kind: 'value', value: field.value };
-        else b = r.op === 'i' ? { kind: 'absent' } : { kind: 'unknown' };
-        before.set(pickedBy.get(key)!, b);
-      }
-      if (r.op === 'd') deletedAt = r.hlc;
-      else if (r.col !== null) fields.set(r.col, { hlc: r.hlc, value: r.val });
-    }
-  }
-  return picked.map((e) => ({ ...e, before: before.get(e) ?? { kind: 'unknown' } }));
+  return out;
 }
 
 /**

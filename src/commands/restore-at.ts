@@ -14,7 +14,7 @@
  *    with applyRemote, as the devices merged them: the merge is a function
  *    of the set of changes, so the result is what a device that had seen
  *    every write made up to TIME held;
- * 4. `PRAGMA integrity_check`, fsync, then linked to FILE, which must not
+ * 4. `PRAGMA quick_check` (`integrity_check` with --thorough), fsync, then linked to FILE, which must not
  *    exist (a link never replaces a file: one created meanwhile is refused
  *    too); the temp is removed on any failure.
  *
@@ -125,7 +125,7 @@ export async function runRestoreAt(ctx: Context, opts: RestoreAtOptions): Promis
       },
     }).finally(() => bar?.done());
     const merged = await mergeUpTo(ctx, tmp, ix.db, m.changesetWatermark, at, v.p.vault.deviceId, now + (v.p.client.clockOffsetMs ?? 0));
-    await checkIntegrity(tmp);
+    await checkIntegrity(tmp, Boolean(opts.thorough));
     try {
       linkSync(tmp, to);
     } catch (err) {
@@ -209,19 +209,26 @@ async function mergeUpTo(
   }
 }
 
-/** SQLite's full integrity_check of the result (the merge wrote to it after the snapshot's own check). */
-async function checkIntegrity(path: string): Promise<void> {
+/**
+ * SQLite's check of the result, after the merge wrote to it (the snapshot
+ * itself was checked before: its checksum, and the same check):
+ * `quick_check`, as a restore runs, or `integrity_check` with --thorough
+ * (which also compares every index with its table: 1.3 s against 0.17 s on
+ * the 100 MiB bench database).
+ */
+async function checkIntegrity(path: string, thorough: boolean): Promise<void> {
   const Sqlite = (await import('better-sqlite3')).default;
   const db = new Sqlite(path, { fileMustExist: true });
+  const check = thorough ? 'integrity_check' : 'quick_check';
   let answer: string;
   try {
-    answer = (db.pragma('integrity_check') as Record<string, unknown>[]).map((r) => String(Object.values(r)[0])).join('; ');
+    answer = (db.pragma(check) as Record<string, unknown>[]).map((r) => String(Object.values(r)[0])).join('; ');
     // The file on its own: the WAL folded in, then fsynced by SQLite's checkpoint.
     db.pragma('wal_checkpoint(TRUNCATE)');
   } finally {
     db.close();
   }
-  if (answer !== 'ok') throw new IntegrityError(`the restored database fails SQLite's integrity_check: ${answer.slice(0, 200)}`, { hints: ['nothing was written'] });
+  if (answer !== 'ok') throw new IntegrityError(`the restored database fails SQLite's ${check}: ${answer.slice(0, 200)}`, { hints: ['nothing was written'] });
   const fd = openSync(path, 'r');
   try {
     fsyncSync(fd);

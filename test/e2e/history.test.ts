@@ -177,7 +177,7 @@ describe('history, log and restore --at on two devices', () => {
     expect(statSync(join(a.home, 'history.db')).mode & 0o777).toBe(0o600);
 
     const f2 = join(b.home, 'at-t2.db');
-    const r2 = await json<{ seq: number }>(b, ['restore', '--at', new Date(t2).toISOString(), '--to', f2]);
+    const r2 = await json<{ seq: number }>(b, ['restore', '--at', new Date(t2).toISOString(), '--to', f2, '--thorough']);
     expect(r2.seq).toBe(2);
     expect(dumpFile(f2)).toBe(dump2);
     expect(dumpFile(f2)).not.toBe(dumpFile(b.env.CASA_DB));
