@@ -58,7 +58,7 @@ function timed(env, args) {
 }
 
 /** `fields` field changes on `env`'s database: 4 fields of fields/4 transactions from `offset`, in one transaction. */
-function edit(env, fields, offset, tag) {
+export function edit(env, fields, offset, tag) {
   const db = new Database(env.CASA_DB);
   const rows = db.prepare('SELECT id FROM transactions ORDER BY id LIMIT ? OFFSET ?').all(Math.ceil(fields / 4), offset);
   if (rows.length * 4 < fields) throw new Error(`the database has too few transactions for ${fields} field changes`);

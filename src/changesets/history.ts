@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS batches (cursor INTEGER PRIMARY KEY, device TEXT NOT 
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY, cursor INTEGER NOT NULL, device TEXT NOT NULL, wall INTEGER NOT NULL,
   hlc TEXT NOT NULL, tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT, op TEXT NOT NULL, val);
 CREATE INDEX IF NOT EXISTS changes_row ON changes (tbl, pk, hlc);
+CREATE INDEX IF NOT EXISTS changes_field ON changes (tbl, pk, col, hlc);
 CREATE INDEX IF NOT EXISTS changes_wall ON changes (wall);
 CREATE INDEX IF NOT EXISTS changes_cursor ON changes (cursor);
 `;
@@ -298,45 +299,48 @@ export interface LogFilter {
  * the field's previous change in HLC order, `absent` when the row's newest
  * earlier event was a delete (or, for an insert, when nothing earlier is
  * known), `unknown` when no earlier change of the field is in the index.
- * One statement: SQLite's window functions find each field's previous
- * change and the row's last delete before it, over the rows `f` touches.
+ * One statement, streamed.
  */
 export function logEntries(db: Database.Database, f: LogFilter): LogEntry[] {
+  return [...logStream(db, f)];
+}
+
+/** logEntries one at a time, holding none of them: `casa log` prints 100,000 changes without keeping them. */
+export function* logStream(db: Database.Database, f: LogFilter): Generator<LogEntry> {
   const where: string[] = [];
   const args: unknown[] = [];
   if (f.since !== undefined) {
-    where.push('wall >= ?');
+    where.push('c.wall >= ?');
     args.push(f.since);
   }
   if (f.table !== undefined) {
-    where.push('tbl = ?');
+    where.push('c.tbl = ?');
     args.push(f.table);
   }
   if (f.devices !== undefined) {
-    where.push(`device IN (${f.devices.map(() => '?').join(',') || 'NULL'})`);
+    where.push(`c.device IN (${f.devices.map(() => '?').join(',') || 'NULL'})`);
     args.push(...f.devices);
   }
   const cond = where.length > 0 ? `WHERE ${where.join(' AND ')}` : '';
   const limit = f.limit === undefined ? '' : `LIMIT ${Math.max(0, Math.floor(f.limit))}`;
-  const scope = where.length > 0 ? `WHERE (tbl, pk) IN (SELECT tbl, pk FROM changes ${cond})` : '';
+  // Per change picked, by index seeks ((tbl, pk, col, hlc) and (tbl, pk, hlc)): the field's previous
+  // change and the row's last delete before it. Costs what is picked, not the whole window.
   const stmt = db.prepare(`
-    WITH w AS (
-      SELECT *, lag(val) OVER field AS prev_val, lag(hlc) OVER field AS prev_hlc,
-        max(CASE WHEN op = 'd' THEN hlc END) OVER (PARTITION BY tbl, pk ORDER BY hlc, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS del_hlc
-      FROM changes ${scope}
-      WINDOW field AS (PARTITION BY tbl, pk, col ORDER BY hlc, id))
-    SELECT cursor, device, wall, hlc, tbl, pk, col, op, val, prev_val, prev_hlc, del_hlc FROM w ${cond} ORDER BY hlc DESC, id ${limit}`);
-  const out: LogEntry[] = [];
-  for (const r of stmt.raw().iterate(...args, ...args) as Iterable<unknown[]>) {
+    SELECT c.cursor, c.device, c.wall, c.hlc, c.tbl, c.pk, c.col, c.op, c.val, p.val, p.hlc,
+      (SELECT max(d.hlc) FROM changes d WHERE d.tbl = c.tbl AND d.pk = c.pk AND d.op = 'd' AND d.hlc < c.hlc)
+    FROM changes c LEFT JOIN changes p ON p.id = (
+      SELECT q.id FROM changes q WHERE q.tbl = c.tbl AND q.pk = c.pk AND q.col IS c.col AND (q.hlc < c.hlc OR (q.hlc = c.hlc AND q.id < c.id))
+      ORDER BY q.hlc DESC, q.id DESC LIMIT 1)
+    ${cond} ORDER BY c.hlc DESC, c.id ${limit}`);
+  for (const r of stmt.raw().iterate(...args) as Iterable<unknown[]>) {
     const [cursor, device, wall, hlc, tbl, pk, col, op, val, prevVal, prevHlc, delHlc] = r as [bigint, string, bigint, string, string, string, string | null, Entry['op'], SqlValue, SqlValue, string | null, string | null];
     let before: Before;
     if (op === 'd') before = { kind: 'value', value: null };
     else if (delHlc !== null && (prevHlc === null || prevHlc < delHlc)) before = { kind: 'absent' };
     else if (prevHlc !== null && col !== null) before = { kind: 'value', value: toBytes(prevVal) };
     else before = op === 'i' ? { kind: 'absent' } : { kind: 'unknown' };
-    out.push({ cursor: Number(cursor), device, wall: Number(wall), hlc, tbl, pk, col, op, val: toBytes(val), before });
+    yield { cursor: Number(cursor), device, wall: Number(wall), hlc, tbl, pk, col, op, val: toBytes(val), before };
   }
-  return out;
 }
 
 /**

@@ -7,7 +7,7 @@
  * exist (inserted, or written while deleted).
  */
 import { UsageError } from '../errors.js';
-import { logEntries, type Before, type LogEntry } from '../changesets/history.js';
+import { logEntries, logStream, type Before, type LogEntry } from '../changesets/history.js';
 import { parseMoment } from '../ui/format.js';
 import type { Context } from './context.js';
 import { changeJson, deviceLabel, formatMoment, formatValue, jsonValue, OP_NAMES, openIndexed, resolveTable, windowJson, windowText, type Indexed } from './indexed.js';
@@ -19,6 +19,7 @@ export interface LogOptions {
   limit?: string;
 }
 
+/** The --json document (built only with --json: people get the changes printed as they stream). */
 export interface LogReport {
   message_type: 'log';
   since: number | null;
@@ -92,7 +93,9 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
     const since = asked === undefined ? undefined : checkSince(asked, ix);
     if (opts.table !== undefined) await resolveTable(ctx, ix, opts.table);
     const devices = opts.device === undefined ? undefined : resolveDevices(ix, opts.device);
-    const entries = logEntries(ix.db, { since, devices, table: opts.table, limit });
+    const filter = { since, devices, table: opts.table, limit };
+    // People get the changes as they stream out of the index (none of them kept); --json gets one document.
+    const entries = ctx.globals.json ? logEntries(ix.db, filter) : [];
     const report: LogReport = {
       message_type: 'log',
       since: since ?? null,
@@ -108,8 +111,8 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
       })),
     };
     if (!ctx.globals.json && !ctx.globals.quiet) {
-      if (entries.length === 0) ctx.out.print(`no changes${since === undefined ? '' : ` since ${formatMoment(since)}`} in the history window (${windowText(ix.window, ix.now)})`);
-      else writeLog(ctx, ix, entries);
+      const printed = writeLog(ctx, ix, logStream(ix.db, filter));
+      if (printed === 0) ctx.out.print(`no changes${since === undefined ? '' : ` since ${formatMoment(since)}`} in the history window (${windowText(ix.window, ix.now)})`);
     }
     ctx.out.result({ ...report });
     return report;
@@ -118,19 +121,25 @@ export async function runLog(ctx: Context, opts: LogOptions): Promise<LogReport>
   }
 }
 
-/** Row writes newest first: a heading line, then one indented `column: old → new` per field. */
-function writeLog(ctx: Context, ix: Indexed, entries: LogEntry[]): void {
-  const lines: string[] = [];
+/** Row writes newest first: a heading line, then one indented `column: old → new` per field. How many changes it printed. */
+function writeLog(ctx: Context, ix: Indexed, entries: Iterable<LogEntry>): number {
+  let lines: string[] = [];
   let head = '';
+  let n = 0;
   for (const e of entries) {
+    n++;
     const h = `${formatMoment(e.wall)}  ${deviceLabel(ix, e.device)}  ${OP_NAMES[e.op]}  ${e.tbl} ${e.pk}`;
     if (h !== head) {
       lines.push(h);
       head = h;
     }
-    if (e.op === 'd' || e.col === null) continue;
-    lines.push(`    ${e.col}: ${oldText(e.before)} → ${formatValue(e.val)}`);
+    if (e.op !== 'd' && e.col !== null) lines.push(`    ${e.col}: ${oldText(e.before)} → ${formatValue(e.val)}`);
+    // In pieces: 100,000 changes would make one string of several MB.
+    if (lines.length >= 5000) {
+      ctx.out.print(lines.join('\n'));
+      lines = [];
+    }
   }
-  // In pieces: 100,000 changes make one string of several MB otherwise.
-  for (let i = 0; i < lines.length; i += 5000) ctx.out.print(lines.slice(i, i + 5000).join('\n'));
+  if (lines.length > 0) ctx.out.print(lines.join('\n'));
+  return n;
 }
