@@ -160,6 +160,10 @@ describe('history, log and restore --at on two devices', () => {
     expect(onB.changes.map((c) => `${c.op} ${c.column ?? ''}`)).toEqual(['update memo', 'delete ', 'update name']);
     expect(new Set(onB.changes.map((c) => c.device_name))).toEqual(new Set(['seq-b']));
 
+    // People get every field JSON gets, one line each, newest first.
+    const all2 = (await ok(a, ['log'])).stdout.split('\n').filter((l) => l.startsWith('    '));
+    expect(all2).toHaveLength(all.changes.filter((c) => c.op !== 'delete').length);
+    expect(all2[0]).toBe('    memo: "at t2" → "after t2"');
     const text = (await ok(a, ['log', '--table', 'payees', '--since', '1h'])).stdout;
     expect(text).toContain(`seq-b  update  payees ["${PAYEE}"]\n    name: "Corner shop" → "Corner Shop Ltd"`);
     expect(text).toContain(`seq-b  delete  payees ["${PAYEE}"]`);
