@@ -18,6 +18,7 @@ import { epochResults, formatEpoch, runEpoch } from './epoch.mjs';
 import { formatLatency, latencyResults, runLatency } from './latency.mjs';
 import { formatLoad, loadResults, runLoad } from './load.mjs';
 import { detectorResults, formatDetector, runDetector } from './detector.mjs';
+import { formatHistory, historyResults, parseHistoryArgs, runHistoryBench } from './history.mjs';
 
 const suites = {
   foundation: async () => {
@@ -31,6 +32,10 @@ const suites = {
   sync: async () => {
     const report = await runSync(parseSyncArgs([]));
     return { results: syncResults(report), text: formatSync(report), detail: report };
+  },
+  history: async () => {
+    const report = await runHistoryBench(parseHistoryArgs([]));
+    return { results: historyResults(report), text: formatHistory(report), detail: report };
   },
   epoch: async () => {
     const report = await runEpoch({ mb: 100 });

@@ -138,7 +138,7 @@ export async function startRelay(w) {
 }
 
 /** Two paired devices with the same database, capture set up, B restored from A's snapshot. */
-async function twoDevices(w, url, sizeMb = 8) {
+export async function twoDevices(w, url, sizeMb = 8) {
   const base = { ...process.env, CASA_KEYSTORE: 'file', CASA_SERVER: url };
   for (const k of ['CASA_HOME', 'CASA_DB']) delete base[k];
   const A = { ...base, CASA_HOME: path.join(w, 'a'), CASA_DB: path.join(w, 'a', 'casa.db') };
@@ -345,7 +345,11 @@ export function syncResults(r) {
 }
 
 export function formatSync(r) {
-  const rows = syncResults(r);
+  return formatRows(syncResults(r));
+}
+
+/** Result rows as the markdown table every bench prints (shared with bench/history.mjs). */
+export function formatRows(rows) {
   const lines = ['| measure | measured | target | ratio | verdict | detail |', '|---|---|---|---|---|---|'];
   for (const x of rows) {
     const m = x.unit === '×' ? `${x.measured.toFixed(2)}×` : `${x.measured.toFixed(0)} ${x.unit}`;

@@ -76,5 +76,15 @@ export async function main(argv: string[]): Promise<number> {
   return exitCode;
 }
 
+/**
+ * Resolves once what was written to `s` is handed to the OS: a pipe takes
+ * writes asynchronously, and process.exit drops what it has not taken yet
+ * (a `casa log` of 100,000 changes into a pipe lost all but its first part).
+ */
+function drained(s: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => (s.writableLength === 0 ? resolve() : s.write('', () => resolve())));
+}
+
 const code = await main(process.argv.slice(2));
+await Promise.all([drained(process.stdout), drained(process.stderr)]);
 process.exit(code);

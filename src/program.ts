@@ -175,7 +175,14 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .option('--snapshot <id>', 'restore this snapshot (its id or a unique prefix of 6+ characters)')
       .option('--thorough', "run SQLite's full integrity_check (about 18 s per GB) instead of quick_check")
       .option('--device-name <name>', 'unpaired: name of this device (default the host name)')
-      .addHelpText('after', '\nAn existing database is replaced only after confirmation (--yes without a terminal) and kept as a backup.'),
+      .option('--at <time>', 'the database as it was at TIME (ISO 8601, or 3h, 1d ago), written to --to; the current one untouched')
+      .option('--to <file>', 'with --at: the new file to write (refused if it exists)')
+      .addHelpText(
+        'after',
+        '\nAn existing database is replaced only after confirmation (--yes without a terminal) and kept as a backup.\n' +
+          '--at takes the newest snapshot at or before TIME plus the changes written up to TIME; it reaches back as far as\n' +
+          'the relay keeps changesets after a snapshot (its retention window).',
+      ),
     async (ctx, _args, o) => {
       await (await import('./commands/restore.js')).runRestore(ctx, o);
     },
@@ -243,6 +250,37 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
       .argument('<rule>', 'lww, set, snapshot-only, or default (take the declaration back)'),
     async (ctx, args) => {
       await (await import('./commands/tables.js')).runTablesSet(ctx, String(args[0]), String(args[1]));
+    },
+  );
+
+  wire(
+    program
+      .command('history')
+      .description("every value a row's fields had within the relay's window: when, and which device wrote it")
+      .argument('<table>', 'a synced table')
+      .argument('<key>', 'the row\'s key: its value, or a JSON array of its values for a composite key')
+      .argument('[column]', 'only this field')
+      .addHelpText(
+        'after',
+        '\nOldest first, deletes included. Times are the writes\' own (their HLC), in UTC. Everything is decrypted here;\n' +
+          'the changesets are fetched once into CASA_HOME/history.db, then only new ones.',
+      ),
+    async (ctx, args) => {
+      await (await import('./commands/history.js')).runHistory(ctx, { table: String(args[0]), key: String(args[1]), column: args[2] === undefined ? undefined : String(args[2]) });
+    },
+  );
+
+  wire(
+    program
+      .command('log')
+      .description("what changed within the relay's window, newest first, as old → new per field")
+      .option('--since <time>', 'only changes written since TIME (ISO 8601, or 30m, 3h, 1d ago)')
+      .option('--device <name>', 'only changes written by this device (its name, id, or an id prefix)')
+      .option('--table <table>', 'only changes to this table')
+      .option('--limit <n>', 'at most N field changes')
+      .addHelpText('after', '\nAn old value shown as ? was written before the window (the relay pruned it); (none): the row did not exist.'),
+    async (ctx, _args, o) => {
+      await (await import('./commands/log.js')).runLog(ctx, o);
     },
   );
 

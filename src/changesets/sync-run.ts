@@ -23,8 +23,8 @@ import type { Change } from './change.js';
 import { decodeChanges, encodeChanges } from './change-codec.js';
 import { dropLocalChanges, pendingCount, takeLocalChanges } from './change-log.js';
 import { StaleEpochError } from '../relay/changesets.js';
-import { BatchChainError, BatchFormatError, checkChain, openBatch, sealBatch } from './batch.js';
-import { ChangesetApi, SeqConflictError } from '../relay/changesets.js';
+import { BatchChainError, BatchFormatError, checkChain, openBatch, sealBatch, type ChainPoint, type ChainStep, type OpenedBatch } from './batch.js';
+import { ChangesetApi, SeqConflictError, type PulledChangeset } from '../relay/changesets.js';
 import { ClockSkewError, MAX_SKEW_MS, maxState, parseHlc } from './hlc.js';
 import { applyRemote } from './merge.js';
 import type { SyncSchema } from './rules.js';
@@ -104,7 +104,7 @@ export function checkClock(env: SyncEnv): void {
  * or altered batch exit 6, sealed under another key exit 4; a time too far
  * ahead is clock skew (exit 1). Other errors pass through.
  */
-function changesetFailure(err: unknown, what: string, server: string): unknown {
+export function changesetFailure(err: unknown, what: string, server: string): unknown {
   const source = { server, untouched: 'nothing was applied' };
   if (err instanceof BatchChainError) return objectFailure('broken_chain', what, source, err.message);
   if (err instanceof BatchFormatError) return objectFailure('malformed', what, source);
@@ -115,6 +115,32 @@ function changesetFailure(err: unknown, what: string, server: string): unknown {
     });
   }
   return mapCryptoError(err, what, source);
+}
+
+/**
+ * One pulled batch checked as every reader checks it (docs/FORMAT.md §7):
+ * not sealed under an epoch that had ended by its cursor, opened under the
+ * identity the relay claims, its header matching, following `last` in its
+ * device's chain (`startAnywhere`: a reader that began after cursor 0), its
+ * body decoded strictly. Any failure is thrown as its exit code
+ * (changesetFailure: 6, or 4 for another key). A duplicate is not decoded.
+ */
+export function checkPulled(
+  keys: VaultKeys,
+  cs: PulledChangeset,
+  last: ChainPoint | null,
+  startAnywhere: boolean,
+  server: string,
+): { verdict: ChainStep; opened: OpenedBatch; changes: Change[] } {
+  try {
+    const mark = markOf(keys, cs.bytes);
+    if (mark && cs.cursor > mark.cursor) throw new EpochMarkError(`it is sealed under an epoch that ended at changeset ${mark.cursor}`);
+    const opened = openBatch(keys, { deviceId: cs.deviceId, seq: cs.seq }, cs.bytes, null);
+    const verdict = checkChain(last, { deviceId: cs.deviceId, seq: cs.seq, prev: opened.header.prev, hash: opened.hash }, { startAnywhere });
+    return { verdict, opened, changes: verdict === 'duplicate' ? [] : decodeChanges(opened.body) };
+  } catch (err) {
+    throw changesetFailure(err, `changeset ${cs.deviceId}/${cs.seq}`, server);
+  }
 }
 
 /** Pulls and applies every changeset after the cursor; returns what it did. */
@@ -148,22 +174,12 @@ export async function pullRound(env: SyncEnv, db: Database.Database, schema: Syn
       if (cs.cursor <= cursor) {
         throw new IntegrityError(`the relay served changeset ${cs.cursor} out of order`, { hints: [`the relay at ${env.server} may be tampering; nothing was applied`] });
       }
-      const what = `changeset ${cs.deviceId}/${cs.seq}`;
-      try {
-        const last = chains[cs.deviceId] ?? null;
-        const mark = markOf(env.keys, cs.bytes);
-        if (mark && cs.cursor > mark.cursor) throw new EpochMarkError(`it is sealed under an epoch that ended at changeset ${mark.cursor}`);
-        const opened = openBatch(env.keys, { deviceId: cs.deviceId, seq: cs.seq }, cs.bytes, null);
-        const verdict = checkChain(last, { deviceId: cs.deviceId, seq: cs.seq, prev: opened.header.prev, hash: opened.hash }, { startAnywhere: st.baseCursor > 0 });
-        cursor = cs.cursor;
-        if (verdict === 'duplicate') continue;
-        chains[cs.deviceId] = { seq: cs.seq, hash: opened.hash };
-        const decoded = decodeChanges(opened.body);
-        for (const c of decoded) changes.push(c);
-        out.pulledBatches++;
-      } catch (err) {
-        throw changesetFailure(err, what, env.server);
-      }
+      const { verdict, opened, changes: decoded } = checkPulled(env.keys, cs, chains[cs.deviceId] ?? null, st.baseCursor > 0, env.server);
+      cursor = cs.cursor;
+      if (verdict === 'duplicate') continue;
+      chains[cs.deviceId] = { seq: cs.seq, hash: opened.hash };
+      for (const c of decoded) changes.push(c);
+      out.pulledBatches++;
       if (changes.length >= APPLY_LIMIT) break;
     }
     out.pulledChanges += changes.length;
@@ -283,7 +299,7 @@ export async function syncRound(env: SyncEnv, db: Database.Database, schema: Syn
 }
 
 /** True when `object`'s header names a key id of an epoch these keys hold. */
-function knowsKeyId(keys: VaultKeys, object: Uint8Array): boolean {
+export function knowsKeyId(keys: VaultKeys, object: Uint8Array): boolean {
   const hex = bytesToHex(object.subarray(8, 16));
   return hex === keys.keyIdHex || Boolean(keys.epochs?.[hex]);
 }

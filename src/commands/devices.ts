@@ -13,17 +13,10 @@ import { openKeyring } from '../keys/open.js';
 import { sanitize as printable } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
+import { parseDevices, type DeviceInfo } from './vault.js';
 
-export interface DeviceInfo {
-  id: string;
-  name: string;
-  created_at: number;
-  last_seen_at: number | null;
-  revoked_at: number | null;
-  current: boolean;
-  /** Who certified it: `recovery` (the phrase), another device's id, or null (a device of casa 0.1 not yet upgraded). */
-  added_by: string | null;
-}
+export type { DeviceInfo };
+
 
 export async function runDevicesList(ctx: Context): Promise<DeviceInfo[]> {
   const p = loadPaired(ctx);
@@ -134,23 +127,6 @@ function findDevice(devices: DeviceInfo[], q: string): DeviceInfo {
   throw new FailureError(`no device ${id} in this vault`, { hints: ['`casa devices` lists the ids'] });
 }
 
-function parseDevices(doc: Record<string, unknown>, currentId: string, server: string): DeviceInfo[] {
-  const list = doc.devices;
-  const bad = () => new FailureError(`the relay at ${server} sent a malformed device list`);
-  if (!Array.isArray(list)) throw bad();
-  return list.map((d: Record<string, unknown>) => {
-    if (typeof d?.id !== 'string' || typeof d.name !== 'string' || typeof d.createdAt !== 'number') throw bad();
-    return {
-      id: d.id,
-      name: d.name,
-      created_at: d.createdAt,
-      last_seen_at: typeof d.lastSeenAt === 'number' ? d.lastSeenAt : null,
-      revoked_at: typeof d.revokedAt === 'number' ? d.revokedAt : null,
-      current: d.id === currentId,
-      added_by: typeof (d.cert as Record<string, unknown> | null)?.issuer === 'string' ? ((d.cert as Record<string, unknown>).issuer as string) : null,
-    };
-  });
-}
 
 function formatDevices(devices: DeviceInfo[]): string {
   const iso = (t: number | null) => (t === null ? '-' : new Date(t).toISOString().replace(/\.\d+Z$/, 'Z'));

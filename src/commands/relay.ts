@@ -11,6 +11,7 @@
 import { join, resolve } from 'node:path';
 import { FailureError, UsageError } from '../errors.js';
 import type { Context } from './context.js';
+import { parseDuration, UNIT_MS } from '../ui/format.js';
 
 export interface RelayOptions {
   port?: string;
@@ -20,18 +21,12 @@ export interface RelayOptions {
   retentionWindow?: string;
 }
 
-const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 const MS_PER_DAY = UNIT_MS.d;
 /** The retention job's default period on a local relay (a deployed one: RETENTION_EVERY_MS in wrangler.jsonc, 6 hours). */
 const DEFAULT_RETENTION_EVERY_MS = 15 * UNIT_MS.m;
 const MAX_RETENTION_EVERY_MS = UNIT_MS.d;
 const MAX_RETENTION_WINDOW_MS = 36_500 * MS_PER_DAY;
 
-/** A duration: a whole number with s, m, h or d (30s, 15m, 1h, 30d); its ms, or null if malformed. */
-export function parseDuration(text: string): number | null {
-  const m = /^(\d{1,9})(s|m|h|d)$/.exec(text.trim());
-  return m ? Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS] : null;
-}
 
 /** --retention-every: 1s to 24h (default 15m). */
 export function parseRetentionEvery(v: string | undefined): number {

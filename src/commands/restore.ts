@@ -20,6 +20,7 @@ import { formatTime } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import type { Context } from './context.js';
 import { pairDevice } from './pair.js';
+import { runRestoreAt, type RestoreAtReport } from './restore-at.js';
 import { printRestored, restoredFields, restoreInto, type RestoreReport } from './install.js';
 import { describeSnapshot, listChecked, noSnapshotError, openHead, openSnapshot, openVault, resolveSnapshot } from './vault.js';
 
@@ -29,10 +30,14 @@ export interface RestoreOptions {
   snapshot?: string;
   thorough?: boolean;
   deviceName?: string;
+  /** With `to`: the database as it was at this time, to a new file (src/commands/restore-at.ts). */
+  at?: string;
+  to?: string;
 }
 
 
-export async function runRestore(ctx: Context, opts: RestoreOptions): Promise<RestoreReport> {
+export async function runRestore(ctx: Context, opts: RestoreOptions): Promise<RestoreReport | RestoreAtReport> {
+  if (opts.at !== undefined || opts.to !== undefined) return runRestoreAt(ctx, opts);
   const { out } = ctx;
   const dbPath = ctx.globals.db;
   if (opts.phraseStdin && opts.phraseFile !== undefined) {

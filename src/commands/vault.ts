@@ -9,6 +9,8 @@
  * recorded as seen (noteVerifiedSeq); the relay's list is not. A head whose
  * manifest does not open is stepped over, never a dead end: the failure
  * names the newest snapshot that does open (openHead; docs/SECURITY.md §6).
+ * Also the relay's device list, shape-checked (parseDevices: `casa devices`,
+ * and the names `casa history` and `casa log` print).
  */
 import { AuthError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
@@ -144,4 +146,34 @@ export function describeSnapshot(ctx: Context, v: OpenVault, o: OpenedSnapshot):
   if (m.seq < highest) {
     ctx.out.warn(`snapshot ${shortId} (seq ${m.seq}) is older than snapshot ${highest}, the newest this device has seen`);
   }
+}
+
+export interface DeviceInfo {
+  id: string;
+  name: string;
+  created_at: number;
+  last_seen_at: number | null;
+  revoked_at: number | null;
+  current: boolean;
+  /** Who certified it: `recovery` (the phrase), another device's id, or null (a device of casa 0.1 not yet upgraded). */
+  added_by: string | null;
+}
+
+/** The relay's `GET /devices` answer, shape-checked; names are the relay's (sanitize before printing). */
+export function parseDevices(doc: Record<string, unknown>, currentId: string, server: string): DeviceInfo[] {
+  const list = doc.devices;
+  const bad = () => new FailureError(`the relay at ${server} sent a malformed device list`);
+  if (!Array.isArray(list)) throw bad();
+  return list.map((d: Record<string, unknown>) => {
+    if (typeof d?.id !== 'string' || typeof d.name !== 'string' || typeof d.createdAt !== 'number') throw bad();
+    return {
+      id: d.id,
+      name: d.name,
+      created_at: d.createdAt,
+      last_seen_at: typeof d.lastSeenAt === 'number' ? d.lastSeenAt : null,
+      revoked_at: typeof d.revokedAt === 'number' ? d.revokedAt : null,
+      current: d.id === currentId,
+      added_by: typeof (d.cert as Record<string, unknown> | null)?.issuer === 'string' ? ((d.cert as Record<string, unknown>).issuer as string) : null,
+    };
+  });
 }

@@ -98,3 +98,27 @@ export function jsonLine(doc: unknown): string {
 export function formatTime(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 }
+
+export const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+
+/** A duration: a whole number with s, m, h or d (30s, 15m, 1h, 30d); its ms, or null if malformed. */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d{1,9})(s|m|h|d)$/.exec(text.trim());
+  return m ? Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS] : null;
+}
+
+/**
+ * A moment as a user types it (`--since`, `--at`): a duration ago (`3h`,
+ * `1d`: parseDuration), or ISO 8601 with a date (`2026-12-01`, midnight
+ * UTC) and optionally a time (`2026-12-01T10:04`, `...:05.250Z`, an
+ * offset; without a zone, UTC). Its ms since 1970, or null if malformed.
+ */
+export function parseMoment(text: string, now: number): number | null {
+  const ago = parseDuration(text);
+  if (ago !== null) return now - ago;
+  const m = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/.exec(text.trim());
+  if (!m) return null;
+  const zone = m[3] === undefined || m[3] === 'Z' ? 'Z' : m[3].length === 5 ? `${m[3].slice(0, 3)}:${m[3].slice(3)}` : m[3];
+  const ms = Date.parse(`${m[1]}T${m[2] ?? '00:00'}${zone}`);
+  return Number.isNaN(ms) ? null : ms;
+}

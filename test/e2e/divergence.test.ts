@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { makeDb } from '../../bench/lib/make-db.mjs';
-import { useRelay, type RunResult, sqlOn } from '../helpers/cli.js';
+import { pairedDevices, useRelay, type RunResult, sqlOn } from '../helpers/cli.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
@@ -59,20 +59,7 @@ async function verifyJson(m: Machine, code = 0): Promise<{ doc: VerifySync; r: R
   return { doc: JSON.parse(r.stdout) as VerifySync, r };
 }
 
-/** A vault on A with a realistic database, sync set up, a snapshot; B restored from it. */
-async function pair(name: string): Promise<{ a: Machine; b: Machine; vaultId: string; ids: { a: string; b: string } }> {
-  const a = relay.machine(`${name}-a`);
-  const phraseFile = join(a.home, 'phrase.txt');
-  await ok(a, ['pair', '--new', '--phrase-out', phraseFile, '--device-name', `${name}-a`]);
-  makeDb({ out: a.env.CASA_DB, sizeMb: 1, seed: 5 });
-  await ok(a, ['sync']);
-  await ok(a, ['snapshot', '--quiet']);
-  const b = relay.machine(`${name}-b`);
-  await ok(b, ['restore', '--yes', '--phrase-file', phraseFile, '--device-name', `${name}-b`]);
-  const st = async (m: Machine) => JSON.parse((await ok(m, ['status', '--json'])).stdout) as { vault_id: string; device_id: string };
-  const sa = await st(a);
-  return { a, b, vaultId: sa.vault_id, ids: { a: sa.device_id, b: (await st(b)).device_id } };
-}
+const pair = (name: string) => pairedDevices(relay, name);
 
 const txId = (m: Machine): string => sql<{ id: string }>(m, 'SELECT id FROM transactions ORDER BY id LIMIT 1')[0]!.id;
 

@@ -7,13 +7,13 @@
  * (exit 6, nothing applied), a revoked device refused, and `--watch`.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeDb } from '../../bench/lib/make-db.mjs';
 import { baseEnv, CASA, storageText, useRelay, type RunResult, sqlOn } from '../helpers/cli.js';
+import { replaceChangeset } from '../helpers/relay.js';
 
 const relay = useRelay();
 type Machine = ReturnType<typeof relay.machine>;
@@ -241,14 +241,8 @@ describe('casa sync', () => {
 
     it('an altered batch', async () => {
       const { b, before, rows } = await setup('alter');
-      const last = rows[rows.length - 1]!;
-      const obj = await relay.relay.r2().get(last.r2_key);
-      const bytes = new Uint8Array(await obj!.arrayBuffer());
-      bytes[bytes.length - 5]! ^= 1;
-      await relay.relay.r2().put(last.r2_key, bytes);
       // A relay that serves the altered bytes consistently, with their own SHA-256.
-      const sha = createHash('sha256').update(bytes).digest('hex');
-      await relay.relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, last.r2_key).run();
+      await replaceChangeset(relay.relay, rows[rows.length - 1]!.r2_key);
       await expectRefused(b, before);
     });
 
@@ -262,10 +256,7 @@ describe('casa sync', () => {
       const { b, before, rows } = await setup('replay');
       const [first, second] = rows as [{ cursor: number; r2_key: string }, { cursor: number; r2_key: string }];
       const obj = await relay.relay.r2().get(first.r2_key);
-      const bytes = new Uint8Array(await obj!.arrayBuffer());
-      await relay.relay.r2().put(second.r2_key, bytes);
-      const sha = createHash('sha256').update(bytes).digest('hex');
-      await relay.relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha, second.r2_key).run();
+      await replaceChangeset(relay.relay, second.r2_key, new Uint8Array(await obj!.arrayBuffer()));
       await expectRefused(b, before);
     });
   });

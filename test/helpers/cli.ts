@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -145,4 +145,33 @@ export function sqlOn<T = Record<string, unknown>>(m: { env: { CASA_DB?: string 
   } finally {
     db.close();
   }
+}
+
+type Machine = ReturnType<typeof machine>;
+
+/** Runs casa on `m` and requires exit 0 (its stderr in the failure message). */
+export async function okOn(m: Pick<Machine, 'run'>, args: string[]): Promise<RunResult> {
+  const r = await m.run(args);
+  expect(r.code, `casa ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return r;
+}
+
+/**
+ * A vault on A (device `NAME-a`) with the bench's realistic 1 MiB database,
+ * sync set up, a snapshot; B (`NAME-b`) restored from it. Their vault and
+ * device ids, from `casa status --json`.
+ */
+export async function pairedDevices(relay: ReturnType<typeof useRelay>, name: string): Promise<{ a: Machine; b: Machine; vaultId: string; ids: { a: string; b: string } }> {
+  const { makeDb } = await import('../../bench/lib/make-db.mjs');
+  const a = relay.machine(`${name}-a`);
+  const phraseFile = join(a.home, 'phrase.txt');
+  await okOn(a, ['pair', '--new', '--phrase-out', phraseFile, '--device-name', `${name}-a`]);
+  makeDb({ out: a.env.CASA_DB, sizeMb: 1, seed: 5 });
+  await okOn(a, ['sync']);
+  await okOn(a, ['snapshot', '--quiet']);
+  const b = relay.machine(`${name}-b`);
+  await okOn(b, ['restore', '--yes', '--phrase-file', phraseFile, '--device-name', `${name}-b`]);
+  const st = async (m: Machine) => JSON.parse((await okOn(m, ['status', '--json'])).stdout) as { vault_id: string; device_id: string };
+  const sa = await st(a);
+  return { a, b, vaultId: sa.vault_id, ids: { a: sa.device_id, b: (await st(b)).device_id } };
 }

@@ -492,3 +492,19 @@ export function lyingRelay(): { url: () => string; answer: Record<string, unknow
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
   return liar;
 }
+
+/**
+ * A relay that serves changeset `r2Key` with other bytes, consistently (its
+ * row's SHA-256 made to match): `bytes` in place of it, or, by default, its
+ * own bytes with one bit flipped near the end (the AEAD tag's chunk).
+ */
+export async function replaceChangeset(relay: TestRelay, r2Key: string, bytes?: Uint8Array): Promise<void> {
+  let body = bytes;
+  if (body === undefined) {
+    const obj = await relay.r2().get(r2Key);
+    body = new Uint8Array(await obj!.arrayBuffer());
+    body[body.length - 5]! ^= 1;
+  }
+  await relay.r2().put(r2Key, body);
+  await relay.vaults().prepare('UPDATE changesets SET sha256 = ? WHERE r2_key = ?').bind(sha256Hex(body), r2Key).run();
+}

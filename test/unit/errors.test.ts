@@ -19,6 +19,7 @@ import { Codec, ObjectType, openObject, sealObject } from '../../src/crypto/obje
 import { parsePhrase } from '../../src/crypto/phrase.js';
 import { sealBatch } from '../../src/changesets/batch.js';
 import { pullRound, type SyncEnv } from '../../src/changesets/sync-run.js';
+import { openHistory, updateHistory } from '../../src/changesets/history.js';
 import { fetchManifest } from '../../src/snapshots/restore.js';
 import { DeviceSession, RelayClient } from '../../src/relay/client.js';
 import { ChangesetApi, type PullResult } from '../../src/relay/changesets.js';
@@ -95,6 +96,19 @@ function syncPath(bytes: Uint8Array, seq = 1) {
   return () => pullRound(syncEnv({ pull: async () => page }), null as never, null as never);
 }
 
+/** The history path (`casa history`, `log`, `restore --at`): indexing the same batch into a fresh history index. */
+function historyPath(bytes: Uint8Array, seq = 1) {
+  const page: PullResult = { changesets: [{ cursor: 1, deviceId: DEV, seq, sha256: '0'.repeat(64), bytes }], head: 1, prunedThrough: 0, more: false };
+  return async () => {
+    const db = openHistory(join(home, `history-${Math.random().toString(36).slice(2)}.db`), keys.vaultId);
+    try {
+      await updateHistory(db, { keys, api: { pull: async () => page } as unknown as ChangesetApi, server: 'http://relay.test', signal: new AbortController().signal });
+    } finally {
+      db.close();
+    }
+  };
+}
+
 /** The command layer's path (a stored phrase, a pairing's canary): the crypto error as opening it throws, then mapCryptoError. */
 function commandPath(open: () => unknown) {
   return () => {
@@ -129,6 +143,7 @@ function objectRows(): Row[] {
       }),
       'restore (a manifest)': restorePath(spoiled(fault, ObjectType.manifest, 'snapshotKey', manifestIdentity, plain)),
       'sync (a pulled batch)': syncPath(spoiled(fault, ObjectType.changeset, 'changesetKey', batchIdentity, plain)),
+      'history (a pulled batch)': historyPath(spoiled(fault, ObjectType.changeset, 'changesetKey', batchIdentity, plain)),
     },
   });
   return [
@@ -168,6 +183,7 @@ function engineRows(): Row[] {
       paths: {
         'restore (a manifest that is not JSON)': restorePath(sealedAs(ObjectType.manifest, 'snapshotKey', manifestIdentity, plain.subarray(0, 5))),
         'sync (a batch without a header)': syncPath(sealedAs(ObjectType.changeset, 'changesetKey', batchIdentity, plain.subarray(0, 2))),
+        'history (a batch without a header)': historyPath(sealedAs(ObjectType.changeset, 'changesetKey', batchIdentity, plain.subarray(0, 2))),
       },
     },
     {
@@ -175,7 +191,7 @@ function engineRows(): Row[] {
       exit: EXIT.integrity,
       reason: 'integrity',
       transient: false,
-      paths: { 'sync (batch 2 first)': syncPath(second.bytes, 2) },
+      paths: { 'sync (batch 2 first)': syncPath(second.bytes, 2), 'history (batch 2 first)': historyPath(second.bytes, 2) },
     },
     {
       failure: 'a wrong phrase (PhraseError)',
