@@ -15,6 +15,7 @@
  *   `sync-tables.json.imported`.
  */
 import { existsSync, readFileSync, renameSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { FailureError } from '../errors.js';
 import { SETTINGS_TABLE, type SyncDeclarations, type TableRule } from './rules.js';
 
@@ -46,12 +47,24 @@ function parseRule(text: string): TableRule | RuleName {
 }
 
 /** The declarations the vault's settings hold (rules.ts deriveSyncSchema reads them). */
-export function readSettings(db: Db): SyncDeclarations {
-  ensureSettingsTable(db);
+export function readSettings(db: Db, opts: { create?: boolean } = {}): SyncDeclarations {
+  if (opts.create !== false) ensureSettingsTable(db);
   const rows = db.prepare(`SELECT tbl, rule FROM ${SETTINGS_TABLE} ORDER BY tbl`).all() as { tbl: string; rule: string }[];
   const tables: NonNullable<SyncDeclarations['tables']> = {};
   for (const r of rows) tables[r.tbl] = parseRule(String(r.rule));
   return { tables };
+}
+
+/** The declarations a database file holds, read only (none if it has no settings table or no file). */
+export function peekSettings(path: string): SyncDeclarations {
+  if (!existsSync(path)) return { tables: {} };
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(SETTINGS_TABLE);
+    return has === undefined ? { tables: {} } : readSettings(db, { create: false });
+  } finally {
+    db.close();
+  }
 }
 
 /** Declares `tbl`'s rule for the whole vault (captured like any write; the next sync carries it). */

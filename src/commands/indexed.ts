@@ -23,7 +23,7 @@ import { parseDevices } from './vault.js';
 import { deviceSession, loadPaired, tracer, type Context, type Paired } from './context.js';
 import type { DeviceSession } from '../relay/client.js';
 import type { VaultKeys } from '../crypto/kdf.js';
-import { readDeclarations } from './synced.js';
+import { peekSettings } from '../changesets/settings.js';
 import { sanitize } from '../ui/format.js';
 
 /** The history index, up to date with the relay, and what the commands print with it. */
@@ -147,7 +147,7 @@ export async function resolveTable(ctx: Context, ix: Indexed, table: string): Pr
   const known = indexedTables(ix.db);
   const shape = /^(sqlite|casa)_/i.test(table) ? null : await localShape(ctx, table);
   const list = known.length > 0 ? `tables with history: ${known.join(', ')}` : 'no table has changes in the window yet';
-  const rule = readDeclarations(ctx.globals.home).tables?.[table];
+  const rule = peekSettings(ctx.globals.db).tables?.[table];
   if (rule === 'snapshot-only' || (typeof rule === 'object' && rule !== null && (rule as { kind?: string }).kind === 'snapshot-only')) {
     throw new UsageError(`table ${table} syncs by snapshot only: casa keeps no field history of it`, { hints: [list] });
   }

@@ -32,7 +32,6 @@ import { formatBytes, parseMoment } from '../ui/format.js';
 import { progress } from '../ui/progress.js';
 import { tracer, type Context } from './context.js';
 import { formatMoment, openIndexed } from './indexed.js';
-import { readDeclarations } from './synced.js';
 import { listChecked, openSnapshot, openVault, type OpenedSnapshot } from './vault.js';
 
 export interface RestoreAtOptions {
@@ -181,6 +180,7 @@ async function mergeUpTo(
   const { hasCapture } = await import('../changesets/capture.js');
   const { clearLocalLog } = await import('../changesets/change-log.js');
   const { deriveSyncSchema, SyncSchemaError } = await import('../changesets/rules.js');
+  const { readSettings } = await import('../changesets/settings.js');
   const { applyRemote } = await import('../changesets/merge.js');
   const db = new Sqlite(path, { fileMustExist: true });
   const out = { changes: 0, applied: 0 };
@@ -193,7 +193,8 @@ async function mergeUpTo(
     clearLocalLog(db);
     let schema;
     try {
-      schema = deriveSyncSchema(db, readDeclarations(ctx.globals.home));
+      // The vault's rules as the snapshot held them; a declaration made later arrives with the changes (casa_tables syncs).
+      schema = deriveSyncSchema(db, readSettings(db), { lenient: true });
     } catch (err) {
       if (err instanceof SyncSchemaError) throw new FailureError(`the snapshot's schema does not sync: ${err.message}`);
       throw err;

@@ -209,11 +209,11 @@ describe('history, log and restore --at on two devices', () => {
     const untouched = sql<{ id: string }>(a, "SELECT id FROM payees WHERE id <> ? ORDER BY id LIMIT 1", PAYEE)[0]!.id;
     const quiet = await ok(a, ['history', 'payees', untouched]);
     expect(quiet.stdout).toMatch(/^no change of payees \[".+"\] in the history window \(.+\): its values came before it$/m);
-    writeFileSync(join(a.home, 'sync-tables.json'), JSON.stringify({ tables: { rules: 'snapshot-only' } }));
+    await ok(a, ['tables', 'set', 'rules', 'snapshot-only']);
     const snap = await a.run(['history', 'rules', 'x']);
     expect(snap.code).toBe(2);
     expect(snap.stderr).toMatch(/table rules syncs by snapshot only/);
-    rmSync(join(a.home, 'sync-tables.json'));
+    await ok(a, ['tables', 'set', 'rules', 'default']);
     const l = await a.run(['log', '--table', 'nosuch']);
     expect(l.code).toBe(2);
     const d = await a.run(['log', '--device', 'nobody']);
