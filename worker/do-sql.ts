@@ -45,7 +45,9 @@ export class DoStatement {
     const cursor = this.db.sql.exec(this.sql, ...this.params);
     const results = cursor.toArray() as T[];
     this.db.rowsRead += cursor.rowsRead;
-    const { n, id } = this.db.sql.exec('SELECT changes() AS n, last_insert_rowid() AS id').one() as { n: number; id: number };
+    // A statement that wrote nothing (every read) changed nothing: no second statement to ask SQLite.
+    const { n, id } =
+      cursor.rowsWritten === 0 ? { n: 0, id: 0 } : (this.db.sql.exec('SELECT changes() AS n, last_insert_rowid() AS id').one() as { n: number; id: number });
     return {
       results,
       success: true,
