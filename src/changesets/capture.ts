@@ -20,7 +20,8 @@
  * - casa_clock: the winning HLC of each field and the row markers (merge.ts);
  * - casa_pending: received changes for columns or tables this database does
  *   not have yet (merge.ts);
- * - casa_conflicts: the merge decisions (merge.ts).
+ * - casa_conflicts: the merge decisions (merge.ts);
+ * - casa_seen, casa_vectors: what each write had seen (causal.ts).
  *
  * Invariants:
  * - The trigger SQL is a function of the synced schema alone (a layout's id
@@ -35,6 +36,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { IntegrityError } from '../errors.js';
+import { ensureCausal } from './causal.js';
 import { toBytes, type SqlValue } from './change.js';
 import { ZERO_HLC } from './hlc.js';
 import { encodePk } from './pk-text.js';
@@ -55,17 +57,17 @@ export const DELETE_MARKER = '-';
  * of its `layout` (casa_layout): the key columns, then the other columns.
  */
 const logTable = (name: string) => `CREATE TABLE IF NOT EXISTS ${name} (
-  seq INTEGER PRIMARY KEY, tbl TEXT, pk TEXT, col TEXT, op TEXT, val, wall INTEGER, floor TEXT, hlc TEXT, layout INTEGER);`;
+  seq INTEGER PRIMARY KEY, tbl TEXT, pk TEXT, col TEXT, op TEXT, val, wall INTEGER, floor TEXT, hlc TEXT, layout INTEGER, vec INTEGER);`;
 
 const CASA_TABLES = `
 CREATE TABLE IF NOT EXISTS casa_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 ${logTable('casa_changes')}
 CREATE TABLE IF NOT EXISTS casa_layout (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL, cols TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS casa_clock (
-  tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT NOT NULL, hlc TEXT NOT NULL, val,
+  tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT NOT NULL, hlc TEXT NOT NULL, val, vec INTEGER,
   PRIMARY KEY (tbl, pk, col)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS casa_pending (
-  id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT, op TEXT NOT NULL, val, hlc TEXT NOT NULL);
+  id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT, op TEXT NOT NULL, val, hlc TEXT NOT NULL, vec INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS casa_pending_change ON casa_pending (hlc, tbl, pk, ifnull(col, ''), op);
 CREATE TABLE IF NOT EXISTS casa_conflicts (
   id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT, local_val, local_hlc TEXT,
@@ -513,6 +515,7 @@ export function installCapture(db: Db, schema: SyncSchema, opts: { now?: number 
   const haveCopy = detached !== null && attachCopy(db, detached);
   const install = db.transaction(() => {
     db.exec(CASA_TABLES);
+    ensureCausal(db);
     const ins = db.prepare('INSERT OR IGNORE INTO casa_meta (key, value) VALUES (?, ?)');
     ins.run('applying', 0);
     ins.run('hlc_floor', ZERO_HLC);

@@ -15,6 +15,7 @@
  */
 import { bytesToHex, bytesToUtf8, hexToBytes } from '../crypto/bytes.js';
 import { ChangeFormatError, type Change, type SqlValue } from './change.js';
+import { isVector } from './causal.js';
 import { isHlc } from './hlc.js';
 import { decodePk } from './pk-text.js';
 
@@ -25,7 +26,9 @@ const TAG_REAL = 2;
 const TAG_TEXT = 3;
 const TAG_BLOB = 4;
 const SAME_HLC = 0x20;
+/** Format 1: no vectors; format 2: a table of vectors, and a reference with every HLC spelled out (docs/MERGE.md §6). */
 const FORMAT = 1;
+const FORMAT_SEEN = 2;
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
 
@@ -49,6 +52,7 @@ export function checkChange(c: Change, i: number, fail: (m: string) => Error): v
   if (c.op === 'u' && c.col === null) throw fail(`${at}: an update names a column`);
   if (c.op === 'd' && c.col !== null) throw fail(`${at}: a delete names no column`);
   if (c.col === null && v !== null) throw fail(`${at}: a row change without a column carries no value`);
+  if (c.seen !== undefined && !isVector(c.seen)) throw fail(`${at}: seen must be HLCs sorted by device, each device once`);
 }
 
 class Writer {
@@ -111,12 +115,17 @@ export function encodeChanges(changes: Change[]): Uint8Array {
     }
     return k;
   };
+  const withSeen = changes.some((c) => c.seen !== undefined);
+  const vectors = new Map<string, number>();
+  const vectorOrder: string[][] = [];
   const body = new Writer();
   body.uvarint(changes.length);
   let prevHlc = '';
+  let prevSeen = '';
   changes.forEach((c, i) => {
     checkChange(c, i, fail);
     decodePk(c.pk);
+    const seenText = c.seen === undefined ? '' : c.seen.join('');
     body.uvarint(ref(c.tbl));
     body.uvarint(ref(c.pk));
     body.uvarint(c.col === null ? 0 : ref(c.col) + 1);
@@ -124,9 +133,27 @@ export function encodeChanges(changes: Change[]): Uint8Array {
     const tag =
       v === null ? TAG_NULL : typeof v === 'bigint' ? TAG_INT : typeof v === 'number' ? TAG_REAL : typeof v === 'string' ? TAG_TEXT : TAG_BLOB;
     const same = i > 0 && c.hlc === prevHlc;
+    // One row write, one stamping pass: the changes of one HLC share what their writer had seen.
+    if (same && seenText !== prevSeen) throw fail(`change ${i}: two vectors for one hlc`);
     body.byte(OPS.indexOf(c.op) | (tag << 2) | (same ? SAME_HLC : 0));
-    if (!same) body.bytes(hexToBytes(c.hlc));
+    if (!same) {
+      body.bytes(hexToBytes(c.hlc));
+      if (withSeen) {
+        let ref = 0;
+        if (c.seen !== undefined) {
+          let k = vectors.get(seenText);
+          if (k === undefined) {
+            k = vectorOrder.length;
+            vectors.set(seenText, k);
+            vectorOrder.push(c.seen);
+          }
+          ref = k + 1;
+        }
+        body.uvarint(ref);
+      }
+    }
     prevHlc = c.hlc;
+    prevSeen = seenText;
     if (tag === TAG_INT) {
       const n = v as bigint;
       body.uvarintBig(n < 0n ? -2n * n - 1n : 2n * n);
@@ -138,12 +165,19 @@ export function encodeChanges(changes: Change[]): Uint8Array {
     }
   });
   const head = new Writer();
-  head.byte(FORMAT);
+  head.byte(withSeen ? FORMAT_SEEN : FORMAT);
   head.uvarint(order.length);
   for (const s of order) {
     const b = utf8.encode(s);
     head.uvarint(b.length);
     head.bytes(b);
+  }
+  if (withSeen) {
+    head.uvarint(vectorOrder.length);
+    for (const v of vectorOrder) {
+      head.uvarint(v.length);
+      for (const h of v) head.bytes(hexToBytes(h));
+    }
   }
   const out = new Uint8Array(head.len + body.len);
   out.set(head.buf.subarray(0, head.len), 0);
@@ -213,7 +247,9 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
   if (!(bytes instanceof Uint8Array)) throw new TypeError('bytes must be a Uint8Array');
   const r = new Reader(bytes);
   const version = r.byte();
-  if (version !== FORMAT) throw new ChangeFormatError(`unknown format ${version}`);
+  if (version !== FORMAT && version !== FORMAT_SEEN) {
+    throw new ChangeFormatError(`unknown format ${version} (made by a newer casa? update casa on this device)`);
+  }
   const nStrings = r.uvarint();
   if (nStrings > bytes.length) throw new ChangeFormatError('string count beyond the body');
   const strings: string[] = [];
@@ -226,6 +262,33 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
     }
   }
   if (new Set(strings).size !== strings.length) throw new ChangeFormatError('a string is listed twice');
+  const vectors: string[][] = [];
+  if (version === FORMAT_SEEN) {
+    const nVectors = r.uvarint();
+    if (nVectors === 0) throw new ChangeFormatError('format 2 without a vector');
+    if (nVectors > bytes.length) throw new ChangeFormatError('vector count beyond the body');
+    const texts = new Set<string>();
+    for (let k = 0; k < nVectors; k++) {
+      const len = r.uvarint();
+      if (len > bytes.length / 16) throw new ChangeFormatError('vector length beyond the body');
+      const v: string[] = [];
+      for (let e = 0; e < len; e++) v.push(bytesToHex(r.bytes(16)));
+      if (!isVector(v)) throw new ChangeFormatError(`vector ${k} is not HLCs sorted by device, each device once`);
+      const text = v.join('');
+      if (texts.has(text)) throw new ChangeFormatError('a vector is listed twice');
+      texts.add(text);
+      vectors.push(v);
+    }
+  }
+  let firstUnusedVector = 0;
+  const vector = (ref: number): string[] | undefined => {
+    if (ref === 0) return undefined;
+    const v = vectors[ref - 1];
+    if (v === undefined) throw new ChangeFormatError(`vector index ${ref - 1} out of range`);
+    if (ref - 1 === firstUnusedVector) firstUnusedVector++;
+    else if (ref - 1 > firstUnusedVector) throw new ChangeFormatError('vectors out of order');
+    return v;
+  };
   // Canonical: the strings are listed in the order of their first use.
   let firstUnused = 0;
   const str = (k: number): string => {
@@ -240,6 +303,7 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
   const changes: Change[] = [];
   const pkOk = new Set<string>();
   let prevHlc = '';
+  let seen: string[] | undefined;
   for (let i = 0; i < n; i++) {
     const tbl = str(r.uvarint());
     const pk = str(r.uvarint());
@@ -257,6 +321,7 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
     } else {
       hlc = bytesToHex(r.bytes(16));
       if (hlc === prevHlc) throw new ChangeFormatError(`change ${i}: a repeated hlc spelled out`);
+      if (version === FORMAT_SEEN) seen = vector(r.uvarint());
     }
     prevHlc = hlc;
     let val: SqlValue;
@@ -274,7 +339,7 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
       }
     } else if (tag === TAG_BLOB) val = r.bytes(r.uvarint());
     else throw new ChangeFormatError(`change ${i}: unknown value type ${tag}`);
-    const c: Change = { tbl, pk, col, op, val, hlc };
+    const c: Change = seen === undefined ? { tbl, pk, col, op, val, hlc } : { tbl, pk, col, op, val, hlc, seen };
     checkChange(c, i, (m) => new ChangeFormatError(m));
     if (!pkOk.has(pk)) {
       decodePk(pk);
@@ -284,5 +349,6 @@ export function decodeChanges(bytes: Uint8Array): Change[] {
   }
   if (r.at !== bytes.length) throw new ChangeFormatError('trailing bytes');
   if (firstUnused !== strings.length) throw new ChangeFormatError('an unused string');
+  if (firstUnusedVector !== vectors.length) throw new ChangeFormatError('an unused vector');
   return changes;
 }

@@ -20,6 +20,7 @@
 import { anumber } from '../crypto/bytes.js';
 import { IntegrityError } from '../errors.js';
 import { DELETE_MARKER, detachedSince, hasCapture, INSERT_MARKER, type Layout, loadLayouts, MASK_BITS, meta, setMeta } from './capture.js';
+import { passVector, VectorStore } from './causal.js';
 import { toBytes, type Change, type SqlValue } from './change.js';
 import { compareState, formatHlc, isHlc, MAX_WALL, maxState, parseHlc, tick, type HlcState } from './hlc.js';
 import { canonicalPk, encodePk, parseObject } from './pk-text.js';
@@ -46,6 +47,8 @@ export interface LogRow {
   floor: string | null;
   /** Set once stamped (takeLocalChanges, or applyRemote before it merges). */
   hlc: string | null;
+  /** The stamping pass's vector (casa_vectors id): what this device had seen when it wrote; null for none. */
+  vec: number | null;
 }
 
 function safeRows<T>(db: Db, sql: string, ...args: unknown[]): T[] {
@@ -71,6 +74,7 @@ function toLogRow(r: Record<string, unknown>, layouts: Map<number, Layout>): Log
     wall: Number.isFinite(Number(r.wall)) ? Math.trunc(Number(r.wall)) : 0,
     floor: (r.floor as string | null) ?? null,
     hlc: (r.hlc as string | null) ?? null,
+    vec: r.vec === null || r.vec === undefined ? null : Number(r.vec),
   };
   if (r.layout === null || r.layout === undefined) {
     // Capture version 1: an update field by field, an insert as a JSON object.
@@ -174,11 +178,15 @@ function sameWrite(a: LogRow, b: LogRow, cols: Set<string | null>): boolean {
 export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INTEGER): HlcState {
   let issued = floorState((meta(db, 'hlc_issued') as string | null) ?? null);
   const fetch = db.prepare('SELECT * FROM casa_changes WHERE hlc IS NULL AND seq > ? ORDER BY seq LIMIT 1000').safeIntegers(true);
-  const setHlc = db.prepare('UPDATE casa_changes SET hlc = ?, pk = ? WHERE seq = ?');
-  const clock = db.prepare(
-    'INSERT INTO casa_clock (tbl, pk, col, hlc, val) VALUES (?, ?, ?, ?, NULL) ' +
-      'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = NULL WHERE excluded.hlc > casa_clock.hlc',
+  const setHlc = db.prepare('UPDATE casa_changes SET hlc = ?, pk = ?, vec = ? WHERE seq = ?');
+  const put = db.prepare(
+    'INSERT INTO casa_clock (tbl, pk, col, hlc, val, vec) VALUES (?, ?, ?, ?, NULL, ?) ' +
+      'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = NULL, vec = excluded.vec WHERE excluded.hlc > casa_clock.hlc',
   );
+  // Every row this pass stamps was written under what this device knows now (docs/MERGE.md §5a).
+  let vec: number | null | undefined;
+  const passVec = (): number | null => (vec === undefined ? (vec = new VectorStore(db).intern(passVector(db, deviceId))) : vec);
+  const clock = (tbl: string, pk: string, col: string, h: string) => put.run(tbl, pk, col, h, passVec());
   const layouts = loadLayouts(db);
   const pks = new Map<string, string>();
   let group: LogRow | null = null;
@@ -203,28 +211,36 @@ export function stampLocal(db: Db, deviceId: string, limit = Number.MAX_SAFE_INT
         hlc = formatHlc({ ...issued, deviceId });
         group = r;
         cols = new Set();
-        if (r.op === 'i') clock.run(r.tbl, pk, INSERT_MARKER, hlc);
-        if (r.op === 'd') clock.run(r.tbl, pk, DELETE_MARKER, hlc);
+        if (r.op === 'i') clock(r.tbl, pk, INSERT_MARKER, hlc);
+        if (r.op === 'd') clock(r.tbl, pk, DELETE_MARKER, hlc);
       }
       for (const c of columnsOf(r)) {
         cols.add(c);
-        if (c !== null) clock.run(r.tbl, pk, c, hlc);
+        if (c !== null) clock(r.tbl, pk, c, hlc);
       }
-      setHlc.run(hlc, pk, r.seq);
+      setHlc.run(hlc, pk, passVec(), r.seq);
       stamped++;
     }
     after = page[page.length - 1]!.seq;
   }
-  if (stamped > 0) setMeta(db, 'hlc_issued', formatHlc({ ...issued, deviceId }));
+  if (stamped > 0) {
+    const top = formatHlc({ ...issued, deviceId });
+    setMeta(db, 'hlc_issued', top);
+    db.prepare(
+      'INSERT INTO casa_seen (dev, hlc) VALUES (?, ?) ON CONFLICT (dev) DO UPDATE SET hlc = excluded.hlc WHERE excluded.hlc > casa_seen.hlc',
+    ).run(deviceId, top);
+  }
   return issued;
 }
 
-/** A stamped log row as changes: one per field it logged (in column order), or one for the whole row. */
-function expand(r: LogRow): Change[] {
+/** A stamped log row as changes: one per field it logged (in column order), or one for the whole row; `seen`, its pass's vector. */
+function expand(r: LogRow, seen: string[] | undefined): Change[] {
   if (r.hlc === null) throw new Error('an unstamped log row inside the batch');
   const op = r.op as Change['op'];
-  if (r.fields !== null) return r.fields.map(([col, val]) => ({ tbl: r.tbl, pk: r.pk, col, op, val, hlc: r.hlc! }));
-  return [{ tbl: r.tbl, pk: r.pk, col: null, op, val: null, hlc: r.hlc }];
+  const one = (col: string | null, val: SqlValue): Change =>
+    seen === undefined ? { tbl: r.tbl, pk: r.pk, col, op, val, hlc: r.hlc! } : { tbl: r.tbl, pk: r.pk, col, op, val, hlc: r.hlc!, seen };
+  if (r.fields !== null) return r.fields.map(([col, val]) => one(col, val));
+  return [one(null, null)];
 }
 
 /**
@@ -260,7 +276,8 @@ export function takeLocalChanges(
       // The highest stamp a batch covered: what dropLocalChanges may forget.
       const before = meta(db, 'log_taken');
       if (typeof before !== 'string' || before < top) setMeta(db, 'log_taken', top);
-      const all = rows.flatMap(expand);
+      const vectors = new VectorStore(db);
+      const all = rows.flatMap((r) => expand(r, vectors.get(r.vec)));
       const seen = new Set<string>();
       const changes: Change[] = [];
       for (let k = all.length - 1; k >= 0; k--) {

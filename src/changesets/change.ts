@@ -31,6 +31,12 @@ export interface Change {
   op: 'i' | 'u' | 'd';
   val: SqlValue;
   hlc: string;
+  /**
+   * What the writer had seen when it wrote (causal.ts: a vector, shared by
+   * the changes of one stamping pass); absent when it had seen no other
+   * device's write, or the batch predates vectors (docs/MERGE.md §5a).
+   */
+  seen?: string[];
 }
 
 /** A changeset body (or a pk) that is not exactly what encodeChanges (encodePk) makes. */

@@ -39,6 +39,7 @@
 import type { Database, Statement } from 'better-sqlite3';
 import { FailureError } from '../errors.js';
 import { DELETE_MARKER, INSERT_MARKER } from './capture.js';
+import { covers, Knowledge, pruneVectors, VectorStore } from './causal.js';
 import { type Change, ChangeFormatError, type SqlValue } from './change.js';
 import { checkChange } from './change-codec.js';
 import { stampLocal } from './change-log.js';
@@ -140,9 +141,9 @@ function prepare(db: Database, schema: SyncSchema): Prepared {
   const p: Prepared = {
     fingerprint: schema.fingerprint,
     tables,
-    clockLoad: db.prepare('SELECT col, hlc, val FROM casa_clock WHERE tbl = ? AND pk = ?').raw(true).safeIntegers(true),
+    clockLoad: db.prepare('SELECT col, hlc, val, vec FROM casa_clock WHERE tbl = ? AND pk = ?').raw(true).safeIntegers(true),
     clockPuts: [],
-    pendingPut: db.prepare('INSERT OR IGNORE INTO casa_pending (tbl, pk, col, op, val, hlc) VALUES (?, ?, ?, ?, ?, ?)'),
+    pendingPut: db.prepare('INSERT OR IGNORE INTO casa_pending (tbl, pk, col, op, val, hlc, vec) VALUES (?, ?, ?, ?, ?, ?, ?)'),
     conflictPut: db.prepare(
       'INSERT OR IGNORE INTO casa_conflicts (tbl, pk, col, local_val, local_hlc, remote_val, remote_hlc, winner, rule, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     ),
@@ -180,8 +181,10 @@ function insertStmt(db: Database, ops: TableOps, cols: number[]): Statement {
 
 // ---------------------------------------------------------------- the merge
 
-/** A casa_clock entry of a row: a column, or the '+' / '-' marker, its HLC and its held value. */
-type ClockPut = [col: string, hlc: string, val: SqlValue];
+/** A casa_clock entry of a row: a column, or the '+' / '-' marker, its HLC, its held value and the vector of its write (casa_vectors id). */
+type ClockPut = [col: string, hlc: string, val: SqlValue, vec: number | null];
+
+const vecId = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
 /** A change of the row's markers rather than of one field: a delete, a row insert, or any insert into a set. */
 function isMarkerChange(c: Change, t: SyncTable): boolean {
@@ -204,11 +207,16 @@ class RowMerge {
   /** The newest insert ('+') and delete ('-') HLCs: as loaded, then as the changes move them. */
   insertHlc = '';
   deleteHlc = '';
+  /** The vectors (casa_vectors ids) of the writes that set the markers, as the changes move them. */
+  insertVec: number | null = null;
+  deleteVec: number | null = null;
   readonly insertHlcBefore: string;
   readonly deleteHlcBefore: string;
   /** Per column: the field's clock, as the changes move it; and as loaded. */
   readonly fieldHlc: string[];
   readonly fieldHlcBefore: string[];
+  /** Per column: the vector (casa_vectors id) of the write that set the field's clock. */
+  readonly fieldVec: (number | null)[];
   /** Per column: whether a change of this call won the field, and with which value. */
   readonly won: boolean[];
   readonly wonValue: SqlValue[];
@@ -219,14 +227,20 @@ class RowMerge {
     this.wasPresent = stored !== undefined;
     this.fieldHlc = new Array<string>(n).fill('');
     this.heldValue = new Array<SqlValue>(n).fill(null);
-    for (const [col, hlc, val] of clocks) {
-      if (col === INSERT_MARKER) this.insertHlc = hlc;
-      else if (col === DELETE_MARKER) this.deleteHlc = hlc;
-      else {
+    this.fieldVec = new Array<number | null>(n).fill(null);
+    for (const [col, hlc, val, vec] of clocks) {
+      if (col === INSERT_MARKER) {
+        this.insertHlc = hlc;
+        this.insertVec = vecId(vec);
+      } else if (col === DELETE_MARKER) {
+        this.deleteHlc = hlc;
+        this.deleteVec = vecId(vec);
+      } else {
         const k = ops.index.get(col);
         if (k !== undefined) {
           this.fieldHlc[k] = hlc;
           this.heldValue[k] = val;
+          this.fieldVec[k] = vecId(vec);
         }
       }
     }
@@ -250,20 +264,34 @@ class RowMerge {
   /** casa_clock entries for the markers the changes moved. */
   markerPuts(): ClockPut[] {
     const puts: ClockPut[] = [];
-    if (this.insertHlc !== this.insertHlcBefore) puts.push([INSERT_MARKER, this.insertHlc, null]);
-    if (this.deleteHlc !== this.deleteHlcBefore) puts.push([DELETE_MARKER, this.deleteHlc, null]);
+    if (this.insertHlc !== this.insertHlcBefore) puts.push([INSERT_MARKER, this.insertHlc, null, this.insertVec]);
+    if (this.deleteHlc !== this.deleteHlcBefore) puts.push([DELETE_MARKER, this.deleteHlc, null, this.deleteVec]);
     return puts;
   }
 }
 
 class Applier {
   readonly result: ApplyResult = { applied: 0, ignored: 0, conflicts: 0, pending: 0 };
+  private readonly vectors: VectorStore;
 
   constructor(
     private readonly db: Database,
     private readonly p: Prepared,
     private readonly now: number,
-  ) {}
+  ) {
+    this.vectors = new VectorStore(db);
+  }
+
+  /**
+   * Whether two writes of one field or marker were concurrent (docs/MERGE.md
+   * §5a): neither writer had seen the other's write. The local side is the
+   * clock `localHlc` with its vector (null: unknown); the remote, change c
+   * with what it had seen (none: a batch from before vectors). Only decides
+   * whether a decision is recorded, never who wins.
+   */
+  private concurrent(localHlc: string, localVec: number | null, c: Change): boolean {
+    return !covers(c.seen, localHlc) && !covers(this.vectors.get(localVec), c.hlc);
+  }
 
   private conflict(
     tbl: string,
@@ -281,7 +309,7 @@ class Applier {
   }
 
   private toPending(c: Change): void {
-    this.p.pendingPut.run(c.tbl, c.pk, c.col, c.op, c.val, c.hlc);
+    this.p.pendingPut.run(c.tbl, c.pk, c.col, c.op, c.val, c.hlc, this.vectors.intern(c.seen));
     this.result.pending++;
   }
 
@@ -358,22 +386,28 @@ class Applier {
     if (t.kind === 'set') this.setDecision(t, pk, c, row);
     const marker = c.op === 'd' ? row.deleteHlc : row.insertHlc;
     if (c.hlc > marker) {
-      if (c.op === 'd') row.deleteHlc = c.hlc;
-      else row.insertHlc = c.hlc;
+      if (c.op === 'd') {
+        row.deleteHlc = c.hlc;
+        row.deleteVec = this.vectors.intern(c.seen);
+      } else {
+        row.insertHlc = c.hlc;
+        row.insertVec = this.vectors.intern(c.seen);
+      }
       this.result.applied++;
     } else this.result.ignored++;
   }
 
   /**
    * A field write ('u', or one column of an insert, which also moves the '+'
-   * marker): kept iff its HLC is above the field's clock and the row's '-'
-   * marker (rule 1). Meeting another device's different value is audited
-   * ('lww'), whichever wins.
+   * marker (rule 1). Meeting another device's different value written
+   * without seeing this one, or this one written without seeing it, is
+   * audited ('lww'), whichever wins (§5a).
    */
   private applyField(ops: TableOps, pk: string, row: RowMerge, c: Change): void {
     let movedInsert = false;
     if (c.op === 'i' && c.hlc > row.insertHlc) {
       row.insertHlc = c.hlc;
+      row.insertVec = this.vectors.intern(c.seen);
       movedInsert = true;
     }
     const k = c.col === null ? undefined : ops.index.get(c.col);
@@ -385,10 +419,13 @@ class Applier {
     const wins = c.hlc > localHlc && c.hlc > row.deleteHlc;
     if (localHlc !== '' && localHlc !== c.hlc && device(localHlc) !== device(c.hlc) && localHlc > row.deleteHlc) {
       const localVal = row.valueOf(k);
-      if (!sameValue(localVal, c.val)) this.conflict(ops.t.name, pk, c.col, localVal, localHlc, c.val, c.hlc, wins ? 'remote' : 'local', 'lww');
+      if (!sameValue(localVal, c.val) && this.concurrent(localHlc, row.fieldVec[k]!, c)) {
+        this.conflict(ops.t.name, pk, c.col, localVal, localHlc, c.val, c.hlc, wins ? 'remote' : 'local', 'lww');
+      }
     }
     if (wins) {
       row.fieldHlc[k] = c.hlc;
+      row.fieldVec[k] = this.vectors.intern(c.seen);
       row.wonValue[k] = c.val;
       row.won[k] = true;
     }
@@ -419,7 +456,9 @@ class Applier {
         }
       }
     }
-    if (!row.wasPresent && present && row.deleteHlcBefore !== '' && device(del) !== device(row.insertHlc)) {
+    // A key inserted again by a device that had seen it deleted is no conflict (§5a).
+    const seenDelete = covers(this.vectors.get(row.insertVec), del);
+    if (!row.wasPresent && present && row.deleteHlcBefore !== '' && device(del) !== device(row.insertHlc) && !seenDelete) {
       this.conflict(t.name, pk, null, null, del, null, row.insertHlc, 'remote', 'reinsert');
     }
   }
@@ -430,7 +469,7 @@ class Applier {
     for (let k = 0; k < ops.t.columns.length; k++) {
       if (row.won[k]) {
         wonCols.push(k);
-        puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null]);
+        puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null, row.fieldVec[k]!]);
       }
     }
     if (wonCols.length > 0) updateStmt(this.db, ops, wonCols).run(...wonCols.map((k) => row.wonValue[k]!), ...key);
@@ -448,10 +487,11 @@ class Applier {
     for (let k = 0; k < ops.t.columns.length; k++) {
       if (row.fieldHlc[k]! > del) {
         carried.push(k);
-        if (row.won[k] || row.heldValue[k] !== null) puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null]);
+        if (row.won[k] || row.heldValue[k] !== null) puts.push([ops.t.columns[k]!, row.fieldHlc[k]!, null, row.fieldVec[k]!]);
       } else if (del !== '' && row.fieldHlc[k] !== del) {
         row.fieldHlc[k] = del;
-        puts.push([ops.t.columns[k]!, del, null]);
+        row.fieldVec[k] = row.deleteVec;
+        puts.push([ops.t.columns[k]!, del, null, row.deleteVec]);
       }
     }
     const vals = carried.map((k) => row.valueOf(k));
@@ -467,8 +507,8 @@ class Applier {
   private keepWhileAbsent(ops: TableOps, key: SqlValue[], row: RowMerge, puts: ClockPut[]): void {
     for (let k = 0; k < ops.t.columns.length; k++) {
       const h = row.fieldHlc[k]!;
-      if (h > row.deleteHlc && (row.won[k] || row.wasPresent)) puts.push([ops.t.columns[k]!, h, row.valueOf(k)]);
-      else if (row.won[k]) puts.push([ops.t.columns[k]!, h, null]);
+      if (h > row.deleteHlc && (row.won[k] || row.wasPresent)) puts.push([ops.t.columns[k]!, h, row.valueOf(k), row.fieldVec[k]!]);
+      else if (row.won[k]) puts.push([ops.t.columns[k]!, h, null, row.fieldVec[k]!]);
     }
     if (row.wasPresent) ops.del.run(...key);
   }
@@ -491,7 +531,7 @@ class Applier {
     for (let i = from; i < to; i++) vals.push(changes[i]!.val);
     if (updateStmt(this.db, ops, cols).run(...vals, ...key).changes !== 1) return false;
     const puts: ClockPut[] = [];
-    for (let i = from; i < to; i++) puts.push([changes[i]!.col!, changes[i]!.hlc, null]);
+    for (let i = from; i < to; i++) puts.push([changes[i]!.col!, changes[i]!.hlc, null, this.vectors.intern(changes[i]!.seen)]);
     this.putClocks(changes[from]!.tbl, changes[from]!.pk, puts);
     this.result.applied += to - from;
     return true;
@@ -504,13 +544,13 @@ class Applier {
       let stmt = this.p.clockPuts[part.length];
       if (!stmt) {
         stmt = this.db.prepare(
-          `INSERT INTO casa_clock (tbl, pk, col, hlc, val) VALUES ${part.map(() => '(?, ?, ?, ?, ?)').join(', ')} ` +
-            'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = excluded.val',
+          `INSERT INTO casa_clock (tbl, pk, col, hlc, val, vec) VALUES ${part.map(() => '(?, ?, ?, ?, ?, ?)').join(', ')} ` +
+            'ON CONFLICT (tbl, pk, col) DO UPDATE SET hlc = excluded.hlc, val = excluded.val, vec = excluded.vec',
         );
         this.p.clockPuts[part.length] = stmt;
       }
       const args: SqlValue[] = [];
-      for (const [col, hlc, val] of part) args.push(tbl, pk, col, hlc, val);
+      for (const [col, hlc, val, vec] of part) args.push(tbl, pk, col, hlc, val, vec);
       stmt.run(...args);
     }
   }
@@ -521,12 +561,13 @@ class Applier {
     // The local side: an add meets the element's remove while it is absent; a remove meets its add while present.
     const local = c.op === 'i' ? (present ? '' : row.deleteHlc) : present ? row.insertHlc : '';
     if (local === '' || local === c.hlc || device(local) === device(c.hlc)) return;
+    if (!this.concurrent(local, c.op === 'i' ? row.deleteVec : row.insertVec, c)) return;
     this.conflict(t.name, pk, null, null, local, null, c.hlc, c.hlc > local ? 'remote' : 'local', 'set-lww');
   }
 
   /** Applies the pending changes the schema now has room for. */
   pending(): void {
-    const rows = this.db.prepare('SELECT id, tbl, pk, col, op, val, hlc FROM casa_pending ORDER BY tbl, pk, id').safeIntegers(true).all() as {
+    const rows = this.db.prepare('SELECT id, tbl, pk, col, op, val, hlc, vec FROM casa_pending ORDER BY tbl, pk, id').safeIntegers(true).all() as {
       id: bigint;
       tbl: string;
       pk: string;
@@ -534,12 +575,14 @@ class Applier {
       op: Change['op'];
       val: SqlValue;
       hlc: string;
+      vec: bigint | null;
     }[];
     if (rows.length === 0) return;
     const ready: Change[] = [];
     const del = this.db.prepare('DELETE FROM casa_pending WHERE id = ?');
     for (const r of rows) {
-      const c: Change = { tbl: r.tbl, pk: r.pk, col: r.col, op: r.op, val: r.val, hlc: r.hlc };
+      const seen = this.vectors.get(r.vec);
+      const c: Change = seen === undefined ? { tbl: r.tbl, pk: r.pk, col: r.col, op: r.op, val: r.val, hlc: r.hlc } : { tbl: r.tbl, pk: r.pk, col: r.col, op: r.op, val: r.val, hlc: r.hlc, seen };
       if (!this.applicable(c)) continue;
       del.run(r.id);
       ready.push(c);
@@ -606,6 +649,11 @@ export function applyRemote(db: Database, schema: SyncSchema, changes: Change[],
     const a = new Applier(db, prepare(db, schema), opts.now);
     a.pending();
     a.run(changes);
+    // What this device has now seen: every change received (pending ones too), and what their writers had (§5a).
+    const seen = new Knowledge();
+    for (const c of changes) seen.see(c.hlc, c.seen);
+    seen.save(db);
+    pruneVectors(db);
     if (top !== '') {
       db.prepare("UPDATE casa_meta SET value = ? WHERE key = 'hlc_floor' AND (value IS NULL OR value < ?)").run(top, top);
     }

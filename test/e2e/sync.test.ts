@@ -105,6 +105,35 @@ describe('casa sync', () => {
     expect(human.stdout).toMatch(/FIELD[\s\S]*memo[\s\S]*lww/);
   });
 
+  it('an edit of another device\'s write is no conflict; edits made without seeing each other are exactly one', async () => {
+    const { a, devs } = await vault('causal');
+    const [b] = devs as [Machine];
+    const conflictsOf = async (m: Machine) =>
+      (JSON.parse((await ok(m, ['sync', '--conflicts', '--json'])).stdout).conflicts as Record<string, unknown>[]).filter((c) => c.pk === '["tx-new"]');
+    sql(a, "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) SELECT 'tx-new', id, '2026-12-01', -1250, 'Bahn', 'c', 'u' FROM accounts LIMIT 1");
+    await syncJson(a);
+    await syncJson(b);
+    shell(b, "UPDATE transactions SET amount = -1300 WHERE id = 'tx-new'");
+    await syncJson(b);
+    await syncJson(a);
+    expect(sql(a, "SELECT amount FROM transactions WHERE id = 'tx-new'")).toEqual([{ amount: -1300 }]);
+    expect(await conflictsOf(a)).toEqual([]);
+    expect(await conflictsOf(b)).toEqual([]);
+    // Now both edit the memo before either syncs: one conflict, on each device that merges the other's.
+    shell(a, "UPDATE transactions SET memo = 'Bahn (a)' WHERE id = 'tx-new'");
+    await new Promise((r) => setTimeout(r, 20));
+    shell(b, "UPDATE transactions SET memo = 'Bahn (b)' WHERE id = 'tx-new'");
+    await syncJson(a);
+    await syncJson(b);
+    await syncJson(a);
+    expect(dump(a)).toBe(dump(b));
+    for (const m of [a, b]) {
+      const got = await conflictsOf(m);
+      expect(got).toHaveLength(1);
+      expect(got[0]).toMatchObject({ col: 'memo', rule: 'lww', winner: m === b ? 'local' : 'remote' });
+    }
+  });
+
   it('three devices converge; tags merge as sets; a delete wins over a concurrent update', async () => {
     const { a, devs } = await vault('three', 2);
     const [b, c] = devs as [Machine, Machine];

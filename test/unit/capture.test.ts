@@ -682,7 +682,8 @@ describe('change encoding', () => {
     const good = encodeChanges(every.slice(0, 3));
     const cases: [string, Uint8Array][] = [
       ['empty', new Uint8Array(0)],
-      ['version', Uint8Array.from([2, ...good.slice(1)])],
+      ['version', Uint8Array.from([3, ...good.slice(1)])],
+      ['format 2 without its vectors', Uint8Array.from([2, ...good.slice(1)])],
       ['truncated', good.slice(0, good.length - 1)],
       ['trailing', Uint8Array.from([...good, 0])],
       ['non-minimal varint', Uint8Array.from([1, 0x80, 0x00, 0])],
@@ -732,6 +733,59 @@ describe('change encoding', () => {
       }),
       { numRuns: RUNS, seed: SEED },
     );
+  });
+
+  it('what each write had seen travels with it (format 2), deterministic and strict', () => {
+    const HA = `${'0189abcdef00'}0000${'00000000000000a1'}`;
+    const HC = `${'0189abcdef00'}0007${'00000000000000c3'}`;
+    const v1 = [HA];
+    const v2 = [HA, HC];
+    const seen: Change[] = [
+      { ...every[0]!, hlc: H2, seen: v1 },
+      { ...every[1]!, hlc: H2, seen: v1 },
+      { ...every[5]!, hlc: H1 },
+      { ...every[11]!, hlc: `${'0189abcdef03'}0000${'00000000000000b2'}`, seen: v2 },
+      { ...every[12]!, hlc: `${'0189abcdef04'}0000${'00000000000000b2'}`, seen: v1 },
+    ];
+    const bytes = encodeChanges(seen);
+    expect(bytes[0]).toBe(2);
+    expect(decodeChanges(bytes)).toEqual(seen);
+    expect(encodeChanges(decodeChanges(bytes))).toEqual(bytes);
+    // One vector object per distinct vector: the changes of a pass share it.
+    const back = decodeChanges(bytes);
+    expect(back[0]!.seen).toBe(back[4]!.seen);
+    // Without any vector the bytes are format 1, as before vectors existed.
+    expect(encodeChanges(every)[0]).toBe(1);
+    // Refused: a vector out of device order, a device twice, an empty vector, two vectors for one hlc.
+    expect(() => encodeChanges([{ ...every[0]!, seen: [HC, HA] }])).toThrow(ChangeFormatError);
+    expect(() => encodeChanges([{ ...every[0]!, seen: [HA, HA] }])).toThrow(ChangeFormatError);
+    expect(() => encodeChanges([{ ...every[0]!, seen: [] }])).toThrow(ChangeFormatError);
+    expect(() => encodeChanges([{ ...every[0]!, seen: v1 }, { ...every[1]!, seen: v2 }])).toThrow(ChangeFormatError);
+    // Bytes not exactly as encodeChanges makes them: vectors swapped in the table, one unused, a listed twice.
+    const two = encodeChanges([
+      { ...every[5]!, hlc: H1, seen: v1 },
+      { ...every[7]!, hlc: H2, seen: v2 },
+    ]);
+    const hex = Buffer.from(two).toString('hex');
+    const [a1, c3] = [HA, HC];
+    const t1 = `01${a1}02${a1}${c3}`;
+    expect(hex).toContain(t1);
+    expect(hex).toContain(`${H1}01`);
+    const swapped = hex.replace(`${H1}01`, `${H1}02`).replace(`${H2}02`, `${H2}01`);
+    expect(() => decodeChanges(Buffer.from(swapped, 'hex'))).toThrow(/vectors out of order/);
+    const unsorted = hex.replace(`02${a1}${c3}`, `02${c3}${a1}`);
+    expect(() => decodeChanges(Buffer.from(unsorted, 'hex'))).toThrow(/sorted by device/);
+    const twice = hex.replace(`02${a1}${c3}`, `01${a1}`).replace(/..$/, '');
+    expect(() => decodeChanges(Buffer.from(twice, 'hex'))).toThrow(ChangeFormatError);
+    for (let i = 0; i < two.length; i++) {
+      const b = two.slice();
+      b[i] ^= 0x41;
+      try {
+        expect(encodeChanges(decodeChanges(b))).toEqual(b);
+      } catch (err) {
+        if (!(err instanceof ChangeFormatError)) throw err;
+      }
+    }
   });
 
   it('pk text: canonical only', () => {

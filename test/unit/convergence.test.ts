@@ -14,6 +14,13 @@
  * markers, the same winning HLC for every field of a present row, and so the
  * same winner for every field any device's audit decided.
  *
+ * Conflicts that are conflicts (docs/MERGE.md §5a): the model tracks what
+ * each write's device had seen when it wrote (directly or through the
+ * writes it saw), and checks that no decision is ever recorded between two
+ * writes one of which had seen the other, and that every field update
+ * meeting a different value written without seeing it (or that value
+ * written without seeing the update) is recorded, exactly as that pair.
+ *
  * 200 cases by default, 10,000 under SLOW=1 (CASA_RUNS overrides); fast-check
  * prints the seed and path of a failure: CASA_SEED=<seed> CASA_PATH=<path> replays it.
  */
@@ -29,6 +36,7 @@ import { detachCapture, detachedSince, installCapture } from '../../src/changese
 import type { Change } from '../../src/changesets/change.js';
 import { decodeChanges, encodeChanges } from '../../src/changesets/change-codec.js';
 import { dropLocalChanges, takeLocalChanges } from '../../src/changesets/change-log.js';
+import { decodePk } from '../../src/changesets/pk-text.js';
 import { applyRemote, listConflicts, pendingRemoteCount } from '../../src/changesets/merge.js';
 import { refreshCapture } from '../../src/changesets/refresh.js';
 import { deriveSyncSchema, type SyncSchema } from '../../src/changesets/rules.js';
@@ -127,11 +135,36 @@ interface Node {
   schema: SyncSchema;
   /** How many of MIGRATIONS the app ran here. */
   migrated: number;
+  /** Every write this device has seen (its own, received, and what those had seen): HLCs. */
+  known: Set<string>;
+}
+
+/** What each write's device had seen when it wrote (its stamping pass): HLC → the HLCs it knew. */
+let knownAt = new Map<string, Set<string>>();
+/** How many field updates the completeness check judged, concurrent and not: it must judge some of each. */
+const judged = { concurrent: 0, sequential: 0 };
+
+/** Records what the writes stamped since the last call had seen: all that this device knew before them. */
+function noteStamped(n: Node): void {
+  const hlcs = n.db.prepare('SELECT DISTINCT hlc FROM casa_changes WHERE hlc IS NOT NULL').pluck().all() as string[];
+  const fresh = hlcs.filter((h) => !knownAt.has(h));
+  if (fresh.length === 0) return;
+  const before = new Set(n.known);
+  for (const h of fresh) knownAt.set(h, before);
+  for (const h of fresh) n.known.add(h);
+}
+
+/** True when the write `b` had seen the write `a` (transitively). */
+function hadSeen(b: string, a: string): boolean {
+  const k = knownAt.get(b);
+  expect(k, `a write nobody stamped: ${b}`).toBeDefined();
+  return k!.has(a);
 }
 
 /** What every casa command does first: capture in step with the schema, the app's missed writes caught up. */
 function refresh(n: Node, now: number): void {
   const r = refreshCapture(n.db, DECL, { now, deviceId: n.id });
+  noteStamped(n);
   n.schema = r.schema;
   for (const c of r.refresh.caughtUp) caughtUp[c.what] += c.rows;
 }
@@ -163,15 +196,63 @@ function write(n: Node, wall: number, sql: string, ...params: unknown[]): void {
 function push(n: Node, now: number): void {
   refresh(n, now);
   const t = takeLocalChanges(n.db, { deviceId: n.id, state: n.state, limit: 1000 });
+  noteStamped(n);
   if (t.changes.length === 0) return;
   dropLocalChanges(n.db, t.uptoSeq);
   n.state = t.state;
   n.outbox.push(decodeChanges(encodeChanges(t.changes)));
 }
 
+/** A field update of the batch that the completeness check can judge alone: what the field held before it. */
+interface Judged {
+  c: Change;
+  local: string;
+  differs: boolean;
+}
+
+/**
+ * The field updates of a batch that meet another device's value above the
+ * row's delete, on a present row, alone in the batch for their row: what
+ * they met, read before the merge.
+ */
+function toJudge(n: Node, batch: Change[]): Judged[] {
+
+  const rows = new Map<string, number>();
+  for (const c of batch) rows.set(`${c.tbl} ${c.pk}`, (rows.get(`${c.tbl} ${c.pk}`) ?? 0) + 1);
+  const out: Judged[] = [];
+  for (const c of batch) {
+    if (c.op !== 'u' || rows.get(`${c.tbl} ${c.pk}`) !== 1) continue;
+    const t = n.schema.tables.find((x) => x.name === c.tbl);
+    if (!t || t.kind !== 'lww' || !t.columns.includes(c.col!)) continue;
+    const clock = n.db.prepare('SELECT col, hlc FROM casa_clock WHERE tbl = ? AND pk = ?').all(c.tbl, c.pk) as { col: string; hlc: string }[];
+    const local = clock.find((x) => x.col === c.col)?.hlc ?? '';
+    const del = clock.find((x) => x.col === '-')?.hlc ?? '';
+    if (local === '' || local === c.hlc || local <= del || local.slice(16) === c.hlc.slice(16)) continue;
+    const where = t.pk.map((k) => `"${k}" IS ?`).join(' AND ');
+    const cur = n.db.prepare(`SELECT quote("${c.col}") FROM "${t.name}" WHERE ${where}`).pluck().get(...decodePk(c.pk)) as string | undefined;
+    if (cur === undefined) continue;
+    const val = c.val instanceof Uint8Array ? Buffer.from(c.val) : c.val;
+    out.push({ c, local, differs: cur !== (n.db.prepare('SELECT quote(?)').pluck().get(val) as string) });
+  }
+  return out;
+}
+
 function pull(n: Node, batch: Change[], now: number): void {
   refresh(n, now);
+  const judge = toJudge(n, batch);
   applyRemote(n.db, n.schema, batch, { now, localDeviceId: n.id, maxSkewMs: SKEW });
+  noteStamped(n);
+  for (const c of batch) {
+    n.known.add(c.hlc);
+    for (const h of knownAt.get(c.hlc) ?? []) n.known.add(h);
+  }
+  const recorded = n.db.prepare('SELECT 1 FROM casa_conflicts WHERE tbl = ? AND pk = ? AND col = ? AND local_hlc = ? AND remote_hlc = ?').pluck();
+  for (const { c, local, differs } of judge) {
+    const concurrent = !hadSeen(c.hlc, local) && !hadSeen(local, c.hlc);
+    if (differs) judged[concurrent ? 'concurrent' : 'sequential']++;
+    const got = recorded.get(c.tbl, c.pk, c.col, local, c.hlc) !== undefined;
+    expect(got, `${c.tbl} ${c.pk} ${c.col}: ${local} met ${c.hlc} on ${n.id}, concurrent: ${concurrent}`).toBe(differs && concurrent);
+  }
 }
 
 function dump(db: Database.Database, schema: SyncSchema): string {
@@ -221,8 +302,9 @@ function run(s: Scenario): void {
   const nodes: Node[] = IDS.slice(0, s.n).map((id) => {
     const db = new Database(BASE);
     db.pragma('foreign_keys = ON');
-    return { db, id, outbox: [], state: { wall: 0, counter: 0 }, schema: SCHEMA_OF, migrated: 0 };
+    return { db, id, outbox: [], state: { wall: 0, counter: 0 }, schema: SCHEMA_OF, migrated: 0, known: new Set<string>() };
   });
+  knownAt = new Map();
   const blocked = new Set<string>();
   let t = T0;
   const clock = (d: number, jitter: number) => Math.max(0, t + s.offsets[d]! + jitter);
@@ -291,6 +373,10 @@ function run(s: Scenario): void {
       for (const b of [...theirs.slice(k), ...theirs.slice(0, k)]) pull(n, b, clock(d, 0));
       push(n, clock(d, 0));
     });
+    // The last device to sync has seen every late write: its edit of them is sequential everywhere.
+    const last = nodes[nodes.length - 1]!;
+    write(last, clock(nodes.length - 1, 0) + 1, 'UPDATE accounts SET color = ? WHERE id = ?', 'seen-all', 'a1');
+    push(last, clock(nodes.length - 1, 0) + 1);
     nodes.forEach((n, d) => {
       for (const b of others(d).reverse()) pull(n, b, clock(d, 0));
     });
@@ -303,9 +389,13 @@ function run(s: Scenario): void {
     for (const d of tables.slice(1)) expect(d).toBe(tables[0]);
     const states = nodes.map((n) => mergeState(n.db));
     for (const st of states.slice(1)) expect(Object.fromEntries(st)).toEqual(Object.fromEntries(states[0]!));
-    // Every field any audit decided has the same winner everywhere.
+    // Every field any audit decided has the same winner everywhere; no decision is between a write and one it had seen.
     for (const n of nodes) {
       for (const c of listConflicts(n.db, { limit: 10_000 })) {
+        if (c.local_hlc !== null) {
+          const sequential = hadSeen(c.remote_hlc, c.local_hlc) || hadSeen(c.local_hlc, c.remote_hlc);
+          expect(sequential, `${c.rule} ${c.tbl} ${c.pk} ${c.col}: ${c.local_hlc} / ${c.remote_hlc} on ${n.id}`).toBe(false);
+        }
         const key = `${c.tbl} ${c.pk} ${c.col ?? '+'}`;
         const winners = states.map((st) => st.get(key));
         expect(new Set(winners).size, key).toBe(1);
@@ -326,6 +416,8 @@ describe('convergence', () => {
       expect(caughtUp.rows).toBeGreaterThan(0);
       expect(caughtUp.columns).toBeGreaterThan(0);
       expect(caughtUp.writes).toBeGreaterThan(0);
+      expect(judged.concurrent).toBeGreaterThan(0);
+      expect(judged.sequential).toBeGreaterThan(0);
     }
   }, 600_000);
 

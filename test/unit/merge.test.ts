@@ -197,11 +197,25 @@ describe('merge scenarios', () => {
     c.pull(upd);
     expectConverged(a, b, c);
     expect(a.db.prepare("SELECT memo, amount FROM transactions WHERE id = 't1'").get()).toEqual({ memo: 'B memo', amount: -1 });
-    expect(a.conflicts().map((x) => x.rule)).toContain('reinsert');
+    // C had seen the delete: its re-insert is no conflict (docs/MERGE.md §5a); B's update, made without seeing it, is.
+    expect(a.conflicts().map((x) => x.rule)).not.toContain('reinsert');
+    expect(b.conflicts().map((x) => x.rule)).toContain('delete-wins');
     for (const col of ['memo', 'amount', 'date']) {
       expect(a.clock('transactions', '["t1"]', col)).toBe(b.clock('transactions', '["t1"]', col));
       expect(b.clock('transactions', '["t1"]', col)).toBe(c.clock('transactions', '["t1"]', col));
     }
+  });
+
+  it('a re-insert made without seeing the other device\'s delete is recorded as one', () => {
+    const a = new Device(A_ID);
+    const c = new Device(C_ID);
+    a.write(T + 1000, "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) VALUES ('t9', 'acc-1', '2026-01-02', -5, 'A', 'c', 'u')");
+    a.write(T + 1500, "DELETE FROM transactions WHERE id = 't9'");
+    // C, which never saw A's row, makes one with the same key.
+    c.write(T + 2500, "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) VALUES ('t9', 'acc-1', '2026-01-02', -1, 'C', 'c', 'u')");
+    deliver([a, c], [[a, a.push()], [c, c.push()]]);
+    expectConverged(a, c);
+    expect(a.conflicts().map((x) => x.rule)).toEqual(['reinsert']);
   });
 
   it('insert of the same key on two devices: merged field by field', () => {
@@ -367,5 +381,117 @@ describe('merge scenarios', () => {
     expectConverged(a, b);
     expect(a.get("SELECT count(*) FROM transaction_tags WHERE transaction_id = 't1'")).toBe(1);
     expect(b.push()).toEqual([]);
+  });
+});
+
+describe('conflicts that are conflicts (docs/MERGE.md §5a)', () => {
+  const amount = (d: Device) => d.get("SELECT amount FROM transactions WHERE id = 't3'");
+  const insertT3 = "INSERT INTO transactions (id, account_id, date, amount, memo, created_at, updated_at) VALUES ('t3', 'acc-1', '2026-02-01', -1250, 'Bahn', 'c', 'u')";
+
+  it('an edit of a value the writer had seen merges silently, on every device', () => {
+    const a = new Device(A_ID);
+    const b = new Device(B_ID);
+    a.write(T + 1000, insertT3);
+    b.pull(a.push());
+    b.write(T + 2000, "UPDATE transactions SET amount = -1300 WHERE id = 't3'");
+    const fromB = b.push();
+    expect(fromB[0]!.seen).toBeDefined();
+    expect(a.pull(fromB)).toEqual({ applied: 1, ignored: 0, conflicts: 0, pending: 0 });
+    expect(amount(a)).toBe(-1300);
+    // And back: A edits B's value after seeing it, B merges silently too.
+    a.write(T + 3000, "UPDATE transactions SET amount = -1400 WHERE id = 't3'");
+    expect(b.pull(a.push()).conflicts).toBe(0);
+    expectConverged(a, b);
+    expect(a.conflicts()).toEqual([]);
+    expect(b.conflicts()).toEqual([]);
+  });
+
+  it('edits made without seeing each other are exactly one conflict on each device, whoever wins', () => {
+    const a = new Device(A_ID);
+    const b = new Device(B_ID);
+    a.write(T + 1000, insertT3);
+    b.pull(a.push());
+    a.write(T + 2000, "UPDATE transactions SET amount = -1 WHERE id = 't3'");
+    b.write(T + 3000, "UPDATE transactions SET amount = -2 WHERE id = 't3'");
+    const fa = a.push();
+    const fb = b.push();
+    expect(a.pull(fb).conflicts).toBe(1);
+    expect(b.pull(fa).conflicts).toBe(1);
+    expectConverged(a, b);
+    expect(a.conflicts()).toMatchObject([{ col: 'amount', winner: 'remote', rule: 'lww' }]);
+    expect(b.conflicts()).toMatchObject([{ col: 'amount', winner: 'local', rule: 'lww' }]);
+  });
+
+  it('what was seen is transitive: an edit built on an edit of A\'s value is no conflict for A, whatever the delivery order', () => {
+    for (const order of ['in order', 'C first'] as const) {
+      const a = new Device(A_ID);
+      const b = new Device(B_ID);
+      const c = new Device(C_ID);
+      a.write(T + 1000, "UPDATE transactions SET memo = 'A' WHERE id = 't1'");
+      const fa = a.push();
+      b.pull(fa);
+      b.write(T + 2000, "UPDATE transactions SET memo = 'B' WHERE id = 't1'");
+      const fb = b.push();
+      c.pull(fb); // C never gets A's batch before writing
+      c.write(T + 3000, "UPDATE transactions SET memo = 'C' WHERE id = 't1'");
+      const fc_ = c.push();
+      if (order === 'in order') {
+        a.pull(fb);
+        a.pull(fc_);
+      } else {
+        a.pull(fc_);
+        a.pull(fb);
+      }
+      c.pull(fa);
+      b.pull(fc_);
+      expectConverged(a, b, c);
+      expect(a.get("SELECT memo FROM transactions WHERE id = 't1'")).toBe('C');
+      for (const d of [a, b, c]) expect(d.conflicts(), `${order} ${d.id}`).toEqual([]);
+    }
+  });
+
+  it('a batch delivered again after an edit built on it records nothing', () => {
+    const a = new Device(A_ID);
+    const b = new Device(B_ID);
+    b.write(T + 1000, "UPDATE transactions SET memo = 'B' WHERE id = 't1'");
+    const fb = b.push();
+    a.pull(fb);
+    a.write(T + 2000, "UPDATE transactions SET memo = 'A after B' WHERE id = 't1'");
+    a.push();
+    expect(a.pull(fb)).toMatchObject({ applied: 0, conflicts: 0 });
+    expect(a.conflicts()).toEqual([]);
+  });
+
+  it('a tag removed and added again after seeing the removal is no set conflict; concurrently, one', () => {
+    const a = new Device(A_ID);
+    const b = new Device(B_ID);
+    a.write(T + 1000, "DELETE FROM transaction_tags WHERE transaction_id = 't1' AND tag = 'kids'");
+    b.pull(a.push());
+    b.write(T + 2000, "INSERT INTO transaction_tags VALUES ('t1', 'kids')");
+    expect(a.pull(b.push()).conflicts).toBe(0);
+    // Concurrently: A adds a tag and removes it; B, not knowing, adds the same tag.
+    a.write(T + 3000, "INSERT INTO transaction_tags VALUES ('t1', 'new')");
+    a.write(T + 3500, "DELETE FROM transaction_tags WHERE transaction_id = 't1' AND tag = 'new'");
+    b.write(T + 4000, "INSERT INTO transaction_tags VALUES ('t1', 'new')");
+    const fa = a.push();
+    const fb = b.push();
+    a.pull(fb);
+    b.pull(fa);
+    expectConverged(a, b);
+    expect(a.get("SELECT count(*) FROM transaction_tags WHERE transaction_id = 't1' AND tag = 'new'")).toBe(1);
+    expect(b.conflicts().map((x) => x.rule)).toEqual(['set-lww']);
+    expect(a.conflicts().map((x) => x.rule)).toEqual(['set-lww']);
+  });
+
+  it('a batch from before vectors keeps the old rule: any two devices\' different values are recorded', () => {
+    const a = new Device(A_ID);
+    const b = new Device(B_ID);
+    a.write(T + 1000, insertT3);
+    b.pull(a.push());
+    b.write(T + 2000, "UPDATE transactions SET amount = -1300 WHERE id = 't3'");
+    const old = b.push().map(({ seen: _, ...c }) => c);
+    expect(encodeChanges(old)[0]).toBe(1);
+    expect(a.pull(decodeChanges(encodeChanges(old))).conflicts).toBe(1);
+    expect(amount(a)).toBe(-1300);
   });
 });
