@@ -94,8 +94,17 @@ export function systemdQuote(v: string, opts: { dollar: boolean }): string {
   return `"${s}"`;
 }
 
+/**
+ * The program of an ExecStart= line is taken as written after specifiers (no
+ * `$` expansion) and must not contain a backslash or a quote; a node path
+ * that does is run through env(1) instead, where it is an argument like any
+ * other.
+ */
 function execStart(spec: ServiceSpec, args: string[]): string {
-  return `ExecStart=${[spec.node, spec.entry].map((a) => systemdQuote(a, { dollar: true })).join(' ')} ${args.join(' ')}`;
+  const program = /["'\\]/.test(spec.node)
+    ? `/usr/bin/env ${systemdQuote(spec.node, { dollar: true })}`
+    : systemdQuote(spec.node, { dollar: false });
+  return `ExecStart=${program} ${systemdQuote(spec.entry, { dollar: true })} ${args.join(' ')}`;
 }
 
 function environment(spec: ServiceSpec): string[] {
