@@ -21,7 +21,7 @@
  * that do the same.
  */
 import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { FailureError, NotPairedError, UsageError } from '../errors.js';
@@ -203,8 +203,7 @@ export async function runServiceInstall(ctx: Context, opts: ServiceInstallOption
   const wanted = new Set(p.files.map((f) => f.path));
   const dropped = before ? before.files.filter((f) => !wanted.has(f.path)) : [];
   if (dropped.length > 0) {
-    const gone = before!.enabled.filter((u) => !p.enabled.includes(u));
-    stopJobs(ctx, manager, p.dir, gone);
+    stopJobs(ctx, manager, p.dir, jobNames(manager, dropped));
     for (const f of dropped) removeIfOurs(f, true);
   }
 
@@ -322,6 +321,11 @@ function removeIfOurs(f: { path: string; sha256: string }, force: boolean): bool
   return true;
 }
 
+/** The units (systemd) or labels (launchd) of files install wrote: every one is stopped on uninstall, enabled or not (a later `--no-enable` install leaves earlier ones enabled). */
+function jobNames(manager: Manager, files: { path: string }[]): string[] {
+  return files.map((f) => (manager === 'systemd' ? basename(f.path) : basename(f.path, '.plist')));
+}
+
 /** Stops and disables units (systemd) or boots out agents (launchd); then removes any enable link left behind (the manager may be gone). */
 function stopJobs(ctx: Context, manager: Manager, dir: string, names: string[]): void {
   if (names.length === 0) return;
@@ -351,14 +355,16 @@ export async function runServiceUninstall(ctx: Context): Promise<void> {
     return;
   }
   const dir = m.files[0] ? dirname(m.files[0].path) : '';
-  stopJobs(ctx, m.manager, dir, m.enabled);
+  const why = unreachable(ctx, m.manager);
+  if (why !== null) ctx.out.warn(`${why}: jobs already running keep running until the session ends; their files are removed`);
+  stopJobs(ctx, m.manager, dir, jobNames(m.manager, m.files));
   const removed: string[] = [];
   const kept: string[] = [];
   for (const f of m.files) {
     if (removeIfOurs(f, ctx.globals.yes)) removed.push(f.path);
     else kept.push(f.path);
   }
-  if (m.manager === 'systemd' && systemdReachable(ctx.deps.term.env) === null) {
+  if (m.manager === 'systemd' && why === null) {
     systemctl(ctx.deps.term.env, 'daemon-reload');
     // Forget the failures of units that are gone (they would linger in `systemctl --user --failed`).
     systemctl(ctx.deps.term.env, 'reset-failed', SYSTEMD_SNAPSHOT_SERVICE, SYSTEMD_SNAPSHOT_TIMER, SYSTEMD_SYNC_SERVICE);
