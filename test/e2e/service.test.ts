@@ -143,6 +143,41 @@ describe('casa service with a real systemd user manager', () => {
   });
 });
 
+describe('casa service: whose files', () => {
+  it("--no-enable writes without enabling; another CASA_HOME's install does not take over the units without --yes", async (ctx) => {
+    if (!sd) {
+      process.stderr.write(`casa test: skipped: ${unavailable}\n`);
+      ctx.skip();
+      return;
+    }
+    const a = await pairedMachine('own-a');
+    const b = await pairedMachine('own-b');
+    const runOn = (m: typeof a, args: string[]) => m.run(args, { env: sd!.env, wrap: sd!.wrap });
+    const configBefore = tree(sd.env.XDG_CONFIG_HOME);
+    const unitDir = join(sd.env.XDG_CONFIG_HOME, 'systemd', 'user');
+
+    const r = await runOn(a, ['service', 'install', '--no-enable', '--sync', 'off']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('not enabled (--no-enable): systemctl --user enable --now casa-snapshot.timer starts them');
+    expect(sd.systemctl('is-enabled', 'casa-snapshot.timer').stdout.trim()).toBe('disabled');
+    expect(sd.systemctl('is-active', 'casa-snapshot.timer').stdout.trim()).toBe('inactive');
+
+    // B's install would replace A's units (another CASA_HOME in them): refused, nothing changed.
+    const mine = readFileSync(join(unitDir, 'casa-snapshot.service'), 'utf8');
+    const refused = await runOn(b, ['service', 'install', '--sync', 'off']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^casa: error: .*casa-snapshot\.service.* not written by this CASA_HOME's install/m);
+    expect(refused.stderr).toContain('casa: hint: ');
+    expect(readFileSync(join(unitDir, 'casa-snapshot.service'), 'utf8')).toBe(mine);
+    expect(existsSync(join(b.home, 'service.json'))).toBe(false);
+
+    // A's own install again: in place, no refusal.
+    expect((await runOn(a, ['service', 'install', '--no-enable', '--sync', 'off', '--snapshot-every', '5m'])).code).toBe(0);
+    expect((await runOn(a, ['service', 'uninstall'])).code).toBe(0);
+    expect(tree(sd.env.XDG_CONFIG_HOME)).toEqual(configBefore);
+  });
+});
+
 describe('no service manager reachable', () => {
   it('exit 1 with the crontab lines to use instead (no systemctl on PATH; a user bus that is not there)', async () => {
     const m = await pairedMachine('nosd');
