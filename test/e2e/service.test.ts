@@ -33,6 +33,13 @@ afterAll(async () => {
   await sd?.stop();
 });
 
+/** The user manager; where this machine cannot run one, the reason printed and the test skipped (ctx.skip throws). */
+function managerOrSkip(ctx: { skip: (note?: string) => never }): UserManager {
+  if (sd) return sd;
+  process.stderr.write(`casa test: skipped: ${unavailable}\n`);
+  return ctx.skip(unavailable);
+}
+
 /** Every file and directory under `dir` with its content (links as their target), to compare before and after. */
 function tree(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -70,15 +77,11 @@ interface JobStatus {
 
 describe('casa service with a real systemd user manager', () => {
   it('install: the timer runs a real snapshot, the watch runs, status reports both; uninstall leaves the directory as it was', async (ctx) => {
-    if (!sd) {
-      process.stderr.write(`casa test: skipped: ${unavailable}\n`);
-      ctx.skip();
-      return;
-    }
+    const sd = managerOrSkip(ctx);
     // Odd characters in CASA_HOME and the database path: systemd's quoting must carry them through.
     const m = await pairedMachine('svc 50% $HOME \\ "q"');
     // casa runs in the manager's namespaces, as in the user's session (test/helpers/systemd.ts).
-    const run = (args: string[]) => m.run(args, { env: sd!.env, wrap: sd!.wrap });
+    const run = (args: string[]) => m.run(args, { env: sd.env, wrap: sd.wrap });
     const configBefore = tree(sd.env.XDG_CONFIG_HOME);
 
     const t0 = Date.now();
@@ -145,14 +148,10 @@ describe('casa service with a real systemd user manager', () => {
 
 describe('casa service: whose files', () => {
   it("--no-enable writes without enabling; another CASA_HOME's install does not take over the units without --yes", async (ctx) => {
-    if (!sd) {
-      process.stderr.write(`casa test: skipped: ${unavailable}\n`);
-      ctx.skip();
-      return;
-    }
+    const sd = managerOrSkip(ctx);
     const a = await pairedMachine('own-a');
     const b = await pairedMachine('own-b');
-    const runOn = (m: typeof a, args: string[]) => m.run(args, { env: sd!.env, wrap: sd!.wrap });
+    const runOn = (m: typeof a, args: string[]) => m.run(args, { env: sd.env, wrap: sd.wrap });
     const configBefore = tree(sd.env.XDG_CONFIG_HOME);
     const unitDir = join(sd.env.XDG_CONFIG_HOME, 'systemd', 'user');
 
