@@ -13,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { okOn, useRelay } from '../helpers/cli.js';
+import { spawn } from 'node:child_process';
+import { baseEnv, CASA, okOn, useRelay } from '../helpers/cli.js';
 import { startUserManager, type UserManager } from '../helpers/systemd.js';
 
 const relay = useRelay();
@@ -200,7 +201,7 @@ describe('no service manager reachable', () => {
 });
 
 describe('the last-run record', () => {
-  it('a failed snapshot shows as FAILED in casa status, a later success as ok; --json carries both', async () => {
+  it('a failed snapshot shows as FAILED in casa status, a later success as ok, a killed watch as STOPPED; --json carries them', async () => {
     const m = await pairedMachine('lastrun');
     const failed = await m.run(['snapshot', '--quiet'], { env: { CASA_SERVER: 'http://127.0.0.1:9' } });
     expect(failed.code).toBe(5);
@@ -217,5 +218,23 @@ describe('the last-run record', () => {
     expect(st.runs.snapshot!.summary).toMatch(/^snapshot 1 committed/);
     expect(st.runs.sync).toMatchObject({ exit: 0, health: 'ok' });
     expect(statSync(join(m.home, 'last-run-snapshot.json')).mode & 0o777).toBe(0o600);
+
+    // A watch records itself while it runs; killed without a word (SIGKILL), it shows as STOPPED.
+    const watch = spawn(process.execPath, [CASA, 'sync', '--watch'], { env: baseEnv(m.env), stdio: 'ignore' });
+    try {
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline) {
+        st = JSON.parse((await okOn(m, ['status', '--json'])).stdout);
+        if ((st.runs.sync as { health?: string } | null)?.health === 'running') break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(st.runs.sync).toMatchObject({ exit: null, health: 'running', pid: watch.pid });
+    } finally {
+      watch.kill('SIGKILL');
+      await new Promise((r) => watch.once('exit', r));
+    }
+    st = JSON.parse((await okOn(m, ['status', '--json'])).stdout);
+    expect(st.runs.sync).toMatchObject({ exit: null, health: 'stopped' });
+    expect((await okOn(m, ['status'])).stdout).toMatch(/^ran: +sync --watch STOPPED: last heard of \d+ s ago \(pid \d+, no exit recorded: killed, or hung\)/m);
   });
 });
