@@ -412,7 +412,11 @@ class Watcher {
 
   /** One round, reported when it moved anything; false (no round) while capture is detached. */
   private async syncOnce(why: string): Promise<boolean> {
-    if (this.detached()) return false;
+    if (this.detached()) {
+      // Alive but not syncing: the record stays fresh, and turns LATE if the pause lasts.
+      this.record(false, 'paused: capture is detached (`casa sync --attach` resumes)');
+      return false;
+    }
     this.schemaMoved();
     if (why === 'epoch' && this.env.refreshKeys) this.env.keys = await this.env.refreshKeys();
     // Not cancelled by the signal: a round in progress finishes.
