@@ -99,7 +99,8 @@ export function recordRun(home: string, o: RunOutcome): RunRecord {
     summary: oneLine(o.summary),
     last_success_at: o.ok ? o.at : (before?.last_success_at ?? null),
     pid: o.exit === null ? process.pid : null,
-    failing_since: o.ok ? null : (before?.failing_since ?? o.startedAt),
+    // A running watch's trouble starts now, not when the watch did.
+    failing_since: o.ok ? null : (before?.failing_since ?? (o.exit === null ? o.at : o.startedAt)),
   };
   writeFileAtomic(lastRunPath(home, o.job), JSON.stringify(rec, null, 2) + '\n', 0o600);
   return rec;
