@@ -293,6 +293,34 @@ describe('Windows', () => {
   });
 });
 
+describe('other systems', () => {
+  function ctxFor() {
+    const stdout = new PassThrough();
+    let out = '';
+    stdout.on('data', (d) => (out += d));
+    const term = { stdin: new PassThrough(), stdout, stderr: new PassThrough(), env: { HOME: join(root, 'mac-home') } };
+    const ctx = new Context(resolveGlobals({ home: join(root, 'mac-casa'), db: join(root, 'm.db') }, term.env), defaultDeps(term, new AbortController().signal));
+    return { ctx, out: () => out };
+  }
+
+  it('macOS --dry-run: the agents in ~/Library/LaunchAgents and the launchctl commands', async () => {
+    const a = ctxFor();
+    await runServiceInstall(a.ctx, { dryRun: true }, 'darwin');
+    const agents = join(root, 'mac-home', 'Library', 'LaunchAgents');
+    expect(a.out()).toContain(`# ${join(agents, 'org.casa.snapshot.plist')}\n<?xml`);
+    expect(a.out()).toContain('<integer>900</integer>');
+    expect(a.out()).toMatch(new RegExp(`^launchctl bootstrap gui/\\d+ ${join(agents, 'org.casa.sync.plist')}$`, 'm'));
+    expect(() => statSync(agents)).toThrow();
+  });
+
+  it('a system without a service manager casa knows: exit 1 with the crontab lines', async () => {
+    const err = await runServiceInstall(ctxFor().ctx, {}, 'freebsd').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CasaError);
+    expect((err as CasaError).exitCode).toBe(1);
+    expect((err as CasaError).hints.join('\n')).toMatch(/^ {2}\*\/15 \* \* \* \* CASA_HOME=.* snapshot --quiet$/m);
+  });
+});
+
 describe('the CLI: bad input is exit 2 with a hint, --dry-run writes nothing', () => {
   const env = { CASA_HOME: join(root, 'cli-home'), XDG_CONFIG_HOME: join(root, 'cli-config'), HOME: root };
   for (const [args, what] of [
