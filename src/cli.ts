@@ -13,7 +13,8 @@ import type { Command } from 'commander';
 const { CommanderError } = createRequire(import.meta.url)('commander') as typeof CommanderModule;
 import { buildProgram } from './program.js';
 import { reportError, processTerminal } from './ui/terminal.js';
-import type { RawGlobals } from './commands/context.js';
+import type { Context, RawGlobals } from './commands/context.js';
+import type { Job } from './last-run.js';
 
 function commandPath(c: Command): string {
   const names: string[] = [];
@@ -35,12 +36,22 @@ export async function main(argv: string[]): Promise<number> {
 
   let json = argv.includes('--json');
   let exitCode = 0;
+  /** An unattended job's run (snapshot, sync): recorded with its exit status once that is decided (src/last-run.ts). */
+  let run: { job: Job; command: string; startedAt: number; ctx: Context } | undefined;
   const program = buildProgram(async (cmd, action, args) => {
     const raw = cmd.optsWithGlobals() as RawGlobals & Record<string, unknown>;
     json = Boolean(raw.json);
     const { Context, resolveGlobals, defaultDeps } = await import('./commands/context.js');
     const { RestartCommand } = await import('./errors.js');
-    const once = () => action(new Context(resolveGlobals(raw, term.env), defaultDeps(term, controller.signal)), args, cmd.opts());
+    const { jobOf } = await import('./last-run.js');
+    const globals = resolveGlobals(raw, term.env);
+    const deps = defaultDeps(term, controller.signal);
+    const job = jobOf(commandPath(cmd), cmd.opts());
+    const once = () => {
+      const ctx = new Context(globals, deps);
+      if (job) run = { ...job, startedAt: run?.startedAt ?? deps.now(), ctx };
+      return action(ctx, args, cmd.opts());
+    };
     try {
       await once();
     } catch (err) {
@@ -71,9 +82,30 @@ export async function main(argv: string[]): Promise<number> {
       }
     } else {
       exitCode = reportError(term, err, json);
+      if (run) run.ctx.summary = err instanceof Error ? err.message : String(err);
     }
   }
+  if (run) await recordOutcome(run, exitCode);
   return exitCode;
+}
+
+/** Writes the last-run record; a record that cannot be written is a warning, never the job's failure. */
+async function recordOutcome(run: { job: Job; command: string; startedAt: number; ctx: Context }, exit: number): Promise<void> {
+  const { recordRun } = await import('./last-run.js');
+  const at = run.ctx.deps.now();
+  try {
+    recordRun(run.ctx.globals.home, {
+      job: run.job,
+      command: run.command,
+      startedAt: run.startedAt,
+      at,
+      exit,
+      ok: exit === 0,
+      summary: run.ctx.summary ?? (exit === 0 ? 'done' : `exit ${exit}`),
+    });
+  } catch (err) {
+    run.ctx.out.warn(`the last-run record was not written: ${(err as Error).message}`);
+  }
 }
 
 /**

@@ -291,6 +291,34 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
     },
   );
 
+  const service = program
+    .command('service')
+    .description('run snapshot and sync in the background: systemd user units (Linux), launchd agents (macOS)')
+    .addHelpText(
+      'after',
+      '\nInstall again to change the settings (updated in place). Windows: `casa service install --dry-run` prints the Task Scheduler commands (untested). See casa-service(1).',
+    );
+  wire(
+    service
+      .command('install')
+      .description('write, enable and start the background jobs for this CASA_HOME, database and relay')
+      .option('--snapshot-every <duration>', 'how often `casa snapshot --quiet` runs, 1m to 24h (default 15m)')
+      .addOption(new Option('--sync <mode>', '`casa sync --watch` kept running, or no sync job').choices(['watch', 'off']).default('watch'))
+      .option('--dry-run', 'print the files and commands instead of writing and running them')
+      .option('--no-enable', 'write the files, but do not enable or start the jobs'),
+    async (ctx, _args, o) => (await import('./commands/service.js')).runServiceInstall(ctx, o),
+  );
+  wire(
+    service.command('status').description('each job: installed, enabled, active, and its last run (exit status, when, summary)'),
+    async (ctx) => (await import('./commands/service.js')).runServiceStatus(ctx),
+  );
+  wire(
+    service
+      .command('uninstall')
+      .description('stop and disable the jobs, and remove the files install wrote (one you changed since: only with --yes)')
+      .option('-y, --yes', 'also remove files changed since install'),
+    async (ctx) => (await import('./commands/service.js')).runServiceUninstall(ctx),
+  );
+
   return program;
 }
-

@@ -85,6 +85,11 @@ export function defaultDeps(term: Terminal, signal: AbortSignal): Deps {
 
 export class Context {
   readonly out: Output;
+  /**
+   * The command's outcome in one line, for the last-run record (src/last-run.ts):
+   * set by the commands cron and timers run (snapshot, sync); src/cli.ts writes it.
+   */
+  summary: string | undefined;
   constructor(
     readonly globals: GlobalOptions,
     readonly deps: Deps,

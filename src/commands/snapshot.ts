@@ -106,7 +106,8 @@ async function snapshotOnce(ctx: Context, opts: SnapshotCommandOptions): Promise
     );
     bar?.done();
     const report = toReport(r);
-    ctx.out.print(formatSnapshot(r));
+    ctx.summary = formatSnapshot(r);
+    ctx.out.print(ctx.summary);
     ctx.out.result({ ...report });
     return report;
   } finally {

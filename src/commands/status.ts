@@ -18,6 +18,8 @@ import { readSyncState } from '../changesets/sync-state.js';
 import { readDigestMemory } from '../changesets/digest-exchange.js';
 import { detachedSince } from '../changesets/capture.js';
 import { plural } from '../ui/format.js';
+import { describeRun, JOBS, runViews, type Job, type RunView } from '../last-run.js';
+import { readManifest } from '../service/manifest.js';
 
 export interface StatusReport {
   message_type: 'status';
@@ -63,6 +65,8 @@ export interface StatusReport {
     /** The last `casa verify --sync` here (remembered, not asked again), or null. */
     last_comparison: LastComparisonInfo | null;
   } | null;
+  /** The last snapshot and sync runs on this device (src/last-run.ts), with their health: ok, failed, late, running, stopped. */
+  runs: Record<Job, RunView | null>;
 }
 
 export interface LastComparisonInfo {
@@ -99,6 +103,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     recent_events: [],
     usage: null,
     changesets: null,
+    runs: runViews(ctx.globals.home, ctx.deps.now(), installedInterval(ctx.globals.home)),
   };
 
   const client = ctx.client(server, 5_000);
@@ -160,7 +165,7 @@ export async function runStatus(ctx: Context): Promise<StatusReport> {
     }
   }
 
-  ctx.out.print(formatStatus(report));
+  ctx.out.print(formatStatus(report, ctx.deps.now()));
   ctx.out.result(report as unknown as Record<string, unknown>);
   return report;
 }
@@ -257,6 +262,15 @@ function changesetInfo(home: string, keys: VaultKeys, dbPath: string, exists: bo
   return out;
 }
 
+/** The installed service's snapshot interval (CASA_HOME/service.json), if any: it sets when a snapshot is late. */
+function installedInterval(home: string): number | null {
+  try {
+    return readManifest(home)?.snapshot_every_ms ?? null;
+  } catch {
+    return null; // a damaged manifest: `casa service status` says so
+  }
+}
+
 function databaseInfo(path: string): StatusReport['database'] {
   try {
     const st = statSync(path);
@@ -266,7 +280,7 @@ function databaseInfo(path: string): StatusReport['database'] {
   }
 }
 
-function formatStatus(r: StatusReport): string {
+function formatStatus(r: StatusReport, now: number): string {
   const lines: string[] = [];
   const row = (k: string, v: string) => lines.push(`${(k + ':').padEnd(10)} ${v}`);
   if (!r.paired) {
@@ -325,6 +339,10 @@ function formatStatus(r: StatusReport): string {
       row('compared', `at changeset ${cmp.cursor}, ${iso(cmp.at)}: ${what}`);
     }
     if (r.rollback_detected) row('WARNING', 'the relay serves an older head than this device has seen (rollback)');
+  }
+  for (const job of JOBS) {
+    const v = r.runs[job];
+    if (v) row('ran', describeRun(v, now));
   }
   row('home', r.home);
   return lines.join('\n');

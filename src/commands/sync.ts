@@ -20,6 +20,7 @@ import { CancelledError, CasaError, UsageError } from '../errors.js';
 import { deviceRevoked, isTransient } from '../failures.js';
 import { acquireLock, type Lock } from '../lock.js';
 import { readState } from '../state.js';
+import { recordRun, WATCH_REFRESH_MS } from '../last-run.js';
 import { detachCapture, detachedSince } from '../changesets/capture.js';
 import { pendingCount } from '../changesets/change-log.js';
 import { listConflicts } from '../changesets/merge.js';
@@ -99,7 +100,8 @@ export async function runSync(ctx: Context, opts: SyncOptions): Promise<void> {
       return await watch(ctx, env, db, refreshed);
     }
     const r = await settledRound(ctx, env, db, schema);
-    ctx.out.print(r.pushedChanges === 0 && r.pulledChanges === 0 ? `up to date (at ${r.cursor} of ${r.head})` : roundLine(r));
+    ctx.summary = r.pushedChanges === 0 && r.pulledChanges === 0 ? `up to date (at ${r.cursor} of ${r.head})` : roundLine(r);
+    ctx.out.print(ctx.summary);
     ctx.out.result({ message_type: 'sync', ...roundDoc(r), schema: refreshDoc(refreshed) });
   } finally {
     db.close();
@@ -300,6 +302,12 @@ class Watcher {
   private fatal: unknown = null;
   private wakeStop: () => void = () => {};
   private readonly stoppedPromise = new Promise<void>((r) => (this.wakeStop = r));
+  /** For the last-run record: when the watch started, rounds done, the last one that moved anything, and what was last recorded. */
+  private readonly startedAt: number;
+  private roundsDone = 0;
+  private lastRound = '';
+  private recordedOk: boolean | null = null;
+  private recordedAt = 0;
 
   constructor(
     private readonly ctx: Context,
@@ -311,6 +319,7 @@ class Watcher {
     this.schema = opened.schema;
     this.seenSchema = opened.schemaVersion;
     this.lastVersion = Number(db.pragma('data_version', { simple: true }));
+    this.startedAt = ctx.deps.now();
   }
 
   /** Start, wait for the stop, close everything, wait for the round in progress; throws the failure that stopped it. */
@@ -324,6 +333,7 @@ class Watcher {
 
     out.note(`watching ${this.env.dbPath}; Ctrl-C stops`);
     out.note(`at changeset ${loadSyncState(this.env).cursor}`);
+    this.record(false, 'watching: started');
     await this.round('start');
     await this.connect();
     await this.stoppedPromise;
@@ -333,8 +343,27 @@ class Watcher {
     if (this.wsTimer) clearTimeout(this.wsTimer);
     this.ws?.close(1000, 'bye');
     await this.running;
+    this.ctx.summary = `stopped after ${this.roundsDone} round${this.roundsDone === 1 ? '' : 's'}${this.lastRound ? `; last: ${this.lastRound}` : ''}`;
     if (this.fatal !== null) throw this.fatal;
     out.note('stopped');
+  }
+
+  /**
+   * The last-run record while watching (src/last-run.ts): exit null, this
+   * process; refreshed after a round at most every WATCH_REFRESH_MS, and at
+   * once when the watch turns from failing to working or back. Never fails
+   * the watch.
+   */
+  private record(ok: boolean, summary: string): void {
+    const now = this.ctx.deps.now();
+    if (ok === this.recordedOk && now - this.recordedAt < WATCH_REFRESH_MS) return;
+    try {
+      recordRun(this.ctx.globals.home, { job: 'sync', command: 'sync --watch', startedAt: this.startedAt, at: now, exit: null, ok, summary });
+      this.recordedOk = ok;
+      this.recordedAt = now;
+    } catch {
+      // CASA_HOME unwritable: the watch's own work says so soon enough.
+    }
   }
 
   private stop(err?: unknown): void {
@@ -374,6 +403,7 @@ class Watcher {
         }
         this.failures++;
         this.ctx.out.warn(`${(err as Error).message}; retrying`);
+        this.record(false, `retrying: ${(err as Error).message}`);
         await sleep(this.backoff(), this.stoppedPromise);
         this.again = !this.stopped;
       }
@@ -382,12 +412,19 @@ class Watcher {
 
   /** One round, reported when it moved anything; false (no round) while capture is detached. */
   private async syncOnce(why: string): Promise<boolean> {
-    if (this.detached()) return false;
+    if (this.detached()) {
+      // Alive but not syncing: the record stays fresh, and turns LATE if the pause lasts.
+      this.record(false, 'paused: capture is detached (`casa sync --attach` resumes)');
+      return false;
+    }
     this.schemaMoved();
     if (why === 'epoch' && this.env.refreshKeys) this.env.keys = await this.env.refreshKeys();
     // Not cancelled by the signal: a round in progress finishes.
     const r = await syncRound({ ...this.env, signal: new AbortController().signal }, this.db, this.schema);
     this.failures = 0;
+    this.roundsDone++;
+    if (r.pushedChanges || r.pulledChanges) this.lastRound = roundLine(r);
+    this.record(true, `watching: ${this.roundsDone} round${this.roundsDone === 1 ? '' : 's'}, at ${r.cursor} of ${r.head}${this.lastRound ? `; last: ${this.lastRound}` : ''}`);
     if (r.pushedChanges || r.pulledChanges) {
       this.ctx.out.print(`${new Date(this.ctx.deps.now()).toISOString()} ${roundLine(r)}`);
       this.ctx.out.result({ message_type: 'sync', trigger: why, ...roundDoc(r) });

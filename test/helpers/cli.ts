@@ -26,6 +26,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   input?: string;
   timeoutMs?: number;
+  /** A command to run casa under (e.g. nsenter into a namespace: test/helpers/systemd.ts). */
+  wrap?: string[];
 }
 
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
@@ -43,7 +45,8 @@ export function baseEnv(extra: Record<string, string | undefined> = {}): Record<
 
 export function runCasa(args: string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CASA, ...args], {
+    const argv = [...(opts.wrap ?? []), process.execPath, CASA, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), {
       env: baseEnv(opts.env),
       stdio: ['pipe', 'pipe', 'pipe'],
     });

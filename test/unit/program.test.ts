@@ -44,6 +44,10 @@ describe('argv → options', () => {
     [['--db', '/x.db', 'snapshot', '--json'], 'snapshot', { db: '/x.db', json: true }],
     [['devices', '-q'], 'devices', { quiet: true }],
     [['--keystore', 'file', 'devices', 'revoke', 'abcd'], 'revoke', { keystore: 'file' }],
+    [['service', 'install'], 'install', { sync: 'watch', enable: true }],
+    [['service', 'install', '--snapshot-every', '1h', '--sync', 'off', '--dry-run', '--no-enable'], 'install', { snapshotEvery: '1h', sync: 'off', dryRun: true, enable: false }],
+    [['service', 'uninstall', '--yes'], 'uninstall', { yes: true }],
+    [['service', 'status', '--json'], 'status', { json: true }],
   ];
   for (const [argv, name, expected] of cases) {
     it(argv.join(' '), async () => {
@@ -94,6 +98,7 @@ describe('documentation matches the code', () => {
       const text = man(`casa-${c.name()}`);
       for (const sect of ['EXIT STATUS', 'ENVIRONMENT', 'FILES', 'EXAMPLES']) expect(text, `${c.name()}: ${sect}`).toContain(`.SH ${sect}`);
       for (const o of c.options) expect(text, `casa-${c.name()}.1 mentions ${o.long}`).toContain(o.long!);
+      for (const sub of c.commands) for (const o of sub.options) expect(text, `casa-${c.name()}.1 mentions ${sub.name()} ${o.long}`).toContain(o.long!);
     }
     const top = man('casa');
     for (const o of program.options) if (o.long) expect(top, `casa.1 mentions ${o.long}`).toContain(o.long);
