@@ -127,10 +127,14 @@ async function localShape(ctx: Context, table: string): Promise<TableShape | nul
   const Sqlite = (await import('better-sqlite3')).default;
   const db = new Sqlite(ctx.globals.db, { readonly: true, fileMustExist: true });
   try {
-    const cols = db.prepare('SELECT name, pk, hidden FROM pragma_table_xinfo(?)').all(table) as { name: string; pk: number; hidden: number }[];
+    const cols = db.prepare('SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)').all(table) as { name: string; type: string; pk: number; hidden: number }[];
     if (cols.length === 0) return null;
     const visible = cols.filter((c) => c.hidden === 0);
-    return { pk: visible.filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name), columns: visible.filter((c) => c.pk === 0).map((c) => c.name) };
+    const pk = visible.filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk);
+    // INTEGER PRIMARY KEY of a rowid table is the rowid itself (docs/MERGE.md §2): keyed by the rowid, as a table without a key.
+    const list = db.prepare('SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?').get('main', table) as { wr: number } | undefined;
+    const rowidAlias = list?.wr === 0 && pk.length === 1 && pk[0]!.type.toUpperCase() === 'INTEGER';
+    return { pk: rowidAlias ? [] : pk.map((c) => c.name), columns: visible.filter((c) => rowidAlias || c.pk === 0).map((c) => c.name) };
   } catch {
     return null;
   } finally {

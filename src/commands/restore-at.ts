@@ -21,7 +21,7 @@
  * The snapshot's own change log (its device's unpushed writes, which the
  * file already holds) is cleared before the merge, as a restore does.
  */
-import { closeSync, existsSync, fsyncSync, linkSync, openSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, linkSync, lstatSync, openSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { FailureError, IntegrityError, UsageError } from '../errors.js';
 import { changesAfter } from '../changesets/history.js';
@@ -68,7 +68,8 @@ export async function runRestoreAt(ctx: Context, opts: RestoreAtOptions): Promis
   }
   if (opts.snapshot !== undefined) throw new UsageError('--snapshot and --at cannot be used together', { hints: ['--at picks the snapshot itself'] });
   const to = resolve(opts.to);
-  if (existsSync(to)) {
+  // lstat: a symlink is a path that exists, even one that points nowhere (existsSync follows it).
+  if (lstatSync(to, { throwIfNoEntry: false }) !== undefined) {
     throw new UsageError(`${to} already exists`, { hints: ['restore --at writes a new file and never replaces one: give a path that does not exist'] });
   }
   if (!existsSync(dirname(to)) || !statSync(dirname(to)).isDirectory()) throw new UsageError(`no directory ${dirname(to)} for ${to}`);

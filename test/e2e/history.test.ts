@@ -9,7 +9,7 @@
  * is refused with exit 2 and nothing written; a tampered batch is exit 6; a
  * window the relay pruned is named with its bounds.
  */
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -226,6 +226,13 @@ describe('history, log and restore --at on two devices', () => {
     expect(e.code).toBe(2);
     expect(e.stderr).toMatch(/already exists/);
     expect(readFileSync(existing, 'utf8')).toBe('keep me');
+    // A symlink that points nowhere is a path that exists too: refused, nothing written through it.
+    const dangling = join(a.home, 'dangling.db');
+    symlinkSync(join(a.home, 'nowhere', 'target.db'), dangling);
+    const s = await a.run(['restore', '--at', new Date(t1).toISOString(), '--to', dangling]);
+    expect(s.code).toBe(2);
+    expect(s.stderr).toMatch(/already exists/);
+    expect(existsSync(join(a.home, 'nowhere'))).toBe(false);
 
     const early = await a.run(['restore', '--at', '2020-01-01', '--to', join(a.home, 'early.db')]);
     expect(early.code).toBe(2);
@@ -239,6 +246,13 @@ describe('history, log and restore --at on two devices', () => {
     const alone = await a.run(['restore', '--at', '1h']);
     expect(alone.code).toBe(2);
     expect(alone.stderr).toMatch(/--at and --to go together/);
+
+    // A table the app keys by INTEGER PRIMARY KEY (the rowid) has no field history: named as such.
+    sql(a, 'CREATE TABLE app_notes (id INTEGER PRIMARY KEY, body TEXT)');
+    sql(a, "INSERT INTO app_notes (body) VALUES ('n')");
+    const rowid = await a.run(['history', 'app_notes', '1']);
+    expect(rowid.code).toBe(2);
+    expect(rowid.stderr).toMatch(/^casa: error: table app_notes is keyed by the rowid and does not sync/m);
   });
 });
 
