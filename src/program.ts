@@ -320,5 +320,28 @@ export function buildProgram(run: (cmd: Command, action: Action, args: unknown[]
     async (ctx) => (await import('./commands/service.js')).runServiceUninstall(ctx),
   );
 
+  wire(
+    program
+      .command('completion')
+      .description('print the shell completion script for bash, zsh or fish (commands, flags, their values)')
+      .argument('<shell>', 'bash, zsh or fish')
+      .addHelpText(
+        'after',
+        '\nbash:  casa completion bash > ~/.local/share/bash-completion/completions/casa\n' +
+          'zsh:   casa completion zsh > "${fpath[1]}/_casa"   (or: source <(casa completion zsh) in ~/.zshrc)\n' +
+          'fish:  casa completion fish > ~/.config/fish/completions/casa.fish\n' +
+          'On Tab the script runs `casa complete -- WORDS`; snapshot ids and device names come from what casa last listed. See casa-completion(1).',
+      ),
+    async (ctx, args) => (await import('./commands/completion.js')).runCompletionScript(ctx, String(args[0])),
+  );
+  // What the completion scripts run on Tab (not for people: hidden from --help).
+  program
+    .command('complete', { hidden: true })
+    .description('print the completions of WORDS (the protocol of the scripts `casa completion` prints)')
+    .argument('[words...]')
+    .helpOption(false)
+    .allowUnknownOption()
+    .action(async (words: string[]) => (await import('./commands/completion.js')).runComplete(words ?? [], process.env, process.stdout));
+
   return program;
 }

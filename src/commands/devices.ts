@@ -14,6 +14,7 @@ import { sanitize as printable } from '../ui/format.js';
 import { confirm } from '../ui/prompts.js';
 import { deviceSession, loadPaired, type Context } from './context.js';
 import { parseDevices, type DeviceInfo } from './vault.js';
+import { updateCompletionCache } from '../completion-cache.js';
 
 export type { DeviceInfo };
 
@@ -22,6 +23,7 @@ export async function runDevicesList(ctx: Context): Promise<DeviceInfo[]> {
   const p = loadPaired(ctx);
   const session = await deviceSession(p);
   const devices = parseDevices(await session.call('GET', '/devices'), p.vault.deviceId, p.client.server);
+  updateCompletionCache(ctx.globals.home, p.vault.vaultId, { devices: devices.filter((d) => d.revoked_at === null) });
   ctx.out.print(formatDevices(devices));
   ctx.out.result({ message_type: 'devices', vault_id: p.vault.vaultId, devices });
   return devices;

@@ -14,6 +14,7 @@
  */
 import { AuthError, CasaError, EXIT, FailureError, IntegrityError, UsageError } from '../errors.js';
 import { noteSeenSeq } from '../state.js';
+import { updateCompletionCache } from '../completion-cache.js';
 import type { VaultKeys } from '../crypto/kdf.js';
 import { checkNotRolledBack, SnapshotApi, type SnapshotInfo } from '../relay/snapshots.js';
 import { openVaultKeys } from '../keys/open.js';
@@ -39,6 +40,7 @@ export async function openVault(ctx: Context): Promise<OpenVault> {
 export async function listChecked(ctx: Context, v: { p: Paired; api: SnapshotApi }) {
   const list = await v.api.list();
   checkNotRolledBack(list.head, v.p.vault.highestSeq ?? 0, v.p.client.server);
+  updateCompletionCache(ctx.globals.home, v.p.vault.vaultId, { snapshots: list.snapshots });
   return list;
 }
 
