@@ -13,11 +13,11 @@
  * relay or the keystore on a Tab), table names from the database, and the
  * rules of `casa tables set`.
  *
- * Two things are changed in the bash script tab prints: bash falls back to
- * file names when casa offers none (`complete -o default`, which the
- * directive of a non-path value turns off again), and the script works
- * without the bash-completion package (it uses its word splitting where
- * loaded, plain COMP_WORDS otherwise).
+ * Three things are changed in the bash script tab prints: bash falls back
+ * to file names when casa offers none (`complete -o default`, which the
+ * directive of a non-path value turns off again); the script works without
+ * the bash-completion package (its word splitting where loaded, the line
+ * split on blanks otherwise); and `--flag=value` completes the value.
  */
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
@@ -90,17 +90,21 @@ export async function runCompletionScript(ctx: Context, shell: string): Promise<
 export function patchBash(script: string): string {
   const words = '_get_comp_words_by_ref -n "=:" cur prev words cword';
   const register = 'complete -F __casa_complete casa';
-  if (!script.includes(words) || !script.includes(register)) throw new Error('bash completion script of @bomb.sh/tab changed: update patchBash');
+  const match = 'COMPREPLY=( $(compgen -W "${completions[*]}" -- "$cur") )';
+  if (!script.includes(words) || !script.includes(register) || !script.includes(match)) throw new Error('bash completion script of @bomb.sh/tab changed: update patchBash');
   const fallback = [
     '# Word splitting: bash-completion\'s where it is loaded, plain COMP_WORDS otherwise.',
     '__casa_words() {',
     '    if declare -F _get_comp_words_by_ref >/dev/null 2>&1; then',
     '        _get_comp_words_by_ref -n "=:" cur prev words cword',
     '    else',
-    '        words=("${COMP_WORDS[@]}")',
-    '        cword=$COMP_CWORD',
-    '        cur=${COMP_WORDS[COMP_CWORD]}',
-    '        prev=${COMP_WORDS[COMP_CWORD-1]}',
+    '        # The line up to the cursor, split on blanks only (COMP_WORDS splits --flag=value at the =).',
+    '        local line=${COMP_LINE:0:COMP_POINT}',
+    '        read -ra words <<< "$line"',
+    '        [[ $line =~ [[:space:]]$ ]] && words+=("")',
+    '        cword=$((${#words[@]} - 1))',
+    '        cur=${words[cword]}',
+    '        prev=${words[cword-1]}',
     '    fi',
     '}',
     '',
@@ -108,7 +112,9 @@ export function patchBash(script: string): string {
   return script
     .replace(words, '__casa_words')
     .replace('# Function to handle completions', fallback + '\n# Function to handle completions')
-    .replace(register, 'complete -o default -F __casa_complete casa');
+    .replace(register, 'complete -o default -F __casa_complete casa')
+    // --flag=value: the shell completes the part after the = (it is in COMP_WORDBREAKS), so match that part.
+    .replace(match, 'COMPREPLY=( $(compgen -W "${completions[*]}" -- "${cur#--*=}") )');
 }
 
 /** The value of a flag among the typed words (`--db X` or `--db=X`), the last one winning. */

@@ -59,8 +59,11 @@ function scriptFile(shell: string): string {
 function bashComplete(words: string[], opts: { bashCompletion: boolean; env?: Record<string, string> }): string[] {
   const script = scriptFile('bash');
   const prelude = opts.bashCompletion ? `source ${BASH_COMPLETION}\n` : '';
+  // COMP_WORDS as readline splits them: at blanks and at COMP_WORDBREAKS' = (--flag=value is three words).
   const program = `${prelude}source ${script}
-COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=\${#COMP_LINE}
+COMP_LINE="$*"; COMP_POINT=\${#COMP_LINE}; COMP_WORDS=()
+for w in "$@"; do if [[ $w == *=* ]]; then COMP_WORDS+=("\${w%%=*}" "=" "\${w#*=}"); else COMP_WORDS+=("$w"); fi; done
+COMP_CWORD=$((\${#COMP_WORDS[@]} - 1))
 __casa_complete 2>/dev/null
 printf '%s\\n' "\${COMPREPLY[@]}"
 complete -p casa >&2`;
@@ -123,6 +126,7 @@ describe('bash', () => {
       }
       expect(pair).not.toContain('--force');
       expect(bashComplete(['snapshot', '--keystore', ''], { bashCompletion }).sort()).toEqual(['file', 'keychain']);
+      expect(bashComplete(['--keystore=k'], { bashCompletion })).toEqual(['keychain']);
       expect(bashComplete(['service', 'install', '--sync', ''], { bashCompletion }).sort()).toEqual(['off', 'watch']);
       expect(bashComplete(['tables', 'set', 'accounts', ''], { bashCompletion }).sort()).toEqual(['default', 'lww', 'set', 'snapshot-only']);
       expect(bashComplete(['history', ''], { bashCompletion }).sort()).toEqual(['accounts', 'payees']);
