@@ -86,8 +86,9 @@ function run(cmd, args, { env = process.env, cwd = work, timeoutMs = 120_000, in
     let stdout = '';
     let stderr = '';
     let stepTimedOut = false;
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
+    // Decoded as a stream: a character split across two chunks stays whole.
+    child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
     child.stdin.on('error', () => {});
     child.stdin.end(input);
     const limit = Math.max(1000, Math.min(timeoutMs, started + budgetMs - Date.now()));
@@ -116,7 +117,11 @@ function must(r, what) {
       : r.signal
         ? `was killed by ${r.signal}`
         : `exited ${r.code}`;
-  const output = [r.stdout && `--- stdout\n${r.stdout.trimEnd()}`, r.stderr && `--- stderr\n${r.stderr.trimEnd()}`].filter(Boolean).join('\n');
+  const tail = (text) => {
+    const lines = text.trimEnd().split('\n');
+    return (lines.length > 200 ? [`[${lines.length - 200} earlier lines not shown]`, ...lines.slice(-200)] : lines).join('\n');
+  };
+  const output = [r.stdout && `--- stdout\n${tail(r.stdout)}`, r.stderr && `--- stderr\n${tail(r.stderr)}`].filter(Boolean).join('\n');
   fail(`${what} ${why}${output ? `\n${redact(output)}` : ''}`);
 }
 
@@ -280,12 +285,12 @@ async function main() {
   });
   children.set(relay.pid, relay);
   let relayErr = '';
-  relay.stderr.on('data', (d) => (relayErr += d));
+  relay.stderr.setEncoding('utf8').on('data', (d) => (relayErr += d));
   relay.on('close', () => children.delete(relay.pid));
   const server = await new Promise((resolve, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new SmokeError(`casa relay printed no URL within 90 s\n${relayErr}`)), 90_000);
-    relay.stdout.on('data', (d) => {
+    relay.stdout.setEncoding('utf8').on('data', (d) => {
       out += d;
       const m = out.match(/casa relay listening on (http:\/\/\S+)/);
       if (m) {
@@ -358,8 +363,10 @@ async function main() {
   } catch (e) {
     fail(`casa status --json on device b printed no JSON document (${e.message})`);
   }
-  if (!status || typeof status !== 'object') fail('casa status --json on device b printed no JSON object');
-  ok('casa status --json', `device b: ${Object.keys(status).slice(0, 6).join(', ')}…`);
+  if (status?.paired !== true || status.device_name !== 'b') {
+    fail(`casa status --json on device b does not say it is paired as b (paired: ${status?.paired}, device_name: ${status?.device_name})`);
+  }
+  ok('casa status --json', `device b paired (${Object.keys(status).length} fields)`);
 
   // The man pages npm linked from package.json "man" into the prefix.
   const manWhere = must(await run('sh', ['-c', 'command -v man'], { cwd, env: userEnv() }), 'command -v man').stdout.trim();
@@ -368,9 +375,13 @@ async function main() {
   for (const page of ['casa', 'casa-sync']) {
     const r = must(await run('man', ['-w', page], { cwd, env: userEnv({ MANPATH: manRoot }), timeoutMs: 30_000 }), `man -w ${page}`);
     const at = r.stdout.trim().split('\n')[0];
-    if (!isInside(at, manRoot) && !at.startsWith(manRoot + sep)) fail(`man -w ${page} found ${at}, not a page under ${manRoot}`);
-    if (!isInside(at, pkgDir)) fail(`man -w ${page} found ${at}, which does not lead into the installed package`);
-    ok(`man -w ${page}`, relative(prefix, at));
+    // man-db names the page's real file: npm links share/man/man1/PAGE.1 to the package's man/PAGE.1.
+    const link = join(manRoot, 'man1', `${page}.1`);
+    if (!existsSync(link)) fail(`npm install -g linked no ${link}`);
+    if (!at || !isInside(at, pkgDir) || realpathSync(at) !== realpathSync(link)) {
+      fail(`man -w ${page} with MANPATH=${manRoot} found ${at || 'nothing'}, not ${link} (the installed package's page)`);
+    }
+    ok(`man -w ${page}`, `${relative(prefix, link)} -> ${relative(prefix, at)}`);
   }
 
   return { tarball: info.filename, tarBytes, fileCount, unpacked: info.unpackedSize, installMs, nmBytes: size.bytes };
@@ -383,6 +394,8 @@ async function stopRelay() {
   const t = setTimeout(() => killGroup(relay, 'SIGKILL'), 10_000);
   await exited;
   clearTimeout(t);
+  // Nothing of its group (workerd) outlives it.
+  killGroup(relay, 'SIGKILL');
 }
 
 function cleanup() {
