@@ -5,8 +5,8 @@
 // then driven from outside the checkout: `casa --version`, a local relay run
 // from the installed package, a vault created on device A with a database
 // snapshotted, restored on a fresh device B (the two databases' dumps equal),
-// `casa status --json` on B, and `man casa` / `man casa-sync` found under the
-// prefix. Everything lives in a temp directory removed at the end; the
+// `casa status --json` on B, `man casa` / `man casa-sync` found under the
+// prefix, and `casa completion bash` completing `casa sn` in bash. Everything lives in a temp directory removed at the end; the
 // recovery phrase goes to a 0600 file there and is never printed. The whole
 // run is bounded (PACK_SMOKE_TIMEOUT, seconds, default 540); on timeout every
 // child's process group is killed. Exit 0 = every check passed, 1 = one failed.
@@ -383,6 +383,18 @@ async function main() {
     }
     ok(`man -w ${page}`, `${relative(prefix, link)} -> ${relative(prefix, at)}`);
   }
+
+  // Shell completion from the installed package: the bash script loaded into bash, `casa sn` completed by the prefix's casa.
+  const completeSn = [
+    'source <(casa completion bash)',
+    'COMP_LINE="casa sn"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=(casa sn); COMP_CWORD=1',
+    '__casa_complete 2>/dev/null',
+    'printf "%s\\n" "${COMPREPLY[@]}"',
+  ].join('\n');
+  const comp = must(await run('bash', ['--norc', '--noprofile', '-c', completeSn], { cwd, env: userEnv(), timeoutMs: 30_000 }), 'casa completion bash');
+  const words = comp.stdout.split('\n').filter(Boolean).sort();
+  if (words.join(' ') !== 'snapshot snapshots') fail(`bash completion of \`casa sn\` gave ${JSON.stringify(words)}, not snapshot and snapshots`);
+  ok('casa completion bash', '`casa sn` completes to snapshot, snapshots');
 
   return { tarball: info.filename, tarBytes, fileCount, unpacked: info.unpackedSize, installMs, nmBytes: size.bytes };
 }
