@@ -86,7 +86,7 @@ export async function runCompletionScript(ctx: Context, shell: string): Promise<
   ctx.deps.term.stdout.write(script.endsWith('\n') ? script : script + '\n');
 }
 
-/** The two changes to tab's bash script (see the header); each must apply, or the script is not the one this was written for. */
+/** The three changes to tab's bash script (see the header); each must apply, or the script is not the one this was written for. */
 export function patchBash(script: string): string {
   const words = '_get_comp_words_by_ref -n "=:" cur prev words cword';
   const register = 'complete -F __casa_complete casa';
