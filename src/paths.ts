@@ -4,7 +4,7 @@
  * environment passed in, so tests control every path.
  */
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 type Env = Record<string, string | undefined>;
 
@@ -23,3 +23,18 @@ export function defaultDatabase(env: Env, platform: NodeJS.Platform = process.pl
 }
 
 export const DEFAULT_SERVER = 'http://127.0.0.1:8787';
+
+/** A flag's value, else the environment's, else the default (an empty flag or variable counts as unset): flags win. */
+function chosen(flag: string | undefined, fromEnv: string | undefined): string | undefined {
+  return flag !== undefined && flag !== '' ? flag : fromEnv || undefined;
+}
+
+/** CASA_HOME as a command uses it: --home, else CASA_HOME, else the OS default; absolute. */
+export function resolveHome(flag: string | undefined, env: Env): string {
+  return resolve(chosen(flag, env.CASA_HOME) ?? defaultHome(env));
+}
+
+/** The database as a command uses it: --db, else CASA_DB, else the OS default; absolute. */
+export function resolveDatabase(flag: string | undefined, env: Env): string {
+  return resolve(chosen(flag, env.CASA_DB) ?? defaultDatabase(env));
+}

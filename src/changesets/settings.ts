@@ -24,6 +24,16 @@ type Db = import('better-sqlite3').Database;
 export type RuleName = 'lww' | 'set' | 'snapshot-only';
 export const RULE_NAMES: readonly RuleName[] = ['lww', 'set', 'snapshot-only'];
 
+/** The app's tables a rule can name: every table of the main schema but SQLite's and casa's own, sorted. */
+export function appTableNames(db: Db): string[] {
+  return (
+    db
+      .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'casa\\_%' ESCAPE '\\'")
+      .pluck()
+      .all() as string[]
+  ).sort();
+}
+
 /** Creates the settings table if the database has none (idempotent; no row written). */
 export function ensureSettingsTable(db: Db): void {
   db.exec(`CREATE TABLE IF NOT EXISTS ${SETTINGS_TABLE} (tbl TEXT PRIMARY KEY NOT NULL, rule TEXT NOT NULL)`);

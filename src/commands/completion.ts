@@ -20,12 +20,11 @@
  * split on blanks otherwise); and `--flag=value` completes the value.
  */
 import { createRequire } from 'node:module';
-import { resolve } from 'node:path';
 import type { Command as CommanderCommand } from 'commander';
 import { UsageError } from '../errors.js';
 import { readCompletionCache, SHELL_SAFE } from '../completion-cache.js';
-import { defaultDatabase, defaultHome } from '../paths.js';
-import { RULE_NAMES } from '../changesets/settings.js';
+import { resolveDatabase, resolveHome } from '../paths.js';
+import { appTableNames, RULE_NAMES } from '../changesets/settings.js';
 import type { Context } from './context.js';
 
 export const SHELLS = ['bash', 'zsh', 'fish'] as const;
@@ -132,10 +131,7 @@ function tablesOf(dbPath: string): string[] {
   const Database = req('better-sqlite3') as typeof import('better-sqlite3');
   const db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: 200 });
   try {
-    return db
-      .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'casa\\_%' ESCAPE '\\' ORDER BY name")
-      .pluck()
-      .all() as string[];
+    return appTableNames(db);
   } finally {
     db.close();
   }
@@ -150,8 +146,8 @@ export async function runComplete(words: string[], env: Record<string, string | 
   let lines: string[];
   try {
     const root = await tabTree();
-    const home = resolve(typedFlag(words, '--home') ?? (env.CASA_HOME || defaultHome(env)));
-    const dbPath = resolve(typedFlag(words, '--db') ?? (env.CASA_DB || defaultDatabase(env)));
+    const home = resolveHome(typedFlag(words, '--home'), env);
+    const dbPath = resolveDatabase(typedFlag(words, '--db'), env);
     let files = false;
     const pathValue: Handler = () => {
       files = true;

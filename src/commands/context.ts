@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import { FailureError, NotPairedError } from '../errors.js';
 import { parseKeystoreKind, openKeystore, type Keystore, type KeystoreKind } from '../keystore/index.js';
-import { DEFAULT_SERVER, defaultDatabase, defaultHome } from '../paths.js';
+import { DEFAULT_SERVER, resolveDatabase, resolveHome } from '../paths.js';
 import { readState, SECRET_DEVICE_KEY, SECRET_PHRASE, SECRET_ROOT_KEY, type HomeState, type PairedVault } from '../state.js';
 import { deriveRoot, vaultKeysFromRoot, type VaultKeys } from '../crypto/kdf.js';
 import { checkRelayTransport, DeviceSession, RelayClient } from '../relay/client.js';
@@ -54,14 +54,14 @@ export interface GlobalOptions {
 export function resolveGlobals(raw: RawGlobals, env: Record<string, string | undefined>): GlobalOptions {
   const pick = (flag: string | undefined, name: string) => (flag !== undefined && flag !== '' ? flag : env[name] || undefined);
   const ks = pick(raw.keystore, 'CASA_KEYSTORE');
-  const home = resolve(pick(raw.home, 'CASA_HOME') ?? defaultHome(env));
+  const home = resolveHome(raw.home, env);
   const tmp = env.CASA_TMPDIR ? resolve(env.CASA_TMPDIR) : undefined;
   guardPrivateDir(home, 'CASA_HOME');
   if (tmp !== undefined) guardPrivateDir(tmp, 'CASA_TMPDIR');
   return {
     home,
     serverOverride: pick(raw.server, 'CASA_SERVER'),
-    db: resolve(pick(raw.db, 'CASA_DB') ?? defaultDatabase(env)),
+    db: resolveDatabase(raw.db, env),
     keystore: ks === undefined ? undefined : parseKeystoreKind(ks),
     json: Boolean(raw.json),
     quiet: Boolean(raw.quiet),

@@ -6,7 +6,7 @@
  */
 import { UsageError } from '../errors.js';
 import { deriveSyncSchema, SyncSchemaError, type SyncSchema } from '../changesets/rules.js';
-import { clearRule, readSettings, RULE_NAMES, setRule, type RuleName } from '../changesets/settings.js';
+import { appTableNames, clearRule, readSettings, RULE_NAMES, setRule, type RuleName } from '../changesets/settings.js';
 import { readState } from '../state.js';
 import type { Context } from './context.js';
 import { openSynced } from './synced.js';
@@ -59,7 +59,7 @@ export async function runTablesSet(ctx: Context, table: string, rule: string): P
   if (!choices.includes(rule)) throw new UsageError(`unknown rule ${JSON.stringify(rule)}: one of ${choices.join(', ')}`);
   const { db } = openSynced(ctx, localDeviceId(ctx), { lenient: true });
   try {
-    const names = (db.prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'casa\\_%' ESCAPE '\\'").pluck().all() as string[]).sort();
+    const names = appTableNames(db);
     if (!names.includes(table)) {
       throw new UsageError(`no table ${JSON.stringify(table)} in ${ctx.globals.db}`, { hints: [`its tables: ${names.join(', ') || '(none)'}`] });
     }
